@@ -1,0 +1,226 @@
+"""Dataset formats: the Gemini/Vertex form (primary) and the OpenAI chat form, auto-detected per line.
+
+Parsing turns one decoded JSON object into an ``Example`` or into a list of problems, each naming
+the field at fault (``contents[1].parts[0].text``). Nothing here knows about tokenizers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Role = Literal["user", "model"]
+Modality = Literal["text", "image", "audio", "pdf", "video"]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a turn: text, or media given inline (``inlineData``) or by URI (``fileData``)."""
+
+    kind: Literal["text", "inlineData", "fileData"]
+    text: str = ""
+    mime_type: str = ""
+
+    @property
+    def modality(self) -> Modality:
+        if self.kind == "text":
+            return "text"
+        return modality_of(self.mime_type)
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: Role
+    parts: tuple[Part, ...]
+
+    @property
+    def text(self) -> str:
+        return "".join(p.text for p in self.parts if p.kind == "text")
+
+
+@dataclass(frozen=True)
+class Example:
+    """A conversation: an optional system instruction and turns that end with the model's."""
+
+    turns: tuple[Turn, ...]
+    system: str | None = None
+    line: int = 0
+
+    def messages(self) -> list[dict[str, str]]:
+        """The conversation as chat-template messages (``assistant`` for the model role)."""
+        out = [{"role": "system", "content": self.system}] if self.system else []
+        out += [{"role": "assistant" if t.role == "model" else "user", "content": t.text} for t in self.turns]
+        return out
+
+    def prompt(self) -> Example:
+        """The example without its final model turn: what a prediction request sends."""
+        turns = self.turns[:-1] if self.turns and self.turns[-1].role == "model" else self.turns
+        return Example(turns=turns, system=self.system, line=self.line)
+
+    @property
+    def target(self) -> str:
+        """The text of the final model turn (the label, for a classification task)."""
+        return self.turns[-1].text if self.turns and self.turns[-1].role == "model" else ""
+
+
+def modality_of(mime_type: str) -> Modality:
+    major = mime_type.split("/", 1)[0].lower()
+    if mime_type.lower() == "application/pdf":
+        return "pdf"
+    if major in ("image", "audio", "video"):
+        return major  # type: ignore[return-value]
+    return "text"
+
+
+def user_example(text: str, system: str | None = None) -> Example:
+    """A one-turn request, as `predict` and `generate_content` build it from a string."""
+    return Example(turns=(Turn("user", (Part("text", text),)),), system=system)
+
+
+class _Problems:
+    """Collects (field, message) pairs while one line is parsed."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, field: str, message: str) -> None:
+        self.items.append((field, message))
+
+
+def parse_example(obj: Any, line: int = 0, require_model_turn: bool = True) -> tuple[Example | None, list[tuple[str, str]]]:
+    """Parse one dataset line; returns the example (None if invalid) and every (field, message) problem."""
+    problems = _Problems()
+    if not isinstance(obj, dict):
+        problems.add("line", f"expected a JSON object, got {type(obj).__name__}")
+        return None, problems.items
+    if "contents" in obj:
+        example = _parse_gemini(obj, problems, line)
+    elif "messages" in obj:
+        example = _parse_openai(obj, problems, line)
+    else:
+        keys = ", ".join(sorted(obj)) or "none"
+        problems.add("line", f"expected 'contents' (Gemini form) or 'messages' (OpenAI form); found keys: {keys}")
+        return None, problems.items
+    if example is not None:
+        _check_turn_order(example, problems, "contents" if "contents" in obj else "messages", require_model_turn)
+    return (example if not problems.items else None), problems.items
+
+
+def _parse_gemini(obj: dict, problems: _Problems, line: int) -> Example | None:
+    system = None
+    if "systemInstruction" in obj:
+        parts = _parse_parts(obj["systemInstruction"], "systemInstruction", problems)
+        if parts is not None:
+            if any(p.kind != "text" for p in parts):
+                problems.add("systemInstruction.parts", "the system instruction takes text parts only")
+            system = "".join(p.text for p in parts)
+    contents = obj["contents"]
+    if not isinstance(contents, list) or not contents:
+        problems.add("contents", "must be a non-empty list of turns")
+        return None
+    turns = []
+    for i, turn in enumerate(contents):
+        field = f"contents[{i}]"
+        if not isinstance(turn, dict):
+            problems.add(field, "must be an object with 'role' and 'parts'")
+            continue
+        role = turn.get("role")
+        if role not in ("user", "model"):
+            hint = " (the Gemini form says 'model', not 'assistant')" if role == "assistant" else ""
+            problems.add(f"{field}.role", f"unknown role {role!r}; expected 'user' or 'model'{hint}")
+            continue
+        parts = _parse_parts(turn, field, problems)
+        if parts is not None:
+            turns.append(Turn(role, tuple(parts)))
+    return Example(turns=tuple(turns), system=system, line=line)
+
+
+def _parse_parts(container: Any, field: str, problems: _Problems) -> list[Part] | None:
+    if not isinstance(container, dict) or not isinstance(container.get("parts"), list) or not container["parts"]:
+        problems.add(f"{field}.parts", "missing or empty; expected a list of parts")
+        return None
+    parts = []
+    for j, part in enumerate(container["parts"]):
+        pfield = f"{field}.parts[{j}]"
+        if not isinstance(part, dict):
+            problems.add(pfield, "must be an object with 'text', 'inlineData' or 'fileData'")
+            continue
+        kinds = [k for k in ("text", "inlineData", "fileData") if k in part]
+        if len(kinds) != 1:
+            problems.add(pfield, "must have exactly one of 'text', 'inlineData', 'fileData'")
+            continue
+        kind = kinds[0]
+        if kind == "text":
+            text = part["text"]
+            if not isinstance(text, str) or not text.strip():
+                problems.add(f"{pfield}.text", "empty text" if isinstance(text, str) else "text must be a string")
+                continue
+            parts.append(Part("text", text=text))
+            continue
+        media = part[kind]
+        needed = ("mimeType", "data") if kind == "inlineData" else ("mimeType", "fileUri")
+        missing = [k for k in needed if not isinstance(media, dict) or not media.get(k)]
+        if missing:
+            problems.add(f"{pfield}.{kind}", f"missing {', '.join(missing)}")
+            continue
+        parts.append(Part(kind, mime_type=str(media["mimeType"])))  # type: ignore[arg-type]
+    return parts
+
+
+def _parse_openai(obj: dict, problems: _Problems, line: int) -> Example | None:
+    messages = obj["messages"]
+    if not isinstance(messages, list) or not messages:
+        problems.add("messages", "must be a non-empty list of messages")
+        return None
+    system = None
+    turns = []
+    for i, message in enumerate(messages):
+        field = f"messages[{i}]"
+        if not isinstance(message, dict):
+            problems.add(field, "must be an object with 'role' and 'content'")
+            continue
+        role = message.get("role")
+        text = _openai_content(message.get("content"), f"{field}.content", problems)
+        if role == "system":
+            if i != 0:
+                problems.add(f"{field}.role", "a system message may only come first")
+            elif text is not None:
+                system = text
+        elif role in ("user", "assistant"):
+            if text is not None:
+                turns.append(Turn("model" if role == "assistant" else "user", (Part("text", text=text),)))
+        else:
+            hint = " (the OpenAI form says 'assistant', not 'model')" if role == "model" else ""
+            problems.add(f"{field}.role", f"unknown role {role!r}; expected 'system', 'user' or 'assistant'{hint}")
+    return Example(turns=tuple(turns), system=system, line=line)
+
+
+def _openai_content(content: Any, field: str, problems: _Problems) -> str | None:
+    if isinstance(content, list):
+        texts = [c.get("text") for c in content if isinstance(c, dict) and c.get("type") == "text"]
+        others = [c.get("type") for c in content if not (isinstance(c, dict) and c.get("type") == "text")]
+        if others:
+            problems.add(field, f"unsupported content part type(s) {others}; this form takes text parts")
+            return None
+        content = "".join(t for t in texts if isinstance(t, str))
+    if not isinstance(content, str):
+        problems.add(field, "missing; expected a string")
+        return None
+    if not content.strip():
+        problems.add(field, "empty text")
+        return None
+    return content
+
+
+def _check_turn_order(example: Example, problems: _Problems, field: str, require_model_turn: bool) -> None:
+    if problems.items or not example.turns:
+        return
+    offset = 1 if field == "messages" and example.system is not None else 0  # the OpenAI system message
+    if example.turns[0].role != "user":
+        problems.add(f"{field}[{offset}].role", "the first turn must be the user's")
+    for i in range(1, len(example.turns)):
+        if example.turns[i].role == example.turns[i - 1].role:
+            role = example.turns[i].role
+            problems.add(f"{field}[{i + offset}].role", f"two {role} turns in a row; roles must alternate")
+    if require_model_turn and example.turns[-1].role != "model":
+        problems.add(field, "no model turn at the end; the last turn must be the model's answer")

@@ -1,0 +1,49 @@
+"""Dataset statistics in the shape of Vertex's ``supervisedTuningDataStats``."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from tunery.data.tokenize import Encoded
+
+
+def distribution(values: Sequence[int]) -> dict[str, float]:
+    """sum, min, max, mean, median, p5 and p95 of a list of token counts."""
+    if not values:
+        return {"sum": 0, "min": 0, "max": 0, "mean": 0.0, "median": 0.0, "p5": 0.0, "p95": 0.0}
+    ordered = sorted(values)
+    return {
+        "sum": sum(ordered),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "mean": round(statistics.fmean(ordered), 2),
+        "median": float(statistics.median(ordered)),
+        "p5": round(_percentile(ordered, 5), 2),
+        "p95": round(_percentile(ordered, 95), 2),
+    }
+
+
+def _percentile(ordered: Sequence[int], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default method)."""
+    pos = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def tuning_data_stats(encoded: Sequence[Encoded], epochs: int, batch_size: int) -> dict[str, Any]:
+    """``supervisedTuningDataStats`` for a tokenized dataset tuned for ``epochs`` at ``batch_size``."""
+    kept = [len(e.input_ids) for e in encoded]
+    truncated = [i for i, e in enumerate(encoded) if e.truncated]
+    return {
+        "tuningDatasetExampleCount": len(encoded),
+        "totalBillableTokenCount": sum(kept) * epochs,
+        "tuningStepCount": math.ceil(len(encoded) / batch_size) * epochs if encoded else 0,
+        "userInputTokenDistribution": distribution([e.input_tokens for e in encoded]),
+        "userOutputTokenDistribution": distribution([e.trained_tokens for e in encoded]),
+        "exampleTokenDistribution": distribution(kept),
+        "totalTruncatedExampleCount": len(truncated),
+        "truncatedExampleIndices": truncated,
+    }

@@ -1,0 +1,112 @@
+"""Example → token ids + loss mask, through the model's own chat template.
+
+The whole conversation is rendered once with the tokenizer's chat template and tokenized once, so the
+tokens a model trains on are the tokens it sees at prediction time. Which characters are trained is
+found by rendering the conversation turn by turn: the text a model turn adds after the generation
+prompt is its answer followed by the template's end-of-turn marker. Loss covers the answer and the
+end-of-turn token, nothing else (not the newline some templates put after it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tunery.data.formats import Example
+
+IGNORE_INDEX = -100
+
+
+class TemplateError(ValueError):
+    """The chat template cannot be used for training (it does not render turn by turn)."""
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenized example. ``labels`` holds the token id where loss is taken, else ``IGNORE_INDEX``."""
+
+    input_ids: list[int]
+    labels: list[int]
+    full_length: int  # tokens before truncation
+
+    @property
+    def truncated(self) -> bool:
+        return self.full_length > len(self.input_ids)
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+    @property
+    def input_tokens(self) -> int:
+        return len(self.input_ids) - self.trained_tokens
+
+
+def render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def prompt_ids(tokenizer: Any, example: Example) -> list[int]:
+    """Token ids of the prompt for the model's next turn, exactly as in training."""
+    text = render(tokenizer, example.prompt().messages(), add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def special_strings(tokenizer: Any) -> list[str]:
+    """The tokenizer's special and added token strings, longest first."""
+    specials = set(getattr(tokenizer, "all_special_tokens", []))
+    specials |= {t.content if hasattr(t, "content") else str(t) for t in tokenizer.added_tokens_decoder.values()}
+    return sorted((s for s in specials if s), key=len, reverse=True)
+
+
+def trained_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of each model answer plus its end-of-turn marker."""
+    full = render(tokenizer, messages)
+    specials = special_strings(tokenizer)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render(tokenizer, messages[:i], add_generation_prompt=True)
+        through = render(tokenizer, messages[: i + 1])
+        if not (through.startswith(before) and full.startswith(through)):
+            raise TemplateError("the chat template does not render a conversation turn by turn")
+        added = through[len(before) :]
+        answer = message["content"].strip()
+        at = added.find(answer)
+        if at < 0:
+            raise TemplateError("the chat template changes the model's answer text")
+        end = at + len(answer)
+        marker = next((s for s in specials if added.startswith(s, end + _spaces(added, end))), None)
+        if marker is not None:
+            end += _spaces(added, end) + len(marker)
+        spans.append((len(before) + at, len(before) + end))
+    return full, spans
+
+
+def _spaces(text: str, at: int) -> int:
+    n = 0
+    while at + n < len(text) and text[at + n] in " \t":
+        n += 1
+    return n
+
+
+def end_of_turn_token(tokenizer: Any) -> str | None:
+    """The special token the chat template closes a model turn with (``<|im_end|>``, ``<end_of_turn>``)."""
+    probe = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}]
+    full, spans = trained_spans(tokenizer, probe)
+    start, end = spans[0]
+    tail = full[start:end][len("pong") :].strip()
+    return tail or None
+
+
+def encode(tokenizer: Any, example: Example, max_length: int) -> Encoded:
+    """Tokenize ``example``; tokens that start inside a trained span carry labels, the rest are masked."""
+    text, spans = trained_spans(tokenizer, example.messages())
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = [IGNORE_INDEX] * len(ids)
+    for k, (start, end) in enumerate(enc["offset_mapping"]):
+        if end > start and any(s <= start < e for s, e in spans):
+            labels[k] = ids[k]
+    return Encoded(input_ids=ids[:max_length], labels=labels[:max_length], full_length=len(ids))

@@ -1,0 +1,56 @@
+"""The one exception hierarchy of tunery.
+
+Every error a user can cause (bad data, an unknown model, a bad hyperparameter) is a ``TuneryError``
+with a message that names the file, line, field or value at fault. The CLI prints these without a
+traceback and exits 1; anything else is a bug.
+
+    TuneryError
+    ├── ConfigError      a hyperparameter or option is out of range
+    ├── DatasetError     a dataset file has problems (``.problems`` lists every one)
+    ├── ModelError       a base model or tuned model cannot be found or loaded
+    └── JobError         a tuning job cannot be created, found or resumed
+        └── TuningCancelled   a run stopped on request after saving a checkpoint
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tunery.data.validation import Problem
+
+
+class TuneryError(Exception):
+    """Base class of every error tunery raises on purpose."""
+
+
+class ConfigError(TuneryError):
+    """A hyperparameter, option or setting is invalid."""
+
+
+class DatasetError(TuneryError):
+    """A dataset has problems; ``problems`` holds every one, by line and field."""
+
+    def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+    def __str__(self) -> str:
+        lines = [self.args[0], *(str(p) for p in self.problems)]
+        return "\n".join(lines)
+
+
+class ModelError(TuneryError):
+    """A base model or tuned model cannot be found, converted or loaded."""
+
+
+class JobError(TuneryError):
+    """A tuning job cannot be created, found or resumed."""
+
+
+class TuningCancelled(JobError):
+    """A tuning run was cancelled; its last checkpoint is on disk and ``--resume`` continues it."""
+
+    def __init__(self, message: str, checkpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint

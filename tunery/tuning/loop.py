@@ -1,0 +1,156 @@
+"""The training loop shared by both methods: explicit PyTorch, one step at a time.
+
+Loss is a sum over trained tokens divided by the number of trained tokens in the whole optimizer
+step, so splitting a step into micro-batches (gradient accumulation) never changes the result.
+Logits are computed only where a token is trained: with a 49k–262k vocabulary the output layer is a
+large share of the work, and most positions of a prompt carry no loss.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tunery.data.tokenize import IGNORE_INDEX, Encoded
+from tunery.errors import TuningCancelled
+from tunery.tuning.batching import collate, micro_batches, plan_epoch
+from tunery.tuning.checkpoint import save_checkpoint
+
+
+@dataclass
+class TrainState:
+    """Where a run is; saved in every checkpoint. ``batch`` is the next step's index within ``epoch``."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Hooks:
+    """How a run talks to its caller: metrics out, a stop request in."""
+
+    on_metrics: Callable[[dict[str, Any]], None] = lambda metrics: None
+    should_stop: Callable[[], bool] = lambda: False
+
+
+@dataclass
+class Run:
+    """Everything ``fit`` needs, built by a method module's ``setup``."""
+
+    model: Any  # the module trained (a PeftModel for LoRA)
+    core: Any  # the underlying *ForCausalLM whose decoder and output layer are called
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train: Sequence[Encoded]
+    validation: Sequence[Encoded]
+    epochs: int
+    batch_size: int
+    micro_batch_tokens: int
+    seed: int
+    pad_id: int
+    run_dir: Any
+    state: TrainState = field(default_factory=TrainState)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train) / self.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+
+def token_loss(core: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
+    """Summed next-token loss over trained tokens, the count of correct argmax predictions, and the token count."""
+    hidden = core.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = core.get_output_embeddings()(hidden[:, :-1][keep])
+    cap = getattr(core.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    wanted = targets[keep]
+    loss = F.cross_entropy(logits.float(), wanted, reduction="sum")
+    correct = int((logits.argmax(-1) == wanted).sum())
+    return loss, correct, int(wanted.numel())
+
+
+@torch.no_grad()
+def evaluate(core: Any, examples: Sequence[Encoded], pad_id: int, token_budget: int) -> dict[str, float]:
+    """Mean loss per trained token and next-token accuracy over ``examples``."""
+    if not examples:
+        return {}
+    was_training = core.training
+    core.eval()
+    lengths = [len(e.input_ids) for e in examples]
+    total, correct, count = 0.0, 0, 0
+    for group in micro_batches(range(len(examples)), lengths, token_budget):
+        loss, ok, n = token_loss(core, collate([examples[i] for i in group], pad_id))
+        total, correct, count = total + float(loss), correct + ok, count + n
+    core.train(was_training)
+    return {"eval_loss": total / max(count, 1), "eval_token_accuracy": correct / max(count, 1)}
+
+
+def fit(run: Run, hooks: Hooks) -> TrainState:
+    """Train from ``run.state`` to the last epoch; log every step, evaluate and checkpoint at epoch ends."""
+    model, state = run.model, run.state
+    lengths = [len(e.input_ids) for e in run.train]
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    if state.step == 0 and run.validation:
+        hooks.on_metrics({"step": 0, "epoch": 0, **evaluate(run.core, run.validation, run.pad_id, run.micro_batch_tokens)})
+    started = time.perf_counter() - state.seconds
+    while state.epoch < run.epochs:
+        plan = plan_epoch(lengths, run.batch_size, run.seed, state.epoch)
+        while state.batch < len(plan):
+            if hooks.should_stop():
+                state.seconds = time.perf_counter() - started
+                path = save_checkpoint(run.run_dir, model, run.optimizer, run.scheduler, state)
+                raise TuningCancelled(f"cancelled at step {state.step}; checkpoint saved", str(path))
+            step_examples = plan[state.batch]
+            window_tokens = sum(run.train[i].trained_tokens for i in step_examples)
+            step_loss, step_correct, step_tokens = 0.0, 0, 0
+            for group in micro_batches(step_examples, lengths, run.micro_batch_tokens):
+                batch = collate([run.train[i] for i in group], run.pad_id)
+                loss, correct, _ = token_loss(run.core, batch)
+                (loss / window_tokens).backward()
+                step_loss += float(loss.detach())
+                step_correct += correct
+                step_tokens += int(batch["attention_mask"].sum())
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.batch += 1
+            state.tokens += step_tokens
+            state.seconds = time.perf_counter() - started
+            metrics: dict[str, Any] = {
+                "step": state.step,
+                "epoch": state.epoch + state.batch / len(plan),
+                "train_loss": step_loss / window_tokens,
+                "train_token_accuracy": step_correct / window_tokens,
+                "learning_rate": run.scheduler.get_last_lr()[0],
+                "tokens_per_second": state.tokens / max(state.seconds, 1e-9),
+                "eta_seconds": (run.total_steps - state.step) * state.seconds / state.step,
+            }
+            if state.batch < len(plan):
+                hooks.on_metrics(metrics)
+                continue
+            state.epoch, state.batch = state.epoch + 1, 0
+            metrics.update(evaluate(run.core, run.validation, run.pad_id, run.micro_batch_tokens))
+            hooks.on_metrics(metrics)
+            save_checkpoint(run.run_dir, model, run.optimizer, run.scheduler, state)
+            break
+    return state

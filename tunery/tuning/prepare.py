@@ -1,0 +1,176 @@
+"""What both tuning methods do before and after the loop: data, run directory, optimizer, output files."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunery.data.stats import tuning_data_stats
+from tunery.data.tokenize import Encoded
+from tunery.data.validation import read_examples
+from tunery.errors import JobError
+from tunery.models.loading import load_tokenizer
+from tunery.models.sources import BaseModel, resolve_base
+from tunery.settings import tuned_models_dir
+from tunery.tuning.checkpoint import latest_checkpoint, load_checkpoint, write_atomic
+from tunery.tuning.loop import Hooks, Run, TrainState
+from tunery.tuning.spec import TuningSpec, default_epochs
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+MANIFEST_FILE = "tunery.json"
+
+
+@dataclass
+class Prepared:
+    """A run's resolved inputs: base model, tokenizer, encoded data, resolved hyperparameters."""
+
+    spec: TuningSpec
+    base: BaseModel
+    tokenizer: Any
+    train: list[Encoded]
+    validation: list[Encoded]
+    epochs: int
+    learning_rate: float
+    run_dir: Path
+    stats: dict[str, Any]
+
+
+def new_run_dir(spec: TuningSpec) -> Path:
+    """The output directory of a new run; refuses one that already holds files."""
+    if spec.output:
+        path = Path(spec.output).expanduser().resolve()
+    else:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        path = tuned_models_dir() / f"{stamp}-{secrets.token_hex(3)}"
+    if path.exists() and any(path.iterdir()):
+        raise JobError(f"{path} already exists and is not empty; pass --resume to continue its run, or choose another --output")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def saved_spec(run_dir: str | Path) -> TuningSpec:
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise JobError(f"{run_dir} holds no tuning run to resume ({RUN_FILE} is missing)")
+    return TuningSpec.from_dict(json.loads(path.read_text())["spec"])
+
+
+def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
+    """Resolve the base model and read both datasets; raises DatasetError listing every problem."""
+    base = resolve_base(spec.base_model)
+    tokenizer = load_tokenizer(base.path)
+    max_length = min(spec.max_length, base.context_length)
+    model_id = base.id if base.id == spec.base_model else spec.base_model
+    options = {"tokenizer": tokenizer, "max_length": max_length, "model_id": model_id, "modalities": base.modalities}
+    train = read_examples(spec.train, **options)
+    validation = read_examples(spec.validation, **options) if spec.validation else None
+    for report in (train, validation):
+        if report is not None:
+            report.raise_for_errors()
+    epochs = spec.epochs or default_epochs(len(train.encoded))
+    learning_rate = base.learning_rates[spec.method] * spec.learning_rate_multiplier
+    stats = tuning_data_stats(train.encoded, epochs, spec.batch_size)
+    return Prepared(
+        spec, base, tokenizer, train.encoded, validation.encoded if validation else [], epochs, learning_rate, run_dir, stats
+    )
+
+
+def make_run(prep: Prepared, model: Any, core: Any) -> Run:
+    """Optimizer (AdamW), a linear schedule with warm-up, and the loop's inputs."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=prep.learning_rate, weight_decay=0.0)
+    total = max(1, -(-len(prep.train) // prep.spec.batch_size) * prep.epochs)
+    warmup = max(1, round(0.05 * total))
+
+    def factor(step: int) -> float:
+        return (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return Run(
+        model=model,
+        core=core,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train=prep.train,
+        validation=prep.validation,
+        epochs=prep.epochs,
+        batch_size=prep.spec.batch_size,
+        micro_batch_tokens=prep.spec.micro_batch_tokens,
+        seed=prep.spec.seed,
+        pad_id=prep.tokenizer.pad_token_id,
+        run_dir=prep.run_dir,
+    )
+
+
+def start_or_resume(prep: Prepared, run: Run, resume: bool) -> None:
+    """Record the run (new) or restore its newest checkpoint (resume), keeping metrics.jsonl in step."""
+    metrics = prep.run_dir / METRICS_FILE
+    if not resume:
+        record = {"spec": prep.spec.to_dict(), "epochs": prep.epochs, "learningRate": prep.learning_rate}
+        write_atomic(prep.run_dir / RUN_FILE, json.dumps(record, indent=2))
+        metrics.write_text("")
+        return
+    checkpoint = latest_checkpoint(prep.run_dir)
+    if checkpoint is None:
+        metrics.write_text("")  # killed before its first checkpoint: start over
+        return
+    saved = load_checkpoint(checkpoint, run.model, run.optimizer, run.scheduler)
+    run.state = TrainState(**saved)
+    if metrics.is_file():
+        kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= run.state.step]
+        write_atomic(metrics, "".join(line + "\n" for line in kept))
+
+
+def logging_hooks(hooks: Hooks, run_dir: Path) -> Hooks:
+    """``hooks`` that also append every metrics record to ``metrics.jsonl``."""
+    path = run_dir / METRICS_FILE
+
+    def on_metrics(record: dict[str, Any]) -> None:
+        with path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        hooks.on_metrics(record)
+
+    return Hooks(on_metrics=on_metrics, should_stop=hooks.should_stop)
+
+
+def finish(prep: Prepared, run: Run) -> Path:
+    """Write tokenizer, chat template and ``tunery.json``; drop checkpoints. The manifest goes last."""
+    prep.tokenizer.save_pretrained(prep.run_dir)
+    final = {}
+    for line in (prep.run_dir / METRICS_FILE).read_text().splitlines():
+        final.update({k: v for k, v in json.loads(line).items() if k not in ("learning_rate", "eta_seconds")})
+    manifest = {
+        "format": 1,
+        "id": prep.run_dir.name,
+        "displayName": prep.spec.display_name or prep.run_dir.name,
+        "tuningMode": prep.spec.method,
+        "baseModel": {"id": prep.base.id, "path": str(prep.base.path), "sha256": prep.base.sha256},
+        "spec": prep.spec.to_dict(),
+        "hyperParameters": {
+            "epochCount": prep.epochs,
+            "learningRate": prep.learning_rate,
+            "learningRateMultiplier": prep.spec.learning_rate_multiplier,
+            "adapterSize": prep.spec.adapter_size if prep.spec.is_lora else None,
+            "batchSize": prep.spec.batch_size,
+            "maxLength": prep.spec.max_length,
+            "seed": prep.spec.seed,
+        },
+        "tuningDataStats": {"supervisedTuningDataStats": prep.stats},
+        "finalMetrics": final,
+        "trainingSeconds": round(run.state.seconds, 2),
+        "createTime": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_atomic(prep.run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2))
+    shutil.rmtree(prep.run_dir / "checkpoints", ignore_errors=True)
+    (prep.run_dir / RUN_FILE).unlink(missing_ok=True)
+    return prep.run_dir
+
+

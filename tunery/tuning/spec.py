@@ -1,0 +1,96 @@
+"""``TuningSpec``: every setting of a tuning run, typed, checked, with its defaults in one place.
+
+CLI options, SDK arguments and stored job specs all derive from this class. Names follow Vertex's
+supervised tuning where one exists (``epochCount``, ``adapterSize``, ``learningRateMultiplier``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunery.errors import ConfigError
+from tunery.models.catalog import DEFAULT_MODEL, FULL, PEFT_ADAPTER
+
+ADAPTER_SIZES = (1, 2, 4, 8, 16, 32)
+METHODS = {"lora": PEFT_ADAPTER, "full": FULL, PEFT_ADAPTER.lower(): PEFT_ADAPTER, FULL.lower(): FULL}
+
+
+@dataclass
+class TuningSpec:
+    """One supervised tuning run."""
+
+    train: str
+    """Path of the training JSONL (``trainingDatasetUri``)."""
+    base_model: str = DEFAULT_MODEL
+    """Catalog id or local Hugging Face model directory (``baseModel``)."""
+    validation: str | None = None
+    """Path of the validation JSONL (``validationDatasetUri``); evaluated at each epoch end."""
+    method: str = PEFT_ADAPTER
+    """``PEFT_ADAPTER`` (LoRA on all linear layers) or ``FULL`` (``tuningMode``); ``lora``/``full`` accepted."""
+    epochs: int | None = None
+    """Passes over the training data (``epochCount``); None picks it from the dataset size."""
+    adapter_size: int = 8
+    """LoRA rank (``adapterSize``): 1, 2, 4, 8, 16 or 32."""
+    learning_rate_multiplier: float = 1.0
+    """Times the base model's default learning rate for the method (``learningRateMultiplier``)."""
+    batch_size: int = 8
+    """Examples per optimizer step (``batchSize``); split into micro-batches by ``micro_batch_tokens``."""
+    max_length: int = 1024
+    """Tokens per example; longer examples are truncated and counted in the statistics (``maxLength``)."""
+    seed: int = 0
+    """Seeds data order and adapter initialisation; the same seed gives the same weights."""
+    output: str | None = None
+    """Tuned model directory; default ``$TUNERY_HOME/tuned-models/<id>``."""
+    display_name: str | None = None
+    """``tunedModelDisplayName``."""
+    micro_batch_tokens: int = 4096
+    """Most padded tokens in one forward pass; bounds memory, never changes the result."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Free-form labels kept with the job."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        method = METHODS.get(str(self.method).lower())
+        if method is None:
+            problems.append(f"method {self.method!r}: expected PEFT_ADAPTER (lora) or FULL (full)")
+        else:
+            self.method = method
+        if not self.train:
+            problems.append("train: a training dataset is required")
+        if self.adapter_size not in ADAPTER_SIZES:
+            problems.append(f"adapterSize {self.adapter_size}: expected one of {', '.join(map(str, ADAPTER_SIZES))}")
+        if self.epochs is not None and not 1 <= self.epochs <= 100:
+            problems.append(f"epochCount {self.epochs}: expected 1 to 100")
+        if not (0 < self.learning_rate_multiplier <= 100) or math.isnan(self.learning_rate_multiplier):
+            problems.append(f"learningRateMultiplier {self.learning_rate_multiplier}: expected more than 0, at most 100")
+        if not 1 <= self.batch_size <= 1024:
+            problems.append(f"batchSize {self.batch_size}: expected 1 to 1024")
+        if not 16 <= self.max_length <= 131072:
+            problems.append(f"maxLength {self.max_length}: expected 16 to 131072")
+        if self.micro_batch_tokens < 1:
+            problems.append(f"micro_batch_tokens {self.micro_batch_tokens}: expected at least 1")
+        if problems:
+            raise ConfigError("invalid tuning spec: " + "; ".join(problems))
+
+    @property
+    def is_lora(self) -> bool:
+        return self.method == PEFT_ADAPTER
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TuningSpec:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown tuning spec field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+def default_epochs(example_count: int) -> int:
+    """About 1,000 example passes, 2 to 10 epochs: small datasets need more passes to be learned."""
+    return max(2, min(10, math.ceil(1000 / max(example_count, 1))))
