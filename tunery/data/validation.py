@@ -97,7 +97,7 @@ def _check_line(
     if not text.strip():
         return []
     try:
-        obj = json.loads(text)
+        obj = json.loads(text.rstrip("\r\n"))  # with the newline, an error at the line's end reads "column 1"
     except json.JSONDecodeError as exc:
         return [("line", f"invalid JSON: {exc.msg} (column {exc.colno})", "error")]
     example, problems = parse_example(obj, number, require_model_turn)

@@ -138,6 +138,7 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
             state.seconds = time.perf_counter() - started
             metrics: dict[str, Any] = {
                 "step": state.step,
+                "total_steps": run.total_steps,
                 "epoch": state.epoch + state.batch / len(plan),
                 "train_loss": step_loss / window_tokens,
                 "train_token_accuracy": step_correct / window_tokens,

@@ -1,0 +1,188 @@
+"""Shared fixtures: an isolated ``$TUNERY_HOME`` and tiny offline Hugging Face models.
+
+The unit tier never touches the network, ``~/.tunery`` or the shipped GGUF models. A "tiny model"
+is a local Hugging Face directory (what ``tunery.models.resolve_base`` accepts as a base model):
+a byte-level BPE tokenizer trained in memory on the fixture texts, and a 2-layer, hidden-64 Llama
+built from its config with a fixed seed. One directory is written per chat template in
+``tunery.models.templates.TEMPLATES``; they share the tokenizer vocabulary and the weights.
+
+    cd /work/main && /work/venv/bin/python -m pytest tests/unit -x -q
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# Before transformers / huggingface_hub are imported anywhere: no network, no progress bars.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One thread: the tiny models gain nothing from more, two OpenMP threads on a busy 2-core machine
+# run 10-50x slower, and a subprocess must compute exactly what this process does (resume tests).
+os.environ["OMP_NUM_THREADS"] = "1"
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<bos>", "<eos>", "<pad>", "<start_of_turn>", "<end_of_turn>"]
+VOCAB_SIZE = 500
+WORDS = (
+    "system user assistant model route the ticket answer briefly you are a helpful AI assistant named SmolLM "
+    "trained by Hugging Face card arrival declined transfer failed payment money bank account hello world "
+    "yes no one two three four five six seven eight nine ten red green blue yellow what where when why how "
+    "please thanks good morning evening night today tomorrow monday tuesday wednesday"
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tunery_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test session gets its own ``$TUNERY_HOME``; nothing reads or writes ``~/.tunery``."""
+    home = tmp_path_factory.mktemp("tunery-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNERY_HOME", str(home))
+        yield home
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA_DIR
+
+
+def fixture_texts() -> list[str]:
+    """Every text in the JSONL fixtures, so the tokenizer has merges for them."""
+    texts = []
+    for path in sorted(DATA_DIR.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            texts += [s for s in _strings(json.loads(line)) if s]
+    return texts
+
+
+def _strings(obj: object) -> Iterator[str]:
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _strings(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _strings(value)
+
+
+def build_tokenizer():
+    """A byte-level BPE tokenizer (vocabulary ~500) with the special tokens of every catalog template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = fixture_texts() + WORDS.split() + [WORDS]
+    tok.train_from_iterator(corpus * 3, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+
+
+def build_model(tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``factory(template_name)`` → a tiny local model directory whose tokenizer carries that template."""
+    from tunery.models.templates import TEMPLATES
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    built: dict[str, Path] = {}
+    parts: dict[str, object] = {}
+
+    def factory(template: str = "chatml") -> Path:
+        if template not in TEMPLATES:
+            raise KeyError(f"unknown template {template!r}; expected one of {sorted(TEMPLATES)}")
+        if template not in built:
+            if not parts:
+                parts["tokenizer"] = build_tokenizer()
+                parts["model"] = build_model(parts["tokenizer"])
+            tokenizer, model = parts["tokenizer"], parts["model"]
+            path = root / template
+            tokenizer.chat_template = TEMPLATES[template]  # type: ignore[attr-defined]
+            tokenizer.save_pretrained(path)  # type: ignore[attr-defined]
+            model.save_pretrained(path, safe_serialization=True)  # type: ignore[attr-defined]
+            built[template] = path
+        return built[template]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_factory: Callable[[str], Path]) -> Path:
+    """The tiny model with the ChatML template (what a local directory without a template gets)."""
+    return tiny_model_factory("chatml")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_factory: Callable[[str], Path]) -> Callable[[str], object]:
+    """``tokenizer(template_name)``: the tiny model's tokenizer, loaded the way tunery loads it."""
+    from tunery.models.loading import load_tokenizer
+
+    cache: dict[str, object] = {}
+
+    def get(template: str = "chatml") -> object:
+        if template not in cache:
+            cache[template] = load_tokenizer(tiny_model_factory(template))
+        return cache[template]
+
+    return get
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def classification_rows(n: int, words: int = 0) -> list[dict]:
+    """``n`` Gemini-form classification examples; ``words`` pads each user text to lengthen it."""
+    lines = (DATA_DIR / "classify_gemini.jsonl").read_text().splitlines()
+    rows = []
+    for i in range(n):
+        row = json.loads(lines[i % len(lines)])
+        if words:
+            row["contents"][0]["parts"][0]["text"] += " " + " ".join(WORDS.split()[:words])
+        row["contents"][0]["parts"][0]["text"] += f" #{i}"
+        rows.append(row)
+    return rows

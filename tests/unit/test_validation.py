@@ -1,0 +1,212 @@
+"""Dataset validation: every problem of a file at once, by line and field, as ``FILE:LINE: field: message``.
+
+The corpus is ``tests/data/bad/``: one file per kind of problem, a mixed file, and a non-UTF-8 file.
+
+    cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_validation.py -q
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tunery.data import Problem, read_examples
+from tunery.errors import DatasetError
+
+# file → every (line, field, message substring) it must report, in order, and the lines that parse.
+EXPECTED = {
+    "invalid_json.jsonl": (
+        [(2, "line", "invalid JSON: Expecting ',' delimiter"), (3, "line", "invalid JSON: Expecting property name")],
+        [1, 4],
+    ),
+    "not_object.jsonl": (
+        [
+            (1, "line", "expected a JSON object, got list"),
+            (2, "line", "expected a JSON object, got str"),
+            (3, "line", "expected a JSON object, got int"),
+        ],
+        [4],
+    ),
+    "unknown_role.jsonl": (
+        [
+            (1, "contents[1].role", "unknown role 'assistant'; expected 'user' or 'model' (the Gemini form says 'model'"),
+            (2, "contents[1].role", "unknown role 'bot'; expected 'user' or 'model'"),
+            (3, "messages[1].role", "unknown role 'model'; expected 'system', 'user' or 'assistant' (the OpenAI form"),
+            (4, "messages[0].role", "unknown role 'human'"),
+        ],
+        [],
+    ),
+    "empty_text.jsonl": (
+        [
+            (1, "contents[0].parts[0].text", "empty text"),
+            (2, "messages[1].content", "empty text"),
+            (3, "contents[1].parts[0].text", "text must be a string"),
+        ],
+        [],
+    ),
+    "missing_parts.jsonl": (
+        [
+            (1, "contents[0].parts", "missing or empty"),
+            (2, "contents[0].parts", "missing or empty"),
+            (3, "messages[0].content", "missing; expected a string"),
+            (4, "systemInstruction.parts", "missing or empty"),
+        ],
+        [],
+    ),
+    "no_model_turn.jsonl": (
+        [
+            (1, "contents", "no model turn at the end"),
+            (2, "contents", "no model turn at the end"),
+            (3, "messages", "no model turn at the end"),
+        ],
+        [],
+    ),
+    "not_alternating.jsonl": (
+        [
+            (1, "contents[1].role", "two user turns in a row; roles must alternate"),
+            (2, "messages[3].role", "two model turns in a row; roles must alternate"),
+            (3, "contents[0].role", "the first turn must be the user's"),
+        ],
+        [],
+    ),
+    "system_not_first.jsonl": ([(1, "messages[1].role", "a system message may only come first")], [2]),
+    "image_part.jsonl": (
+        [
+            (1, "contents[0].parts[1].inlineData", "smollm2-135m-instruct takes text only, not image (image/png)"),
+            (2, "contents[0].parts[0].fileData", "smollm2-135m-instruct takes text only, not pdf (application/pdf)"),
+        ],
+        [3],
+    ),
+    "empty.jsonl": ([(0, "file", "no examples; the file is empty")], []),
+    "blank_lines.jsonl": ([(0, "file", "no examples; the file is empty")], []),
+    "mixed.jsonl": (
+        [
+            (3, "line", "invalid JSON"),
+            (5, "line", "expected 'contents' (Gemini form) or 'messages' (OpenAI form); found keys: completion, prompt"),
+            (6, "contents[0].parts[0].text", "empty text"),
+            (6, "contents[1].role", "unknown role 'assistant'"),
+            (8, "contents", "no model turn at the end"),
+            (9, "contents", "must be a non-empty list of turns"),
+        ],
+        [1, 4, 10],
+    ),
+}
+
+
+def bad(data_dir, name):
+    return data_dir / "bad" / name
+
+
+def assert_problems(report, expected):
+    got = [(p.line, p.field, p.message) for p in report.problems]
+    assert len(got) == len(expected), "\n".join(map(str, report.problems))
+    for (line, field, message), (want_line, want_field, want_message) in zip(got, expected):
+        assert (line, field) == (want_line, want_field), f"{line}: {field}: {message}"
+        assert want_message in message
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_problem_of_a_file_is_reported(data_dir, name):
+    path = bad(data_dir, name)
+    expected, valid_lines = EXPECTED[name]
+    report = read_examples(path, model_id="smollm2-135m-instruct", modalities=("text",))
+    assert_problems(report, expected)
+    assert [e.line for e in report.examples] == valid_lines
+    assert not report.ok and report.errors == report.problems and not report.warnings
+    for p in report.problems:
+        assert str(p) == f"{path}:{p.line}: {p.field}: {p.message}"
+
+
+def test_column_of_invalid_json_is_where_the_line_breaks(data_dir):
+    path = bad(data_dir, "invalid_json.jsonl")
+    lines = path.read_text().splitlines()
+    report = read_examples(path)
+    # Line 2 stops short of its closing bracket: the error is at the end of the line, not column 1.
+    assert report.problems[0].message.endswith(f"(column {len(lines[1]) + 1})")
+    assert report.problems[1].message.endswith("(column 2)")  # {'contents': ...} — single quotes
+
+
+def test_non_utf8_bytes_are_reported_and_other_lines_parse(data_dir):
+    path = bad(data_dir, "not_utf8.jsonl")
+    at = path.read_bytes().splitlines()[1].index(b"\xe9")  # "café" in Latin-1
+    report = read_examples(path)
+    assert_problems(report, [(2, "line", f"not UTF-8 text (byte {at})")])
+    assert [e.line for e in report.examples] == [1, 3]
+
+
+def test_mixed_file_parses_valid_lines_and_skips_blank_ones(data_dir):
+    report = read_examples(bad(data_dir, "mixed.jsonl"))
+    assert [e.target for e in report.examples] == ["card_arrival", "transfer_failed", "card_arrival"]
+    assert report.examples[2].system == "Route the ticket."
+    assert not any(p.line in (2, 7) for p in report.problems)  # blank lines
+
+
+def test_raise_for_errors_lists_every_problem(data_dir):
+    path = bad(data_dir, "mixed.jsonl")
+    report = read_examples(path)
+    with pytest.raises(DatasetError) as caught:
+        report.raise_for_errors()
+    assert caught.value.problems == report.errors
+    text = str(caught.value).splitlines()
+    assert text[0] == f"{path}: 6 problems; nothing was tuned"
+    assert text[1:] == [str(p) for p in report.problems]
+
+
+def test_missing_file_is_a_dataset_error(tmp_path):
+    with pytest.raises(DatasetError, match="no such file"):
+        read_examples(tmp_path / "nope.jsonl")
+
+
+def test_valid_fixtures_have_no_problems(data_dir, tiny_tokenizer):
+    for name in ("classify_gemini.jsonl", "classify_openai.jsonl", "multiturn.jsonl"):
+        report = read_examples(data_dir / name, tokenizer=tiny_tokenizer("chatml"), max_length=512)
+        assert report.ok and not report.problems
+        assert len(report.examples) == len(report.encoded) == 10
+
+
+def test_too_long_examples_warn_or_fail_by_what_truncation_leaves(data_dir, tiny_tokenizer):
+    path = bad(data_dir, "too_long.jsonl")
+    tokenizer = tiny_tokenizer("chatml")
+    full = read_examples(path, tokenizer=tokenizer, max_length=512)
+    assert full.ok and not full.problems
+    lengths = [e.full_length for e in full.encoded]
+    # Line 1 has a long answer, line 2 a long question: both exceed 32 tokens, line 3 does not.
+    max_length = 32
+    assert lengths[0] > max_length and lengths[1] > max_length >= lengths[2]
+    assert full.encoded[1].input_tokens > max_length  # the answer of line 2 starts past the cut
+
+    report = read_examples(path, tokenizer=tokenizer, max_length=max_length)
+    assert_problems(
+        report,
+        [
+            (
+                1,
+                "contents",
+                f"example is {lengths[0]} tokens, longer than maxLength 32; "
+                f"it is truncated ({lengths[0] - 32} tokens dropped)",
+            ),
+            (2, "contents", "trains zero tokens after truncation to maxLength 32"),
+        ],
+    )
+    warning, error = report.problems
+    assert (warning.severity, error.severity) == ("warning", "error")
+    assert report.warnings == [warning] and report.errors == [error]
+    assert str(warning) == f"{path}:1: contents: warning: {warning.message}"
+    # The truncated example is kept (and still trains), the empty one is not.
+    assert [e.line for e in report.examples] == [1, 3]
+    assert report.encoded[0].truncated and report.encoded[0].trained_tokens > 0
+    assert len(report.encoded[0].input_ids) == 32
+
+
+def test_only_warnings_do_not_raise(tmp_path, data_dir, tiny_tokenizer):
+    lines = bad(data_dir, "too_long.jsonl").read_text().splitlines()
+    path = tmp_path / "long.jsonl"
+    path.write_text(lines[0] + "\n" + lines[2] + "\n")
+    report = read_examples(path, tokenizer=tiny_tokenizer("chatml"), max_length=32)
+    assert report.ok and len(report.warnings) == 1
+    report.raise_for_errors()  # warnings never stop a run
+
+
+def test_problem_to_dict():
+    p = Problem("f.jsonl", 3, "contents", "empty", "warning")
+    assert p.to_dict() == {"line": 3, "field": "contents", "message": "empty", "severity": "warning"}
+    assert str(Problem("f.jsonl", 3, "line", "bad")) == "f.jsonl:3: line: bad"

@@ -1,0 +1,26 @@
+"""tunery: self-hosted tuning for open language models.
+
+    from tunery import sft, GenerativeModel
+    job = sft.train(source_model="smollm2-135m-instruct", train_dataset="train.jsonl")
+    job.wait()
+    GenerativeModel(job.tuned_model_name).generate_content("My card never arrived").text
+"""
+
+from tunery.errors import ConfigError, DatasetError, JobError, ModelError, TuneryError, TuningCancelled
+from tunery.sdk import GenerationResponse, GenerativeModel, TuningJob, sft
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DatasetError",
+    "GenerationResponse",
+    "GenerativeModel",
+    "JobError",
+    "ModelError",
+    "TuneryError",
+    "TuningCancelled",
+    "TuningJob",
+    "__version__",
+    "sft",
+]

@@ -1,0 +1,79 @@
+"""``tunery datasets``: validate a JSONL dataset and show its statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from tunery.cli._common import console, err_console, handle_errors, print_json
+from tunery.data.stats import tuning_data_stats
+from tunery.data.validation import ValidationReport, read_examples
+from tunery.models.catalog import DEFAULT_MODEL
+from tunery.models.loading import load_tokenizer
+from tunery.models.sources import resolve_base
+from tunery.tuning.spec import TuningSpec, default_epochs
+
+app = typer.Typer(help="Check datasets and count their tokens.", no_args_is_help=True)
+
+MODEL = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Base model whose tokenizer and template count the tokens.")
+MAX_LENGTH = typer.Option(TuningSpec.max_length, "--max-length", help="Tokens per example before truncation.")
+
+
+def _read(path: Path, model: str, max_length: int) -> ValidationReport:
+    base = resolve_base(model)
+    return read_examples(
+        path, tokenizer=load_tokenizer(base.path), max_length=min(max_length, base.context_length),
+        model_id=model, modalities=base.modalities,
+    )
+
+
+@app.command()
+@handle_errors
+def validate(file: Path, model: str = MODEL, max_length: int = MAX_LENGTH) -> None:
+    """Report every problem as FILE:LINE: field: message; exit 1 if there is any error."""
+    report = _read(file, model, max_length)
+    for problem in report.problems:
+        err_console.print(str(problem), highlight=False, markup=False)
+    n_err, n_warn = len(report.errors), len(report.warnings)
+    if n_err:
+        err_console.print(f"[red]{file}: {n_err} error(s), {n_warn} warning(s); {len(report.examples)} valid examples[/red]")
+        raise typer.Exit(1)
+    console.print(f"{file}: OK, {len(report.examples)} examples ({n_warn} warning(s))", highlight=False)
+
+
+@app.command()
+@handle_errors
+def stats(
+    file: Path,
+    model: str = MODEL,
+    epochs: int = typer.Option(None, "--epochs", help="Epochs to count billable tokens and steps for (default: automatic)."),
+    batch_size: int = typer.Option(TuningSpec.batch_size, "--batch-size"),
+    max_length: int = MAX_LENGTH,
+    as_json: bool = typer.Option(False, "--json", help="Print supervisedTuningDataStats as JSON."),
+) -> None:
+    """Statistics in the shape of Vertex's supervisedTuningDataStats."""
+    report = _read(file, model, max_length)
+    report.raise_for_errors()
+    epochs = epochs or default_epochs(len(report.encoded))
+    data = tuning_data_stats(report.encoded, epochs, batch_size)
+    if as_json:
+        print_json({"supervisedTuningDataStats": data})
+        return
+    show_stats(str(file), data, epochs)
+
+
+def show_stats(name: str, data: dict[str, Any], epochs: int) -> None:
+    console.print(
+        f"[bold]{name}[/bold]: {data['tuningDatasetExampleCount']} examples, "
+        f"{data['totalBillableTokenCount']} billable tokens over {epochs} epochs, {data['tuningStepCount']} steps, "
+        f"{data['totalTruncatedExampleCount']} truncated",
+        highlight=False,
+    )
+    table = Table("tokens per example", "sum", "min", "p5", "median", "mean", "p95", "max")
+    for label, key in (("input (prompt)", "userInputTokenDistribution"), ("output (trained)", "userOutputTokenDistribution")):
+        d = data[key]
+        table.add_row(label, *(f"{d[k]:g}" for k in ("sum", "min", "p5", "median", "mean", "p95", "max")))
+    console.print(table)
