@@ -62,10 +62,14 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
+FIXTURES = ("classify_gemini.jsonl", "classify_openai.jsonl", "multiturn.jsonl")
+
+
 def fixture_texts() -> list[str]:
-    """Every text in the JSONL fixtures, so the tokenizer has merges for them."""
+    """Every text in the JSONL fixtures, so the tokenizer has merges for them. A fixed list of files:
+    a new file in tests/data must not change the tokenizer (and so the tiny model) under other tests."""
     texts = []
-    for path in sorted(DATA_DIR.glob("*.jsonl")):
+    for path in (DATA_DIR / name for name in FIXTURES):
         for line in path.read_text().splitlines():
             texts += [s for s in _strings(json.loads(line)) if s]
     return texts
@@ -176,7 +180,8 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
 
 
 def classification_rows(n: int, words: int = 0) -> list[dict]:
-    """``n`` Gemini-form classification examples; ``words`` pads each user text to lengthen it."""
+    """``n`` Gemini-form classification examples, cycling the 10-row fixture with each user text
+    numbered apart; ``words`` pads each user text to lengthen it."""
     lines = (DATA_DIR / "classify_gemini.jsonl").read_text().splitlines()
     rows = []
     for i in range(n):
@@ -186,3 +191,55 @@ def classification_rows(n: int, words: int = 0) -> list[dict]:
         row["contents"][0]["parts"][0]["text"] += f" #{i}"
         rows.append(row)
     return rows
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def make_train(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``make_train(n, words=0)`` → a JSONL of ``n`` classification examples (see ``classification_rows``)."""
+    root = tmp_path_factory.mktemp("train-data")
+
+    def make(n: int, words: int = 0) -> Path:
+        path = root / f"train-{n}-{words}.jsonl"
+        return path if path.exists() else write_jsonl(path, classification_rows(n, words))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def classify_train(make_train: Callable[..., Path]) -> Path:
+    """20 Gemini-form classification examples (the 10-row fixture twice, numbered apart)."""
+    return make_train(20)
+
+
+def _tune_fixture(tmp_path_factory, base: Path, train: Path, method: str) -> Path:
+    from tunery.tuning import TuningSpec, tune
+
+    spec = TuningSpec(
+        train=str(train),
+        validation=str(DATA_DIR / "classify_openai.jsonl"),
+        base_model=str(base),
+        method=method,
+        epochs=4,
+        batch_size=4,
+        learning_rate_multiplier=20 if method == "PEFT_ADAPTER" else 50,
+        output=str(tmp_path_factory.mktemp(f"tuned-{method.lower()}") / "model"),
+        display_name=f"tiny {method}",
+    )
+    return tune(spec)
+
+
+@pytest.fixture(scope="session")
+def tuned_lora(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, classify_train: Path) -> Path:
+    """A LoRA tuned model directory: the tiny ChatML model taught the classification fixture."""
+    return _tune_fixture(tmp_path_factory, tiny_model, classify_train, "PEFT_ADAPTER")
+
+
+@pytest.fixture(scope="session")
+def tuned_full(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, classify_train: Path) -> Path:
+    """A fully tuned model directory, same data as ``tuned_lora``."""
+    return _tune_fixture(tmp_path_factory, tiny_model, classify_train, "FULL")

@@ -1,6 +1,6 @@
 """``supervisedTuningDataStats`` against numbers computed by hand.
 
-    cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_stats.py -q
+cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_stats.py -q
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def test_distribution_even_count_rounding_and_order():
     assert distribution([4, 1, 3, 2]) == {
         "sum": 10, "min": 1, "max": 4, "mean": 2.5, "median": 2.5, "p5": 1.15, "p95": 3.85,
     }  # fmt: skip
-    assert distribution([1, 2, 2]) ["mean"] == 1.67  # rounded to 2 places
+    assert distribution([1, 2, 2])["mean"] == 1.67  # rounded to 2 places
     assert distribution([7]) == {"sum": 7, "min": 7, "max": 7, "mean": 7.0, "median": 7.0, "p5": 7.0, "p95": 7.0}
 
 

@@ -1,6 +1,6 @@
 """Loss masks: a model trains on its own turns and their end-of-turn token, nothing else.
 
-    cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_tokenize.py -q
+cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_tokenize.py -q
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from tunery.data import IGNORE_INDEX, encode, end_of_turn_token, parse_example, prompt_ids
+from tunery.data import IGNORE_INDEX, Example, Part, Turn, encode, end_of_turn_token, parse_example, prompt_ids
 from tunery.models.templates import TEMPLATES
 
 DATASETS = ["classify_gemini.jsonl", "classify_openai.jsonl", "multiturn.jsonl"]
@@ -128,3 +128,40 @@ def test_truncation_keeps_a_prefix_and_counts_the_full_length(tiny_tokenizer, da
 
     exact = encode(tokenizer, example, max_length=full.full_length)
     assert not exact.truncated and exact == full
+
+
+PADDED_ANSWERS = [" yes", "yes ", "  card_arrival  ", "\nyes", "yes\n", "card arrival\n\n", "\tyes\t"]
+
+
+@pytest.mark.parametrize("answer", PADDED_ANSWERS)
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_whitespace_around_an_answer_is_trained_with_it(tiny_tokenizer, template, answer):
+    """Every character the model writes after the prompt is trained, end-of-turn included, and the
+    prompt is the exact training prefix, however the answer is padded with whitespace."""
+    tokenizer = tiny_tokenizer(template)
+    eot = END_OF_TURN[template]
+    example = Example(turns=(Turn("user", (Part("text", "hi"),)), Turn("model", (Part("text", answer),))))
+    encoded = encode(tokenizer, example, max_length=512)
+    runs = trained_runs(encoded.labels)
+    assert len(runs) == 1
+    start, end = runs[0]
+    assert tokenizer.decode(encoded.input_ids[start:end], skip_special_tokens=False) == answer + eot
+    assert encoded.input_ids[end - 1] == tokenizer.convert_tokens_to_ids(eot)
+    assert end == len(encoded.input_ids) - 1  # the newline after end-of-turn is not trained
+    assert prompt_ids(tokenizer, example) == encoded.input_ids[:start]
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_answer_quoted_in_the_prompt_is_trained_only_in_the_model_turn(tiny_tokenizer, template):
+    tokenizer = tiny_tokenizer(template)
+    example = Example(
+        turns=(
+            Turn("user", (Part("text", "is it card_arrival or not"),)),
+            Turn("model", (Part("text", "card_arrival"),)),
+        ),
+        system="Answer card_arrival if unsure.",
+    )
+    encoded = encode(tokenizer, example, max_length=512)
+    ((start, end),) = trained_runs(encoded.labels)
+    assert tokenizer.decode(encoded.input_ids[start:end]) == "card_arrival" + END_OF_TURN[template]
+    assert prompt_ids(tokenizer, example) == encoded.input_ids[:start]

@@ -28,7 +28,7 @@ EXPECTED = {
     ),
     "unknown_role.jsonl": (
         [
-            (1, "contents[1].role", "unknown role 'assistant'; expected 'user' or 'model' (the Gemini form says 'model'"),
+            (1, "contents[1].role", "unknown role 'assistant'; expected 'user' or 'model' (the Gemini form says"),
             (2, "contents[1].role", "unknown role 'bot'; expected 'user' or 'model'"),
             (3, "messages[1].role", "unknown role 'model'; expected 'system', 'user' or 'assistant' (the OpenAI form"),
             (4, "messages[0].role", "unknown role 'human'"),
@@ -81,7 +81,7 @@ EXPECTED = {
     "mixed.jsonl": (
         [
             (3, "line", "invalid JSON"),
-            (5, "line", "expected 'contents' (Gemini form) or 'messages' (OpenAI form); found keys: completion, prompt"),
+            (5, "line", "expected 'contents' (Gemini form) or 'messages' (OpenAI form); found keys: completion"),
             (6, "contents[0].parts[0].text", "empty text"),
             (6, "contents[1].role", "unknown role 'assistant'"),
             (8, "contents", "no model turn at the end"),

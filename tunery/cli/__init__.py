@@ -6,6 +6,7 @@ import typer
 
 from tunery.cli import datasets, models
 from tunery.cli.demo import demo
+from tunery.cli.evaluate import advise, compare, evaluate
 from tunery.cli.predict import predict
 from tunery.cli.tune import merge, tune
 
@@ -15,12 +16,34 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from tunery import __version__
+
+        typer.echo(f"tunery {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Tune open language models on your own data, on your own machine."""
+
+
 app.add_typer(models.app, name="models")
 app.add_typer(datasets.app, name="datasets")
 app.command()(tune)
 app.command()(merge)
 app.command()(predict)
 app.command()(demo)
+app.command()(evaluate)
+app.command()(compare)
+app.command()(advise)
 
 
 def main() -> None:

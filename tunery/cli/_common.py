@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tunery.errors import DatasetError, TuneryError
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # a FILE:LINE: field: message line stays one line
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -89,7 +89,8 @@ class TrainingProgress:
     def on_metrics(self, m: dict[str, Any]) -> None:
         if "eval_loss" in m:
             self.progress.console.print(
-                f"epoch {m['epoch']:.0f}: eval_loss {m['eval_loss']:.4f}  eval_token_accuracy {m['eval_token_accuracy']:.3f}",
+                f"epoch {m['epoch']:.0f}: eval_loss {m['eval_loss']:.4f}  "
+                f"eval_token_accuracy {m['eval_token_accuracy']:.3f}",
                 highlight=False,
             )
         if "train_loss" not in m:

@@ -25,8 +25,11 @@ MAX_LENGTH = typer.Option(TuningSpec.max_length, "--max-length", help="Tokens pe
 def _read(path: Path, model: str, max_length: int) -> ValidationReport:
     base = resolve_base(model)
     return read_examples(
-        path, tokenizer=load_tokenizer(base.path), max_length=min(max_length, base.context_length),
-        model_id=model, modalities=base.modalities,
+        path,
+        tokenizer=load_tokenizer(base.path),
+        max_length=min(max_length, base.context_length),
+        model_id=model,
+        modalities=base.modalities,
     )
 
 
@@ -39,7 +42,9 @@ def validate(file: Path, model: str = MODEL, max_length: int = MAX_LENGTH) -> No
         err_console.print(str(problem), highlight=False, markup=False)
     n_err, n_warn = len(report.errors), len(report.warnings)
     if n_err:
-        err_console.print(f"[red]{file}: {n_err} error(s), {n_warn} warning(s); {len(report.examples)} valid examples[/red]")
+        err_console.print(
+            f"[red]{file}: {n_err} error(s), {n_warn} warning(s); {len(report.examples)} valid examples[/red]"
+        )
         raise typer.Exit(1)
     console.print(f"{file}: OK, {len(report.examples)} examples ({n_warn} warning(s))", highlight=False)
 
@@ -49,7 +54,9 @@ def validate(file: Path, model: str = MODEL, max_length: int = MAX_LENGTH) -> No
 def stats(
     file: Path,
     model: str = MODEL,
-    epochs: int = typer.Option(None, "--epochs", help="Epochs to count billable tokens and steps for (default: automatic)."),
+    epochs: int = typer.Option(
+        None, "--epochs", help="Epochs to count billable tokens and steps for (default: automatic)."
+    ),
     batch_size: int = typer.Option(TuningSpec.batch_size, "--batch-size"),
     max_length: int = MAX_LENGTH,
     as_json: bool = typer.Option(False, "--json", help="Print supervisedTuningDataStats as JSON."),
@@ -65,15 +72,21 @@ def stats(
     show_stats(str(file), data, epochs)
 
 
-def show_stats(name: str, data: dict[str, Any], epochs: int) -> None:
-    console.print(
-        f"[bold]{name}[/bold]: {data['tuningDatasetExampleCount']} examples, "
+def show_stats(name: str, data: dict[str, Any], epochs: int | None) -> None:
+    """Print statistics; ``epochs`` None leaves out what depends on tuning (billable tokens, steps)."""
+    tuning = (
         f"{data['totalBillableTokenCount']} billable tokens over {epochs} epochs, {data['tuningStepCount']} steps, "
+    )
+    console.print(
+        f"[bold]{name}[/bold]: {data['tuningDatasetExampleCount']} examples, {tuning if epochs else ''}"
         f"{data['totalTruncatedExampleCount']} truncated",
         highlight=False,
     )
     table = Table("tokens per example", "sum", "min", "p5", "median", "mean", "p95", "max")
-    for label, key in (("input (prompt)", "userInputTokenDistribution"), ("output (trained)", "userOutputTokenDistribution")):
+    for label, key in (
+        ("input (prompt)", "userInputTokenDistribution"),
+        ("output (trained)", "userOutputTokenDistribution"),
+    ):
         d = data[key]
         table.add_row(label, *(f"{d[k]:g}" for k in ("sum", "min", "p5", "median", "mean", "p95", "max")))
     console.print(table)

@@ -6,11 +6,14 @@ import time
 from pathlib import Path
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tunery.cli._common import TrainingProgress, console, handle_errors
 from tunery.cli.datasets import show_stats
+from tunery.data.validation import ValidationReport
 from tunery.demo import Candidate, DemoEvents, run_demo
+from tunery.evaluation import Prediction
 from tunery.models.catalog import DEFAULT_MODEL
 from tunery.settings import tunery_home
 
@@ -31,9 +34,13 @@ def demo(
     def on_stage(text: str) -> None:
         console.rule(text)
 
-    def on_report(name: str, report, stats) -> None:  # type: ignore[no-untyped-def]
+    total = {"n": 0}
+
+    def on_report(name: str, report: ValidationReport, stats: dict, epochs: int | None) -> None:  # type: ignore[type-arg]
         console.print(f"{name}: {len(report.examples)} valid examples, {len(report.problems)} problems")
-        show_stats(f"{name} statistics", stats, stats["tuningStepCount"] // max(1, -(-len(report.encoded) // 8)))
+        show_stats(f"{name} statistics", stats, epochs)
+        if name == "test":
+            total["n"] = min(limit or len(report.examples), len(report.examples))
 
     def on_metrics(m: dict) -> None:  # type: ignore[type-arg]
         nonlocal progress
@@ -43,20 +50,55 @@ def demo(
         if m.get("step") == m.get("total_steps"):
             progress.__exit__(None)
 
-    def on_candidate(c: Candidate) -> None:
-        s = c.summary
-        console.print(f"{c.name}: accuracy {s['accuracy']:.1%}, {s['prompt_tokens_mean']:.0f} prompt tokens, "
-                      f"{s['latency_ms_mean']:.0f} ms per request", highlight=False)
+    bars: dict[str, Progress] = {}
 
-    events = DemoEvents(on_stage=on_stage, on_report=on_report, on_metrics=on_metrics, on_candidate=on_candidate)
+    def on_prediction(name: str, p: Prediction) -> None:
+        if name not in bars:
+            bars[name] = Progress(
+                TextColumn("[bold]evaluating[/bold]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+            )
+            bars[name].add_task("eval", total=total["n"])
+            bars[name].start()
+        bars[name].advance(bars[name].task_ids[0])
+
+    def on_candidate(c: Candidate) -> None:
+        if c.name in bars:
+            bars.pop(c.name).stop()
+        s = c.summary
+        console.print(
+            f"{c.name}: accuracy {s['accuracy']:.1%}, {s['prompt_tokens_mean']:.0f} prompt tokens, "
+            f"{s['latency_ms_mean']:.0f} ms per request",
+            highlight=False,
+        )
+
+    events = DemoEvents(
+        on_stage=on_stage,
+        on_report=on_report,
+        on_metrics=on_metrics,
+        on_prediction=on_prediction,
+        on_candidate=on_candidate,
+    )
     candidates = run_demo(workdir, events, model=model, zero_shot=zero_shot, limit=limit, epochs=epochs)
     table = Table(title=f"Support-ticket routing, {candidates[0].summary['examples']} held-out tickets")
     for column in ("", "accuracy", "macro-F1", "prompt tokens / request", "ms / request (mean)", "ms p95"):
         table.add_column(column, justify="right" if column else "left")
     for c in candidates:
         s = c.summary
-        table.add_row(c.name, f"{s['accuracy']:.1%}", f"{s['macro_f1']:.3f}", f"{s['prompt_tokens_mean']:.0f}",
-                      f"{s['latency_ms_mean']:.0f}", f"{s['latency_ms_p95']:.0f}")
+        table.add_row(
+            c.name,
+            f"{s['accuracy']:.1%}",
+            f"{s['macro_f1']:.3f}",
+            f"{s['prompt_tokens_mean']:.0f}",
+            f"{s['latency_ms_mean']:.0f}",
+            f"{s['latency_ms_p95']:.0f}",
+        )
     console.print(table)
-    console.print(f"tuned model: {candidates[-1].model}\npredictions and summary.json: {workdir}\n"
-                  f"demo took {time.perf_counter() - started:.0f} s", highlight=False)
+    console.print(
+        f"tuned model: {candidates[-1].model}\npredictions and summary.json: {workdir}\n"
+        f"demo took {time.perf_counter() - started:.0f} s",
+        highlight=False,
+    )

@@ -24,8 +24,13 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
         rates = row["defaultLearningRates"]
         name = row["id"] + (" (default)" if row["id"] == DEFAULT_MODEL else "")
         table.add_row(
-            name, ",".join(row["modalities"]), str(row["contextLength"]), f"{rates['PEFT_ADAPTER']:g}",
-            f"{rates['FULL']:g}", "yes" if row["cached"] else "no", row["source"],
+            name,
+            ",".join(row["modalities"]),
+            str(row["contextLength"]),
+            f"{rates['PEFT_ADAPTER']:g}",
+            f"{rates['FULL']:g}",
+            "yes" if row["cached"] else "no",
+            row["source"],
         )
     console.print(table)
     console.print("Any local Hugging Face model directory (with config.json and a fast tokenizer) is a base model too.")

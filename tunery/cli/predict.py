@@ -21,7 +21,9 @@ def predict(
     system: str = typer.Option(None, "--system", help="System instruction."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="maxOutputTokens."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 is greedy."),
-    input_file: Path = typer.Option(None, "--input", help="JSONL of requests (dataset form); prints one JSON line each."),
+    input_file: Path = typer.Option(
+        None, "--input", help="JSONL of requests (dataset form); prints one JSON line each."
+    ),
 ) -> None:
     """Generate with the template the model was trained with; greedy by default."""
     if (text is None) == (input_file is None):
@@ -39,8 +41,13 @@ def predict(
         if system is not None:
             request = type(request)(turns=request.turns, system=system, line=request.line)
         result = engine.generate(request, config)
-        record = {"line": example.line, "output": result.text, "finishReason": result.finish_reason,
-                  "promptTokenCount": result.prompt_tokens, "candidatesTokenCount": result.output_tokens}
+        record = {
+            "line": example.line,
+            "output": result.text,
+            "finishReason": result.finish_reason,
+            "promptTokenCount": result.prompt_tokens,
+            "candidatesTokenCount": result.output_tokens,
+        }
         if example.target:
             record["target"] = example.target
         sys.stdout.write(json.dumps(record) + "\n")

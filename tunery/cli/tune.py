@@ -9,7 +9,9 @@ import typer
 from tunery.cli._common import StopFlag, TrainingProgress, console, err_console, handle_errors
 from tunery.errors import ConfigError, TuningCancelled
 from tunery.models.catalog import DEFAULT_MODEL
-from tunery.tuning import Hooks, TuningSpec, merge as merge_adapter, tune as run_tuning
+from tunery.tuning import Hooks, TuningSpec
+from tunery.tuning import merge as merge_adapter
+from tunery.tuning import tune as run_tuning
 
 _DEFAULT = TuningSpec(train="-")
 
@@ -22,9 +24,13 @@ def tune(
     method: str = typer.Option("lora", "--method", help="lora (PEFT_ADAPTER) or full (FULL)."),
     epochs: int = typer.Option(None, "--epochs", help="Epochs (default: from the dataset size)."),
     adapter_size: int = typer.Option(_DEFAULT.adapter_size, "--adapter-size", help="LoRA rank: 1, 2, 4, 8, 16, 32."),
-    learning_rate_multiplier: float = typer.Option(1.0, "--learning-rate-multiplier", help="Times the model's default rate."),
+    learning_rate_multiplier: float = typer.Option(
+        1.0, "--learning-rate-multiplier", help="Times the model's default rate."
+    ),
     batch_size: int = typer.Option(_DEFAULT.batch_size, "--batch-size", help="Examples per optimizer step."),
-    max_length: int = typer.Option(_DEFAULT.max_length, "--max-length", help="Tokens per example; longer ones are truncated."),
+    max_length: int = typer.Option(
+        _DEFAULT.max_length, "--max-length", help="Tokens per example; longer ones are truncated."
+    ),
     seed: int = typer.Option(_DEFAULT.seed, "--seed"),
     output: Path = typer.Option(None, "--output", "-o", help="Tuned model directory (default under $TUNERY_HOME)."),
     display_name: str = typer.Option(None, "--display-name", help="tunedModelDisplayName."),
@@ -39,9 +45,17 @@ def tune(
         if train is None:
             raise ConfigError("--train is required")
         spec = TuningSpec(
-            train=str(train), base_model=model, validation=str(validation) if validation else None, method=method,
-            epochs=epochs, adapter_size=adapter_size, learning_rate_multiplier=learning_rate_multiplier,
-            batch_size=batch_size, max_length=max_length, seed=seed, output=str(output) if output else None,
+            train=str(train),
+            base_model=model,
+            validation=str(validation) if validation else None,
+            method=method,
+            epochs=epochs,
+            adapter_size=adapter_size,
+            learning_rate_multiplier=learning_rate_multiplier,
+            batch_size=batch_size,
+            max_length=max_length,
+            seed=seed,
+            output=str(output) if output else None,
             display_name=display_name,
         )
     stop = StopFlag().install()

@@ -87,7 +87,9 @@ class _Problems:
         self.items.append((field, message))
 
 
-def parse_example(obj: Any, line: int = 0, require_model_turn: bool = True) -> tuple[Example | None, list[tuple[str, str]]]:
+def parse_example(
+    obj: Any, line: int = 0, require_model_turn: bool = True
+) -> tuple[Example | None, list[tuple[str, str]]]:
     """Parse one dataset line; returns the example (None if invalid) and every (field, message) problem."""
     problems = _Problems()
     if not isinstance(obj, dict):

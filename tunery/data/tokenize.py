@@ -77,6 +77,8 @@ def trained_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, 
         if at < 0:
             raise TemplateError("the chat template changes the model's answer text")
         end = at + len(answer)
+        while at > 0 and added[at - 1].isspace():  # the answer's own leading whitespace: the model writes it
+            at -= 1
         marker = next((s for s in specials if added.startswith(s, end + _spaces(added, end))), None)
         if marker is not None:
             end += _spaces(added, end) + len(marker)
@@ -85,8 +87,9 @@ def trained_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, 
 
 
 def _spaces(text: str, at: int) -> int:
+    """Whitespace at ``text[at:]`` (an answer ending in a newline still trains its end-of-turn marker)."""
     n = 0
-    while at + n < len(text) and text[at + n] in " \t":
+    while at + n < len(text) and text[at + n].isspace():
         n += 1
     return n
 

@@ -107,7 +107,11 @@ def _check_line(
     for field_name, part in _media_parts(example, obj):
         if part.modality not in modalities:
             found.append(
-                (field_name, f"{model_id} takes {', '.join(modalities)} only, not {part.modality} ({part.mime_type})", "error")
+                (
+                    field_name,
+                    f"{model_id} takes {', '.join(modalities)} only, not {part.modality} ({part.mime_type})",
+                    "error",
+                )
             )
     if found:
         return found

@@ -72,7 +72,7 @@ class DemoEvents:
     """Callbacks the CLI renders; all optional."""
 
     on_stage: Callable[[str], None] = lambda text: None
-    on_report: Callable[[str, ValidationReport, dict[str, Any]], None] = lambda name, report, stats: None
+    on_report: Callable[[str, ValidationReport, dict[str, Any], int | None], None] = lambda *args: None
     on_metrics: Callable[[dict[str, Any]], None] = lambda metrics: None
     on_prediction: Callable[[str, Prediction], None] = lambda name, prediction: None
     on_candidate: Callable[[Candidate], None] = lambda candidate: None
@@ -101,9 +101,12 @@ def run_demo(
     for name, path in (("train", train_path), ("test", test_path)):
         report = read_examples(path, tokenizer=tokenizer, model_id=model, modalities=base.modalities)
         report.raise_for_errors()
-        n_epochs = epochs or default_epochs(len(report.encoded))
-        events.on_report(name, report, tuning_data_stats(report.encoded, n_epochs, 8))
         reports[name] = report
+    train_epochs = epochs or default_epochs(len(reports["train"].encoded))
+    batch_size = TuningSpec.batch_size
+    for name, report in reports.items():
+        stats = tuning_data_stats(report.encoded, train_epochs, batch_size)
+        events.on_report(name, report, stats, train_epochs if name == "train" else None)
     test = reports["test"].examples[:limit] if limit else reports["test"].examples
 
     candidates = [Candidate("base model + best prompt (few-shot)", model, few_shot_prompt(labels, reports["train"]))]
@@ -119,7 +122,11 @@ def run_demo(
     events.on_stage("Tuning a LoRA adapter")
     output = workdir / "tuned-model"
     spec = TuningSpec(
-        train=str(train_path), validation=str(test_path), base_model=model, epochs=epochs, output=str(output),
+        train=str(train_path),
+        validation=str(test_path),
+        base_model=model,
+        epochs=epochs,
+        output=str(output),
         display_name="ticket-router",
     )
     tuned = tune(spec, Hooks(on_metrics=events.on_metrics))
@@ -132,8 +139,15 @@ def run_demo(
     return candidates
 
 
-def _evaluate(candidate: Candidate, engine: Engine, test: list, names: list[str], config: GenerationConfig,
-              workdir: Path, events: DemoEvents) -> None:
+def _evaluate(
+    candidate: Candidate,
+    engine: Engine,
+    test: list,
+    names: list[str],
+    config: GenerationConfig,
+    workdir: Path,
+    events: DemoEvents,
+) -> None:
     candidate.predictions = predict_all(
         engine, test, candidate.prompt, names, config, on_prediction=lambda p: events.on_prediction(candidate.name, p)
     )

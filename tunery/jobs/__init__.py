@@ -14,4 +14,16 @@ from tunery.jobs.local import (
     submit,
 )
 
-__all__ = ["CANCELLED", "CANCELLING", "ENDED", "FAILED", "PENDING", "RUNNING", "SUCCEEDED", "cancel", "list_jobs", "read", "submit"]
+__all__ = [
+    "CANCELLED",
+    "CANCELLING",
+    "ENDED",
+    "FAILED",
+    "PENDING",
+    "RUNNING",
+    "SUCCEEDED",
+    "cancel",
+    "list_jobs",
+    "read",
+    "submit",
+]

@@ -1,19 +1,20 @@
 """Embedded tuning jobs: a directory per job under ``$TUNERY_HOME/jobs`` and a worker process each.
 
 ``job.json`` is the job resource (Vertex-shaped, camelCase); only the worker writes it while the job
-runs, always atomically; a cancel request is a marker file plus SIGTERM. A reader that finds a job RUNNING whose worker is gone marks it FAILED, so a
-killed worker never leaves a job stuck.
+runs, always atomically; a cancel request is a marker file plus SIGTERM. A reader that finds a job
+RUNNING whose worker is gone marks it FAILED, so a killed worker never leaves a job stuck.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,20 @@ from tunery.settings import jobs_dir
 from tunery.tuning.checkpoint import write_atomic
 from tunery.tuning.spec import TuningSpec
 
-PENDING, RUNNING, SUCCEEDED, FAILED = "JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED"
+PENDING, RUNNING, SUCCEEDED, FAILED = (
+    "JOB_STATE_PENDING",
+    "JOB_STATE_RUNNING",
+    "JOB_STATE_SUCCEEDED",
+    "JOB_STATE_FAILED",
+)
 CANCELLING, CANCELLED = "JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED"
 ENDED = {SUCCEEDED, FAILED, CANCELLED}
 CANCEL_FILE = "cancel.requested"
+_workers: dict[int, subprocess.Popen] = {}  # workers this process started, kept to reap them
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def job_dir(job_id: str) -> Path:
@@ -45,7 +52,7 @@ def write_job(job: dict[str, Any]) -> None:
 
 def submit(spec: TuningSpec) -> dict[str, Any]:
     """Create a PENDING job and start its worker; returns the job resource."""
-    job_id = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S") + secrets.token_hex(3)
+    job_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S") + secrets.token_hex(3)
     path = job_dir(job_id)
     path.mkdir(parents=True)
     if not spec.output:
@@ -72,6 +79,7 @@ def submit(spec: TuningSpec) -> dict[str, Any]:
             start_new_session=True,
         )
     (path / "worker.pid").write_text(str(process.pid))
+    _workers[process.pid] = process
     return job
 
 
@@ -86,7 +94,9 @@ def read(job_id: str) -> dict[str, Any]:
             job.update(state=CANCELLED, endTime=now(), error={"code": 1, "message": "cancelled before the run started"})
             write_job(job)
         elif job["state"] not in ENDED:
-            job.update(state=FAILED, endTime=now(), error={"code": 13, "message": "the worker process exited unexpectedly"})
+            job.update(
+                state=FAILED, endTime=now(), error={"code": 13, "message": "the worker process exited unexpectedly"}
+            )
             write_job(job)
     if job["state"] not in ENDED and (job_dir(job_id) / CANCEL_FILE).exists():
         job["state"] = CANCELLING
@@ -95,7 +105,9 @@ def read(job_id: str) -> dict[str, Any]:
 
 def list_jobs() -> list[dict[str, Any]]:
     root = jobs_dir()
-    names = sorted((p.name for p in root.iterdir() if (p / "job.json").is_file()), reverse=True) if root.is_dir() else []
+    names = (
+        sorted((p.name for p in root.iterdir() if (p / "job.json").is_file()), reverse=True) if root.is_dir() else []
+    )
     return [read(name) for name in names]
 
 
@@ -107,10 +119,8 @@ def cancel(job_id: str) -> dict[str, Any]:
     (job_dir(job_id) / CANCEL_FILE).touch()
     pid = _pid(job_id)
     if pid is not None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     return read(job_id)
 
 
@@ -123,10 +133,8 @@ def _worker_alive(job_id: str) -> bool:
     pid = _pid(job_id)
     if pid is None:
         return True  # not started yet
-    try:
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-    except ChildProcessError:
-        pass
+    if pid in _workers:
+        return _workers[pid].poll() is None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

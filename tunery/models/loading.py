@@ -17,7 +17,9 @@ def load_tokenizer(path: str | Path) -> Any:
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load a tokenizer from {path}: {exc}") from exc
     if not tokenizer.is_fast:
-        raise ModelError(f"{path}: tunery needs a fast (Rust) tokenizer for loss masks; found {type(tokenizer).__name__}")
+        raise ModelError(
+            f"{path}: tunery needs a fast (Rust) tokenizer for loss masks; found {type(tokenizer).__name__}"
+        )
     if not tokenizer.chat_template:
         tokenizer.chat_template = CHATML
     if tokenizer.pad_token_id is None:
@@ -28,7 +30,9 @@ def load_tokenizer(path: str | Path) -> Any:
 def load_model(path: str | Path, dtype: Any = None) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(path), dtype=dtype or torch.float32, trust_remote_code=False, use_safetensors=True

@@ -44,7 +44,9 @@ def resolve_base(name: str | Path) -> BaseModel:
         context = int(config.get("max_position_embeddings") or 2048)
         return BaseModel(str(path.resolve()), path.resolve(), ("text",), context, dict(LOCAL_LEARNING_RATES))
     known = ", ".join(CATALOG)
-    raise ModelError(f"unknown base model {str(name)!r}: not a catalog id ({known}) nor a model directory with config.json")
+    raise ModelError(
+        f"unknown base model {str(name)!r}: not a catalog id ({known}) nor a model directory with config.json"
+    )
 
 
 def cached_path(entry: CatalogEntry) -> Path:
@@ -66,7 +68,9 @@ def ensure_converted(entry: CatalogEntry) -> Path:
         try:
             convert_gguf(gguf, staging, entry.chat_template, name_or_path=str(target))
             (staging / SOURCE_FILE).write_text(
-                json.dumps({"id": entry.id, "source": entry.source, "gguf": gguf.name, "sha256": sha256_file(gguf)}, indent=2)
+                json.dumps(
+                    {"id": entry.id, "source": entry.source, "gguf": gguf.name, "sha256": sha256_file(gguf)}, indent=2
+                )
             )
             if target.exists():
                 shutil.rmtree(target)
@@ -84,7 +88,7 @@ def convert_gguf(gguf: Path, output: Path, chat_template: str, name_or_path: str
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # A GGUF-loaded model keeps its gguf quantizer; detach it so the saved config is a plain model.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     model.config.__dict__.pop("quantization_config", None)
     model.config._name_or_path = name_or_path
     tokenizer.chat_template = chat_template

@@ -18,8 +18,7 @@ from tunery.data.tokenize import end_of_turn_token, prompt_ids
 from tunery.errors import ModelError
 from tunery.models.loading import load_model, load_tokenizer
 from tunery.models.sources import resolve_base
-from tunery.tuning.output import load_tuned, read_manifest
-from tunery.tuning.prepare import MANIFEST_FILE
+from tunery.models.tuned import is_tuned_dir, load_tuned, read_manifest
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class Engine:
 
     def __init__(self, name: str | Path) -> None:
         self.name = str(name)
-        if (Path(name) / MANIFEST_FILE).is_file():
+        if is_tuned_dir(name):
             self.manifest: dict[str, Any] | None = read_manifest(name)
             model, self.tokenizer = load_tuned(name)
             if hasattr(model, "merge_and_unload"):
@@ -85,10 +84,17 @@ class Engine:
             )
         if config.seed is not None:
             torch.manual_seed(config.seed)
-        sampling = {"do_sample": False}
+        sampling: dict[str, Any] = {"do_sample": False}
         if config.temperature > 0:
-            sampling = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k}
-        extra = {"stop_strings": list(config.stop_sequences), "tokenizer": self.tokenizer} if config.stop_sequences else {}
+            sampling = {
+                "do_sample": True,
+                "temperature": config.temperature,
+                "top_p": config.top_p,
+                "top_k": config.top_k,
+            }
+        extra = (
+            {"stop_strings": list(config.stop_sequences), "tokenizer": self.tokenizer} if config.stop_sequences else {}
+        )
         out = self.model.generate(
             input_ids=torch.tensor([ids]),
             attention_mask=torch.ones(1, len(ids), dtype=torch.long),

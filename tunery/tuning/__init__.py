@@ -6,8 +6,9 @@ import shutil
 from pathlib import Path
 
 from tunery.errors import ConfigError, DatasetError, JobError, ModelError
+from tunery.models.tuned import is_adapter, load_tuned, read_manifest
 from tunery.tuning.loop import Hooks
-from tunery.tuning.output import is_adapter, load_tuned, merge, read_manifest
+from tunery.tuning.output import merge
 from tunery.tuning.prepare import new_run_dir, saved_spec
 from tunery.tuning.spec import TuningSpec, default_epochs
 

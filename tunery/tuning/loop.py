@@ -109,7 +109,9 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     if state.step == 0 and run.validation:
-        hooks.on_metrics({"step": 0, "epoch": 0, **evaluate(run.core, run.validation, run.pad_id, run.micro_batch_tokens)})
+        hooks.on_metrics(
+            {"step": 0, "epoch": 0, **evaluate(run.core, run.validation, run.pad_id, run.micro_batch_tokens)}
+        )
     started = time.perf_counter() - state.seconds
     while state.epoch < run.epochs:
         plan = plan_epoch(lengths, run.batch_size, run.seed, state.epoch)

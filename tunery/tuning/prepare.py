@@ -6,7 +6,7 @@ import json
 import secrets
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +16,16 @@ from tunery.data.stats import tuning_data_stats
 from tunery.data.tokenize import Encoded
 from tunery.data.validation import read_examples
 from tunery.errors import JobError
+from tunery.evaluation.tuned import evaluate_tuned
 from tunery.models.loading import load_tokenizer
 from tunery.models.sources import BaseModel, resolve_base
+from tunery.models.tuned import MANIFEST_FILE, METRICS_FILE
 from tunery.settings import tuned_models_dir
 from tunery.tuning.checkpoint import latest_checkpoint, load_checkpoint, write_atomic
 from tunery.tuning.loop import Hooks, Run, TrainState
 from tunery.tuning.spec import TuningSpec, default_epochs
 
 RUN_FILE = "run.json"
-METRICS_FILE = "metrics.jsonl"
-MANIFEST_FILE = "tunery.json"
 
 
 @dataclass
@@ -48,10 +48,12 @@ def new_run_dir(spec: TuningSpec) -> Path:
     if spec.output:
         path = Path(spec.output).expanduser().resolve()
     else:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         path = tuned_models_dir() / f"{stamp}-{secrets.token_hex(3)}"
     if path.exists() and any(path.iterdir()):
-        raise JobError(f"{path} already exists and is not empty; pass --resume to continue its run, or choose another --output")
+        raise JobError(
+            f"{path} already exists and is not empty; pass --resume to continue its run, or choose another --output"
+        )
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -79,7 +81,15 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
     learning_rate = base.learning_rates[spec.method] * spec.learning_rate_multiplier
     stats = tuning_data_stats(train.encoded, epochs, spec.batch_size)
     return Prepared(
-        spec, base, tokenizer, train.encoded, validation.encoded if validation else [], epochs, learning_rate, run_dir, stats
+        spec,
+        base,
+        tokenizer,
+        train.encoded,
+        validation.encoded if validation else [],
+        epochs,
+        learning_rate,
+        run_dir,
+        stats,
     )
 
 
@@ -125,7 +135,9 @@ def start_or_resume(prep: Prepared, run: Run, resume: bool) -> None:
     saved = load_checkpoint(checkpoint, run.model, run.optimizer, run.scheduler)
     run.state = TrainState(**saved)
     if metrics.is_file():
-        kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= run.state.step]
+        kept = [
+            line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= run.state.step
+        ]
         write_atomic(metrics, "".join(line + "\n" for line in kept))
 
 
@@ -142,7 +154,8 @@ def logging_hooks(hooks: Hooks, run_dir: Path) -> Hooks:
 
 
 def finish(prep: Prepared, run: Run) -> Path:
-    """Write tokenizer, chat template and ``tunery.json``; drop checkpoints. The manifest goes last."""
+    """Write tokenizer, chat template and ``tunery.json``; drop checkpoints. The manifest goes last; then, with a
+    validation file, the final evaluation (``evaluation.json`` + ``predictions.jsonl``) of the finished model."""
     prep.tokenizer.save_pretrained(prep.run_dir)
     final = {}
     for line in (prep.run_dir / METRICS_FILE).read_text().splitlines():
@@ -166,11 +179,11 @@ def finish(prep: Prepared, run: Run) -> Path:
         "tuningDataStats": {"supervisedTuningDataStats": prep.stats},
         "finalMetrics": final,
         "trainingSeconds": round(run.state.seconds, 2),
-        "createTime": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "createTime": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     write_atomic(prep.run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2))
     shutil.rmtree(prep.run_dir / "checkpoints", ignore_errors=True)
     (prep.run_dir / RUN_FILE).unlink(missing_ok=True)
+    if prep.spec.validation:
+        evaluate_tuned(prep.run_dir, prep.spec.validation, prep.spec.train)
     return prep.run_dir
-
-

@@ -65,7 +65,9 @@ class TuningSpec:
         if self.epochs is not None and not 1 <= self.epochs <= 100:
             problems.append(f"epochCount {self.epochs}: expected 1 to 100")
         if not (0 < self.learning_rate_multiplier <= 100) or math.isnan(self.learning_rate_multiplier):
-            problems.append(f"learningRateMultiplier {self.learning_rate_multiplier}: expected more than 0, at most 100")
+            problems.append(
+                f"learningRateMultiplier {self.learning_rate_multiplier}: expected more than 0, at most 100"
+            )
         if not 1 <= self.batch_size <= 1024:
             problems.append(f"batchSize {self.batch_size}: expected 1 to 1024")
         if not 16 <= self.max_length <= 131072:

@@ -1,0 +1,166 @@
+"""Training throughput of tunery against TRL's SFTTrainer + PEFT, on this machine, in one process.
+
+    python benchmarks/train_throughput.py                 # LoRA: tunery vs TRL defaults
+    python benchmarks/train_throughput.py --full          # also full fine-tuning
+    python benchmarks/train_throughput.py --examples 240  # more of the demo data
+
+Both runs tune the default model (smollm2-135m-instruct) for one epoch on the same examples of the
+demo dataset, with the same LoRA rank (8, all linear layers) and batch size (8). "tokens/s" counts
+the real (non-padding) tokens processed per second of training; "padding" is the share of padded
+positions in the batches. The machine's limit is the fp32 matmul rate measured here, divided by the
+FLOPs a token costs: about 4·N for LoRA (forward, and backward through activations only) and 6·N for
+full tuning, N = the model's parameter count. tunery computes logits only at trained positions, so
+its real FLOPs per token are below 4·N; the share is reported on the same 4·N basis for both.
+Needs the bench extra: pip install -e '.[bench]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tunery.data.validation import read_examples
+from tunery.demo import dataset_paths
+from tunery.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_base
+from tunery.tuning import Hooks, TuningSpec, tune
+from tunery.tuning.batching import micro_batches, plan_epoch
+
+
+def matmul_gflops(size: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        a @ b
+    started = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * size**3 * reps / (time.perf_counter() - started) / 1e9
+
+
+def subset(path: Path, n: int, workdir: Path) -> Path:
+    lines = path.read_text().splitlines()[:n]
+    out = workdir / f"train-{n}.jsonl"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def run_tunery(train: Path, method: str, workdir: Path) -> dict:
+    spec = TuningSpec(train=str(train), method=method, epochs=1, output=str(workdir / f"tunery-{method}"))
+    last: dict = {}
+    tuned = tune(spec, Hooks(on_metrics=last.update))
+    manifest = json.loads((tuned / "tunery.json").read_text())
+    base = resolve_base(DEFAULT_MODEL)
+    report = read_examples(train, tokenizer=load_tokenizer(base.path))
+    lengths = [len(e.input_ids) for e in report.encoded]
+    real = padded = 0
+    for step in plan_epoch(lengths, spec.batch_size, spec.seed, 0):
+        for group in micro_batches(step, lengths, spec.micro_batch_tokens):
+            real += sum(lengths[i] for i in group)
+            padded += max(lengths[i] for i in group) * len(group)
+    return {
+        "tokens_per_second": last["tokens_per_second"],
+        "padding": 1 - real / padded,
+        "seconds": manifest["trainingSeconds"],
+    }
+
+
+def run_trl(train: Path, method: str, workdir: Path, gradient_checkpointing: bool | None = None) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    base = resolve_base(DEFAULT_MODEL)
+    tokenizer = load_tokenizer(base.path)
+    examples = read_examples(train).examples
+    dataset = Dataset.from_list([{"messages": e.messages()} for e in examples])
+    options = {} if gradient_checkpointing is None else {"gradient_checkpointing": gradient_checkpointing}
+    config = SFTConfig(
+        output_dir=str(workdir / f"trl-{method}"),
+        num_train_epochs=1,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10_000,
+        seed=0,
+        disable_tqdm=True,
+        **options,
+    )
+    peft_config = (
+        LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM") if method == "lora" else None
+    )
+    trainer = SFTTrainer(
+        model=load_model(base.path),
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    counts = {"real": 0, "padded": 0}
+    collate = trainer.data_collator
+
+    def counting(features):  # type: ignore[no-untyped-def]
+        batch = collate(features)
+        counts["real"] += int(batch["attention_mask"].sum())
+        counts["padded"] += batch["attention_mask"].numel()
+        return batch
+
+    trainer.data_collator = counting
+    result = trainer.train()
+    seconds = result.metrics["train_runtime"]
+    return {
+        "tokens_per_second": counts["real"] / seconds,
+        "padding": 1 - counts["real"] / counts["padded"],
+        "seconds": seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=120, help="Training examples from the demo dataset.")
+    parser.add_argument("--full", action="store_true", help="Also benchmark full fine-tuning.")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    base = resolve_base(DEFAULT_MODEL)
+    n_params = sum(p.numel() for p in load_model(base.path).parameters())
+    gflops = matmul_gflops()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        train = subset(dataset_paths()[0], args.examples, workdir)
+        for method in ["lora", "full"] if args.full else ["lora"]:
+            flops_per_token = (4 if method == "lora" else 6) * n_params
+            limit = gflops * 1e9 / flops_per_token
+            trl_default = run_trl(train, method, workdir)
+            runs = [
+                (f"tunery {method}", run_tunery(train, method, workdir)),
+                (f"TRL SFTTrainer {method} (defaults)", trl_default),
+                (f"TRL SFTTrainer {method} (no gradient checkpointing)", run_trl(train, method, workdir, False)),
+            ]
+            for name, r in runs:
+                rows.append(
+                    (
+                        name,
+                        r["tokens_per_second"],
+                        r["padding"],
+                        r["tokens_per_second"] / trl_default["tokens_per_second"],
+                        r["tokens_per_second"] / limit,
+                        r["seconds"],
+                    )
+                )
+    print(f"\nmodel {DEFAULT_MODEL}: {n_params / 1e6:.1f}M parameters; {args.examples} examples, 1 epoch, batch 8")
+    print(
+        f"fp32 matmul: {gflops:.0f} GFLOP/s; limit {gflops * 1e9 / (4 * n_params):.0f} tokens/s for LoRA (4·N), "
+        f"{gflops * 1e9 / (6 * n_params):.0f} for full (6·N); threads: {torch.get_num_threads()}\n"
+    )
+    print(f"| {'run':<52} | tokens/s | padding | × TRL defaults | share of limit | train s |")
+    print(f"|{'-' * 54}|---------:|--------:|---------------:|---------------:|--------:|")
+    for name, tps, pad, ratio, share, seconds in rows:
+        print(f"| {name:<52} | {tps:8.1f} | {pad:7.1%} | {ratio:14.2f} | {share:14.1%} | {seconds:7.1f} |")
+
+
+if __name__ == "__main__":
+    main()

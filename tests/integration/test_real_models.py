@@ -1,0 +1,93 @@
+"""The real shipped models, end to end: few and deliberate (each converts a GGUF once per session)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunery.data import encode, read_examples
+from tunery.data.formats import user_example
+from tunery.demo import dataset_paths
+from tunery.models import load_tokenizer, resolve_base
+from tunery.serving import Engine, GenerationConfig
+from tunery.tuning import TuningSpec, tune
+
+pytestmark = pytest.mark.integration
+
+
+def head(path: Path, n: int, out: Path) -> Path:
+    out.write_text("\n".join(path.read_text().splitlines()[:n]) + "\n")
+    return out
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    return resolve_base("smollm2-135m-instruct")
+
+
+def test_conversion_is_cached(smollm):
+    weights = smollm.path / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    started = time.perf_counter()
+    again = resolve_base("smollm2-135m-instruct")
+    assert time.perf_counter() - started < 2
+    assert again.path == smollm.path and weights.stat().st_mtime_ns == before
+    assert len(smollm.sha256) == 64
+    config = json.loads((smollm.path / "config.json").read_text())
+    assert "quantization_config" not in config
+
+
+def test_short_lora_run_lowers_validation_loss_and_reloads_with_plain_peft(smollm, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    train_path, test_path = dataset_paths()
+    train = head(train_path, 48, tmp_path / "train.jsonl")
+    validation = head(test_path, 16, tmp_path / "validation.jsonl")
+    out = tune(TuningSpec(train=str(train), validation=str(validation), epochs=2, output=str(tmp_path / "tuned")))
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
+    assert len(evals) == 3 and evals[-1] < evals[0] * 0.5, evals
+
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(smollm.path)
+    base = AutoModelForCausalLM.from_pretrained(adapter_config["base_model_name_or_path"])
+    plain = PeftModel.from_pretrained(base, str(out)).eval()
+    engine = Engine(out)
+    tokenizer = load_tokenizer(out)
+    ids = torch.tensor([encode(tokenizer, read_examples(validation).examples[0], 512).input_ids])
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, engine.model(ids).logits, atol=1e-4, rtol=1e-4)
+    answer = engine.generate(user_example("I left my wallet in a taxi last night", "Route the ticket."),
+                             GenerationConfig(max_output_tokens=12))
+    assert answer.finish_reason == "STOP" and answer.text
+
+
+def test_demo_data_is_valid_for_the_default_model(smollm):
+    tokenizer = load_tokenizer(smollm.path)
+    for path in dataset_paths():
+        report = read_examples(path, tokenizer=tokenizer)
+        assert report.ok and not report.warnings
+        trained = [tokenizer.decode([t for t in e.labels if t != -100]) for e in report.encoded]
+        assert all(text.endswith("<|im_end|>") for text in trained)
+
+
+def test_gemma_gets_its_turn_format_and_stops_at_end_of_turn():
+    base = resolve_base("gemma-3-270m")
+    tokenizer = load_tokenizer(base.path)
+    report = read_examples(dataset_paths()[0], tokenizer=tokenizer, model_id=base.id)
+    assert report.ok
+    example, encoded = report.examples[0], report.encoded[0]
+    assert encoded.input_ids[0] == tokenizer.bos_token_id
+    trained = tokenizer.decode([t for t in encoded.labels if t != -100])
+    assert trained == example.target + "<end_of_turn>"
+    text = tokenizer.decode(encoded.input_ids)
+    assert text.startswith("<bos><start_of_turn>user\nRoute the ticket.\n\n")
+    engine = Engine("gemma-3-270m")
+    assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in engine.stop_ids
+    result = engine.generate(user_example("Say hello."), GenerationConfig(max_output_tokens=4))
+    assert result.output_tokens <= 4 and result.prompt_tokens == engine.count_tokens(user_example("Say hello."))

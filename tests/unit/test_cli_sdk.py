@@ -1,0 +1,183 @@
+"""The CLI and the embedded SDK on a tiny model: what a user types, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tunery import GenerativeModel, TuningJob, sft
+from tunery.cli import app
+from tunery.jobs import CANCELLED, FAILED, SUCCEEDED
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_factory) -> Path:
+    return tiny_model_factory("chatml")
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_validate_reports_every_problem_by_line_and_exits_1(tiny, data_dir):
+    bad = data_dir / "bad" / "mixed.jsonl"
+    result = invoke("datasets", "validate", bad, "--model", tiny)
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if re.match(rf"{re.escape(str(bad))}:\d+: ", line)]
+    numbers = [int(line.split(":")[1]) for line in lines]
+    assert len(lines) >= 5 and numbers == sorted(numbers)  # every problem, in file order
+    assert all(re.match(r".+:\d+: [\w\[\].]+: .+", line) for line in lines)  # FILE:LINE: field: message
+    assert "error(s)" in result.output.splitlines()[-1]
+
+
+def test_validate_accepts_a_valid_file(tiny, data_dir):
+    result = invoke("datasets", "validate", data_dir / "classify_openai.jsonl", "--model", tiny)
+    assert result.exit_code == 0, result.output
+    assert "OK, 10 examples" in result.output
+
+
+def test_stats_json_is_vertex_shaped(tiny, data_dir):
+    result = invoke("datasets", "stats", data_dir / "classify_gemini.jsonl", "--model", tiny, "--epochs", "3",
+                    "--batch-size", "4", "--json")
+    stats = json.loads(result.output)["supervisedTuningDataStats"]
+    assert stats["tuningDatasetExampleCount"] == 10
+    assert stats["tuningStepCount"] == 3 * 3
+    assert stats["totalBillableTokenCount"] == 3 * stats["exampleTokenDistribution"]["sum"]
+    assert set(stats["userInputTokenDistribution"]) == {"sum", "min", "max", "mean", "median", "p5", "p95"}
+
+
+def test_stats_on_an_invalid_file_exits_1_without_traceback(tiny, data_dir):
+    result = invoke("datasets", "stats", data_dir / "bad" / "invalid_json.jsonl", "--model", tiny)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and "invalid JSON" in result.output
+
+
+def test_unknown_model_is_a_clear_error(data_dir):
+    result = invoke("datasets", "validate", data_dir / "classify_gemini.jsonl", "--model", "no-such-model")
+    assert result.exit_code == 1
+    assert "unknown base model 'no-such-model'" in result.output
+
+
+def test_models_list_json_names_the_catalog():
+    rows = json.loads(invoke("models", "list", "--json").output)
+    ids = {row["id"] for row in rows}
+    assert {"smollm2-135m-instruct", "gemma-3-270m"} <= ids
+    for row in rows:
+        assert row["modalities"] == ["text"] and row["contextLength"] > 0
+        assert set(row["defaultLearningRates"]) == {"PEFT_ADAPTER", "FULL"}
+
+
+def test_tune_predict_merge_from_the_cli(tiny, data_dir, tmp_path):
+    out = tmp_path / "tuned"
+    result = invoke("tune", "--model", tiny, "--train", data_dir / "classify_gemini.jsonl", "--validation",
+                    data_dir / "classify_openai.jsonl", "--epochs", "2", "--batch-size", "4", "--output", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "tunery.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    first = invoke("predict", out, "my card never arrived", "--system", "Route the ticket.", "--max-tokens", "5")
+    second = invoke("predict", out, "my card never arrived", "--system", "Route the ticket.", "--max-tokens", "5")
+    assert first.exit_code == 0 and first.output == second.output  # greedy is deterministic
+    batch = invoke("predict", out, "--input", data_dir / "classify_gemini.jsonl", "--max-tokens", "3")
+    records = [json.loads(line) for line in batch.output.splitlines()]
+    assert [r["line"] for r in records] == list(range(1, 11))
+    assert all(r["target"] and r["candidatesTokenCount"] <= 3 for r in records)
+    merged = invoke("merge", out, "--output", tmp_path / "merged")
+    assert merged.exit_code == 0 and (tmp_path / "merged" / "model.safetensors").is_file()
+    again = invoke("tune", "--model", tiny, "--train", data_dir / "classify_gemini.jsonl", "--output", out)
+    assert again.exit_code == 1 and "not empty" in again.output
+
+
+def test_tune_rejects_a_bad_hyperparameter_by_name(tiny, data_dir):
+    result = invoke("tune", "--model", tiny, "--train", data_dir / "classify_gemini.jsonl", "--adapter-size", "3")
+    assert result.exit_code == 1 and "adapterSize 3" in result.output
+
+
+def test_sdk_train_runs_a_worker_and_the_tuned_model_answers(tiny, data_dir, tmp_path):
+    job = sft.train(source_model=str(tiny), train_dataset=data_dir / "classify_gemini.jsonl",
+                    validation_dataset=data_dir / "classify_openai.jsonl", epochs=2, adapter_size=4,
+                    tuned_model_display_name="router", output_dir=tmp_path / "sdk-tuned")
+    assert job.name.startswith("tuningJobs/")
+    job.wait(timeout=180, poll=0.2)
+    assert job.state == SUCCEEDED and job.has_ended, job.to_dict()
+    resource = job.to_dict()
+    assert resource["tunedModelDisplayName"] == "router"
+    assert resource["createTime"] <= resource["startTime"] <= resource["endTime"]
+    assert resource["tuningDataStats"]["supervisedTuningDataStats"]["tuningDatasetExampleCount"] == 10
+    assert TuningJob.get(job.name).state == SUCCEEDED
+    assert job.name in [j.name for j in TuningJob.list()]
+    model = GenerativeModel(job.tuned_model_name, system_instruction="Route the ticket.")
+    response = model.generate_content("my card never arrived", generation_config={"maxOutputTokens": 4})
+    assert response.usage_metadata.prompt_token_count == model.count_tokens("my card never arrived")
+    assert 1 <= response.usage_metadata.candidates_token_count <= 4
+    assert response.finish_reason in {"STOP", "MAX_TOKENS"}
+
+
+def test_sdk_job_on_an_invalid_file_fails_with_the_problems(tiny, data_dir):
+    job = sft.train(source_model=str(tiny), train_dataset=data_dir / "bad" / "unknown_role.jsonl").wait(180, 0.2)
+    assert job.state == FAILED
+    assert "unknown role" in job.error["message"] and job.error["code"] == 3
+
+
+def _make_long_train(data_dir: Path, tmp_path: Path) -> Path:
+    lines = (data_dir / "classify_gemini.jsonl").read_text().splitlines()
+    path = tmp_path / "long.jsonl"
+    path.write_text("\n".join(lines * 30) + "\n")
+    return path
+
+
+def test_sdk_cancel_stops_the_worker_and_keeps_the_job(tiny, data_dir, tmp_path):
+    job = sft.train(source_model=str(tiny), train_dataset=_make_long_train(data_dir, tmp_path), epochs=50, batch_size=1)
+    deadline = time.monotonic() + 120
+    while job.refresh().state != "JOB_STATE_RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    job.cancel()
+    assert job.state in {"JOB_STATE_CANCELLING", CANCELLED}
+    job.wait(timeout=60, poll=0.2)
+    assert job.state == CANCELLED
+    assert TuningJob.get(job.id).state == CANCELLED
+
+
+def test_a_killed_worker_never_leaves_a_job_running(tiny, data_dir, tmp_path, tunery_home):
+    job = sft.train(source_model=str(tiny), train_dataset=_make_long_train(data_dir, tmp_path), epochs=50, batch_size=1)
+    deadline = time.monotonic() + 120
+    while job.refresh().state != "JOB_STATE_RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pid = int((tunery_home / "jobs" / job.id / "worker.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    job.wait(timeout=30, poll=0.2)
+    assert job.state == FAILED and "exited unexpectedly" in job.error["message"]
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(tiny, data_dir, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "tunery", "tune", "--model", str(tiny), "--train",
+               str(_make_long_train(data_dir, tmp_path)), "--epochs", "3", "--batch-size", "1", "--output", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "metrics.jsonl").is_file():
+        time.sleep(0.05)
+    while time.monotonic() < deadline and len((out / "metrics.jsonl").read_text().splitlines()) < 3:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert "tunery tune --resume --output" in output and "Traceback" not in output
+    assert (out / "checkpoints" / "latest").is_file() and not (out / "tunery.json").exists()
+    step = int((out / "checkpoints" / "latest").read_text().split("-")[1])
+    assert step >= 2
+    # the resumed run continues from that step, not from 0
+    resumed = invoke("tune", "--resume", "--output", out)
+    assert resumed.exit_code == 0, resumed.output
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 3 * 300
