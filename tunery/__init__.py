@@ -1,19 +1,20 @@
 """tunery: self-hosted tuning for open language models.
 
-    from tunery import sft, GenerativeModel
-    job = sft.train(source_model="smollm2-135m-instruct", train_dataset="train.jsonl")
-    job.wait()
-    GenerativeModel(job.tuned_model_name).generate_content("My card never arrived").text
+from tunery import sft, GenerativeModel
+job = sft.train(source_model="smollm2-135m-instruct", train_dataset="train.jsonl")
+job.wait()
+GenerativeModel(job.tuned_model_name).generate_content("My card never arrived").text
 """
 
 from tunery.errors import ConfigError, DatasetError, JobError, ModelError, TuneryError, TuningCancelled
-from tunery.sdk import GenerationResponse, GenerativeModel, TuningJob, sft
+from tunery.sdk import EvaluationRun, GenerationResponse, GenerativeModel, TuningJob, compare, evaluate, sft
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
     "DatasetError",
+    "EvaluationRun",
     "GenerationResponse",
     "GenerativeModel",
     "JobError",
@@ -22,5 +23,7 @@ __all__ = [
     "TuningCancelled",
     "TuningJob",
     "__version__",
+    "compare",
+    "evaluate",
     "sft",
 ]

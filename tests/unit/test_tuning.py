@@ -27,6 +27,7 @@ from tunery.tuning.loop import fit
 ADAPTER = "adapter_model.safetensors"
 TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
 MANIFEST_FILES = {"tunery.json", "metrics.jsonl"}
+EVALUATION_FILES = {"evaluation.json", "predictions.jsonl"}  # written when a validation file is given
 
 
 def weights(path: Path, name: str = ADAPTER) -> dict[str, torch.Tensor]:
@@ -334,7 +335,8 @@ def test_lora_output_layout(tuned_lora, tiny_model):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    assert set(os.listdir(tuned_lora)) == {ADAPTER, "adapter_config.json", *TOKENIZER_FILES, *MANIFEST_FILES}
+    expected = {ADAPTER, "adapter_config.json", *TOKENIZER_FILES, *MANIFEST_FILES, *EVALUATION_FILES}
+    assert set(os.listdir(tuned_lora)) == expected
     config = json.loads((tuned_lora / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_model.resolve())
     assert (config["r"], config["lora_alpha"], config["peft_type"]) == (8, 16, "LORA")
@@ -355,6 +357,7 @@ def test_full_output_layout(tuned_full):
         "generation_config.json",
         *TOKENIZER_FILES,
         *MANIFEST_FILES,
+        *EVALUATION_FILES,
     }
     model = AutoModelForCausalLM.from_pretrained(tuned_full)
     assert model.config.num_hidden_layers == 2

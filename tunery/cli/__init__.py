@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 
 from tunery.cli import datasets, models
@@ -47,4 +49,6 @@ app.command()(advise)
 
 
 def main() -> None:
+    # Library deprecation notices are for us, not for the person running a command.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     app()

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from tunery.cli._common import TrainingProgress, console, handle_errors
 from tunery.cli.datasets import show_stats
+from tunery.cli.evaluate import show_table
 from tunery.data.validation import ValidationReport
-from tunery.demo import Candidate, DemoEvents, run_demo
+from tunery.demo import Candidate, DemoEvents, comparison, run_demo
 from tunery.evaluation import Prediction
 from tunery.models.catalog import DEFAULT_MODEL
 from tunery.settings import tunery_home
@@ -21,7 +21,7 @@ from tunery.settings import tunery_home
 @handle_errors
 def demo(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Base model to tune."),
-    workdir: Path = typer.Option(None, "--workdir", help="Where predictions and the tuned model go."),
+    workdir: Path = typer.Option(None, "--workdir", help="Where the report, predictions and the tuned model go."),
     zero_shot: bool = typer.Option(False, "--zero-shot", help="Also evaluate the base model zero-shot."),
     limit: int = typer.Option(None, "--limit", help="Evaluate on the first N held-out tickets only."),
     epochs: int = typer.Option(None, "--epochs", help="Epochs (default: from the dataset size)."),
@@ -83,22 +83,10 @@ def demo(
         on_candidate=on_candidate,
     )
     candidates = run_demo(workdir, events, model=model, zero_shot=zero_shot, limit=limit, epochs=epochs)
-    table = Table(title=f"Support-ticket routing, {candidates[0].summary['examples']} held-out tickets")
-    for column in ("", "accuracy", "macro-F1", "prompt tokens / request", "ms / request (mean)", "ms p95"):
-        table.add_column(column, justify="right" if column else "left")
-    for c in candidates:
-        s = c.summary
-        table.add_row(
-            c.name,
-            f"{s['accuracy']:.1%}",
-            f"{s['macro_f1']:.3f}",
-            f"{s['prompt_tokens_mean']:.0f}",
-            f"{s['latency_ms_mean']:.0f}",
-            f"{s['latency_ms_p95']:.0f}",
-        )
-    console.print(table)
+    show_table(comparison(candidates), f"Support-ticket routing, {candidates[0].summary['examples']} held-out tickets")
     console.print(
-        f"tuned model: {candidates[-1].model}\npredictions and summary.json: {workdir}\n"
+        f"tuned model: {candidates[-1].model}\nreport: {workdir / 'report.html'}\n        {workdir / 'report.md'}\n"
+        f"predictions and summary.json: {workdir}\n"
         f"demo took {time.perf_counter() - started:.0f} s",
         highlight=False,
     )

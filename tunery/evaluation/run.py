@@ -5,33 +5,51 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from tunery.data.formats import Example
-from tunery.evaluation.metrics import classification_metrics, match_label, percentile
+from tunery.evaluation.metrics import percentile
 from tunery.evaluation.prompts import Prompt
+from tunery.evaluation.tasks import Task
 from tunery.serving.engine import Engine, GenerationConfig
+
+OUTPUT_MARGIN = 8  # tokens past the longest gold answer that a cheap evaluation lets the model write
 
 
 @dataclass(frozen=True)
 class Prediction:
+    """One request: what was asked and expected, what came back, how good and how costly it was."""
+
     line: int
     input: str
     target: str
     output: str
     label: str | None
+    score: float
     prompt_tokens: int
     output_tokens: int
     latency_ms: float
+    finish_reason: str = "STOP"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Prediction:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def output_budget(engine: Engine, examples: Sequence[Example], margin: int = OUTPUT_MARGIN) -> GenerationConfig:
+    """Greedy decoding with room for the longest gold answer (in the model's tokens) plus ``margin``."""
+    longest = max((len(engine.tokenizer(e.target, add_special_tokens=False)["input_ids"]) for e in examples), default=0)
+    return GenerationConfig(max_output_tokens=max(1, longest + margin))
 
 
 def predict_all(
     engine: Engine,
     examples: Sequence[Example],
     prompt: Prompt,
-    labels: Sequence[str] = (),
+    task: Task,
     config: GenerationConfig | None = None,
     on_prediction: Callable[[Prediction], None] = lambda p: None,
 ) -> list[Prediction]:
@@ -44,34 +62,49 @@ def predict_all(
             input=example.prompt().turns[-1].text,
             target=example.target,
             output=result.text,
-            label=match_label(result.text, labels) if labels else None,
+            label=task.label_of(result.text),
+            score=round(task.score(example.target, result.text), 4),
             prompt_tokens=result.prompt_tokens,
             output_tokens=result.output_tokens,
             latency_ms=round(result.latency_ms, 2),
+            finish_reason=result.finish_reason,
         )
         on_prediction(prediction)
         out.append(prediction)
     return out
 
 
-def summarize(predictions: Sequence[Prediction], labels: Sequence[str] = ()) -> dict[str, Any]:
-    """Quality and cost per request; classification metrics when a label set is given."""
+def summarize(predictions: Sequence[Prediction], task: Task) -> dict[str, Any]:
+    """The task's quality metrics, and tokens and latency per request (mean, p50, p95)."""
     latencies = [p.latency_ms for p in predictions]
+
+    def mean(values: Sequence[float]) -> float:
+        return statistics.fmean(values) if values else 0.0
+
     summary: dict[str, Any] = {
+        "task": task.kind,
         "examples": len(predictions),
-        "exact_match": statistics.fmean(p.output.strip() == p.target.strip() for p in predictions) if predictions else 0.0,
-        "prompt_tokens_mean": statistics.fmean(p.prompt_tokens for p in predictions) if predictions else 0.0,
-        "output_tokens_mean": statistics.fmean(p.output_tokens for p in predictions) if predictions else 0.0,
-        "latency_ms_mean": statistics.fmean(latencies) if latencies else 0.0,
-        "latency_ms_p50": percentile(latencies, 50),
-        "latency_ms_p95": percentile(latencies, 95),
+        "exact_match": mean([p.output.strip() == p.target.strip() for p in predictions]),
     }
-    if labels:
-        summary.update(classification_metrics([p.target for p in predictions], [p.label for p in predictions]))
+    summary.update(task.metrics([p.target for p in predictions], [p.output for p in predictions]))
+    summary.update(
+        {
+            "prompt_tokens_mean": mean([p.prompt_tokens for p in predictions]),
+            "output_tokens_mean": mean([p.output_tokens for p in predictions]),
+            "latency_ms_mean": mean(latencies),
+            "latency_ms_p50": percentile(latencies, 50),
+            "latency_ms_p95": percentile(latencies, 95),
+        }
+    )
     return summary
 
 
 def write_predictions(predictions: Sequence[Prediction], path: str | Path) -> None:
-    with Path(path).open("w") as fh:
+    with Path(path).open("w", encoding="utf-8") as fh:
         for p in predictions:
-            fh.write(json.dumps(asdict(p)) + "\n")
+            fh.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
+
+
+def read_predictions(path: str | Path) -> list[Prediction]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [Prediction.from_dict(json.loads(line)) for line in lines if line.strip()]

@@ -1,0 +1,191 @@
+"""Evaluate one candidate (a model with a prompt): metrics, every prediction, error analysis, robustness.
+
+``evaluate_engine`` runs a loaded model; ``Evaluation.save`` writes ``evaluation.json`` (metrics,
+error analysis, robustness) and ``predictions.jsonl`` (one line per example) beside it, plus
+``predictions-<perturbation>.jsonl`` for each perturbation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunery.data.formats import Example
+from tunery.errors import ConfigError, ModelError
+from tunery.evaluation.analysis import error_analysis
+from tunery.evaluation.perturb import perturb_example
+from tunery.evaluation.prompts import Prompt, load_prompt
+from tunery.evaluation.run import Prediction, predict_all, read_predictions, summarize, write_predictions
+from tunery.evaluation.tasks import Task
+from tunery.serving.engine import Engine, GenerationConfig
+
+EVALUATION_FILE = "evaluation.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+PROMPT_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What is evaluated: a name for the table, a model (catalog id, model dir or tuned model), a prompt."""
+
+    name: str
+    model: str
+    prompt: Prompt = field(default_factory=Prompt)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "model": self.model, "prompt": self.prompt.to_dict()}
+
+
+def parse_candidate(text: str) -> Candidate:
+    """``NAME=MODEL`` or ``NAME=MODEL:PROMPT.yaml`` (the prompt file is read now)."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name.strip() or not rest.strip():
+        raise ConfigError(f"--candidate {text!r}: expected NAME=MODEL or NAME=MODEL:PROMPT.yaml")
+    model, colon, prompt_path = rest.rpartition(":")
+    if colon and prompt_path.lower().endswith(PROMPT_SUFFIXES) and model:
+        return Candidate(name.strip(), model, load_prompt(prompt_path))
+    return Candidate(name.strip(), rest)
+
+
+@dataclass
+class Evaluation:
+    """One candidate's results on one evaluation set."""
+
+    candidate: Candidate
+    task: Task
+    data: str
+    predictions: list[Prediction]
+    summary: dict[str, Any]
+    errors: dict[str, Any]
+    robustness: dict[str, dict[str, Any]] = field(default_factory=dict)
+    perturbed: dict[str, list[Prediction]] = field(default_factory=dict)
+
+    @property
+    def quality(self) -> float:
+        return float(self.summary[self.task.primary_metric])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate.to_dict(),
+            "data": self.data,
+            "task": self.task.to_dict(),
+            "metrics": self.summary,
+            "errorAnalysis": self.errors,
+            "robustness": self.robustness,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_predictions(self.predictions, directory / PREDICTIONS_FILE)
+        for name, predictions in self.perturbed.items():
+            write_predictions(predictions, directory / f"predictions-{name}.jsonl")
+        path = directory / EVALUATION_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+
+def load_evaluation(directory: str | Path) -> Evaluation | None:
+    """The evaluation stored in ``directory`` (a tuned model's, after tuning), or None."""
+    directory = Path(directory)
+    path = directory / EVALUATION_FILE
+    if not path.is_file() or not (directory / PREDICTIONS_FILE).is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if "metrics" not in data:
+        return None
+    c, t = data["candidate"], data["task"]
+    prompt = Prompt(name=c["prompt"]["name"], system=c["prompt"]["system"], template=c["prompt"]["template"])
+    perturbed = {
+        name: read_predictions(directory / f"predictions-{name}.jsonl")
+        for name in data.get("robustness", {})
+        if (directory / f"predictions-{name}.jsonl").is_file()
+    }
+    return Evaluation(
+        candidate=Candidate(c["name"], c["model"], prompt),
+        task=Task(t["kind"], tuple(t["labels"])),
+        data=data["data"],
+        predictions=read_predictions(directory / PREDICTIONS_FILE),
+        summary=data["metrics"],
+        errors=data["errorAnalysis"],
+        robustness=data.get("robustness", {}),
+        perturbed=perturbed,
+    )
+
+
+def from_predictions(
+    candidate: Candidate,
+    task: Task,
+    data: str,
+    predictions: list[Prediction],
+    perturbed: dict[str, list[Prediction]] | None = None,
+) -> Evaluation:
+    """Metrics, error analysis and robustness computed from predictions already made."""
+    summary = summarize(predictions, task)
+    evaluation = Evaluation(candidate, task, data, predictions, summary, error_analysis(predictions, task))
+    for name, rows in (perturbed or {}).items():
+        evaluation.perturbed[name] = rows
+        evaluation.robustness[name] = robustness(evaluation, rows)
+    return evaluation
+
+
+def robustness(clean: Evaluation, perturbed: Sequence[Prediction]) -> dict[str, Any]:
+    """The primary metric on perturbed inputs, its drop from clean inputs, and answers the change broke."""
+    metric = clean.task.primary_metric
+    value = float(summarize(perturbed, clean.task)[metric])
+    by_line = {p.line: p for p in perturbed}
+    broken = sum(1 for p in clean.predictions if p.score == 1.0 and p.line in by_line and by_line[p.line].score < 1.0)
+    return {"metric": metric, "clean": clean.quality, "perturbed": value, "drop": clean.quality - value,
+            "broken": broken}  # fmt: skip
+
+
+def restrict(evaluation: Evaluation, lines: Sequence[int]) -> Evaluation:
+    """The same evaluation recomputed over the examples on ``lines`` only."""
+    keep = set(lines)
+    perturbed = {n: [p for p in rows if p.line in keep] for n, rows in evaluation.perturbed.items()}
+    predictions = [p for p in evaluation.predictions if p.line in keep]
+    return from_predictions(evaluation.candidate, evaluation.task, evaluation.data, predictions, perturbed)
+
+
+@dataclass
+class Events:
+    """Progress callbacks (all optional): a candidate starts, a prediction is made, a candidate is done."""
+
+    on_start: Callable[[str, int], None] = lambda name, total: None
+    on_prediction: Callable[[str, Prediction], None] = lambda name, prediction: None
+    on_done: Callable[[Evaluation], None] = lambda evaluation: None
+
+
+def _relay(events: Events, label: str) -> Callable[[Prediction], None]:
+    return lambda prediction: events.on_prediction(label, prediction)
+
+
+def evaluate_engine(
+    engine: Engine,
+    examples: Sequence[Example],
+    candidate: Candidate,
+    task: Task,
+    config: GenerationConfig,
+    perturbations: Sequence[str] = (),
+    seed: int = 0,
+    data: str = "",
+    events: Events | None = None,
+) -> Evaluation:
+    """Run ``candidate`` (already loaded as ``engine``) over ``examples``, then over each perturbation."""
+    events = events or Events()
+    runs = [("", list(examples))] + [(n, [perturb_example(e, n, seed) for e in examples]) for n in perturbations]
+    results: dict[str, list[Prediction]] = {}
+    for name, inputs in runs:
+        label = f"{candidate.name} ({name})" if name else candidate.name
+        events.on_start(label, len(inputs))
+        try:
+            results[name] = predict_all(engine, inputs, candidate.prompt, task, config, _relay(events, label))
+        except ModelError as exc:
+            raise ModelError(f"candidate {candidate.name!r} ({candidate.model}): {exc}") from None
+    clean = results.pop("")
+    evaluation = from_predictions(candidate, task, data, clean, results)
+    events.on_done(evaluation)
+    return evaluation

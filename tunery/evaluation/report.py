@@ -1,0 +1,287 @@
+"""The comparison report, written twice from one outline: ``report.html`` (one self-contained file,
+plots inline as base64 PNG) and ``report.md`` (plots beside it in ``plots/``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tunery.evaluation.compare import Comparison, save_comparison
+from tunery.evaluation.evaluate import Evaluation
+from tunery.evaluation.plots import all_plots
+
+CAPTIONS = {
+    "overview": "Quality, prompt tokens and latency per request",
+    "loss-curves": "Training and validation loss of the tuned model(s)",
+    "f1-bars": "F1 per class or field, per candidate",
+    "confusion-matrices": "Confusion matrices (rows: expected label, columns: predicted)",
+}
+CLIP = 160  # characters of an input or output shown in a table cell
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    png: bytes
+    caption: str
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[str | Table | Image | list[str]] = field(default_factory=list)  # text, table, image, bullets
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    html: Path
+    markdown: Path
+    summary: Path
+    plots: list[Path]
+
+
+def write_report(
+    comparison: Comparison, output: str | Path, title: str = "tunery evaluation", single: bool = False
+) -> ReportFiles:
+    """Write the report, each candidate's predictions and ``comparison.json`` under ``output``
+    (``single``: the one candidate's ``evaluation.json`` and ``predictions.jsonl`` at the top)."""
+    output = Path(output)
+    summary = save_comparison(comparison, output, single)
+    plots = all_plots(comparison.evaluations)
+    plot_dir = output / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, png in plots.items():
+        (plot_dir / f"{name}.png").write_bytes(png)
+        paths.append(plot_dir / f"{name}.png")
+    sections = outline(comparison, plots)
+    html_path, md_path = output / "report.html", output / "report.md"
+    html_path.write_text(to_html(title, sections), encoding="utf-8")
+    md_path.write_text(to_markdown(title, sections), encoding="utf-8")
+    return ReportFiles(html_path, md_path, summary, paths)
+
+
+def outline(comparison: Comparison, plots: dict[str, bytes]) -> list[Section]:
+    """Every section of the report, in order."""
+    headers, rows = comparison.table()
+    p = comparison.pricing
+    intro = (
+        f"{len(comparison.evaluations[0].predictions) if comparison.evaluations else 0} examples from "
+        f"{comparison.data}; task: {comparison.task.kind}"
+        + (f" ({len(comparison.task.labels)} labels)" if comparison.task.labels else "")
+        + f". Cost assumes ${p.input_per_million:g} per million prompt tokens and ${p.output_per_million:g} per "
+        f"million output tokens. Generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}."
+    )
+    sections = [Section("Summary", [intro, Table(headers, rows)])]
+    sections.append(Section("Plots", [Image(n, png, CAPTIONS.get(n, n)) for n, png in plots.items()]))
+    if comparison.perturbations:
+        sections.append(_robustness(comparison.evaluations))
+    sections += [_errors(e) for e in comparison.evaluations]
+    if comparison.advice:
+        sections.append(_advice(comparison.advice))
+    return sections
+
+
+def _clip(value: Any) -> str:
+    if value is None:
+        return "—"
+    if value == "":
+        return "(empty)"
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text.replace("\n", " ")
+    return text if len(text) <= CLIP else text[: CLIP - 1] + "…"
+
+
+def _robustness(evaluations: Sequence[Evaluation]) -> Section:
+    rows = [
+        [
+            e.candidate.name,
+            name,
+            r["metric"],
+            f"{r['clean']:.3f}",
+            f"{r['perturbed']:.3f}",
+            f"{r['drop']:+.3f}",
+            str(r["broken"]),
+        ]  # fmt: skip
+        for e in evaluations
+        for name, r in e.robustness.items()
+    ]
+    headers = ["candidate", "perturbation", "metric", "clean", "perturbed", "drop", "answers broken"]
+    note = "Each perturbation rewrites the user's text (seeded, the same on every run); drop = clean − perturbed."
+    return Section("Robustness", [note, Table(headers, rows)])
+
+
+def _errors(e: Evaluation) -> Section:
+    a = e.errors
+    section = Section(f"Error analysis: {e.candidate.name}", [f"{a['errors']} of {a['examples']} answers not right."])
+    if "worst_classes" in a:
+        rows = [[c["label"], f"{c['errors']} / {c['support']}"] for c in a["worst_classes"]]
+        section.blocks += ["Classes it gets wrong most:", Table(["expected label", "wrong / examples"], rows)]
+        rows = [
+            [
+                c["target"],
+                c["predicted"],
+                str(c["count"]),
+                _clip(c["examples"][0]["input"]),
+                _clip(c["examples"][0]["output"]),
+            ]  # fmt: skip
+            for c in a["confusions"]
+        ]
+        headers = ["expected", "answered", "times", "example input", "its output"]
+        section.blocks += ["Most frequent confusions:", Table(headers, rows)]
+    if "worst_fields" in a:
+        section.blocks.append(f"Outputs that are not a JSON object: {a['invalid_json']}.")
+        rows = [
+            [
+                f["field"],
+                str(f["errors"]),
+                str(f["missing"]),
+                str(f["wrong"]),
+                str(f["spurious"]),
+                _clip(f["examples"][0]["expected"]),
+                _clip(f["examples"][0]["got"]),
+            ]  # fmt: skip
+            for f in a["worst_fields"]
+        ]
+        headers = ["field", "errors", "missing", "wrong", "spurious", "example expected", "example got"]
+        section.blocks += ["Fields it gets wrong most:", Table(headers, rows)]
+    if "lowest_scores" in a:
+        rows = [[str(x["line"]), f"{x['rougeL']:.3f}", _clip(x["target"]), _clip(x["output"])]
+                for x in a["lowest_scores"]]  # fmt: skip
+        section.blocks += ["Lowest-scoring answers:", Table(["line", "ROUGE-L", "expected", "output"], rows)]
+    return section
+
+
+def _advice(advice: dict[str, Any]) -> Section:
+    section = Section(f"Data advice: {advice['train']} ({advice['examples']} examples)", [advice["advice"]])
+    if advice["exact_duplicates"]:
+        rows = [[_lines(d["lines"]), _clip(d["input"])] for d in advice["exact_duplicates"]]
+        section.blocks += ["Exact duplicates:", Table(["lines", "input"], rows)]
+    if advice["near_duplicates"]["top"]:
+        rows = [
+            [_lines(d["lines"]), f"{d['similarity']:.3f}", _clip(d["inputs"][0]), _clip(d["inputs"][1])]
+            for d in advice["near_duplicates"]["top"]
+        ]
+        section.blocks += ["Near duplicates:", Table(["lines", "similarity", "first", "second"], rows)]
+    if advice["conflicting_labels"]:
+        rows = [[_clip(c["input"]), _answers(c["answers"])] for c in advice["conflicting_labels"]]
+        section.blocks += ["Conflicting answers for the same input:", Table(["input", "answers"], rows)]
+    balance = advice["class_balance"]
+    if balance:
+        rows = [[label, str(n)] for label, n in balance["counts"].items()]
+        section.blocks += [
+            f"Class balance (largest / smallest: {balance['ratio']}):",
+            Table(["label", "examples"], rows),
+        ]
+    if advice["truncated"] is not None:
+        lines = advice["truncated"]["lines"]
+        section.blocks.append(
+            f"Examples truncated at {advice['truncated']['max_length']} tokens: "
+            + (", ".join(f"line {n}" for n in lines) if lines else "none")
+            + "."
+        )
+    coverage = advice["coverage"]
+    if coverage:
+        baseline = coverage["train_median"]
+        section.blocks.append(
+            f"Distance of the {coverage['prompts']} evaluation prompts from the nearest training prompt "
+            f"(cosine distance, {coverage['model']}): median {coverage['distance_median']:.3f}, "
+            f"p95 {coverage['distance_p95']:.3f}, max {coverage['distance_max']:.3f}"
+            + (f"; training prompts sit {baseline:.3f} from each other (median)." if baseline is not None else ".")
+        )
+        rows = [[str(x["line"]), f"{x['distance']:.3f}", _clip(x["input"]), f"{x['nearest_train_line']}: "
+                 + _clip(x["nearest_train_input"])] for x in coverage["least_covered"]]  # fmt: skip
+        section.blocks += [
+            "Least-covered evaluation prompts:",
+            Table(["line", "distance", "prompt", "nearest training"], rows),
+        ]
+    return section
+
+
+def _answers(answers: dict[str, list[int]]) -> str:
+    return "; ".join(f"{answer} (lines {_lines(lines)})" for answer, lines in answers.items())
+
+
+def _lines(lines: Sequence[int]) -> str:
+    return ", ".join(map(str, lines))
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#1f2328;
+padding:0 1rem}
+h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #d0d7de;padding-bottom:.3rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem}
+th,td{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:left;vertical-align:top}
+th{background:#f6f8fa}tr:nth-child(even) td{background:#fbfcfd}
+figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #d0d7de}figcaption{font-size:.85rem;color:#57606a}
+"""
+
+
+def to_html(title: str, sections: Sequence[Section]) -> str:
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        body.append(f"<h2>{html.escape(section.title)}</h2>")
+        body += [_html_block(block) for block in section.blocks]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+def _html_block(block: str | Table | Image | list[str]) -> str:
+    if isinstance(block, Table):
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in block.headers)
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    if isinstance(block, Image):
+        data = base64.b64encode(block.png).decode("ascii")
+        return (
+            f'<figure><img alt="{html.escape(block.caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(block.caption)}</figcaption></figure>"
+        )
+    if isinstance(block, list):
+        return "<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in block) + "</ul>"
+    return f"<p>{html.escape(block)}</p>"
+
+
+def to_markdown(title: str, sections: Sequence[Section]) -> str:
+    out = [f"# {title}", ""]
+    for section in sections:
+        out += [f"## {section.title}", ""]
+        for block in section.blocks:
+            out += [_markdown_block(block), ""]
+    return "\n".join(out)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def cell(text: str) -> str:
+        return text.replace("<", "&lt;").replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _markdown_block(block: str | Table | Image | list[str]) -> str:
+    if isinstance(block, Table):
+        return markdown_table(block.headers, block.rows)
+    if isinstance(block, Image):
+        return f"![{block.caption}](plots/{block.name}.png)"
+    if isinstance(block, list):
+        return "\n".join(f"- {item}" for item in block)
+    return block

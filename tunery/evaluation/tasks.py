@@ -1,0 +1,102 @@
+"""Which task an evaluation set is, and how one answer is scored for it.
+
+``auto`` infers the task from the gold answers: all JSON objects → extraction; all short one-line
+answers from a small closed set → classification; anything else → generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tunery.data.formats import Example
+from tunery.data.validation import Problem
+from tunery.errors import ConfigError, DatasetError
+from tunery.evaluation import metrics
+
+TaskKind = Literal["classification", "extraction", "generation"]
+TASKS: tuple[str, ...] = ("auto", "classification", "extraction", "generation")
+MAX_LABELS = 50  # a closed set larger than this reads as free text
+MAX_LABEL_WORDS = 4
+MAX_LABEL_CHARS = 64
+PRIMARY = {"classification": "accuracy", "extraction": "field_f1", "generation": "rougeL"}
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task kind and, for classification, its closed label set."""
+
+    kind: TaskKind
+    labels: tuple[str, ...] = field(default=())
+
+    @property
+    def primary_metric(self) -> str:
+        """The one quality number robustness drops and error analysis are measured on."""
+        return PRIMARY[self.kind]
+
+    def label_of(self, output: str) -> str | None:
+        """The label an answer names (classification only)."""
+        return metrics.match_label(output, self.labels) if self.kind == "classification" else None
+
+    def score(self, target: str, output: str) -> float:
+        """One example's quality, 0 to 1: correct label, field F1, or ROUGE-L."""
+        if self.kind == "classification":
+            return float(self.label_of(output) == target)
+        if self.kind == "extraction":
+            return metrics.extraction_score(target, output)
+        return metrics.rouge_l(target, output)
+
+    def metrics(self, targets: Sequence[str], outputs: Sequence[str]) -> dict[str, Any]:
+        if self.kind == "classification":
+            labels = [self.label_of(o) for o in outputs]
+            return metrics.classification_metrics(targets, labels, self.labels)
+        if self.kind == "extraction":
+            return metrics.extraction_metrics(targets, outputs)
+        return metrics.generation_metrics(targets, outputs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "labels": list(self.labels)}
+
+
+def infer_kind(targets: Sequence[str]) -> TaskKind:
+    """The task the gold answers look like (see the module docstring)."""
+    if targets and all(metrics.parse_json_object(t) is not None for t in targets):
+        return "extraction"
+    distinct = {t.strip() for t in targets}
+    short = all(_is_label_like(t) for t in distinct)
+    if targets and short and len(distinct) <= MAX_LABELS:
+        return "classification"
+    return "generation"
+
+
+def _is_label_like(text: str) -> bool:
+    text = text.strip()
+    return bool(text) and "\n" not in text and len(text) <= MAX_LABEL_CHARS and len(text.split()) <= MAX_LABEL_WORDS
+
+
+def resolve_task(
+    kind: str, examples: Sequence[Example], label_sources: Sequence[Example] = (), path: str = "evaluation data"
+) -> Task:
+    """The task of ``examples``; ``label_sources`` (a training file) add labels the evaluation set lacks."""
+    if kind not in TASKS:
+        raise ConfigError(f"--task {kind!r}: expected one of {', '.join(TASKS)}")
+    targets = [e.target for e in examples]
+    resolved: TaskKind = infer_kind(targets) if kind == "auto" else kind  # type: ignore[assignment]
+    if resolved == "extraction":
+        _check_json_targets(examples, path)
+    labels: tuple[str, ...] = ()
+    if resolved == "classification":
+        labels = tuple(sorted({t.strip() for t in targets} | {e.target.strip() for e in label_sources}))
+    return Task(resolved, labels)
+
+
+def _check_json_targets(examples: Sequence[Example], path: str) -> None:
+    """Extraction needs every gold answer to be a JSON object; report every one that is not."""
+    bad = [
+        Problem(path, e.line, "target", f"not a JSON object: {e.target[:60]!r}")
+        for e in examples
+        if metrics.parse_json_object(e.target) is None
+    ]
+    if bad:
+        raise DatasetError(f"{path}: --task extraction: {len(bad)} gold answer(s) are not JSON objects", bad)

@@ -1,0 +1,50 @@
+"""The final evaluation of a tuned model on its validation file, stored in the tuned model directory.
+
+Tuning calls ``evaluate_tuned`` last when it has a validation file: greedy decoding, the examples'
+own system instructions (the prompt the model was trained with), and room for the longest expected
+answer plus a few tokens, so it stays cheap. ``evaluation.json`` and ``predictions.jsonl`` land
+beside ``tunery.json``; ``stored_evaluation`` reads them back (the demo does, instead of
+evaluating the tuned model twice).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tunery.data.validation import read_examples
+from tunery.errors import TuneryError
+from tunery.evaluation.compare import read_evaluation_data
+from tunery.evaluation.evaluate import EVALUATION_FILE, Candidate, Evaluation, evaluate_engine, load_evaluation
+from tunery.evaluation.prompts import Prompt
+from tunery.evaluation.run import output_budget
+from tunery.evaluation.tasks import resolve_task
+from tunery.serving.engine import Engine
+
+
+def evaluate_tuned(tuned_dir: str | Path, validation: str | Path, train: str | Path | None = None) -> Evaluation | None:
+    """Evaluate the tuned model in ``tuned_dir`` on ``validation`` and store the result there.
+
+    A failure (say, a validation prompt longer than the model's context) is recorded in
+    ``evaluation.json`` as ``{"error": ...}`` and does not undo the tuning: None is returned.
+    """
+    tuned_dir = Path(tuned_dir)
+    try:
+        examples = read_evaluation_data(validation)
+        label_sources = read_examples(train).examples if train and Path(train).is_file() else []
+        task = resolve_task("auto", examples, label_sources, str(validation))
+        engine = Engine(tuned_dir)
+        candidate = Candidate("tuned model", str(tuned_dir), Prompt(name="as-is"))
+        evaluation = evaluate_engine(
+            engine, examples, candidate, task, output_budget(engine, examples), data=str(validation)
+        )
+    except TuneryError as exc:
+        (tuned_dir / EVALUATION_FILE).write_text(json.dumps({"error": str(exc)}, indent=2) + "\n")
+        return None
+    evaluation.save(tuned_dir)
+    return evaluation
+
+
+def stored_evaluation(tuned_dir: str | Path) -> Evaluation | None:
+    """The evaluation tuning stored in ``tuned_dir``; None if it has none (no validation file, or it failed)."""
+    return load_evaluation(tuned_dir)
