@@ -4,6 +4,8 @@
     python benchmarks/train_throughput.py --full          # also full fine-tuning
     python benchmarks/train_throughput.py --examples 240  # more of the demo data
 
+tunery runs twice: at its default precision ("auto": bf16-mixed on a CPU with AVX512-BF16 or AMX)
+and in fp32.
 TRL runs three ways: at its defaults (which on a CPU means bf16 autocast and gradient checkpointing),
 in fp32 with gradient checkpointing, and in fp32 without it (its fastest set-up on this CPU).
 All runs tune the default model (smollm2-135m-instruct) for one epoch on the same examples of the
@@ -11,8 +13,9 @@ demo dataset, with the same LoRA rank (8, all linear layers) and batch size (8).
 the real (non-padding) tokens processed per second of training; "padding" is the share of padded
 positions in the batches. The machine's limit is the fp32 matmul rate measured here, divided by the
 FLOPs a token costs: about 4·N for LoRA (forward, and backward through activations only) and 6·N for
-full tuning, N = the model's parameter count. tunery computes logits only at trained positions, so
-its real FLOPs per token are below 4·N; the share is reported on the same 4·N basis for both.
+full tuning, N = the model's parameter count; a run's limit uses the matmul rate of its precision
+(fp32, or bf16 for bf16-mixed runs). tunery computes logits only at trained positions, so its real
+FLOPs per token are below 4·N; the share is reported on the same 4·N basis for every run.
 Needs the bench extra: pip install -e '.[bench]'.
 """
 
@@ -33,8 +36,8 @@ from tunery.tuning import Hooks, TuningSpec, tune
 from tunery.tuning.batching import micro_batches, plan_epoch
 
 
-def matmul_gflops(size: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_gflops(dtype: torch.dtype = torch.float32, size: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(2):
         a @ b
     started = time.perf_counter()
@@ -50,8 +53,9 @@ def subset(path: Path, n: int, workdir: Path) -> Path:
     return out
 
 
-def run_tunery(train: Path, method: str, workdir: Path) -> dict:
-    spec = TuningSpec(train=str(train), method=method, epochs=1, output=str(workdir / f"tunery-{method}"))
+def run_tunery(train: Path, method: str, workdir: Path, precision: str) -> dict:
+    output = workdir / f"tunery-{method}-{precision}"
+    spec = TuningSpec(train=str(train), method=method, epochs=1, output=str(output), precision=precision)
     last: dict = {}
     tuned = tune(spec, Hooks(on_metrics=last.update))
     manifest = json.loads((tuned / "tunery.json").read_text())
@@ -67,6 +71,7 @@ def run_tunery(train: Path, method: str, workdir: Path) -> dict:
         "tokens_per_second": last["tokens_per_second"],
         "padding": 1 - real / padded,
         "seconds": manifest["trainingSeconds"],
+        "precision": manifest["hyperParameters"]["precision"],
     }
 
 
@@ -116,6 +121,7 @@ def run_trl(train: Path, method: str, workdir: Path, **options: bool) -> dict:
         "tokens_per_second": counts["real"] / seconds,
         "padding": 1 - counts["real"] / counts["padded"],
         "seconds": seconds,
+        "precision": "bf16-mixed" if config.bf16 else "fp32",
     }
 
 
@@ -127,16 +133,16 @@ def main() -> None:
     torch.manual_seed(0)
     base = resolve_base(DEFAULT_MODEL)
     n_params = sum(p.numel() for p in load_model(base.path).parameters())
-    gflops = matmul_gflops()
+    peak = {"fp32": matmul_gflops(torch.float32), "bf16-mixed": matmul_gflops(torch.bfloat16)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         train = subset(dataset_paths()[0], args.examples, workdir)
         for method in ["lora", "full"] if args.full else ["lora"]:
             flops_per_token = (4 if method == "lora" else 6) * n_params
-            limit = gflops * 1e9 / flops_per_token
             runs = [
-                (f"tunery {method}", run_tunery(train, method, workdir)),
+                (f"tunery {method}, precision auto", run_tunery(train, method, workdir, "auto")),
+                (f"tunery {method}, fp32", run_tunery(train, method, workdir, "fp32")),
                 (f"TRL SFTTrainer {method}, defaults (bf16, gradient checkpointing)", run_trl(train, method, workdir)),
                 (f"TRL SFTTrainer {method}, fp32, gradient checkpointing", run_trl(train, method, workdir, bf16=False)),
                 (
@@ -144,20 +150,24 @@ def main() -> None:
                     run_trl(train, method, workdir, bf16=False, gradient_checkpointing=False),
                 ),
             ]
-            default, best = runs[1][1]["tokens_per_second"], max(r["tokens_per_second"] for _, r in runs[1:])
+            default, best = runs[2][1]["tokens_per_second"], max(r["tokens_per_second"] for _, r in runs[2:])
             for name, r in runs:
                 tps = r["tokens_per_second"]
-                rows.append((name, tps, r["padding"], tps / default, tps / best, tps / limit, r["seconds"]))
+                limit = peak[r["precision"]] * 1e9 / flops_per_token
+                rows.append((name, r["precision"], tps, r["padding"], tps / default, tps / best, tps / limit))
     print(f"\nmodel {DEFAULT_MODEL}: {n_params / 1e6:.1f}M parameters; {args.examples} examples, 1 epoch, batch 8")
-    print(
-        f"fp32 matmul: {gflops:.0f} GFLOP/s; limit {gflops * 1e9 / (4 * n_params):.0f} tokens/s for LoRA (4·N), "
-        f"{gflops * 1e9 / (6 * n_params):.0f} for full (6·N); threads: {torch.get_num_threads()}\n"
-    )
-    print(f"| {'run':<64} | tokens/s | padding | × TRL defaults | × best TRL | share of limit | train s |")
-    print(f"|{'-' * 66}|---------:|--------:|---------------:|-----------:|---------------:|--------:|")
-    for name, tps, pad, ratio, best_ratio, share, seconds in rows:
-        cells = f"{tps:8.1f} | {pad:7.1%} | {ratio:14.2f} | {best_ratio:10.2f} | {share:14.1%} | {seconds:7.1f}"
-        print(f"| {name:<64} | {cells} |")
+    print(f"threads: {torch.get_num_threads()}; matmul (2048², measured now):")
+    for precision, gflops in peak.items():
+        print(
+            f"  {precision}: {gflops:.0f} GFLOP/s, limit {gflops * 1e9 / (4 * n_params):.0f} tokens/s for LoRA (4·N), "
+            f"{gflops * 1e9 / (6 * n_params):.0f} for full (6·N)"
+        )
+    print()
+    header = "| run | precision | tokens/s | padding | × TRL defaults | × best TRL | share of limit |"
+    print(header)
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, precision, tps, pad, ratio, best_ratio, share in rows:
+        print(f"| {name} | {precision} | {tps:.1f} | {pad:.1%} | {ratio:.2f} | {best_ratio:.2f} | {share:.1%} |")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from tunery.tuning import TuningSpec, default_epochs
         ("max_length", 8, "maxLength 8"),
         ("micro_batch_tokens", 0, "micro_batch_tokens 0"),
         ("method", "sgd", "method 'sgd'"),
+        ("precision", "fp16", "precision 'fp16'"),
         ("train", "", "train: a training dataset is required"),
     ],
 )

@@ -133,7 +133,8 @@ def test_reloaded_adapter_sits_on_an_unchanged_base(tiny_model, tuned_lora):
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_batch_8_equals_8_micro_batches_of_1(tiny_model, train16, tmp_path, method):
     file = ADAPTER if method == "lora" else "model.safetensors"
-    common = {"method": method, "epochs": 2, "batch_size": 8, "learning_rate_multiplier": 10}
+    # An fp32 statement: in bf16-mixed, matmul shapes change the rounding.
+    common = {"method": method, "epochs": 2, "batch_size": 8, "learning_rate_multiplier": 10, "precision": "fp32"}
     whole = tune(spec(train16, tiny_model, tmp_path / "whole", micro_batch_tokens=1_000_000, **common))
     split = tune(spec(train16, tiny_model, tmp_path / "split", micro_batch_tokens=1, **common))
     a, b = weights(whole, file), weights(split, file)
@@ -420,3 +421,31 @@ def test_invalid_training_file_raises_and_leaves_no_output(data_dir, tiny_model,
         tune(TuningSpec(train=str(data_dir / "classify_gemini.jsonl"), validation=str(bad), base_model=str(tiny_model)))
     after = set(parent.iterdir()) if parent.exists() else set()
     assert after == before
+
+
+# Precision ------------------------------------------------------------------------------------------
+
+
+def test_bf16_mixed_keeps_fp32_weights_is_deterministic_and_close_to_fp32(tiny_model, train16, tmp_path):
+    common = {"epochs": 2, "batch_size": 4, "learning_rate_multiplier": 10}
+    first = tune(spec(train16, tiny_model, tmp_path / "bf16-a", precision="bf16-mixed", **common))
+    second = tune(spec(train16, tiny_model, tmp_path / "bf16-b", precision="bf16-mixed", **common))
+    fp32 = tune(spec(train16, tiny_model, tmp_path / "fp32", precision="fp32", **common))
+    a, b, c = weights(first), weights(second), weights(fp32)
+    assert all(t.dtype == torch.float32 for t in a.values())  # master weights stay fp32
+    assert_equal_weights(a, b)
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # bf16 matmuls really ran
+    assert_close_weights(a, c, rtol=0.1, atol=0.02)
+    manifest = json.loads((first / "tunery.json").read_text())
+    assert manifest["hyperParameters"]["precision"] == "bf16-mixed"
+    assert json.loads((fp32 / "tunery.json").read_text())["hyperParameters"]["precision"] == "fp32"
+
+
+def test_auto_precision_resolves_to_what_the_hardware_does_fast(monkeypatch):
+    from tunery.tuning import precision
+
+    monkeypatch.setattr(precision, "has_fast_bf16", lambda: True)
+    assert precision.resolve_precision("auto") == "bf16-mixed"
+    monkeypatch.setattr(precision, "has_fast_bf16", lambda: False)
+    assert precision.resolve_precision("auto") == "fp32"
+    assert precision.resolve_precision("fp32") == "fp32"

@@ -32,6 +32,7 @@ def tune(
         _DEFAULT.max_length, "--max-length", help="Tokens per example; longer ones are truncated."
     ),
     seed: int = typer.Option(_DEFAULT.seed, "--seed"),
+    precision: str = typer.Option(_DEFAULT.precision, "--precision", help="auto, fp32 or bf16-mixed."),
     output: Path = typer.Option(None, "--output", "-o", help="Tuned model directory (default under $TUNERY_HOME)."),
     display_name: str = typer.Option(None, "--display-name", help="tunedModelDisplayName."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
@@ -57,6 +58,7 @@ def tune(
             seed=seed,
             output=str(output) if output else None,
             display_name=display_name,
+            precision=precision,
         )
     stop = StopFlag().install()
     try:

@@ -21,6 +21,7 @@ from tunery.data.tokenize import IGNORE_INDEX, Encoded
 from tunery.errors import TuningCancelled
 from tunery.tuning.batching import collate, micro_batches, plan_epoch
 from tunery.tuning.checkpoint import save_checkpoint
+from tunery.tuning.precision import autocast
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Run:
     seed: int
     pad_id: int
     run_dir: Any
+    precision: str = "fp32"  # resolved: fp32 or bf16-mixed
     state: TrainState = field(default_factory=TrainState)
 
     @property
@@ -87,7 +89,9 @@ def token_loss(core: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def evaluate(core: Any, examples: Sequence[Encoded], pad_id: int, token_budget: int) -> dict[str, float]:
+def evaluate(
+    core: Any, examples: Sequence[Encoded], pad_id: int, token_budget: int, precision: str = "fp32"
+) -> dict[str, float]:
     """Mean loss per trained token and next-token accuracy over ``examples``."""
     if not examples:
         return {}
@@ -96,7 +100,8 @@ def evaluate(core: Any, examples: Sequence[Encoded], pad_id: int, token_budget: 
     lengths = [len(e.input_ids) for e in examples]
     total, correct, count = 0.0, 0, 0
     for group in micro_batches(range(len(examples)), lengths, token_budget):
-        loss, ok, n = token_loss(core, collate([examples[i] for i in group], pad_id))
+        with autocast(precision, core.device.type):
+            loss, ok, n = token_loss(core, collate([examples[i] for i in group], pad_id))
         total, correct, count = total + float(loss), correct + ok, count + n
     core.train(was_training)
     return {"eval_loss": total / max(count, 1), "eval_token_accuracy": correct / max(count, 1)}
@@ -110,7 +115,11 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
     model.train()
     if state.step == 0 and run.validation:
         hooks.on_metrics(
-            {"step": 0, "epoch": 0, **evaluate(run.core, run.validation, run.pad_id, run.micro_batch_tokens)}
+            {
+                "step": 0,
+                "epoch": 0,
+                **evaluate(run.core, run.validation, run.pad_id, run.micro_batch_tokens, run.precision),
+            }
         )
     started = time.perf_counter() - state.seconds
     while state.epoch < run.epochs:
@@ -125,7 +134,8 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
             step_loss, step_correct, step_tokens = 0.0, 0, 0
             for group in micro_batches(step_examples, lengths, run.micro_batch_tokens):
                 batch = collate([run.train[i] for i in group], run.pad_id)
-                loss, correct, _ = token_loss(run.core, batch)
+                with autocast(run.precision, run.core.device.type):
+                    loss, correct, _ = token_loss(run.core, batch)
                 (loss / window_tokens).backward()
                 step_loss += float(loss.detach())
                 step_correct += correct
@@ -152,7 +162,7 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
                 hooks.on_metrics(metrics)
                 continue
             state.epoch, state.batch = state.epoch + 1, 0
-            metrics.update(evaluate(run.core, run.validation, run.pad_id, run.micro_batch_tokens))
+            metrics.update(evaluate(run.core, run.validation, run.pad_id, run.micro_batch_tokens, run.precision))
             hooks.on_metrics(metrics)
             save_checkpoint(run.run_dir, model, run.optimizer, run.scheduler, state)
             break

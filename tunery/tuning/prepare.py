@@ -23,6 +23,7 @@ from tunery.models.tuned import MANIFEST_FILE, METRICS_FILE
 from tunery.settings import tuned_models_dir
 from tunery.tuning.checkpoint import latest_checkpoint, load_checkpoint, write_atomic
 from tunery.tuning.loop import Hooks, Run, TrainState
+from tunery.tuning.precision import resolve_precision
 from tunery.tuning.spec import TuningSpec, default_epochs
 
 RUN_FILE = "run.json"
@@ -114,6 +115,7 @@ def make_run(prep: Prepared, model: Any, core: Any) -> Run:
         epochs=prep.epochs,
         batch_size=prep.spec.batch_size,
         micro_batch_tokens=prep.spec.micro_batch_tokens,
+        precision=resolve_precision(prep.spec.precision),
         seed=prep.spec.seed,
         pad_id=prep.tokenizer.pad_token_id,
         run_dir=prep.run_dir,
@@ -175,6 +177,7 @@ def finish(prep: Prepared, run: Run) -> Path:
             "batchSize": prep.spec.batch_size,
             "maxLength": prep.spec.max_length,
             "seed": prep.spec.seed,
+            "precision": run.precision,
         },
         "tuningDataStats": {"supervisedTuningDataStats": prep.stats},
         "finalMetrics": final,

@@ -15,6 +15,7 @@ from tunery.errors import ConfigError
 from tunery.models.catalog import DEFAULT_MODEL, FULL, PEFT_ADAPTER
 
 ADAPTER_SIZES = (1, 2, 4, 8, 16, 32)
+PRECISIONS = ("auto", "fp32", "bf16-mixed")
 METHODS = {"lora": PEFT_ADAPTER, "full": FULL, PEFT_ADAPTER.lower(): PEFT_ADAPTER, FULL.lower(): FULL}
 
 
@@ -47,7 +48,10 @@ class TuningSpec:
     display_name: str | None = None
     """``tunedModelDisplayName``."""
     micro_batch_tokens: int = 4096
-    """Most padded tokens in one forward pass; bounds memory, never changes the result."""
+    """Most padded tokens in one forward pass; bounds memory, never changes the result (in fp32)."""
+    precision: str = "auto"
+    """``fp32``; ``bf16-mixed`` (bf16 matmuls, fp32 weights and optimizer state); ``auto``: bf16-mixed where
+    the hardware computes bf16 fast (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32."""
     labels: dict[str, str] = field(default_factory=dict)
     """Free-form labels kept with the job."""
 
@@ -72,6 +76,8 @@ class TuningSpec:
             problems.append(f"batchSize {self.batch_size}: expected 1 to 1024")
         if not 16 <= self.max_length <= 131072:
             problems.append(f"maxLength {self.max_length}: expected 16 to 131072")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         if self.micro_batch_tokens < 1:
             problems.append(f"micro_batch_tokens {self.micro_batch_tokens}: expected at least 1")
         if problems:
