@@ -77,6 +77,8 @@ def ensure_converted(entry: CatalogEntry) -> Path:
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        if gguf.is_relative_to(models_cache()):  # a GGUF we assembled only to convert it
+            gguf.unlink(missing_ok=True)
     return target
 
 
