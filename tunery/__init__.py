@@ -6,8 +6,7 @@ job.wait()
 GenerativeModel(job.tuned_model_name).generate_content("My card never arrived").text
 """
 
-from tunery.errors import ConfigError, DatasetError, JobError, ModelError, TuneryError, TuningCancelled
-from tunery.sdk import EvaluationRun, GenerationResponse, GenerativeModel, TuningJob, compare, evaluate, sft
+from tunery._lazy import exports
 
 __version__ = "0.1.0"
 
@@ -25,5 +24,20 @@ __all__ = [
     "__version__",
     "compare",
     "evaluate",
+    "init",
     "sft",
 ]
+
+__getattr__, __dir__ = exports(
+    __name__,
+    {
+        **dict.fromkeys(
+            ["ConfigError", "DatasetError", "JobError", "ModelError", "TuneryError", "TuningCancelled"], "tunery.errors"
+        ),
+        **dict.fromkeys(
+            ["EvaluationRun", "GenerationResponse", "GenerativeModel", "TuningJob", "compare", "evaluate", "sft"],
+            "tunery.sdk",
+        ),
+        "init": "tunery.sdk.client",
+    },
+)

@@ -8,8 +8,13 @@ traceback and exits 1; anything else is a bug.
     ├── ConfigError      a hyperparameter or option is out of range
     ├── DatasetError     a dataset file has problems (``.problems`` lists every one)
     ├── ModelError       a base model or tuned model cannot be found or loaded
-    └── JobError         a tuning job cannot be created, found or resumed
-        └── TuningCancelled   a run stopped on request after saving a checkpoint
+    ├── JobError         a tuning job cannot be created, found or resumed
+    │   └── TuningCancelled   a run stopped on request after saving a checkpoint
+    ├── NotFoundError    a job, file, model or key does not exist (or belongs to another tenant)
+    ├── ConflictError    the request contradicts the resource's state (an Idempotency-Key reused with another body)
+    ├── ServingError     the model host process crashed, timed out or failed inside (HTTP status in ``.code``)
+    ├── AuthenticationError   a tunery server refused the API key (HTTP 401/403)
+    └── APIConnectionError    a tunery server cannot be reached (the SDK in remote mode, after its retries)
 """
 
 from __future__ import annotations
@@ -54,3 +59,31 @@ class TuningCancelled(JobError):
     def __init__(self, message: str, checkpoint: str | None = None) -> None:
         super().__init__(message)
         self.checkpoint = checkpoint
+
+
+class NotFoundError(TuneryError):
+    """A job, file, model or key does not exist, or belongs to another tenant (which must not be told apart)."""
+
+
+class ConflictError(TuneryError):
+    """A request contradicts the state of a resource, such as an ``Idempotency-Key`` reused with another body."""
+
+
+class ServingError(TuneryError):
+    """The model host process cannot answer: it would not start, crashed, timed out, or failed with a bug.
+
+    Not the user's fault; ``code`` is the HTTP status to answer: 503 when the host is unavailable or died,
+    504 when it timed out, 500 for an unexpected error inside it (its traceback is in the host's log).
+    """
+
+    def __init__(self, message: str, code: int = 503) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AuthenticationError(TuneryError):
+    """A tunery server refused the request's API key: missing, unknown, revoked, or not allowed (401/403)."""
+
+
+class APIConnectionError(TuneryError):
+    """A tunery server cannot be reached at its endpoint (refused, reset, timed out), even after retries."""

@@ -22,5 +22,21 @@ def tuned_models_dir() -> Path:
 
 
 def jobs_dir() -> Path:
-    """Embedded tuning jobs, one directory per job."""
+    """Tuning job work directories (worker logs), one per job."""
     return tunery_home() / "jobs"
+
+
+def database_url() -> str:
+    """The job store: ``$TUNERY_DATABASE_URL`` (a PostgreSQL URL, say), else SQLite under ``$TUNERY_HOME``."""
+    return os.environ.get("TUNERY_DATABASE_URL") or f"sqlite:///{tunery_home() / 'tunery.db'}"
+
+
+def files_dir() -> Path:
+    """Uploaded dataset files, one JSONL per file id."""
+    return tunery_home() / "files"
+
+
+def data_root() -> Path | None:
+    """``$TUNERY_DATA_ROOT``: the only directory whose datasets and base models the service reads by path."""
+    root = os.environ.get("TUNERY_DATA_ROOT")
+    return Path(root).expanduser().resolve() if root else None

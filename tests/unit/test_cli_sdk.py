@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from tunery import GenerativeModel, TuningJob, sft
 from tunery.cli import app
-from tunery.jobs import CANCELLED, FAILED, SUCCEEDED
+from tunery.jobs import CANCELLED, FAILED, SUCCEEDED, Store
 
 runner = CliRunner()
 
@@ -145,12 +145,12 @@ def test_sdk_cancel_stops_the_worker_and_keeps_the_job(tiny, data_dir, tmp_path)
     assert TuningJob.get(job.id).state == CANCELLED
 
 
-def test_a_killed_worker_never_leaves_a_job_running(tiny, data_dir, tmp_path, tunery_home):
+def test_a_killed_worker_never_leaves_a_job_running(tiny, data_dir, tmp_path):
     job = sft.train(source_model=str(tiny), train_dataset=_make_long_train(data_dir, tmp_path), epochs=50, batch_size=1)
     deadline = time.monotonic() + 120
     while job.refresh().state != "JOB_STATE_RUNNING" and time.monotonic() < deadline:
         time.sleep(0.1)
-    pid = int((tunery_home / "jobs" / job.id / "worker.pid").read_text())
+    pid = Store().get_job(None, job.id).worker_pid
     os.kill(pid, signal.SIGKILL)
     job.wait(timeout=30, poll=0.2)
     assert job.state == FAILED and "exited unexpectedly" in job.error["message"]

@@ -295,6 +295,28 @@ def test_cancelled_run_keeps_a_checkpoint_and_resumes_to_the_same_result(
     assert [m["step"] for m in metric_lines(out)] == list(range(1, 11))
 
 
+def test_timed_checkpoints_inside_an_epoch_let_a_crashed_run_resume_to_the_same_result(
+    train10, tiny_model, uninterrupted_10, tmp_path
+):
+    class Crash(Exception):
+        pass
+
+    def crash_after_step_7(record: dict) -> None:
+        if record["step"] == 7:
+            raise Crash  # like a kill: no stop request, no checkpoint of its own
+
+    run_dir = tmp_path / "crashed"
+    run_spec = spec(train10, tiny_model, run_dir, epochs=2, batch_size=2)
+    run_spec.checkpoint_seconds = 1e-9  # a checkpoint after every step
+    with pytest.raises(Crash):
+        tune(run_spec, Hooks(on_metrics=crash_after_step_7))
+    checkpoint = latest_checkpoint(run_dir)
+    assert checkpoint is not None and checkpoint.name == "step-000006"  # mid-epoch 2: only the timer wrote it
+    out = tune(TuningSpec(train="ignored-on-resume.jsonl", output=str(run_dir)), resume=True)
+    assert_equal_weights(weights(out), weights(uninterrupted_10("lora")))
+    assert [m["step"] for m in metric_lines(out)] == list(range(1, 11))
+
+
 def test_run_stopped_before_its_first_checkpoint_starts_over(train10, tiny_model, uninterrupted_10, tmp_path):
     run_dir = tmp_path / "early"
     calls: list[int] = []

@@ -12,7 +12,6 @@ from tunery.cli._common import TrainingProgress, console, handle_errors
 from tunery.cli.datasets import show_stats
 from tunery.cli.evaluate import show_table
 from tunery.data.validation import ValidationReport
-from tunery.demo import Candidate, DemoEvents, comparison, run_demo
 from tunery.evaluation import Prediction
 from tunery.models.catalog import DEFAULT_MODEL
 from tunery.settings import tunery_home
@@ -64,6 +63,8 @@ def demo(
             bars[name].add_task("eval", total=total["n"])
             bars[name].start()
         bars[name].advance(bars[name].task_ids[0])
+
+    from tunery.demo import Candidate, DemoEvents, comparison, run_demo  # torch: only when it runs
 
     def on_candidate(c: Candidate) -> None:
         if c.name in bars:

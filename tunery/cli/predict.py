@@ -11,7 +11,7 @@ import typer
 from tunery.cli._common import console, err_console, handle_errors
 from tunery.data.formats import user_example
 from tunery.data.validation import read_examples
-from tunery.serving.engine import Engine, GenerationConfig
+from tunery.serving.gemini import GenerationConfig
 
 
 @handle_errors
@@ -29,6 +29,8 @@ def predict(
     if (text is None) == (input_file is None):
         err_console.print("give either TEXT or --input FILE")
         raise typer.Exit(2)
+    from tunery.serving.engine import Engine  # torch: loaded by the command, not by `tunery --help`
+
     engine = Engine(model)
     config = GenerationConfig(max_output_tokens=max_tokens, temperature=temperature)
     if text is not None:

@@ -9,9 +9,7 @@ import typer
 from tunery.cli._common import StopFlag, TrainingProgress, console, err_console, handle_errors
 from tunery.errors import ConfigError, TuningCancelled
 from tunery.models.catalog import DEFAULT_MODEL
-from tunery.tuning import Hooks, TuningSpec
-from tunery.tuning import merge as merge_adapter
-from tunery.tuning import tune as run_tuning
+from tunery.tuning.spec import TuningSpec
 
 _DEFAULT = TuningSpec(train="-")
 
@@ -63,6 +61,9 @@ def tune(
     stop = StopFlag().install()
     try:
         with TrainingProgress() as progress:
+            from tunery.tuning import Hooks  # torch: only when it runs
+            from tunery.tuning import tune as run_tuning
+
             tuned = run_tuning(spec, Hooks(on_metrics=progress.on_metrics, should_stop=stop), resume=resume)
     except TuningCancelled as exc:
         err_console.print(f"[yellow]{exc}[/yellow]: {exc.checkpoint}")
@@ -77,4 +78,6 @@ def merge(
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the standalone merged model."),
 ) -> None:
     """Fold a LoRA adapter into its base weights: a model that loads without PEFT."""
+    from tunery.tuning import merge as merge_adapter
+
     console.print(f"merged model: {merge_adapter(tuned_dir, output)}", highlight=False)

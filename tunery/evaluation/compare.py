@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunery.data.formats import Example
 from tunery.data.validation import read_examples
@@ -21,7 +21,10 @@ from tunery.evaluation.perturb import parse_perturbations
 from tunery.evaluation.run import output_budget
 from tunery.evaluation.tasks import Task, resolve_task
 from tunery.models.tuned import is_tuned_dir, read_manifest
-from tunery.serving.engine import Engine, GenerationConfig
+from tunery.serving.gemini import GenerationConfig
+
+if TYPE_CHECKING:
+    from tunery.serving.engine import Engine
 
 SUMMARY_FILE = "comparison.json"
 
@@ -179,6 +182,8 @@ def compare_models(
     if train:
         label_sources += read_examples(train).examples
     task = resolve_task(options.task, examples, label_sources, str(data))
+    from tunery.serving.engine import Engine  # torch: only when a model runs
+
     evaluations = []
     engines: dict[str, Engine] = {}
     for i, candidate in enumerate(candidates):

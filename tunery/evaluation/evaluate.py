@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunery.data.formats import Example
 from tunery.errors import ConfigError, ModelError
@@ -20,7 +20,10 @@ from tunery.evaluation.perturb import perturb_example
 from tunery.evaluation.prompts import Prompt, load_prompt
 from tunery.evaluation.run import Prediction, predict_all, read_predictions, summarize, write_predictions
 from tunery.evaluation.tasks import Task
-from tunery.serving.engine import Engine, GenerationConfig
+from tunery.serving.gemini import GenerationConfig
+
+if TYPE_CHECKING:
+    from tunery.serving.engine import Engine
 
 EVALUATION_FILE = "evaluation.json"
 PREDICTIONS_FILE = "predictions.jsonl"

@@ -7,13 +7,16 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunery.data.formats import Example
 from tunery.evaluation.metrics import percentile
 from tunery.evaluation.prompts import Prompt
 from tunery.evaluation.tasks import Task
-from tunery.serving.engine import Engine, GenerationConfig
+from tunery.serving.gemini import GenerationConfig
+
+if TYPE_CHECKING:
+    from tunery.serving.engine import Engine
 
 OUTPUT_MARGIN = 8  # tokens past the longest gold answer that a cheap evaluation lets the model write
 

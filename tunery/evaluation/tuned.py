@@ -19,7 +19,6 @@ from tunery.evaluation.evaluate import EVALUATION_FILE, Candidate, Evaluation, e
 from tunery.evaluation.prompts import Prompt
 from tunery.evaluation.run import output_budget
 from tunery.evaluation.tasks import resolve_task
-from tunery.serving.engine import Engine
 
 
 def evaluate_tuned(tuned_dir: str | Path, validation: str | Path, train: str | Path | None = None) -> Evaluation | None:
@@ -28,6 +27,8 @@ def evaluate_tuned(tuned_dir: str | Path, validation: str | Path, train: str | P
     A failure (say, a validation prompt longer than the model's context) is recorded in
     ``evaluation.json`` as ``{"error": ...}`` and does not undo the tuning: None is returned.
     """
+    from tunery.serving.engine import Engine  # torch: only when a model runs
+
     tuned_dir = Path(tuned_dir)
     try:
         examples = read_evaluation_data(validation)

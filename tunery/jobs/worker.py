@@ -1,46 +1,155 @@
-"""A job's worker process: ``python -m tunery.jobs.worker JOB_DIR``. Runs the tuning, records the outcome."""
+"""A job's worker process: runs one tuning job and records what happened in the job store.
+
+    python -m tunery.jobs.worker JOB_ID [--watch-parent]
+
+The job's output directory says where it stands: a finished tuned model is not trained again, a run
+with a checkpoint resumes from it, anything else starts over. Every step's metrics become an event.
+SIGTERM (or, with ``--watch-parent``, the parent server going away) stops the run at the next step
+boundary after a checkpoint: a cancelled job ends CANCELLED; otherwise the job stays RUNNING, the
+worker exits with ``EXIT_INTERRUPTED`` and a scheduler resumes it later.
+"""
 
 from __future__ import annotations
 
-import json
+import argparse
+import os
+import shutil
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from tunery.errors import TuneryError, TuningCancelled
-from tunery.jobs.local import CANCELLED, FAILED, RUNNING, SUCCEEDED, now, write_job
-from tunery.tuning import Hooks, TuningSpec, read_manifest, tune
+from tunery.jobs.store import (
+    CANCELLED,
+    CODE_CANCELLED,
+    CODE_INTERNAL,
+    CODE_INVALID_ARGUMENT,
+    FAILED,
+    SUCCEEDED,
+    Job,
+    Store,
+    TunedModel,
+    now,
+)
+from tunery.tuning.spec import TuningSpec
+
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped at a checkpoint, not finished; run it again to continue
+CANCEL_POLL_SECONDS = 2.0
 
 
-def main(path: Path) -> int:
-    job = json.loads((path / "job.json").read_text())
-    stop = {"requested": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
-    signal.signal(signal.SIGINT, lambda *_: stop.update(requested=True))
-    job.update(state=RUNNING, startTime=now())
-    write_job(job)
-    spec = TuningSpec.from_dict(job["spec"])
+class StopRequests:
+    """``Hooks.should_stop`` for a worker: a signal, the parent gone, or a cancel recorded in the store."""
+
+    def __init__(self, store: Store, job_id: str, watch_parent: bool) -> None:
+        self.store, self.job_id = store, job_id
+        self.parent = os.getppid() if watch_parent else None
+        self.signalled = False
+        self._checked = 0.0
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, *_: Any) -> None:
+        self.signalled = True
+
+    def __call__(self) -> bool:
+        if self.signalled or (self.parent is not None and os.getppid() != self.parent):
+            return True
+        if time.monotonic() - self._checked > CANCEL_POLL_SECONDS:
+            self._checked = time.monotonic()
+            return self.store.get_job(None, self.job_id).cancel_requested
+        return False
+
+
+def main(job_id: str, watch_parent: bool = False) -> int:
+    store = Store()
+    job = store.get_job(None, job_id)
+    if job.has_ended:
+        return 0
+    stop = StopRequests(store, job_id, watch_parent)
+    spec = TuningSpec.from_dict(job.spec)
     try:
-        tuned = tune(spec, Hooks(should_stop=lambda: stop["requested"]))
+        tuned = run(store, job, spec, stop)
     except TuningCancelled as exc:
-        job.update(state=CANCELLED, error={"code": 1, "message": str(exc)})
+        if store.get_job(None, job_id).cancel_requested:
+            store.update_job(
+                job_id, state=CANCELLED, error={"code": CODE_CANCELLED, "message": str(exc)}, message=str(exc)
+            )
+            return 0
+        store.add_event(job_id, "state", f"interrupted: {exc}; the job resumes from there when a worker restarts it")
+        return EXIT_INTERRUPTED
     except TuneryError as exc:
-        job.update(state=FAILED, error={"code": 3, "message": str(exc)})
+        fail(store, job_id, CODE_INVALID_ARGUMENT, str(exc))
+        return 1
     except Exception as exc:  # a bug, or the machine (disk full): the job must still end
         traceback.print_exc()
-        job.update(state=FAILED, error={"code": 13, "message": f"{type(exc).__name__}: {exc}"})
+        fail(store, job_id, CODE_INTERNAL, f"{type(exc).__name__}: {exc}")
+        return 1
+    succeed(store, job, tuned)
+    return 0
+
+
+def run(store: Store, job: Job, spec: TuningSpec, stop: StopRequests) -> Path:
+    """Train (new, resumed, or not at all if the tuned model is complete) and return the tuned model dir."""
+    from tunery.models.tuned import is_tuned_dir
+    from tunery.tuning import Hooks, tune
+    from tunery.tuning.checkpoint import latest_checkpoint
+    from tunery.tuning.prepare import RUN_FILE
+
+    run_dir = Path(spec.output or job.output)
+    if is_tuned_dir(run_dir):
+        store.add_event(job.id, "state", "the tuned model was already complete; recording it")
+        return run_dir
+    resume = (run_dir / RUN_FILE).is_file()
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)  # a run killed before it recorded itself: nothing to keep
+    attempt = f"attempt {job.attempts + 1}"
+    if checkpoint is not None:
+        store.add_event(job.id, "state", f"{attempt}: resuming from checkpoint {checkpoint.name}")
     else:
-        manifest = read_manifest(tuned)
-        job.update(
-            state=SUCCEEDED,
-            tunedModel={"model": str(tuned), "endpoint": None},
-            tuningDataStats=manifest["tuningDataStats"],
+        store.add_event(job.id, "state", f"{attempt}: training from step 0")
+
+    def on_metrics(record: dict[str, Any]) -> None:
+        store.add_event(job.id, "metrics", None, record)
+
+    return tune(spec, Hooks(on_metrics=on_metrics, should_stop=stop), resume=resume)
+
+
+def succeed(store: Store, job: Job, tuned: Path) -> None:
+    from tunery.models.tuned import read_manifest
+
+    manifest = read_manifest(tuned)
+    store.add_tuned_model(
+        TunedModel(
+            id=job.id,
+            tenant=job.tenant,
+            job_id=job.id,
+            display_name=job.display_name,
+            base_model=job.base_model,
+            tuning_mode=job.tuning_mode,
+            path=str(tuned),
+            create_time=now(),
         )
-    job["endTime"] = now()
-    write_job(job)
-    return 0 if job["state"] == SUCCEEDED else 1
+    )
+    store.update_job(
+        job.id,
+        state=SUCCEEDED,
+        tuned_model_id=job.id,
+        stats=manifest["tuningDataStats"]["supervisedTuningDataStats"],
+        message="tuned model ready",
+    )
+
+
+def fail(store: Store, job_id: str, code: int, message: str) -> None:
+    store.update_job(job_id, state=FAILED, error={"code": code, "message": message}, message=message)
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    parser = argparse.ArgumentParser(prog="python -m tunery.jobs.worker")
+    parser.add_argument("job_id")
+    parser.add_argument("--watch-parent", action="store_true", help="stop at a checkpoint if the parent exits")
+    args = parser.parse_args()
+    sys.exit(main(args.job_id, args.watch_parent))

@@ -1,5 +1,35 @@
-"""Inference engine: load a model once, generate with the template it was trained with."""
+"""Inference: the engine (torch), the Gemini request/response shapes and the model host client (torch-free)."""
 
-from tunery.serving.engine import Engine, Generation, GenerationConfig
+from tunery._lazy import exports
 
-__all__ = ["Engine", "Generation", "GenerationConfig"]
+__all__ = [
+    "Engine",
+    "Generation",
+    "GenerationConfig",
+    "ModelHost",
+    "count_tokens_response",
+    "generate_response",
+    "generation_config",
+    "parse_count_tokens_request",
+    "parse_generate_request",
+]
+
+__getattr__, __dir__ = exports(
+    __name__,
+    {
+        "Engine": "tunery.serving.engine",
+        "ModelHost": "tunery.serving.process",
+        **dict.fromkeys(
+            [
+                "Generation",
+                "GenerationConfig",
+                "count_tokens_response",
+                "generate_response",
+                "generation_config",
+                "parse_count_tokens_request",
+                "parse_generate_request",
+            ],
+            "tunery.serving.gemini",
+        ),
+    },
+)

@@ -7,7 +7,6 @@ prediction runs at the base model's speed; merged and unmerged logits are equal 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,35 +18,7 @@ from tunery.errors import ModelError
 from tunery.models.loading import load_model, load_tokenizer
 from tunery.models.sources import resolve_base
 from tunery.models.tuned import is_tuned_dir, load_tuned, read_manifest
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    """Gemini's ``generationConfig``; temperature 0 is greedy (the default)."""
-
-    max_output_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    stop_sequences: tuple[str, ...] = ()
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.max_output_tokens <= 8192:
-            raise ModelError(f"maxOutputTokens {self.max_output_tokens}: expected 1 to 8192")
-        if not 0 <= self.temperature <= 2:
-            raise ModelError(f"temperature {self.temperature}: expected 0 to 2")
-        if not 0 < self.top_p <= 1:
-            raise ModelError(f"topP {self.top_p}: expected more than 0, at most 1")
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    finish_reason: str  # STOP or MAX_TOKENS
-    prompt_tokens: int
-    output_tokens: int
-    latency_ms: float
+from tunery.serving.gemini import Generation, GenerationConfig
 
 
 class Engine:

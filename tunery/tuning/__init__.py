@@ -1,50 +1,19 @@
 """Supervised tuning: ``TuningSpec``, the training loop, checkpoints and resume, tuned model output."""
 
-from __future__ import annotations
+from tunery._lazy import exports
 
-import shutil
-from pathlib import Path
+__all__ = ["Hooks", "TuningSpec", "default_epochs", "is_adapter", "load_tuned", "merge", "read_manifest", "tune"]
 
-from tunery.errors import ConfigError, DatasetError, JobError, ModelError
-from tunery.models.tuned import is_adapter, load_tuned, read_manifest
-from tunery.tuning.loop import Hooks
-from tunery.tuning.output import merge
-from tunery.tuning.prepare import new_run_dir, saved_spec
-from tunery.tuning.spec import TuningSpec, default_epochs
-
-
-def tune(spec: TuningSpec, hooks: Hooks | None = None, resume: bool = False) -> Path:
-    """Run ``spec`` to the end and return the tuned model directory.
-
-    With ``resume``, ``spec.output`` names a run directory whose saved spec and newest checkpoint are
-    used. A new run whose data or model is rejected leaves no directory behind.
-    """
-    from tunery.tuning import full, lora
-
-    if resume:
-        if not spec.output:
-            raise JobError("resume needs the run's output directory")
-        run_dir = Path(spec.output).expanduser().resolve()
-        spec = saved_spec(run_dir)
-    else:
-        run_dir = new_run_dir(spec)
-        spec.output = str(run_dir)
-    method = lora if spec.is_lora else full
-    try:
-        return method.main(spec, run_dir, hooks, resume)
-    except (ConfigError, DatasetError, ModelError):
-        if not resume:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-
-
-__all__ = [
-    "Hooks",
-    "TuningSpec",
-    "default_epochs",
-    "is_adapter",
-    "load_tuned",
-    "merge",
-    "read_manifest",
-    "tune",
-]
+__getattr__, __dir__ = exports(
+    __name__,
+    {
+        "Hooks": "tunery.tuning.loop",
+        "TuningSpec": "tunery.tuning.spec",
+        "default_epochs": "tunery.tuning.spec",
+        "is_adapter": "tunery.models.tuned",
+        "load_tuned": "tunery.models.tuned",
+        "merge": "tunery.tuning.output",
+        "read_manifest": "tunery.models.tuned",
+        "tune": "tunery.tuning.runner",
+    },
+)

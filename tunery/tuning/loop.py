@@ -60,6 +60,7 @@ class Run:
     pad_id: int
     run_dir: Any
     precision: str = "fp32"  # resolved: fp32 or bf16-mixed
+    checkpoint_seconds: float = 600.0
     state: TrainState = field(default_factory=TrainState)
 
     @property
@@ -108,7 +109,8 @@ def evaluate(
 
 
 def fit(run: Run, hooks: Hooks) -> TrainState:
-    """Train from ``run.state`` to the last epoch; log every step, evaluate and checkpoint at epoch ends."""
+    """Train from ``run.state`` to the last epoch; log every step, evaluate and checkpoint at epoch ends, and
+    checkpoint inside an epoch once ``run.checkpoint_seconds`` of training have passed since the last one."""
     model, state = run.model, run.state
     lengths = [len(e.input_ids) for e in run.train]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -122,6 +124,7 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
             }
         )
     started = time.perf_counter() - state.seconds
+    checkpointed = state.seconds
     while state.epoch < run.epochs:
         plan = plan_epoch(lengths, run.batch_size, run.seed, state.epoch)
         while state.batch < len(plan):
@@ -160,6 +163,9 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
             }
             if state.batch < len(plan):
                 hooks.on_metrics(metrics)
+                if state.seconds - checkpointed >= run.checkpoint_seconds:
+                    save_checkpoint(run.run_dir, model, run.optimizer, run.scheduler, state)
+                    checkpointed = state.seconds
                 continue
             state.epoch, state.batch = state.epoch + 1, 0
             metrics.update(evaluate(run.core, run.validation, run.pad_id, run.micro_batch_tokens, run.precision))

@@ -116,6 +116,7 @@ def make_run(prep: Prepared, model: Any, core: Any) -> Run:
         batch_size=prep.spec.batch_size,
         micro_batch_tokens=prep.spec.micro_batch_tokens,
         precision=resolve_precision(prep.spec.precision),
+        checkpoint_seconds=prep.spec.checkpoint_seconds,
         seed=prep.spec.seed,
         pad_id=prep.tokenizer.pad_token_id,
         run_dir=prep.run_dir,

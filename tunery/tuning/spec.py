@@ -16,6 +16,15 @@ from tunery.models.catalog import DEFAULT_MODEL, FULL, PEFT_ADAPTER
 
 ADAPTER_SIZES = (1, 2, 4, 8, 16, 32)
 PRECISIONS = ("auto", "fp32", "bf16-mixed")
+HYPER_PARAMETERS = {
+    "epochCount": "epochs",
+    "learningRateMultiplier": "learning_rate_multiplier",
+    "adapterSize": "adapter_size",
+    "batchSize": "batch_size",
+    "maxLength": "max_length",
+    "seed": "seed",
+}
+"""REST ``hyperParameters`` names (Vertex's, plus ``batchSize``, ``maxLength``, ``seed``) → ``TuningSpec`` fields."""
 METHODS = {"lora": PEFT_ADAPTER, "full": FULL, PEFT_ADAPTER.lower(): PEFT_ADAPTER, FULL.lower(): FULL}
 
 
@@ -52,6 +61,9 @@ class TuningSpec:
     precision: str = "auto"
     """``fp32``; ``bf16-mixed`` (bf16 matmuls, fp32 weights and optimizer state); ``auto``: bf16-mixed where
     the hardware computes bf16 fast (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32."""
+    checkpoint_seconds: float = 600.0
+    """Training time between checkpoints inside an epoch (every epoch end is checkpointed too): the most
+    work a killed run loses."""
     labels: dict[str, str] = field(default_factory=dict)
     """Free-form labels kept with the job."""
 
@@ -78,6 +90,8 @@ class TuningSpec:
             problems.append(f"maxLength {self.max_length}: expected 16 to 131072")
         if self.precision not in PRECISIONS:
             problems.append(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if not self.checkpoint_seconds > 0:
+            problems.append(f"checkpoint_seconds {self.checkpoint_seconds}: expected more than 0")
         if self.micro_batch_tokens < 1:
             problems.append(f"micro_batch_tokens {self.micro_batch_tokens}: expected at least 1")
         if problems:
@@ -89,6 +103,11 @@ class TuningSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def hyper_parameters(self) -> dict[str, Any]:
+        """The REST ``hyperParameters`` of this spec (unset ones left out)."""
+        values = {rest: getattr(self, name) for rest, name in HYPER_PARAMETERS.items()}
+        return {rest: value for rest, value in values.items() if value is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TuningSpec:

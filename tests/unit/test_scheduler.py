@@ -1,0 +1,142 @@
+"""The scheduler with real worker processes and tiny models: order, retries after kills, cancel, shutdown.
+
+    cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_scheduler.py -x -q
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tunery.jobs.scheduler import Scheduler
+from tunery.jobs.store import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, Store
+from tunery.tuning.spec import TuningSpec
+
+
+@pytest.fixture
+def store(tmp_path):
+    opened = Store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def scheduler(store):
+    started: list[Scheduler] = []
+
+    def start(workers: int = 1, **kwargs) -> Scheduler:
+        sched = Scheduler(store, workers, poll_seconds=0.1, **kwargs)
+        sched.start()
+        started.append(sched)
+        return sched
+
+    yield start
+    for sched in started:
+        sched.stop(timeout=30)
+
+
+def submit(store: Store, tiny_model: Path, train: Path, output: Path, **kwargs) -> Job:
+    spec = TuningSpec(train=str(train), base_model=str(tiny_model), output=str(output), batch_size=2, **kwargs)
+    return store.create_job("acme", spec, {"supervisedTuningSpec": {"trainingDatasetUri": str(train)}})[0]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 120, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout} s")
+        time.sleep(0.05)
+    return value
+
+
+def metric_steps(store: Store, job_id: str) -> list[int]:
+    return [e["data"]["step"] for e in store.events("acme", job_id) if e["type"] == "metrics"]
+
+
+def messages(store: Store, job_id: str) -> list[str]:
+    return [e.get("message", "") for e in store.events("acme", job_id)]
+
+
+def test_jobs_beyond_the_worker_count_wait_and_run_in_order(store, scheduler, tiny_model, make_train, tmp_path):
+    jobs = [submit(store, tiny_model, make_train(6), tmp_path / f"out{i}", epochs=1) for i in range(3)]
+    scheduler(workers=1)
+    for job in jobs:
+        wait_for(lambda job=job: store.get_job("acme", job.id).has_ended, what=f"end of {job.id}")
+    ended = [store.get_job("acme", job.id) for job in jobs]
+    assert [job.state for job in ended] == [SUCCEEDED] * 3, [job.error for job in ended]
+    for earlier, later in zip(ended, ended[1:]):
+        assert earlier.end_time <= later.start_time  # one at a time, oldest first
+    assert store.get_tuned_model("acme", jobs[0].id).path == str(tmp_path / "out0")
+
+
+def test_a_killed_worker_is_retried_from_its_checkpoint(store, scheduler, tiny_model, make_train, tmp_path):
+    job = submit(store, tiny_model, make_train(40), tmp_path / "out", epochs=3, checkpoint_seconds=0.2)
+    scheduler(workers=1)
+    checkpoints = tmp_path / "out" / "checkpoints" / "latest"
+    wait_for(lambda: checkpoints.exists() and len(metric_steps(store, job.id)) >= 25, what="a checkpoint mid-run")
+    os.kill(store.get_job("acme", job.id).worker_pid, signal.SIGKILL)
+    wait_for(lambda: store.get_job("acme", job.id).has_ended, what="the job's end")
+    ended = store.get_job("acme", job.id)
+    assert ended.state == SUCCEEDED and ended.attempts == 1, ended.error
+    log = messages(store, job.id)
+    assert any("killed by SIGKILL; retry 1 of 2" in m for m in log), log
+    resumed = [m for m in log if "resuming from checkpoint step-" in m]
+    assert len(resumed) == 1, log
+    steps = metric_steps(store, job.id)
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    assert steps[restart] > 1  # the retry continued from its checkpoint, not from step 0
+    assert steps[-1] == 60
+
+
+def test_a_worker_killed_every_time_fails_the_job_with_what_happened(
+    store, scheduler, tiny_model, make_train, tmp_path
+):
+    job = submit(store, tiny_model, make_train(40), tmp_path / "out", epochs=20)
+    scheduler(workers=1, max_attempts=2)
+    for _ in range(2):
+        pid = wait_for(lambda: (j := store.get_job("acme", job.id)).worker_pid and metric_steps(store, job.id)
+                       and j.worker_pid, what="a running worker")
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda pid=pid: store.get_job("acme", job.id).worker_pid != pid, what="the worker's exit")
+    wait_for(lambda: store.get_job("acme", job.id).has_ended, what="the job's end")
+    ended = store.get_job("acme", job.id)
+    assert ended.state == FAILED and ended.error["code"] == 13
+    assert "killed by SIGKILL, 2 runs in all" in ended.error["message"]
+    assert ended.end_time and ended.worker_pid is None
+
+
+def test_cancel_stops_the_worker_within_seconds_and_keeps_the_job(store, scheduler, tiny_model, make_train, tmp_path):
+    job = submit(store, tiny_model, make_train(40), tmp_path / "out", epochs=50)
+    sched = scheduler(workers=1)
+    wait_for(lambda: metric_steps(store, job.id), what="training")
+    asked = time.monotonic()
+    store.request_cancel("acme", job.id)
+    sched.wake()
+    wait_for(lambda: store.get_job("acme", job.id).has_ended, timeout=30, what="the cancel")
+    assert time.monotonic() - asked < 10
+    ended = store.get_job("acme", job.id)
+    assert ended.state == CANCELLED and ended.error["code"] == 1
+    assert (tmp_path / "out" / "checkpoints" / "latest").exists()  # the worker checkpointed on its way out
+
+
+def test_a_stopped_server_leaves_the_job_running_and_the_next_one_resumes_it(
+    store, scheduler, tiny_model, make_train, tmp_path
+):
+    job = submit(store, tiny_model, make_train(40), tmp_path / "out", epochs=3)
+    first = Scheduler(store, 1, poll_seconds=0.1)
+    first.start()
+    wait_for(lambda: len(metric_steps(store, job.id)) >= 5, what="training")
+    first.stop(timeout=60)
+    paused = store.get_job("acme", job.id)
+    assert paused.state == RUNNING and paused.worker_pid is None and paused.attempts == 0
+    stopped_at = metric_steps(store, job.id)[-1]
+    scheduler(workers=1)
+    wait_for(lambda: store.get_job("acme", job.id).has_ended, what="the job's end")
+    assert store.get_job("acme", job.id).state == SUCCEEDED
+    steps = metric_steps(store, job.id)
+    assert steps[len(steps) - (60 - stopped_at) :] == list(range(stopped_at + 1, 61))  # no step trained twice

@@ -1,0 +1,605 @@
+"""The job store: tuning jobs and their events, uploaded files, tuned models and API keys, in SQL.
+
+SQLAlchemy Core on SQLite (the embedded default, ``$TUNERY_HOME/tunery.db``) or PostgreSQL
+(``TUNERY_DATABASE_URL``). Rows are storage; ``Job.resource()`` is the REST shape (camelCase,
+Vertex's names). Every read and write that a user can reach takes a tenant: another tenant's rows are
+``NotFoundError``, exactly like rows that do not exist.
+
+    store = Store()                        # migrates on open
+    job, created = store.create_job("default", spec, request={...})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, column, create_engine, event, func, or_, select, table
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.expression import TableClause
+
+from tunery.errors import ConflictError, JobError, NotFoundError
+from tunery.jobs.migrations import migrate
+from tunery.settings import database_url
+from tunery.tuning.spec import TuningSpec
+
+PENDING, RUNNING, SUCCEEDED, FAILED = (
+    "JOB_STATE_PENDING",
+    "JOB_STATE_RUNNING",
+    "JOB_STATE_SUCCEEDED",
+    "JOB_STATE_FAILED",
+)
+CANCELLING, CANCELLED = "JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED"
+STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED)
+ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
+EMBEDDED = "embedded"  # worker_owner of a job started by the SDK without a server
+
+# google.rpc.Code values, as Vertex reports them in ``error.code``
+CODE_CANCELLED, CODE_INVALID_ARGUMENT, CODE_INTERNAL = 1, 3, 13
+
+JSON_COLUMNS = {"labels", "request", "spec", "stats", "error", "data"}
+
+
+def _table(name: str, columns: str) -> TableClause:
+    return table(name, *(column(c) for c in columns.split()))
+
+
+jobs_t = _table(
+    "jobs",
+    "seq id tenant state base_model display_name tuning_mode labels request spec stats error tuned_model_id "
+    "create_time start_time end_time update_time idempotency_key request_hash attempts worker_pid worker_owner "
+    "cancel_requested",
+)
+events_t = _table("job_events", "seq job_id time type message data")
+files_t = _table("files", "id tenant display_name path size_bytes sha256 example_count model stats create_time")
+models_t = _table("tuned_models", "id tenant job_id display_name base_model tuning_mode path create_time")
+keys_t = _table("api_keys", "id tenant hash create_time")
+
+
+def now() -> str:
+    """RFC 3339 UTC with milliseconds, as Vertex writes timestamps; sorts as text."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_id() -> str:
+    """Time-ordered, unguessable: 14 digits of UTC time and 12 hex digits."""
+    return datetime.now(UTC).strftime("%Y%m%d%H%M%S") + secrets.token_hex(6)
+
+
+@dataclass
+class Job:
+    """A ``jobs`` row, JSON columns decoded."""
+
+    id: str
+    tenant: str
+    state: str
+    base_model: str
+    display_name: str
+    tuning_mode: str
+    labels: dict[str, str]
+    request: dict[str, Any]
+    spec: dict[str, Any]
+    create_time: str
+    update_time: str
+    seq: int = 0
+    stats: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    tuned_model_id: str | None = None
+    start_time: str | None = None
+    end_time: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    attempts: int = 0
+    worker_pid: int | None = None
+    worker_owner: str | None = None
+    cancel_requested: bool = False
+
+    @property
+    def has_ended(self) -> bool:
+        return self.state in ENDED
+
+    @property
+    def output(self) -> str:
+        return self.spec["output"]
+
+    def resource(self, api_base: str | None = None) -> dict[str, Any]:
+        """The REST resource. ``api_base`` (``http://host:port/``) names the tuned model as the service
+        serves it (``models/{id}`` and its endpoint); without it (embedded) the model is its directory."""
+        state = CANCELLING if self.cancel_requested and self.state in (PENDING, RUNNING) else self.state
+        resource: dict[str, Any] = {
+            "name": f"tuningJobs/{self.id}",
+            "baseModel": self.base_model,
+            "tunedModelDisplayName": self.display_name,
+            "tuningMode": self.tuning_mode,
+            "supervisedTuningSpec": self.request.get("supervisedTuningSpec", {}),
+            "state": state,
+            "createTime": self.create_time,
+            "updateTime": self.update_time,
+            "labels": self.labels,
+        }
+        for key, value in (("startTime", self.start_time), ("endTime", self.end_time), ("error", self.error)):
+            if value:
+                resource[key] = value
+        if self.tuned_model_id:
+            if api_base is None:
+                resource["tunedModel"] = {"model": self.output, "endpoint": None}
+            else:
+                model = f"models/{self.tuned_model_id}"
+                resource["tunedModel"] = {"model": model, "endpoint": f"{api_base}v1/{model}:generateContent"}
+        if self.stats:
+            resource["tuningDataStats"] = {"supervisedTuningDataStats": self.stats}
+        return resource
+
+
+@dataclass
+class StoredFile:
+    id: str
+    tenant: str
+    display_name: str
+    path: str
+    size_bytes: int
+    sha256: str
+    example_count: int
+    model: str
+    stats: dict[str, Any]
+    create_time: str
+
+    def resource(self) -> dict[str, Any]:
+        return {
+            "name": f"files/{self.id}",
+            "displayName": self.display_name,
+            "mimeType": "application/jsonl",
+            "sizeBytes": str(self.size_bytes),
+            "sha256Hash": self.sha256,
+            "createTime": self.create_time,
+            "exampleCount": self.example_count,
+            "tokenizedWith": self.model,
+            "supervisedTuningDataStats": self.stats,
+        }
+
+
+@dataclass
+class TunedModel:
+    id: str
+    tenant: str
+    job_id: str
+    display_name: str
+    base_model: str
+    tuning_mode: str
+    path: str
+    create_time: str
+
+    def resource(self, api_base: str = "") -> dict[str, Any]:
+        return {
+            "name": f"models/{self.id}",
+            "displayName": self.display_name,
+            "baseModel": self.base_model,
+            "tuningMode": self.tuning_mode,
+            "tuningJob": f"tuningJobs/{self.job_id}",
+            "createTime": self.create_time,
+            "endpoint": f"{api_base}v1/models/{self.id}:generateContent",
+        }
+
+
+def connect_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for writes."""
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
+        for pragma in ("journal_mode=WAL", "busy_timeout=30000", "synchronous=NORMAL"):
+            dbapi_connection.execute(f"PRAGMA {pragma}")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # A write that starts as a read can fail at once in WAL mode if another writer got in between;
+        # taking the write lock up front makes it wait for its turn (busy_timeout) instead.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("immediate") else "BEGIN")
+
+    return engine
+
+
+def _decode(row: Any) -> dict[str, Any]:
+    values = dict(row._mapping)
+    for key in JSON_COLUMNS & values.keys():
+        if values[key] is not None:
+            values[key] = json.loads(values[key])
+    return values
+
+
+def _encode(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: json.dumps(v) if k in JSON_COLUMNS and v is not None else v for k, v in values.items()}
+
+
+def _job(row: Any) -> Job:
+    values = _decode(row)
+    values["cancel_requested"] = bool(values["cancel_requested"])
+    return Job(**values)
+
+
+def key_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass
+class Store:
+    """The job store at ``url`` (default ``settings.database_url()``), migrated on open."""
+
+    url: str = field(default_factory=database_url)
+
+    def __post_init__(self) -> None:
+        if self.url.startswith("sqlite:///"):
+            from pathlib import Path
+
+            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = connect_engine(self.url)
+        migrate(self.engine)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.info["immediate"] = True
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.info.pop("immediate", None)
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- jobs --------------------------------------------------------------------------------------
+
+    def create_job(
+        self,
+        tenant: str,
+        spec: TuningSpec,
+        request: dict[str, Any],
+        *,
+        job_id: str | None = None,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Insert a PENDING job; returns it and whether it is new. A repeated ``idempotency_key`` returns
+        the job it created first, or raises ConflictError if the request differs."""
+        digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+        if idempotency_key:
+            existing = self._by_idempotency_key(tenant, idempotency_key)
+            if existing is not None:
+                return self._same_request(existing, digest), False
+        job_id = job_id or new_id()
+        stamp = now()
+        values = {
+            "id": job_id,
+            "tenant": tenant,
+            "state": PENDING,
+            "base_model": spec.base_model,
+            "display_name": spec.display_name or job_id,
+            "tuning_mode": spec.method,
+            "labels": spec.labels,
+            "request": request,
+            "spec": spec.to_dict(),
+            "create_time": stamp,
+            "update_time": stamp,
+            "idempotency_key": idempotency_key,
+            "request_hash": digest,
+            "attempts": 0,
+            "worker_owner": owner,
+            "cancel_requested": 0,
+        }
+        try:
+            with self._write() as conn:
+                conn.execute(jobs_t.insert().values(**_encode(values)))
+                self._event(conn, job_id, "state", "job created", {"state": PENDING})
+        except IntegrityError:  # the same key raced in from another request
+            existing = self._by_idempotency_key(tenant, idempotency_key) if idempotency_key else None
+            if existing is None:
+                raise
+            return self._same_request(existing, digest), False
+        return self.get_job(tenant, job_id), True
+
+    def _by_idempotency_key(self, tenant: str, key: str) -> Job | None:
+        with self._read() as conn:
+            row = conn.execute(select(jobs_t).where(jobs_t.c.tenant == tenant, jobs_t.c.idempotency_key == key)).first()
+        return _job(row) if row else None
+
+    @staticmethod
+    def _same_request(job: Job, digest: str) -> Job:
+        if job.request_hash != digest:
+            raise ConflictError(
+                f"Idempotency-Key {job.idempotency_key!r} was used for tuningJobs/{job.id} with a different request"
+            )
+        return job
+
+    def get_job(self, tenant: str | None, job_id: str) -> Job:
+        """The job, or NotFoundError; ``tenant=None`` (workers, the scheduler) reads any tenant's."""
+        query = select(jobs_t).where(jobs_t.c.id == job_id)
+        if tenant is not None:
+            query = query.where(jobs_t.c.tenant == tenant)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise NotFoundError(f"tuningJobs/{job_id} not found")
+        return _job(row)
+
+    def list_jobs(
+        self,
+        tenant: str,
+        *,
+        state: str | None = None,
+        labels: dict[str, str] | None = None,
+        page_size: int = 50,
+        page_token: str | None = None,
+    ) -> tuple[list[Job], str | None]:
+        """Newest first; ``labels`` must all match. The page token is the last job's sequence number."""
+        query = select(jobs_t).where(jobs_t.c.tenant == tenant)
+        if state:
+            if state not in STATES:
+                raise JobError(f"state {state!r}: expected one of {', '.join(STATES)}")
+            if state == CANCELLING:
+                query = query.where(jobs_t.c.cancel_requested == 1, jobs_t.c.state.in_([PENDING, RUNNING]))
+            elif state in (PENDING, RUNNING):
+                query = query.where(jobs_t.c.state == state, jobs_t.c.cancel_requested == 0)
+            else:
+                query = query.where(jobs_t.c.state == state)
+        if page_token:
+            if not page_token.isdigit():
+                raise JobError(f"pageToken {page_token!r} is not one this server issued")
+            query = query.where(jobs_t.c.seq < int(page_token))
+        found: list[Job] = []
+        with self._read() as conn:
+            # labels are JSON text: filter in Python, reading in pages so a page is always full
+            for row in conn.execute(query.order_by(jobs_t.c.seq.desc())):
+                job = _job(row)
+                if labels and any(job.labels.get(k) != v for k, v in labels.items()):
+                    continue
+                found.append(job)
+                if len(found) > page_size:
+                    break
+        more = len(found) > page_size
+        found = found[:page_size]
+        return found, str(found[-1].seq) if more else None
+
+    def request_cancel(self, tenant: str | None, job_id: str) -> Job:
+        """Mark the job for cancelling. A job no worker has taken is CANCELLED at once; an ended job is left
+        as it is. Whoever runs the worker stops it (``worker_pid`` gets SIGTERM)."""
+        with self._write() as conn:
+            job = self._locked_job(conn, tenant, job_id)
+            if job.has_ended or job.cancel_requested:
+                return job
+            stamp = now()
+            if job.state == PENDING and job.worker_pid is None:
+                conn.execute(
+                    jobs_t.update()
+                    .where(jobs_t.c.id == job_id)
+                    .values(
+                        state=CANCELLED,
+                        cancel_requested=1,
+                        end_time=stamp,
+                        update_time=stamp,
+                        error=json.dumps({"code": CODE_CANCELLED, "message": "cancelled before it started"}),
+                    )
+                )
+                self._event(conn, job_id, "state", "cancelled before it started", {"state": CANCELLED})
+            else:
+                conn.execute(jobs_t.update().where(jobs_t.c.id == job_id).values(cancel_requested=1, update_time=stamp))
+                self._event(conn, job_id, "state", "cancel requested", {"state": CANCELLING})
+        return self.get_job(tenant, job_id)
+
+    def _locked_job(self, conn: Connection, tenant: str | None, job_id: str) -> Job:
+        query = select(jobs_t).where(jobs_t.c.id == job_id)
+        if tenant is not None:
+            query = query.where(jobs_t.c.tenant == tenant)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            raise NotFoundError(f"tuningJobs/{job_id} not found")
+        return _job(row)
+
+    # -- what workers and the scheduler write ------------------------------------------------------
+
+    def update_job(self, job_id: str, *, message: str | None = None, **values: Any) -> Job:
+        """Set columns of a job (no tenant check: workers and the scheduler), with an optional state event."""
+        values["update_time"] = now()
+        if values.get("state") in ENDED:
+            values.setdefault("end_time", values["update_time"])
+        with self._write() as conn:
+            conn.execute(jobs_t.update().where(jobs_t.c.id == job_id).values(**_encode(values)))
+            if message is not None or "state" in values:
+                data = {"state": values["state"]} if "state" in values else {}
+                if values.get("error"):
+                    data["error"] = values["error"]
+                self._event(conn, job_id, "state", message, data)
+        return self.get_job(None, job_id)
+
+    def claim_job(self, job_id: str, owner: str, pid: int, *, attempt: bool = False) -> Job:
+        """Record that ``owner`` started worker ``pid`` for the job, which is now RUNNING."""
+        with self._write() as conn:
+            job = self._locked_job(conn, None, job_id)
+            stamp = now()
+            conn.execute(
+                jobs_t.update()
+                .where(jobs_t.c.id == job_id, jobs_t.c.state.in_([PENDING, RUNNING]))  # a fast worker may have ended it
+                .values(
+                    state=RUNNING,
+                    worker_pid=pid,
+                    worker_owner=owner,
+                    start_time=job.start_time or stamp,
+                    update_time=stamp,
+                    attempts=job.attempts + int(attempt),
+                )
+            )
+        return self.get_job(None, job_id)
+
+    def runnable_jobs(self, owners: list[str]) -> list[Job]:
+        """Jobs a scheduler may start, oldest first: RUNNING ones that lost their worker come before PENDING
+        ones. ``owners`` are the worker owners the caller may take over (never the embedded SDK's)."""
+        query = (
+            select(jobs_t)
+            .where(
+                jobs_t.c.state.in_([PENDING, RUNNING]),
+                or_(jobs_t.c.worker_owner.is_(None), jobs_t.c.worker_owner.in_(owners)),
+            )
+            .order_by(jobs_t.c.seq)
+        )
+        with self._read() as conn:
+            found = [_job(row) for row in conn.execute(query)]
+        return sorted(found, key=lambda job: (job.state != RUNNING, job.seq))
+
+    def add_event(self, job_id: str, type: str, message: str | None = None, data: dict[str, Any] | None = None) -> None:
+        with self._write() as conn:
+            self._event(conn, job_id, type, message, data)
+
+    @staticmethod
+    def _event(conn: Connection, job_id: str, type: str, message: str | None, data: dict[str, Any] | None) -> None:
+        conn.execute(
+            events_t.insert().values(
+                job_id=job_id, time=now(), type=type, message=message, data=json.dumps(data) if data else None
+            )
+        )
+
+    def events(self, tenant: str | None, job_id: str, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """The job's events after sequence number ``after``, oldest first (NotFoundError for another tenant)."""
+        self.get_job(tenant, job_id)
+        query = (
+            select(events_t)
+            .where(events_t.c.job_id == job_id, events_t.c.seq > after)
+            .order_by(events_t.c.seq)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            rows = [_decode(row) for row in conn.execute(query)]
+        return [
+            {
+                "id": row["seq"],
+                "createTime": row["time"],
+                "type": row["type"],
+                **({"message": row["message"]} if row["message"] else {}),
+                **({"data": row["data"]} if row["data"] else {}),
+            }
+            for row in rows
+        ]
+
+    # -- files -------------------------------------------------------------------------------------
+
+    def add_file(self, record: StoredFile) -> StoredFile:
+        with self._write() as conn:
+            conn.execute(files_t.insert().values(**_encode(vars(record))))
+        return record
+
+    def get_file(self, tenant: str | None, file_id: str) -> StoredFile:
+        query = select(files_t).where(files_t.c.id == file_id)
+        if tenant is not None:
+            query = query.where(files_t.c.tenant == tenant)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise NotFoundError(f"files/{file_id} not found")
+        return StoredFile(**_decode(row))
+
+    def list_files(self, tenant: str) -> list[StoredFile]:
+        query = select(files_t).where(files_t.c.tenant == tenant).order_by(files_t.c.create_time.desc())
+        with self._read() as conn:
+            return [StoredFile(**_decode(row)) for row in conn.execute(query)]
+
+    def delete_file(self, tenant: str, file_id: str) -> StoredFile:
+        """Forget the file (the caller removes its bytes); jobs that used it keep their own copy's path."""
+        record = self.get_file(tenant, file_id)
+        with self._write() as conn:
+            conn.execute(files_t.delete().where(files_t.c.id == file_id))
+        return record
+
+    # -- tuned models ------------------------------------------------------------------------------
+
+    def add_tuned_model(self, record: TunedModel) -> TunedModel:
+        """Record a tuned model; recording the same id again (a retried worker) changes nothing."""
+        with self._write() as conn:
+            if conn.execute(select(models_t.c.id).where(models_t.c.id == record.id)).first() is None:
+                conn.execute(models_t.insert().values(**vars(record)))
+        return record
+
+    def get_tuned_model(self, tenant: str | None, model_id: str) -> TunedModel:
+        query = select(models_t).where(models_t.c.id == model_id)
+        if tenant is not None:
+            query = query.where(models_t.c.tenant == tenant)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise NotFoundError(f"models/{model_id} not found")
+        return TunedModel(**_decode(row))
+
+    def list_tuned_models(self, tenant: str) -> list[TunedModel]:
+        query = select(models_t).where(models_t.c.tenant == tenant).order_by(models_t.c.create_time.desc())
+        with self._read() as conn:
+            return [TunedModel(**_decode(row)) for row in conn.execute(query)]
+
+    def delete_tuned_model(self, tenant: str, model_id: str) -> TunedModel:
+        """Forget the tuned model (the caller removes its directory); its job keeps its record."""
+        record = self.get_tuned_model(tenant, model_id)
+        with self._write() as conn:
+            conn.execute(models_t.delete().where(models_t.c.id == model_id))
+        return record
+
+    # -- API keys ----------------------------------------------------------------------------------
+
+    def create_key(self, tenant: str) -> str:
+        """A new API key for ``tenant``: ``tk_<id>_<secret>``. Only the secret's SHA-256 is stored."""
+        if not tenant or len(tenant) > 128 or not tenant.replace("-", "").replace("_", "").isalnum():
+            raise JobError(f"tenant {tenant!r}: expected 1 to 128 letters, digits, '-' or '_'")
+        key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+        with self._write() as conn:
+            conn.execute(keys_t.insert().values(id=key_id, tenant=tenant, hash=key_hash(secret), create_time=now()))
+        return f"tk_{key_id}_{secret}"
+
+    def tenant_for_key(self, key: str) -> str | None:
+        """The key's tenant, or None. The secret is compared in constant time."""
+        parts = key.split("_", 2)
+        if len(parts) != 3 or parts[0] != "tk":
+            return None
+        with self._read() as conn:
+            row = conn.execute(select(keys_t.c.tenant, keys_t.c.hash).where(keys_t.c.id == parts[1])).first()
+        expected = row.hash if row else key_hash("")
+        matched = hmac.compare_digest(expected, key_hash(parts[2]))
+        return row.tenant if row and matched else None
+
+    def has_keys(self) -> bool:
+        with self._read() as conn:
+            return bool(conn.execute(select(func.count()).select_from(keys_t)).scalar())
+
+    def delete_keys(self, tenant: str) -> int:
+        with self._write() as conn:
+            return conn.execute(keys_t.delete().where(keys_t.c.tenant == tenant)).rowcount
+
+
+__all__ = [
+    "CANCELLED",
+    "CANCELLING",
+    "ENDED",
+    "FAILED",
+    "PENDING",
+    "RUNNING",
+    "SUCCEEDED",
+    "Job",
+    "Store",
+    "StoredFile",
+    "TunedModel",
+    "now",
+]

@@ -1,0 +1,271 @@
+"""Gemini's generateContent and countTokens shapes: request → (``Example``, ``GenerationConfig``), result → JSON.
+
+Nothing here imports torch: the API process checks a request with these functions, and the model host
+(``tunery.serving.host``) runs it. A bad request raises one ``DatasetError`` whose ``problems`` name
+every field at fault (``contents[1].role``, ``generationConfig.maxOutputTokens``), never just the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tunery.data.formats import Example, parse_example
+from tunery.data.validation import Problem
+from tunery.errors import DatasetError, ModelError
+
+MAX_OUTPUT_TOKENS = 8192
+MAX_STOP_SEQUENCES = 5
+GENERATE_FIELDS = ("contents", "systemInstruction", "generationConfig")
+COUNT_TOKENS_FIELDS = ("contents", "systemInstruction", "generateContentRequest")
+
+
+@dataclass(frozen=True)
+class _Limit:
+    """The Gemini name of a ``GenerationConfig`` number and the values it may take."""
+
+    name: str
+    kind: type
+    ok: Callable[[Any], bool]
+    expected: str
+
+
+_LIMITS = {
+    "max_output_tokens": _Limit("maxOutputTokens", int, lambda v: 1 <= v <= MAX_OUTPUT_TOKENS, "1 to 8192"),
+    "temperature": _Limit("temperature", float, lambda v: 0 <= v <= 2, "0 to 2"),
+    "top_p": _Limit("topP", float, lambda v: 0 < v <= 1, "more than 0, at most 1"),
+    "top_k": _Limit("topK", int, lambda v: v >= 0, "0 (no top-k) or more"),
+    "seed": _Limit("seed", int, lambda v: 0 <= v < 2**63, "0 to 2**63 - 1"),
+    "candidate_count": _Limit("candidateCount", int, lambda v: v == 1, "1 (one candidate per request)"),
+}
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Gemini's ``generationConfig``; temperature 0 is greedy (the default)."""
+
+    max_output_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_sequences: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for attr in ("max_output_tokens", "temperature", "top_p", "top_k", "seed"):
+            value, limit = getattr(self, attr), _LIMITS[attr]
+            if value is not None and not limit.ok(value):
+                raise ModelError(f"{limit.name} {value}: expected {limit.expected}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generated answer and what it cost."""
+
+    text: str
+    finish_reason: str  # STOP or MAX_TOKENS
+    prompt_tokens: int
+    output_tokens: int
+    latency_ms: float
+
+
+class RequestProblem(Problem):
+    """A problem in a request body, shown as ``field: message`` (a request has no file or line)."""
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+def request_error(what: str, problems: list[tuple[str, str]]) -> DatasetError:
+    """One ``DatasetError`` listing every (field, message) problem of a request."""
+    n = len(problems)
+    found: list[Problem] = [RequestProblem("request", 0, field, message) for field, message in problems]
+    return DatasetError(f"invalid {what}: {n} problem{'s' * (n != 1)}", found)
+
+
+# --- generationConfig ------------------------------------------------------------------------------------
+
+_CONFIG_NAMES = {
+    "maxOutputTokens": "max_output_tokens",
+    "max_output_tokens": "max_output_tokens",
+    "temperature": "temperature",
+    "topP": "top_p",
+    "top_p": "top_p",
+    "topK": "top_k",
+    "top_k": "top_k",
+    "stopSequences": "stop_sequences",
+    "stop_sequences": "stop_sequences",
+    "seed": "seed",
+    "candidateCount": "candidate_count",
+    "candidate_count": "candidate_count",
+}
+_GEMINI_CONFIG_NAMES = [name for name in _CONFIG_NAMES if "_" not in name]
+
+
+def generation_config(
+    value: GenerationConfig | dict[str, Any] | None, field: str = "generationConfig"
+) -> GenerationConfig:
+    """A ``GenerationConfig`` from Gemini's JSON (camelCase or snake_case names); every problem raised at once."""
+    if value is None or isinstance(value, GenerationConfig):
+        return value or GenerationConfig()
+    config, problems = _parse_config(value, field)
+    if config is None:
+        raise request_error(field, problems)
+    return config
+
+
+def _parse_config(value: Any, field: str) -> tuple[GenerationConfig | None, list[tuple[str, str]]]:
+    if not isinstance(value, dict):
+        return None, [(field, f"expected an object, got {_json_type(value)}")]
+    problems: list[tuple[str, str]] = []
+    kwargs: dict[str, Any] = {}
+    for key, raw in value.items():
+        attr, path = _CONFIG_NAMES.get(key), f"{field}.{key}"
+        if attr is None:
+            problems.append((path, f"unknown field; expected one of {', '.join(_GEMINI_CONFIG_NAMES)}"))
+        elif raw is not None:  # JSON null leaves the default
+            checked = _stop_sequences(raw, path, problems) if attr == "stop_sequences" else _number(attr, raw)
+            if isinstance(checked, str):
+                problems.append((path, checked))
+            elif checked is not None:
+                kwargs[attr] = checked
+    if problems:
+        return None, problems
+    kwargs.pop("candidate_count", None)  # checked to be 1; one candidate is all the engine makes
+    return GenerationConfig(**kwargs), []
+
+
+def _number(attr: str, raw: Any) -> int | float | str:
+    """The checked value, or a message saying what is wrong with it."""
+    limit = _LIMITS[attr]
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        return f"expected {'an integer' if limit.kind is int else 'a number'}, got {_json_type(raw)}"
+    if limit.kind is int:
+        if isinstance(raw, float) and not raw.is_integer():
+            return f"expected an integer, got {raw!r}"
+        raw = int(raw)
+    else:
+        raw = float(raw)
+    if not limit.ok(raw):
+        return f"expected {limit.expected}, got {raw!r}"
+    return raw
+
+
+def _stop_sequences(raw: Any, path: str, problems: list[tuple[str, str]]) -> tuple[str, ...] | None:
+    if not isinstance(raw, list | tuple) or len(raw) > MAX_STOP_SEQUENCES:
+        problems.append((path, f"expected a list of at most {MAX_STOP_SEQUENCES} strings"))
+        return None
+    bad = [i for i, s in enumerate(raw) if not isinstance(s, str) or not s]
+    for i in bad:
+        problems.append((f"{path}[{i}]", "expected a non-empty string"))
+    return None if bad else tuple(raw)
+
+
+# --- requests --------------------------------------------------------------------------------------------
+
+
+def parse_generate_request(body: Any) -> tuple[Example, GenerationConfig]:
+    """A generateContent body → the prompt and its generation config; ``DatasetError`` lists every problem."""
+    example, config, problems = _parse_generate(body, "")
+    if example is None or config is None:
+        raise request_error("generateContent request", problems)
+    return example, config
+
+
+def parse_count_tokens_request(body: Any) -> Example:
+    """A countTokens body (``contents`` or a whole ``generateContentRequest``) → the prompt to count.
+
+    The count is the prompt's tokens as generateContent would send them, so the same rules apply: turns
+    alternate and the last one is the user's.
+    """
+    if not isinstance(body, dict):
+        raise request_error("countTokens request", [("request", f"expected a JSON object, got {_json_type(body)}")])
+    problems = _unknown(body, COUNT_TOKENS_FIELDS, "")
+    if "generateContentRequest" in body:
+        if "contents" in body or "systemInstruction" in body:
+            problems.append(("generateContentRequest", "give either contents or generateContentRequest, not both"))
+        inner = body["generateContentRequest"]
+        if isinstance(inner, dict):  # the real API names the model inside; it is the URL's model here
+            inner = {k: v for k, v in inner.items() if k != "model"}
+        example, _, found = _parse_generate(inner, "generateContentRequest.")
+    else:
+        example, found = _parse_contents(body, "")
+    problems += found
+    if example is None or problems:
+        raise request_error("countTokens request", problems)
+    return example
+
+
+def _parse_generate(body: Any, prefix: str) -> tuple[Example | None, GenerationConfig | None, list[tuple[str, str]]]:
+    if not isinstance(body, dict):
+        return None, None, [(prefix.rstrip(".") or "request", f"expected a JSON object, got {_json_type(body)}")]
+    problems = _unknown(body, GENERATE_FIELDS, prefix)
+    example, found = _parse_contents(body, prefix)
+    problems += found
+    raw = body.get("generationConfig")
+    config, found = _parse_config({} if raw is None else raw, f"{prefix}generationConfig")
+    problems += found
+    return (None, None, problems) if problems else (example, config, [])
+
+
+def _unknown(body: dict, known: tuple[str, ...], prefix: str) -> list[tuple[str, str]]:
+    return [(f"{prefix}{k}", f"unknown field; expected {', '.join(known)}") for k in body if k not in known]
+
+
+def _parse_contents(body: dict, prefix: str) -> tuple[Example | None, list[tuple[str, str]]]:
+    """``contents`` and ``systemInstruction`` through the dataset parser; the last turn must be the user's."""
+    if "contents" not in body:
+        return None, [(f"{prefix}contents", "required: a list of turns, the last one the user's")]
+    contents = body["contents"]
+    if isinstance(contents, list):  # Gemini lets a turn leave out its role: it is the user's
+        contents = [{"role": "user", **t} if isinstance(t, dict) and "role" not in t else t for t in contents]
+    obj: dict[str, Any] = {"contents": contents}
+    system = body.get("systemInstruction")
+    problems: list[tuple[str, str]] = []
+    if isinstance(system, str):
+        if system.strip():
+            obj["systemInstruction"] = {"parts": [{"text": system}]}
+        else:
+            problems.append((f"{prefix}systemInstruction", "empty text"))
+    elif system is not None:
+        obj["systemInstruction"] = system
+    example, found = parse_example(obj, require_model_turn=False)
+    problems += [(f"{prefix}{field}", message) for field, message in found]
+    if example is not None and example.turns and example.turns[-1].role != "user":
+        last = len(example.turns) - 1
+        problems.append((f"{prefix}contents[{last}].role", "the last turn must be the user's; the model answers it"))
+    return (example if not problems else None), problems
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+# --- responses -------------------------------------------------------------------------------------------
+
+
+def generate_response(gen: Generation, model_version: str) -> dict[str, Any]:
+    """Gemini's ``GenerateContentResponse`` for one generation, plus ``latencyMs`` (tunery's extension)."""
+    return {
+        "candidates": [
+            {
+                "content": {"role": "model", "parts": [{"text": gen.text}]},
+                "finishReason": gen.finish_reason,
+                "index": 0,
+            }
+        ],
+        "usageMetadata": {
+            "promptTokenCount": gen.prompt_tokens,
+            "candidatesTokenCount": gen.output_tokens,
+            "totalTokenCount": gen.prompt_tokens + gen.output_tokens,
+        },
+        "modelVersion": model_version,
+        "latencyMs": round(gen.latency_ms, 1),
+    }
+
+
+def count_tokens_response(n: int) -> dict[str, int]:
+    """Gemini's ``CountTokensResponse``."""
+    return {"totalTokens": n}
