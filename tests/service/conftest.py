@@ -54,10 +54,15 @@ class Service:
         self.url = ""
         self.client: httpx.Client | None = None
         self.output: list[str] = []
+        self._pump_thread: threading.Thread | None = None
+        self._store: Store | None = None
 
     @property
     def store(self) -> Store:
-        return Store(self.env.get("TUNERY_DATABASE_URL") or f"sqlite:///{self.home / 'tunery.db'}")
+        """The server's job store, opened directly (to look behind the API, as an operator could)."""
+        if self._store is None:
+            self._store = Store(self.env.get("TUNERY_DATABASE_URL") or f"sqlite:///{self.home / 'tunery.db'}")
+        return self._store
 
     def start(self, *extra: str, timeout: float = 90) -> Service:
         command = [sys.executable, "-m", "tunery", "serve", "--host", "127.0.0.1", "--port", "0"]
@@ -66,7 +71,8 @@ class Service:
             command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )
         ready = threading.Event()
-        threading.Thread(target=self._pump, args=(self.process, ready), daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, args=(self.process, ready), daemon=True)
+        self._pump_thread.start()
         if not ready.wait(timeout) or not self.url:
             self.kill()
             raise RuntimeError("tunery serve did not start:\n" + "".join(self.output))
@@ -122,6 +128,10 @@ class Service:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         code = self.process.wait(60)
+        if self._pump_thread is not None:
+            self._pump_thread.join(10)  # the pipe is at EOF once the server is gone
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         self.process = None
         return code
 
@@ -135,18 +145,16 @@ class Service:
         self.terminate()
         return self.start()
 
-    def kill_workers(self) -> None:
-        """Workers outlive a killed server for a moment (they checkpoint, then exit); end them for cleanup."""
-        store = self.store
-        try:
-            for job in store.runnable_jobs([store_owner()]):
-                if job.worker_pid:
-                    try:
-                        os.kill(job.worker_pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
-        finally:
-            store.close()
+    def close(self) -> None:
+        """Kill the server and any worker it left (workers outlive a killed server while they checkpoint)."""
+        self.kill()
+        for job in self.store.runnable_jobs([store_owner()]):
+            if job.worker_pid:
+                try:
+                    os.kill(job.worker_pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        self.store.close()
 
 
 def store_owner() -> str:
@@ -156,9 +164,7 @@ def store_owner() -> str:
 
 
 @pytest.fixture
-def service(
-    tmp_path: Path, tiny_model: Path, make_train: Callable[..., Path]
-) -> Iterator[Callable[..., Service]]:
+def service(tmp_path: Path, tiny_model: Path, make_train: Callable[..., Path]) -> Iterator[Callable[..., Service]]:
     """``service(workers=1, database_url=None, start=True)`` → a running ``Service``; stopped after the test."""
     started: list[Service] = []
 
@@ -169,5 +175,4 @@ def service(
 
     yield factory
     for svc in started:
-        svc.kill()
-        svc.kill_workers()
+        svc.close()

@@ -24,8 +24,16 @@ import sys
 import threading
 from pathlib import Path
 
-from tunery.jobs.store import CANCELLED, CODE_CANCELLED, CODE_INTERNAL, FAILED, RUNNING, Job, Store
-from tunery.jobs.worker import EXIT_INTERRUPTED
+from tunery.jobs.store import (
+    CANCELLED,
+    CODE_CANCELLED,
+    CODE_INTERNAL,
+    EXIT_INTERRUPTED,
+    FAILED,
+    RUNNING,
+    Job,
+    Store,
+)
 from tunery.settings import jobs_dir
 
 
@@ -89,12 +97,17 @@ class Scheduler:
                 self._terminated.add(job_id)
         if self._stopping.is_set():
             return
+        busy = len(self.running)
         for job in self.store.runnable_jobs([self.owner]):
-            if job.id in self.running or (job.worker_pid is not None and worker_alive(job.worker_pid, job.id)):
+            if job.id in self.running:
+                continue
+            if job.worker_pid is not None and worker_alive(job.worker_pid, job.id):
+                busy += 1  # a previous server's worker, still checkpointing on its way out: its slot is taken
                 continue
             if job.cancel_requested:
                 self.store.update_job(job.id, state=CANCELLED, worker_pid=None, error=_cancelled(), message="cancelled")
-            elif len(self.running) < self.workers:
+            elif busy < self.workers:
+                busy += 1
                 if job.state == RUNNING and job.worker_pid is not None:
                     self.store.add_event(job.id, "state", "its worker is gone (the server stopped); resuming")
                 self._launch(job)

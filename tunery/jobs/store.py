@@ -41,6 +41,7 @@ STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED)
 ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 EMBEDDED = "embedded"  # worker_owner of a job started by the SDK without a server
 
+EXIT_INTERRUPTED = 75  # a worker's exit status (EX_TEMPFAIL): stopped at a checkpoint, to be resumed
 # google.rpc.Code values, as Vertex reports them in ``error.code``
 CODE_CANCELLED, CODE_INVALID_ARGUMENT, CODE_INTERNAL = 1, 3, 13
 

@@ -27,6 +27,7 @@ from tunery.jobs.store import (
     CODE_CANCELLED,
     CODE_INTERNAL,
     CODE_INVALID_ARGUMENT,
+    EXIT_INTERRUPTED,
     FAILED,
     SUCCEEDED,
     Job,
@@ -36,7 +37,6 @@ from tunery.jobs.store import (
 )
 from tunery.tuning.spec import TuningSpec
 
-EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped at a checkpoint, not finished; run it again to continue
 CANCEL_POLL_SECONDS = 2.0
 
 
@@ -78,7 +78,8 @@ def main(job_id: str, watch_parent: bool = False) -> int:
                 job_id, state=CANCELLED, error={"code": CODE_CANCELLED, "message": str(exc)}, message=str(exc)
             )
             return 0
-        store.add_event(job_id, "state", f"interrupted: {exc}; the job resumes from there when a worker restarts it")
+        saved = Path(exc.checkpoint).name if exc.checkpoint else "none"
+        store.add_event(job_id, "state", f"interrupted (the server stopped); checkpoint {saved} saved, to resume from")
         return EXIT_INTERRUPTED
     except TuneryError as exc:
         fail(store, job_id, CODE_INVALID_ARGUMENT, str(exc))
