@@ -9,6 +9,7 @@ server on the same home and database, as an operator would after a crash.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -150,10 +151,8 @@ class Service:
         self.kill()
         for job in self.store.runnable_jobs([store_owner()]):
             if job.worker_pid:
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(job.worker_pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
         self.store.close()
 
 

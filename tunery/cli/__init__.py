@@ -6,10 +6,11 @@ import warnings
 
 import typer
 
-from tunery.cli import datasets, models
+from tunery.cli import datasets, files, jobs, keys, models
 from tunery.cli.demo import demo
 from tunery.cli.evaluate import advise, compare, evaluate
 from tunery.cli.predict import predict
+from tunery.cli.serve import serve
 from tunery.cli.tune import merge, tune
 
 app = typer.Typer(
@@ -39,6 +40,9 @@ def _root(
 
 app.add_typer(models.app, name="models")
 app.add_typer(datasets.app, name="datasets")
+app.add_typer(keys.app, name="keys")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(files.app, name="files")
 app.command()(tune)
 app.command()(merge)
 app.command()(predict)
@@ -46,6 +50,7 @@ app.command()(demo)
 app.command()(evaluate)
 app.command()(compare)
 app.command()(advise)
+app.command()(serve)
 
 
 def main() -> None:

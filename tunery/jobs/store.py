@@ -116,7 +116,7 @@ class Job:
         state = CANCELLING if self.cancel_requested and self.state in (PENDING, RUNNING) else self.state
         resource: dict[str, Any] = {
             "name": f"tuningJobs/{self.id}",
-            "baseModel": self.base_model,
+            "baseModel": self.request.get("baseModel", self.base_model),  # as sent; the spec has the resolved path
             "tunedModelDisplayName": self.display_name,
             "tuningMode": self.tuning_mode,
             "supervisedTuningSpec": self.request.get("supervisedTuningSpec", {}),

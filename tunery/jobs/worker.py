@@ -29,6 +29,7 @@ from tunery.jobs.store import (
     CODE_INVALID_ARGUMENT,
     EXIT_INTERRUPTED,
     FAILED,
+    RUNNING,
     SUCCEEDED,
     Job,
     Store,
@@ -108,10 +109,8 @@ def run(store: Store, job: Job, spec: TuningSpec, stop: StopRequests) -> Path:
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)  # a run killed before it recorded itself: nothing to keep
     attempt = f"attempt {job.attempts + 1}"
-    if checkpoint is not None:
-        store.add_event(job.id, "state", f"{attempt}: resuming from checkpoint {checkpoint.name}")
-    else:
-        store.add_event(job.id, "state", f"{attempt}: training from step 0")
+    where = f"resuming from checkpoint {checkpoint.name}" if checkpoint is not None else "training from step 0"
+    store.add_event(job.id, "state", f"{attempt}: {where}", {"state": RUNNING})
 
     def on_metrics(record: dict[str, Any]) -> None:
         store.add_event(job.id, "metrics", None, record)

@@ -1,9 +1,6 @@
 """Python SDK, shaped like Vertex's: ``sft.train`` starts a job, ``GenerativeModel`` calls a model."""
 
-from tunery.sdk import sft
-from tunery.sdk.evaluation import EvaluationRun, compare, evaluate
-from tunery.sdk.generative import GenerationResponse, GenerativeModel, UsageMetadata
-from tunery.sdk.jobs import TuningJob
+from tunery._lazy import exports
 
 __all__ = [
     "EvaluationRun",
@@ -13,5 +10,21 @@ __all__ = [
     "UsageMetadata",
     "compare",
     "evaluate",
+    "init",
     "sft",
 ]
+
+__getattr__, __dir__ = exports(
+    __name__,
+    {
+        "EvaluationRun": "tunery.sdk.evaluation",
+        "GenerationResponse": "tunery.sdk.generative",
+        "GenerativeModel": "tunery.sdk.generative",
+        "TuningJob": "tunery.sdk.jobs",
+        "UsageMetadata": "tunery.sdk.generative",
+        "compare": "tunery.sdk.evaluation",
+        "evaluate": "tunery.sdk.evaluation",
+        "init": "tunery.sdk.client",
+        "sft": "tunery.sdk.sft",
+    },
+)

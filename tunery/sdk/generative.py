@@ -1,15 +1,24 @@
-"""``GenerativeModel``: call a base or tuned model, shaped like Vertex's ``GenerativeModel``."""
+"""``GenerativeModel``: call a base or tuned model, shaped like Vertex's ``GenerativeModel``.
+
+Embedded, the model loads in this process. After ``tunery.init(...)`` it is a model on the server
+(``models/ID`` or a catalog id), called over HTTP; the answers have the same shape either way.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunery.data.formats import Example, parse_example, user_example
 from tunery.errors import DatasetError
 from tunery.models.catalog import DEFAULT_MODEL
-from tunery.serving.engine import Engine, GenerationConfig
+from tunery.sdk import client as remote
+from tunery.serving import gemini
+from tunery.serving.gemini import GenerationConfig
+
+if TYPE_CHECKING:
+    from tunery.serving.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -31,12 +40,20 @@ class GenerationResponse:
 
 
 class GenerativeModel:
-    """A catalog id, a local model directory or a tuned model directory, loaded once."""
+    """A catalog id, a local model directory or a tuned model directory, loaded once; after ``tunery.init``,
+    a model on the server: ``models/ID`` (``job.tuned_model_name``), a bare id, or a catalog id."""
 
     def __init__(self, model_name: str | Path = DEFAULT_MODEL, system_instruction: str | None = None) -> None:
         self.model_name = str(model_name)
         self.system_instruction = system_instruction
-        self._engine = Engine(model_name)
+        self._client = remote.current()
+        self._engine: Engine | None = None
+        if self._client is not None:
+            self._model_id = remote.model_id(self.model_name)
+        else:
+            from tunery.serving.engine import Engine  # torch: only for a model in this process
+
+            self._engine = Engine(model_name)
 
     def _request(self, contents: str | list[dict[str, Any]]) -> Example:
         if isinstance(contents, str):
@@ -54,36 +71,55 @@ class GenerativeModel:
     def generate_content(
         self, contents: str | list[dict[str, Any]], generation_config: GenerationConfig | dict[str, Any] | None = None
     ) -> GenerationResponse:
-        config = _config(generation_config)
-        result = self._engine.generate(self._request(contents), config)
+        config = gemini.generation_config(generation_config, "generation_config")
+        request = self._request(contents)
+        if self._engine is None:
+            body = {**self._body(contents), "generationConfig": _config_json(config)}
+            return _response(self._remote().generate_content(self._model_id, body))
+        result = self._engine.generate(request, config)
         usage = UsageMetadata(result.prompt_tokens, result.output_tokens)
         return GenerationResponse(result.text, result.finish_reason, usage, result.latency_ms)
 
     def count_tokens(self, contents: str | list[dict[str, Any]]) -> int:
-        return self._engine.count_tokens(self._request(contents))
+        request = self._request(contents)
+        if self._engine is None:
+            return self._remote().count_tokens(self._model_id, self._body(contents))
+        return self._engine.count_tokens(request)
+
+    def _remote(self) -> remote.Client:
+        assert self._client is not None
+        return self._client
+
+    def _body(self, contents: str | list[dict[str, Any]]) -> dict[str, Any]:
+        """The REST request's ``contents`` and ``systemInstruction`` (already checked by ``_request``)."""
+        turns = [{"role": "user", "parts": [{"text": contents}]}] if isinstance(contents, str) else contents
+        body: dict[str, Any] = {"contents": turns}
+        if self.system_instruction:
+            body["systemInstruction"] = {"parts": [{"text": self.system_instruction}]}
+        return body
 
 
-_CONFIG_NAMES = {
-    "max_output_tokens": "max_output_tokens",
-    "maxOutputTokens": "max_output_tokens",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "topP": "top_p",
-    "top_k": "top_k",
-    "topK": "top_k",
-    "stop_sequences": "stop_sequences",
-    "stopSequences": "stop_sequences",
-    "seed": "seed",
-}
+def _config_json(config: GenerationConfig) -> dict[str, Any]:
+    """Gemini's ``generationConfig`` JSON for ``config``."""
+    values = {
+        "maxOutputTokens": config.max_output_tokens,
+        "temperature": config.temperature,
+        "topP": config.top_p,
+        "topK": config.top_k,
+        "stopSequences": list(config.stop_sequences),
+        "seed": config.seed,
+    }
+    return {k: v for k, v in values.items() if v is not None}
 
 
-def _config(value: GenerationConfig | dict[str, Any] | None) -> GenerationConfig:
-    if value is None or isinstance(value, GenerationConfig):
-        return value or GenerationConfig()
-    unknown = sorted(set(value) - set(_CONFIG_NAMES))
-    if unknown:
-        raise DatasetError(f"generation_config: unknown field(s) {', '.join(unknown)}")
-    kwargs = {_CONFIG_NAMES[k]: v for k, v in value.items()}
-    if "stop_sequences" in kwargs:
-        kwargs["stop_sequences"] = tuple(kwargs["stop_sequences"])
-    return GenerationConfig(**kwargs)
+def _response(answer: dict[str, Any]) -> GenerationResponse:
+    """A ``GenerationResponse`` from a ``generateContent`` answer (its first candidate)."""
+    candidate = (answer.get("candidates") or [{}])[0]
+    parts = (candidate.get("content") or {}).get("parts") or []
+    usage = answer.get("usageMetadata") or {}
+    return GenerationResponse(
+        text="".join(part.get("text", "") for part in parts),
+        finish_reason=candidate.get("finishReason", "STOP"),
+        usage_metadata=UsageMetadata(usage.get("promptTokenCount", 0), usage.get("candidatesTokenCount", 0)),
+        latency_ms=float(answer.get("latencyMs", 0.0)),
+    )

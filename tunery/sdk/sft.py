@@ -1,17 +1,26 @@
-"""Supervised fine-tuning, shaped like ``vertexai.tuning.sft``: ``sft.train(...)`` returns a ``TuningJob``."""
+"""Supervised fine-tuning, shaped like ``vertexai.tuning.sft``: ``sft.train(...)`` returns a ``TuningJob``.
+
+Embedded, the job runs in a worker process on this machine. After ``tunery.init(...)`` it runs on the
+server: local dataset files are uploaded first (``files/ID`` names pass through as they are), and
+``source_model`` is a catalog id or a model directory the server can read.
+"""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
+from typing import Any
 
 from tunery import jobs
+from tunery.errors import ConfigError
 from tunery.models.catalog import DEFAULT_MODEL, PEFT_ADAPTER
+from tunery.sdk import client as remote
 from tunery.sdk.jobs import TuningJob
 from tunery.tuning.spec import TuningSpec
 
 
 def train(
-    source_model: str = DEFAULT_MODEL,
+    source_model: str | Path = DEFAULT_MODEL,
     train_dataset: str | Path = "",
     validation_dataset: str | Path | None = None,
     *,
@@ -27,11 +36,15 @@ def train(
     output_dir: str | Path | None = None,
     labels: dict[str, str] | None = None,
 ) -> TuningJob:
-    """Start a tuning job in a worker process and return at once; poll with ``job.refresh()``."""
+    """Start a tuning job and return at once; poll with ``job.refresh()``, follow with ``job.watch()``.
+
+    ``precision`` and ``output_dir`` are this machine's choices: a server makes its own, so they must be
+    left at their defaults in remote mode.
+    """
     spec = TuningSpec(
-        train=str(Path(train_dataset).resolve()) if train_dataset else "",
-        base_model=source_model,
-        validation=str(Path(validation_dataset).resolve()) if validation_dataset else None,
+        train=str(train_dataset),
+        base_model=str(source_model),
+        validation=str(validation_dataset) if validation_dataset else None,
         method=tuning_mode,
         epochs=epochs,
         adapter_size=adapter_size,
@@ -41,10 +54,46 @@ def train(
         seed=seed,
         precision=precision,
         display_name=tuned_model_display_name,
-        output=str(Path(output_dir).resolve()) if output_dir else None,
+        output=str(output_dir) if output_dir else None,
         labels=labels or {},
     )
+    client = remote.current()
+    if client is not None:
+        return _train_remote(client, spec)
+    spec.train = str(Path(spec.train).resolve())
+    spec.validation = str(Path(spec.validation).resolve()) if spec.validation else None
+    spec.output = str(Path(spec.output).resolve()) if spec.output else None
     return TuningJob(jobs.submit(spec))
+
+
+def _train_remote(client: remote.Client, spec: TuningSpec) -> TuningJob:
+    """Upload the datasets, then create the job under one ``Idempotency-Key`` (a retry never makes two)."""
+    if spec.output or spec.precision != "auto":
+        raise ConfigError("output_dir and precision are chosen by the tunery server; leave them out in remote mode")
+    tuning: dict[str, Any] = {
+        "trainingDatasetUri": _dataset_uri(client, spec.train, spec),
+        "hyperParameters": spec.hyper_parameters(),
+    }
+    if spec.validation:
+        tuning["validationDatasetUri"] = _dataset_uri(client, spec.validation, spec)
+    body: dict[str, Any] = {
+        "baseModel": spec.base_model,
+        "supervisedTuningSpec": tuning,
+        "tuningMode": spec.method,
+        "labels": spec.labels,
+    }
+    if spec.display_name:
+        body["tunedModelDisplayName"] = spec.display_name
+    return TuningJob(client.create_job(body, idempotency_key=uuid.uuid4().hex), client)
+
+
+def _dataset_uri(client: remote.Client, dataset: str, spec: TuningSpec) -> str:
+    """``files/ID`` as it is; a file on this machine uploaded (checked with the base model's tokenizer);
+    anything else passed on, for the server to read under its data root."""
+    if dataset.startswith("files/") or not Path(dataset).is_file():
+        return dataset
+    uploaded = client.upload_file(dataset, model=spec.base_model, max_length=spec.max_length)
+    return uploaded["name"]
 
 
 SupervisedTuningJob = TuningJob

@@ -34,4 +34,3 @@ def tune(spec: TuningSpec, hooks: Hooks | None = None, resume: bool = False) -> 
         if not resume:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-

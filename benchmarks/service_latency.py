@@ -1,0 +1,209 @@
+"""Service latency under load, against a real ``tunery serve`` on this machine.
+
+    python benchmarks/service_latency.py                       # 32 clients, 20 requests each per operation
+    python benchmarks/service_latency.py --clients 8 --requests 50 --generate 5
+
+Starts a server (SQLite job store in a temporary home that shares the converted-model cache,
+``--workers 1``), uploads the demo training file, then times each operation with ``--clients``
+concurrent clients (threads, one HTTP connection each), all clients on this same machine:
+
+- ``GET /healthz``: the floor of the HTTP stack; the other rows are also shown as a ratio to it;
+- ``POST /v1/tuningJobs`` (each job is cancelled at once, untimed, so training does not compete);
+- ``GET /v1/tuningJobs/{id}`` and ``GET /v1/tuningJobs?pageSize=50``.
+
+Then ``:generateContent`` on the default model, one request at a time (a warm-up request loads the
+model first), against the same requests run in this process by ``tunery.serving.Engine``: the
+difference is what the HTTP hop and the model host subprocess cost. tokens/s is output tokens per
+second of a request's wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from tunery.models.catalog import DEFAULT_MODEL
+from tunery.settings import models_cache
+
+READY = "tunery serving on "
+PROMPTS = [
+    "My card never arrived and it has been two weeks.",
+    "Why was my transfer to my landlord declined?",
+    "I was charged twice for the same coffee this morning.",
+    "How do I change the PIN on my debit card?",
+    "The exchange rate on my payment looks wrong.",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def start_server(home: Path) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "TUNERY_HOME": str(home)}
+    env.pop("TUNERY_DATABASE_URL", None)
+    command = [sys.executable, "-m", "tunery", "serve", "--host", "127.0.0.1", "--port", "0", "--workers", "1"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith(READY):
+            threading.Thread(target=process.stdout.read, daemon=True).start()  # keep draining its output
+            return process, line[len(READY) :].strip()
+    raise RuntimeError("tunery serve did not start")
+
+
+def under_load(url: str, clients: int, requests: int, call: Callable[[httpx.Client, int], None]) -> list[float]:
+    """Latencies (ms) of ``clients × requests`` calls, ``clients`` at a time."""
+
+    def client_run(index: int) -> list[float]:
+        times = []
+        with httpx.Client(base_url=url, timeout=120) as client:
+            for i in range(requests):
+                started = time.perf_counter()
+                call(client, index * requests + i)
+                times.append((time.perf_counter() - started) * 1000)
+        return times
+
+    with ThreadPoolExecutor(clients) as pool:
+        return [t for times in pool.map(client_run, range(clients)) for t in times]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=20, help="requests per client per operation")
+    parser.add_argument("--generate", type=int, default=10, help="generateContent requests")
+    parser.add_argument("--max-output-tokens", type=int, default=64)
+    args = parser.parse_args()
+
+    from tunery.demo import dataset_paths
+
+    home = Path(tempfile.mkdtemp(prefix="tunery-bench-home-"))
+    cache = models_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to(cache)  # share the converted default model; everything else is new
+    server, url = start_server(home)
+    rows: list[tuple[str, list[float]]] = []
+    try:
+        with httpx.Client(base_url=url, timeout=600) as client:
+            train = dataset_paths()[0]
+            with train.open("rb") as fh:
+                uploaded = client.post("/v1/files", files={"file": (train.name, fh, "application/jsonl")})
+            uploaded.raise_for_status()
+            file_name = uploaded.json()["name"]
+            body = {
+                "baseModel": DEFAULT_MODEL,
+                "supervisedTuningSpec": {"trainingDatasetUri": file_name, "hyperParameters": {"epochCount": 1}},
+            }
+            names: list[str] = []
+
+            def create(c: httpx.Client, _: int) -> None:
+                response = c.post("/v1/tuningJobs", json=body)
+                response.raise_for_status()
+                names.append(response.json()["name"])
+
+            def cancel_all() -> None:
+                for name in names:
+                    client.post(f"/v1/{name}:cancel").raise_for_status()
+
+            rows.append(("GET /healthz", under_load(url, args.clients, args.requests, lambda c, _: c.get("/healthz"))))
+            created = under_load(url, args.clients, args.requests, create)
+            cancel_all()
+            rows.append(("POST /v1/tuningJobs", created))
+            rows.append(
+                (
+                    "GET /v1/tuningJobs/{id}",
+                    under_load(
+                        url,
+                        args.clients,
+                        args.requests,
+                        lambda c, i: c.get(f"/v1/{random.choice(names)}").raise_for_status(),
+                    ),
+                )
+            )
+            rows.append(
+                (
+                    "GET /v1/tuningJobs?pageSize=50",
+                    under_load(
+                        url,
+                        args.clients,
+                        args.requests,
+                        lambda c, _: c.get("/v1/tuningJobs", params={"pageSize": 50}).raise_for_status(),
+                    ),
+                )
+            )
+            http_gen = generate_over_http(client, args.generate, args.max_output_tokens)
+    finally:
+        server.terminate()
+        server.wait(60)
+    local_gen = generate_in_process(args.generate, args.max_output_tokens)
+
+    floor = statistics.median(rows[0][1])
+    print(f"\n{args.clients} concurrent clients, {args.requests} requests each; server and clients on this machine\n")
+    print(f"{'operation':34} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'p50 / healthz':>14}")
+    for name, times in rows:
+        p50 = statistics.median(times)
+        print(f"{name:34} {len(times):8d} {p50:8.1f} {percentile(times, 0.99):8.1f} {p50 / floor:13.1f}x")
+    print(f"\ngenerateContent on {DEFAULT_MODEL}, maxOutputTokens {args.max_output_tokens}, one at a time\n")
+    print(f"{'path':34} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'tokens/s':>9} {'out tokens':>10}")
+    for name, (times, tokens) in (("HTTP :generateContent", http_gen), ("in process (Engine.generate)", local_gen)):
+        rate = sum(tokens) / (sum(times) / 1000)
+        print(
+            f"{name:34} {len(times):8d} {statistics.median(times):8.1f} {percentile(times, 0.99):8.1f} "
+            f"{rate:9.1f} {sum(tokens):10d}"
+        )
+    overhead = statistics.median(http_gen[0]) / statistics.median(local_gen[0])
+    print(f"\nHTTP p50 / in-process p50: {overhead:.2f}x")
+
+
+def request_body(prompt: str, max_output_tokens: int) -> dict:
+    return {
+        "contents": [{"role": "user", "parts": [{"text": prompt}]}],
+        "generationConfig": {"maxOutputTokens": max_output_tokens},
+    }
+
+
+def generate_over_http(client: httpx.Client, n: int, max_output_tokens: int) -> tuple[list[float], list[int]]:
+    path = f"/v1/models/{DEFAULT_MODEL}:generateContent"
+    client.post(path, json=request_body("Hello", 4)).raise_for_status()  # loads the model
+    times, tokens = [], []
+    for i in range(n):
+        started = time.perf_counter()
+        response = client.post(path, json=request_body(PROMPTS[i % len(PROMPTS)], max_output_tokens))
+        times.append((time.perf_counter() - started) * 1000)
+        response.raise_for_status()
+        tokens.append(response.json()["usageMetadata"]["candidatesTokenCount"])
+    return times, tokens
+
+
+def generate_in_process(n: int, max_output_tokens: int) -> tuple[list[float], list[int]]:
+    from tunery.serving.engine import Engine
+    from tunery.serving.gemini import parse_generate_request
+
+    engine = Engine(DEFAULT_MODEL)
+    engine.generate(*parse_generate_request(request_body("Hello", 4)))
+    times, tokens = [], []
+    for i in range(n):
+        example, config = parse_generate_request(request_body(PROMPTS[i % len(PROMPTS)], max_output_tokens))
+        started = time.perf_counter()
+        result = engine.generate(example, config)
+        times.append((time.perf_counter() - started) * 1000)
+        tokens.append(result.output_tokens)
+    return times, tokens
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The FastAPI application: thin routes over the job store, the scheduler and the model host.
+
+    app = create_app()                          # what `tunery serve` runs, with a Scheduler
+    app = create_app(store=Store(url), host=fake_host, settings=ApiSettings(data_root=root))   # tests
+
+Nothing here or below imports torch: tuning runs in worker processes (started by the scheduler) and
+prediction in the model host's subprocess.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from tunery import __version__
+from tunery.api import errors
+from tunery.api.deps import Authenticator, AuthMiddleware
+from tunery.api.limits import ApiSettings, BodyLimitMiddleware
+from tunery.api.routes import files, health, jobs, models
+from tunery.jobs.store import Store
+
+DESCRIPTION = """Self-hosted supervised tuning for open language models, in the shape of Vertex AI's tuning API
+and Gemini's generateContent.
+
+Every path except `/healthz` and this description needs `Authorization: Bearer tk_...` once any API key exists
+(`tunery keys create --tenant T`). Errors are `{"error": {"code", "message", "status", "details"}}`."""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start the scheduler with the server; on shutdown stop it (workers finish or are stopped) and the host."""
+    state = app.state
+    if state.scheduler is not None:
+        state.scheduler.start()
+    try:
+        yield
+    finally:
+        if state.scheduler is not None:
+            await run_in_threadpool(state.scheduler.stop)
+        if state.host is not None:
+            await run_in_threadpool(state.host.close)
+        if state.owns_store:
+            state.store.close()
+
+
+def create_app(
+    store: Store | None = None, host: Any = None, scheduler: Any = None, settings: ApiSettings | None = None
+) -> FastAPI:
+    """The service. ``store`` defaults to ``Store()`` (``TUNERY_DATABASE_URL``), ``host`` to a ``ModelHost``
+    made on first use, ``settings`` to the environment's; without ``scheduler`` jobs wait in the store."""
+    settings = settings or ApiSettings.from_env()
+    app = FastAPI(
+        title="tunery",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.owns_store = store is None
+    app.state.store = store or Store()
+    app.state.host = host
+    app.state.host_lock = threading.Lock()
+    app.state.scheduler = scheduler
+    app.state.settings = settings
+    errors.install(app)
+    for router in (health.router, files.router, jobs.router, models.router):
+        app.include_router(router)
+    # the last added runs first: authenticate before a body is read, then hold it to its limit
+    app.add_middleware(
+        BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
+    )
+    app.add_middleware(AuthMiddleware, authenticator=Authenticator(app.state.store, settings.key_cache_seconds))
+    return app

@@ -1,0 +1,163 @@
+"""Who is asking, and what the handlers work with: the tenant, the store, the model host, the settings.
+
+Authentication is a middleware so that it runs before any body is read or parsed: every path except
+``/healthz`` and the API description (``/openapi.json``, ``/docs``, served openly: they hold no data)
+needs ``Authorization: Bearer tk_...`` once any key exists (401 ``WWW-Authenticate: Bearer`` otherwise).
+With no key at all the service answers loopback clients only, as tenant ``default`` (403 for others).
+Handlers take what they need as annotated dependencies (``tenant: Tenant, store: StoreDep``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tunery.api.errors import ApiError, error_response
+from tunery.api.limits import ApiSettings
+from tunery.jobs.store import Store
+
+DEFAULT_TENANT = "default"
+OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+MAX_AUTHORIZATION = 512
+
+
+class Authenticator:
+    """Maps a request's ``Authorization`` header and client address to its tenant, or raises 401/403."""
+
+    def __init__(self, store: Store, cache_seconds: float = 1.0) -> None:
+        self.store = store
+        self.cache_seconds = cache_seconds
+        self._has_keys: tuple[float, bool] | None = None
+        self._lock = threading.Lock()
+
+    def has_keys(self) -> bool:
+        """Whether any API key exists, asked of the store at most once per ``cache_seconds``."""
+        with self._lock:
+            cached = self._has_keys
+        if cached is not None and time.monotonic() - cached[0] < self.cache_seconds:
+            return cached[1]
+        value = self.store.has_keys()
+        with self._lock:
+            self._has_keys = (time.monotonic(), value)
+        return value
+
+    def tenant(self, authorization: str | None, client_host: str | None) -> str:
+        if authorization is not None:
+            return self._tenant_for(authorization)
+        if self.has_keys():
+            raise ApiError(
+                401,
+                "an API key is required: send 'Authorization: Bearer tk_...'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not is_loopback(client_host):
+            raise ApiError(
+                403,
+                "this server has no API keys, so it answers only local clients; create one with 'tunery keys create'",
+            )
+        return DEFAULT_TENANT
+
+    def _tenant_for(self, authorization: str) -> str:
+        scheme, _, token = authorization.strip().partition(" ")
+        tenant = None
+        if scheme.lower() == "bearer" and len(authorization) <= MAX_AUTHORIZATION:
+            tenant = self.store.tenant_for_key(token.strip())
+        if tenant is None:
+            raise ApiError(
+                401,
+                "invalid API key: expected 'Authorization: Bearer tk_...' with a key this server issued",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        return tenant
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether a client address is this machine (127.0.0.0/8, ::1, or IPv4 loopback mapped into IPv6)."""
+    if not host:
+        return False
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+class AuthMiddleware:
+    """Sets ``request.state.tenant`` on every request to a closed path, or answers 401/403 itself."""
+
+    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+        self.app = app
+        self.authenticator = authenticator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        raw = headers.get(b"authorization")
+        client = scope.get("client")
+        try:
+            tenant = await run_in_threadpool(
+                self.authenticator.tenant,
+                raw.decode("latin-1") if raw is not None else None,
+                client[0] if client else None,
+            )
+        except ApiError as exc:
+            await error_response(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))(
+                scope, receive, send
+            )
+            return
+        scope.setdefault("state", {})["tenant"] = tenant
+        await self.app(scope, receive, send)
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from 'tunery keys create'.")
+
+
+def get_tenant(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    """The tenant the middleware authenticated (the bearer scheme is declared here for the OpenAPI document)."""
+    return request.state.tenant
+
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def get_settings(request: Request) -> ApiSettings:
+    return request.app.state.settings
+
+
+def get_host(request: Request) -> Any:
+    """The app's ``ModelHost`` (created on first use: it starts its subprocess lazily too)."""
+    state = request.app.state
+    with state.host_lock:
+        if state.host is None:
+            from tunery.serving.process import ModelHost
+
+            state.host = ModelHost()
+        return state.host
+
+
+def get_scheduler(request: Request) -> Any:
+    return request.app.state.scheduler
+
+
+def wake_scheduler(scheduler: Any) -> None:
+    """Tell the scheduler there is work (a new job, a cancel); nothing when this app runs without one."""
+    if scheduler is not None:
+        scheduler.wake()
+
+
+Tenant = Annotated[str, Depends(get_tenant)]
+StoreDep = Annotated[Store, Depends(get_store)]
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+HostDep = Annotated[Any, Depends(get_host)]
+SchedulerDep = Annotated[Any, Depends(get_scheduler)]

@@ -1,0 +1,194 @@
+"""Every error the service answers, in Google's JSON shape.
+
+    {"error": {"code": 400, "message": "...", "status": "INVALID_ARGUMENT", "details": [...]}}
+
+Bad requests (FastAPI's validation errors, normally 422) are 400 and name every field at fault in a
+``google.rpc.BadRequest`` detail; dataset problems add their line. ``TuneryError`` subclasses map by
+class: ``NotFoundError`` 404, ``ConflictError`` 409, ``ServingError`` its ``code`` (503 unavailable,
+504 timed out), every other one (``ConfigError``, ``DatasetError``, ``ModelError``, ``JobError``) 400.
+Anything else is a bug: 500 with a generic message, the traceback logged.
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from tunery.errors import ConflictError, DatasetError, NotFoundError, ServingError, TuneryError
+
+log = logging.getLogger("tunery.api")
+
+BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
+ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+
+# google.rpc.Code names by HTTP status, as Google's APIs answer them
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    409: "ABORTED",
+    413: "INVALID_ARGUMENT",
+    415: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+class ApiError(HTTPException):
+    """An HTTP error raised by the service itself, with optional Google-style ``details``."""
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(code, message, headers)
+        self.details = details
+
+
+def invalid(problems: Iterable[tuple[str, str]], what: str = "request") -> ApiError:
+    """400 naming every ``(field, message)`` at fault."""
+    found = list(problems)
+    n = len(found)
+    summary = "; ".join(f"{f}: {m}" for f, m in found[:10])
+    message = f"invalid {what}: {n} problem{'s' * (n != 1)}: {summary}"
+    return ApiError(400, message, bad_request({"field": f, "description": m} for f, m in found))
+
+
+def error_body(code: int, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The ``{"error": {...}}`` body for an HTTP status."""
+    status = STATUS_NAMES.get(code) or _status_name(code)
+    error: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+def _status_name(code: int) -> str:
+    try:
+        return http.HTTPStatus(code).name
+    except ValueError:
+        return "UNKNOWN"
+
+
+def error_response(
+    code: int, message: str, details: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message, details), status_code=code, headers=headers)
+
+
+def bad_request(violations: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A ``google.rpc.BadRequest`` detail: ``fieldViolations`` of ``{field, description[, line]}``."""
+    return [{"@type": BAD_REQUEST, "fieldViolations": list(violations)}]
+
+
+def status_for(exc: TuneryError) -> int:
+    """404 not found, 409 conflict, the model host's own status (503 unavailable, 504 timed out), else 400."""
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, ConflictError):
+        return 409
+    if isinstance(exc, ServingError):
+        return exc.code
+    return 400
+
+
+def field_name(loc: Iterable[Any]) -> str:
+    """``("body", "contents", 0, "role")`` → ``contents[0].role``, the way the dataset parser names fields."""
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += f".{part}" if name else str(part)
+    return name or "request"
+
+
+def _validation_violations(exc: RequestValidationError) -> list[dict[str, Any]]:
+    violations = []
+    for error in exc.errors():
+        loc = list(error.get("loc", ()))
+        where = loc.pop(0) if loc and loc[0] in ("body", "query", "path", "header", "cookie") else None
+        if error.get("type") == "json_invalid":
+            reason = (error.get("ctx") or {}).get("error", "invalid JSON")
+            violations.append(
+                {"field": "body", "description": f"invalid JSON at character {loc[0] if loc else 0}: {reason}"}
+            )
+            continue
+        key = bool(loc) and loc[-1] == "[key]"
+        field = field_name(loc[:-1] if key else loc) if loc else (where or "request")
+        if key:
+            field += " (a key)"
+        if where in ("query", "header", "path") and loc:
+            field = f"{field} ({where})"
+        violations.append({"field": field, "description": _plain(str(error.get("msg", "invalid")))})
+    return violations
+
+
+def _plain(message: str) -> str:
+    return message.removeprefix("Value error, ")
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    error = invalid((v["field"], v["description"]) for v in _validation_violations(exc))
+    return error_response(400, error.detail, error.details)
+
+
+def error_info(exc: TuneryError) -> dict[str, Any]:
+    """A ``google.rpc.ErrorInfo`` detail whose ``reason`` is the ``tunery.errors`` class, for clients to raise."""
+    return {"@type": ERROR_INFO, "reason": type(exc).__name__, "domain": "tunery"}
+
+
+async def tunery_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TuneryError)
+    code = status_for(exc)
+    if isinstance(exc, DatasetError):
+        violations = [_problem(p) for p in exc.problems]
+        details = [*(bad_request(violations) if violations else []), error_info(exc)]
+        return error_response(code, exc.args[0] if exc.args else str(exc), details)
+    return error_response(code, str(exc), [error_info(exc)])
+
+
+def _problem(problem: Any) -> dict[str, Any]:
+    """A dataset ``Problem`` (or its dict form) as a field violation that keeps its line."""
+    data = problem.to_dict() if hasattr(problem, "to_dict") else dict(problem)
+    violation: dict[str, Any] = {"field": data.get("field", ""), "description": data.get("message", "")}
+    if data.get("line"):
+        violation["line"] = data["line"]
+    if data.get("severity", "error") != "error":
+        violation["severity"] = data["severity"]
+    return violation
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else http.HTTPStatus(exc.status_code).phrase
+    return error_response(exc.status_code, message, getattr(exc, "details", None), getattr(exc, "headers", None))
+
+
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal error; the server log has the details")
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into Google's JSON shape."""
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(TuneryError, tunery_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)

@@ -1,0 +1,1 @@
+"""One router per resource: files, tuning jobs, models, and the health check."""

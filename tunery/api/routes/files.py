@@ -1,0 +1,151 @@
+"""``/v1/files``: upload a JSONL dataset (checked and counted on the way in), list, read and delete uploads.
+
+An upload streams to disk under ``$TUNERY_HOME/files``; the model host then parses every line and counts
+its tokens with the ``model`` form field's tokenizer (no training). A file with problems is not kept: the
+400 lists every one by line and field. A kept file is named ``files/{id}`` in a tuning job's
+``trainingDatasetUri``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from tunery.api.deps import HostDep, SettingsDep, StoreDep, Tenant
+from tunery.api.errors import invalid
+from tunery.api.limits import ApiSettings
+from tunery.api.paths import resolve_base_model
+from tunery.api.schemas import Empty, ErrorResponse, File, FileId, FileUploadForm, ListFilesResponse
+from tunery.api.uploads import Upload, receive_upload
+from tunery.data.validation import Problem
+from tunery.errors import ConfigError, DatasetError
+from tunery.jobs.store import StoredFile, new_id, now
+from tunery.models.catalog import DEFAULT_MODEL
+from tunery.tuning.spec import TuningSpec
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid upload: every problem, by line and field"},
+    401: {"model": ErrorResponse, "description": "Missing or invalid API key"},
+    404: {"model": ErrorResponse, "description": "No such file for this tenant"},
+    413: {"model": ErrorResponse, "description": "The file is larger than the server takes"},
+}
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": FileUploadForm.model_json_schema()}},
+    }
+}
+DEFAULT_MAX_LENGTH: int = TuningSpec.__dataclass_fields__["max_length"].default  # type: ignore[assignment]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=None,
+    summary="Upload a JSONL dataset",
+    openapi_extra=UPLOAD_BODY,
+    responses={201: {"model": File, "description": "The file, its examples counted"}, **ERRORS},
+)
+async def create_file(request: Request, tenant: Tenant, store: StoreDep, settings: SettingsDep, host: HostDep) -> Any:
+    """Stream the ``file`` part to disk, check every line and count tokens with ``model``'s tokenizer (default
+    the catalog default) at ``maxLength``; keep it only when it has no errors."""
+    upload = await receive_upload(
+        request, settings.files_dir, max_bytes=settings.max_upload_bytes, fields=("model", "maxLength")
+    )
+    try:
+        record = await run_in_threadpool(_check_and_keep, upload, tenant, store, settings, host)
+    finally:
+        upload.discard()
+    return record.resource()
+
+
+def _check_and_keep(upload: Upload, tenant: str, store: Any, settings: ApiSettings, host: Any) -> StoredFile:
+    model_ref, model, max_length = _options(upload, settings)
+    report = host.validate(str(upload.path), model, max_length)
+    problems = [
+        Problem(upload.filename, p.get("line", 0), p.get("field", ""), p.get("message", ""), p.get("severity", "error"))
+        for p in report.get("problems", [])
+    ]
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        n = len(errors)
+        raise DatasetError(f"{upload.filename}: {n} problem{'s' * (n != 1)}; the file was not kept", errors)
+    file_id = new_id()
+    path = settings.files_dir / f"{file_id}.jsonl"
+    os.replace(upload.path, path)
+    record = StoredFile(
+        id=file_id,
+        tenant=tenant,
+        display_name=upload.filename,
+        path=str(path),
+        size_bytes=upload.size,
+        sha256=upload.sha256,
+        example_count=int(report.get("exampleCount", 0)),
+        model=model_ref,
+        stats=report.get("supervisedTuningDataStats") or {},
+        create_time=now(),
+    )
+    try:
+        return store.add_file(record)
+    except BaseException:
+        _remove(path)
+        raise
+
+
+def _options(upload: Upload, settings: ApiSettings) -> tuple[str, str, int]:
+    """The form's ``model`` (as given, and resolved) and ``maxLength``; 400 names each bad field."""
+    fields, problems = upload.fields, list(upload.problems)
+    model_ref = fields.get("model") or DEFAULT_MODEL
+    model = model_ref
+    try:
+        model = resolve_base_model(model_ref, settings.data_root, "model")
+    except ConfigError as exc:
+        problems.append(("model", str(exc).removeprefix("model: ")))
+    raw = fields.get("maxLength", "").strip()
+    max_length = DEFAULT_MAX_LENGTH
+    if raw:
+        if not raw.isdigit() or not 16 <= int(raw) <= 131072:
+            problems.append(("maxLength", f"{raw[:40]!r}: expected a whole number from 16 to 131072"))
+        else:
+            max_length = int(raw)
+    if problems:
+        raise invalid(problems, "upload")
+    return model_ref, model, max_length
+
+
+@router.get(
+    "", response_model=None, summary="List uploaded files", responses={200: {"model": ListFilesResponse}, **ERRORS}
+)
+def read_files(tenant: Tenant, store: StoreDep) -> dict[str, Any]:
+    return {"files": [record.resource() for record in store.list_files(tenant)]}
+
+
+@router.get(
+    "/{file_id}", response_model=None, summary="Read an uploaded file", responses={200: {"model": File}, **ERRORS}
+)
+def read_file(file_id: FileId, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
+    return store.get_file(tenant, file_id).resource()
+
+
+@router.delete(
+    "/{file_id}", response_model=None, summary="Delete an uploaded file", responses={200: {"model": Empty}, **ERRORS}
+)
+def delete_file(file_id: FileId, tenant: Tenant, store: StoreDep, settings: SettingsDep) -> dict[str, Any]:
+    """Forget the file and remove its bytes; jobs created from it keep their own link to them."""
+    record = store.delete_file(tenant, file_id)
+    path = Path(record.path)
+    if path.resolve().is_relative_to(settings.files_dir.resolve()):
+        _remove(path)
+    return {}
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()

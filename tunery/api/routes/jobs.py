@@ -1,0 +1,289 @@
+"""``/v1/tuningJobs``: create, read, list and cancel tuning jobs, and read (or stream) their events.
+
+A new job is stored PENDING and the scheduler is woken; worker processes do the tuning, never this
+process. ``Idempotency-Key`` makes a retried create safe: the first request answers 201 with the new job,
+a retry with the same key and the same body answers 200 with that same job, the same key with another
+body is 409.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import anyio
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from tunery.api import limits
+from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, wake_scheduler
+from tunery.api.errors import invalid
+from tunery.api.limits import ApiSettings
+from tunery.api.paths import resolve_base_model, resolve_dataset
+from tunery.api.schemas import (
+    LABEL_KEY,
+    CreateTuningJobRequest,
+    ErrorResponse,
+    JobId,
+    ListEventsResponse,
+    ListTuningJobsResponse,
+    State,
+    TuningJob,
+    dump,
+)
+from tunery.errors import ConfigError, TuneryError
+from tunery.jobs.store import Store, StoredFile, new_id
+from tunery.tuning.spec import HYPER_PARAMETERS, TuningSpec
+
+router = APIRouter(prefix="/v1/tuningJobs", tags=["tuningJobs"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (400, "Invalid request: every field at fault is named"),
+        (401, "Missing or invalid API key"),
+        (404, "No such job for this tenant"),
+    )
+}
+POLL_SECONDS = 0.5
+KEEPALIVE_SECONDS = 15.0
+SSE_BATCH = 100
+SSE_RESPONSE = {"text/event-stream": {"schema": {"type": "string"}}}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=None,
+    summary="Create a tuning job",
+    responses={
+        201: {"model": TuningJob, "description": "A new job, PENDING"},
+        200: {"model": TuningJob, "description": "The job an earlier request with this Idempotency-Key created"},
+        409: {"model": ErrorResponse, "description": "Idempotency-Key reused with a different request"},
+        **ERRORS,
+    },
+)
+def create_job(
+    body: CreateTuningJobRequest,
+    request: Request,
+    response: Response,
+    tenant: Tenant,
+    store: StoreDep,
+    settings: SettingsDep,
+    scheduler: SchedulerDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=256)] = None,
+) -> dict[str, Any]:
+    """Check the request (datasets, base model, hyperparameters: every problem at once), store the job
+    PENDING and wake the scheduler."""
+    job_id = new_id()
+    spec, uploads = _spec(body, tenant, store, settings, job_id)
+    pinned = _pin_uploads(spec, uploads, settings.files_dir / "jobs" / job_id)
+    try:
+        job, created = store.create_job(
+            tenant, spec, dump(body), job_id=job_id, idempotency_key=idempotency_key, owner=None
+        )
+    except BaseException:
+        _unpin(pinned)
+        raise
+    if created:
+        wake_scheduler(scheduler)
+    else:
+        _unpin(pinned)
+        response.status_code = 200
+    return job.resource(api_base=str(request.base_url))
+
+
+def _spec(
+    body: CreateTuningJobRequest, tenant: str, store: Store, settings: ApiSettings, job_id: str
+) -> tuple[TuningSpec, dict[str, StoredFile]]:
+    """The ``TuningSpec`` the request describes, and the uploads it names; one ConfigError lists every problem."""
+    tuning, hp = body.supervised_tuning_spec, body.supervised_tuning_spec.hyper_parameters
+    problems: list[str] = []
+    uploads: dict[str, StoredFile] = {}
+    paths: dict[str, str | None] = {"train": None, "validation": None, "base_model": None}
+    refs = {
+        "train": ("supervisedTuningSpec.trainingDatasetUri", tuning.training_dataset_uri),
+        "validation": ("supervisedTuningSpec.validationDatasetUri", tuning.validation_dataset_uri),
+    }
+    for key, (field, ref) in refs.items():
+        if ref is None:
+            continue
+        try:
+            paths[key], record = resolve_dataset(ref, tenant, store, settings.data_root, field)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        if record is not None:
+            uploads[key] = record
+    if body.base_model is not None:
+        try:
+            paths["base_model"] = resolve_base_model(body.base_model, settings.data_root)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    values: dict[str, Any] = {
+        "train": paths["train"] or "unresolved",
+        "validation": paths["validation"],
+        "base_model": paths["base_model"],
+        "method": body.tuning_mode,
+        "display_name": body.tuned_model_display_name,
+        **{HYPER_PARAMETERS[name]: value for name, value in hp.model_dump(by_alias=True).items()},
+    }
+    try:
+        spec = TuningSpec(
+            **{k: v for k, v in values.items() if v is not None},
+            output=str(settings.tuned_models_dir / job_id),
+            labels=dict(body.labels),
+        )
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return spec, uploads
+
+
+def _pin_uploads(spec: TuningSpec, uploads: dict[str, StoredFile], directory: Path) -> list[Path]:
+    """Give the job its own link to each uploaded file it reads, so deleting the upload cannot break it."""
+    pinned = []
+    for key, record in uploads.items():
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f"{key}.jsonl"
+        try:
+            os.link(record.path, target)
+        except OSError:
+            shutil.copyfile(record.path, target)
+        setattr(spec, key, str(target))
+        pinned.append(target)
+    return pinned
+
+
+def _unpin(pinned: list[Path]) -> None:
+    for path in pinned:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    if pinned:
+        with contextlib.suppress(OSError):
+            pinned[0].parent.rmdir()
+
+
+@router.get(
+    "", response_model=None, summary="List tuning jobs", responses={200: {"model": ListTuningJobsResponse}, **ERRORS}
+)
+def read_jobs(
+    request: Request,
+    tenant: Tenant,
+    store: StoreDep,
+    state: State | None = None,
+    label: Annotated[list[str] | None, Query(description="key:value; repeat to require several")] = None,
+    page_size: Annotated[int, Query(alias="pageSize", ge=1, le=limits.MAX_PAGE_SIZE)] = limits.DEFAULT_PAGE_SIZE,
+    page_token: Annotated[str | None, Query(alias="pageToken", pattern=r"^[0-9]{1,18}$")] = None,
+) -> dict[str, Any]:
+    """The tenant's jobs, newest first, ``pageSize`` at a time; ``nextPageToken`` reads the next page."""
+    jobs, token = store.list_jobs(
+        tenant, state=state, labels=_labels(label or []), page_size=page_size, page_token=page_token
+    )
+    api_base = str(request.base_url)
+    return {"tuningJobs": [job.resource(api_base=api_base) for job in jobs], "nextPageToken": token}
+
+
+def _labels(filters: list[str]) -> dict[str, str]:
+    """``["team:nlp", "env:prod"]`` → ``{"team": "nlp", "env": "prod"}``; 400 names each bad filter."""
+    labels: dict[str, str] = {}
+    problems = []
+    if len(filters) > limits.MAX_LABELS:
+        problems.append(("label", f"at most {limits.MAX_LABELS} filters"))
+    for i, item in enumerate(filters[: limits.MAX_LABELS]):
+        key, sep, value = item.partition(":")
+        if not sep or not re.fullmatch(LABEL_KEY, key) or len(value) > limits.MAX_LABEL_LENGTH:
+            problems.append((f"label[{i}]", f"{item[:80]!r}: expected key:value with a label key"))
+        else:
+            labels[key] = value
+    if problems:
+        raise invalid(problems)
+    return labels
+
+
+@router.get(
+    "/{job_id}", response_model=None, summary="Read a tuning job", responses={200: {"model": TuningJob}, **ERRORS}
+)
+def read_job(job_id: JobId, request: Request, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
+    return store.get_job(tenant, job_id).resource(api_base=str(request.base_url))
+
+
+@router.post(
+    "/{job_id}:cancel",
+    response_model=None,
+    summary="Cancel a tuning job",
+    responses={200: {"model": TuningJob}, **ERRORS},
+)
+def cancel_job(
+    job_id: JobId, request: Request, tenant: Tenant, store: StoreDep, scheduler: SchedulerDep
+) -> dict[str, Any]:
+    """Ask for the job to stop: a PENDING job is CANCELLED at once, a RUNNING one CANCELLING until its worker
+    has saved a checkpoint and stopped; an ended job is returned as it is."""
+    job = store.request_cancel(tenant, job_id)
+    wake_scheduler(scheduler)
+    return job.resource(api_base=str(request.base_url))
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=None,
+    summary="Read a job's events (or stream them with alt=sse)",
+    responses={200: {"model": ListEventsResponse, "content": SSE_RESPONSE}, **ERRORS},
+)
+def read_job_events(
+    job_id: JobId,
+    tenant: Tenant,
+    store: StoreDep,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1, description="Events after this sequence number")] = 0,
+    page_size: Annotated[int, Query(alias="pageSize", ge=1, le=limits.MAX_EVENTS_PAGE)] = 100,
+    alt: Literal["json", "sse"] = "json",
+    last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+) -> Any:
+    """State changes, metrics and logs, oldest first. ``alt=sse`` streams them as Server-Sent Events until the
+    job has ended and every event is sent; ``Last-Event-ID`` resumes a stream."""
+    if last_event_id is not None:
+        if not last_event_id.strip().isdigit() or int(last_event_id) > 2**63 - 1:
+            raise invalid([("Last-Event-ID", "expected an event's id (a whole number)")])
+        after = max(after, int(last_event_id))
+    if alt == "json":
+        return {"events": store.events(tenant, job_id, after, page_size)}
+    store.get_job(tenant, job_id)  # 404 before the stream starts
+    return StreamingResponse(
+        _event_stream(store, tenant, job_id, after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _event_stream(store: Store, tenant: str, job_id: str, after: int) -> AsyncIterator[str]:
+    """Poll the store; send each event as ``id: N`` / ``data: JSON``; end once the job has ended and its
+    last event is sent. A comment line every ``KEEPALIVE_SECONDS`` keeps proxies from closing a quiet stream."""
+    quiet_since = time.monotonic()
+    while True:
+        try:
+            job = await run_in_threadpool(store.get_job, tenant, job_id)  # read before the events: none missed
+            events = await run_in_threadpool(store.events, tenant, job_id, after, SSE_BATCH)
+        except TuneryError:
+            return
+        for event in events:
+            yield f"id: {event['id']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
+            after = event["id"]
+        if events:
+            quiet_since = time.monotonic()
+            if len(events) == SSE_BATCH:
+                continue
+        elif job.has_ended:
+            return
+        if time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
+            yield ": keep-alive\n\n"
+            quiet_since = time.monotonic()
+        await anyio.sleep(POLL_SECONDS)

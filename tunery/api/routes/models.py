@@ -1,0 +1,163 @@
+"""``/v1/models``: the catalog's base models and the tenant's tuned models; generateContent and countTokens.
+
+Prediction runs in the model host subprocess (``tunery.serving.process.ModelHost``), never here: a request
+is checked by ``tunery.serving.gemini`` (torch-free, every problem at once) before the host sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from tunery.api.deps import HostDep, SettingsDep, StoreDep, Tenant
+from tunery.api.schemas import (
+    CountTokensRequest,
+    CountTokensResponse,
+    Empty,
+    ErrorResponse,
+    GenerateContentRequest,
+    GenerateContentResponse,
+    ListModelsResponse,
+    Model,
+    ModelEvaluation,
+    ModelId,
+)
+from tunery.errors import ConfigError, NotFoundError, TuneryError
+from tunery.evaluation.evaluate import EVALUATION_FILE
+from tunery.jobs.store import Store
+from tunery.models.catalog import CATALOG, CatalogEntry
+from tunery.serving import gemini
+
+log = logging.getLogger("tunery.api")
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid request: every field at fault is named"},
+    401: {"model": ErrorResponse, "description": "Missing or invalid API key"},
+    404: {"model": ErrorResponse, "description": "No such model for this tenant"},
+}
+SERVING_ERRORS = {**ERRORS, 503: {"model": ErrorResponse, "description": "The model host is unavailable"}}
+
+
+def base_resource(entry: CatalogEntry) -> dict[str, Any]:
+    """A catalog entry as a model resource."""
+    return {
+        "name": f"models/{entry.id}",
+        "displayName": entry.id,
+        "description": entry.description,
+        "source": entry.source,
+        "modalities": list(entry.modalities),
+        "contextLength": entry.context_length,
+        "defaultLearningRates": dict(entry.learning_rates),
+    }
+
+
+@router.get("", response_model=None, summary="List models", responses={200: {"model": ListModelsResponse}, **ERRORS})
+def read_models(request: Request, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
+    """The catalog's base models, then the tenant's tuned models (newest first)."""
+    api_base = str(request.base_url)
+    tuned = [model.resource(api_base) for model in store.list_tuned_models(tenant)]
+    return {"models": [base_resource(entry) for entry in CATALOG.values()] + tuned}
+
+
+@router.get("/{model_id}", response_model=None, summary="Read a model", responses={200: {"model": Model}, **ERRORS})
+def read_model(model_id: ModelId, request: Request, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
+    if model_id in CATALOG:
+        return base_resource(CATALOG[model_id])
+    return store.get_tuned_model(tenant, model_id).resource(str(request.base_url))
+
+
+@router.delete(
+    "/{model_id}", response_model=None, summary="Delete a tuned model", responses={200: {"model": Empty}, **ERRORS}
+)
+def delete_model(
+    model_id: ModelId, tenant: Tenant, store: StoreDep, settings: SettingsDep, host: HostDep
+) -> dict[str, Any]:
+    """Forget a tuned model, unload it from the model host and remove its directory. Base models stay."""
+    if model_id in CATALOG:
+        raise ConfigError(f"models/{model_id} is a base model from the catalog; only tuned models can be deleted")
+    record = store.delete_tuned_model(tenant, model_id)
+    try:
+        host.evict(record.path)
+    except TuneryError as exc:  # the record is gone, so nothing can ask for the model again
+        log.warning("could not evict %s from the model host: %s", record.path, exc)
+    path = Path(record.path)
+    if path.resolve().is_relative_to(settings.tuned_models_dir.resolve()):
+        with contextlib.suppress(OSError):
+            shutil.rmtree(path)
+    return {}
+
+
+@router.get(
+    "/{model_id}/evaluation",
+    response_model=None,
+    summary="Read a tuned model's evaluation",
+    responses={200: {"model": ModelEvaluation}, **ERRORS},
+)
+def read_evaluation(model_id: ModelId, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
+    """The evaluation that tuning ran on the job's validation set (``tunery.evaluation``): task, metrics, error
+    analysis and robustness. 404 when the job had no ``validationDatasetUri``."""
+    name = f"models/{model_id}"
+    if model_id in CATALOG:
+        raise NotFoundError(f"{name} is a base model: evaluations are stored with tuned models")
+    path = Path(store.get_tuned_model(tenant, model_id).path) / EVALUATION_FILE
+    if not path.is_file():
+        raise NotFoundError(f"{name} has no evaluation: its tuning job had no validationDatasetUri")
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    if "metrics" not in stored:  # the evaluation failed after tuning; the model is fine
+        return {"model": name, "error": stored.get("error", "the evaluation did not finish")}
+    keep = ("task", "metrics", "errorAnalysis", "robustness")  # not the server's paths
+    return {"model": name, **{key: stored[key] for key in keep if key in stored}}
+
+
+def servable(model_id: str, tenant: str, store: Store) -> str:
+    """What the model host loads for ``models/{model_id}``: a catalog id, or the tenant's tuned model directory."""
+    if model_id in CATALOG:
+        return model_id
+    return store.get_tuned_model(tenant, model_id).path
+
+
+def _body(request: GenerateContentRequest | CountTokensRequest) -> dict[str, Any]:
+    return request.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
+
+
+@router.post(
+    "/{model_id}:generateContent",
+    response_model=None,
+    summary="Generate a response",
+    responses={200: {"model": GenerateContentResponse}, **SERVING_ERRORS},
+)
+def generate_content(
+    model_id: ModelId,
+    body: GenerateContentRequest,
+    tenant: Tenant,
+    store: StoreDep,
+    settings: SettingsDep,
+    host: HostDep,
+) -> dict[str, Any]:
+    """Gemini's generateContent on a base model or one of the tenant's tuned models."""
+    raw = _body(body)
+    gemini.parse_generate_request(raw)
+    model = servable(model_id, tenant, store)
+    return host.generate(model, raw, max_prompt_tokens=settings.max_prompt_tokens, model_version=model_id)
+
+
+@router.post(
+    "/{model_id}:countTokens",
+    response_model=None,
+    summary="Count a prompt's tokens",
+    responses={200: {"model": CountTokensResponse}, **SERVING_ERRORS},
+)
+def count_tokens(
+    model_id: ModelId, body: CountTokensRequest, tenant: Tenant, store: StoreDep, host: HostDep
+) -> dict[str, Any]:
+    """Gemini's countTokens: the prompt's tokens as generateContent would send them to the model."""
+    raw = _body(body)
+    gemini.parse_count_tokens_request(raw)
+    return host.count_tokens(servable(model_id, tenant, store), raw)

@@ -1,0 +1,94 @@
+"""``tunery serve``: run the API under uvicorn in this process, the scheduler's workers beside it.
+
+    python -m tunery serve --host 127.0.0.1 --port 0 --workers 2
+    tunery serving on http://127.0.0.1:41235
+
+The socket is bound here (so ``--port 0`` picks a free port, and the one line printed once the server
+answers names it). A non-loopback host needs an API key to exist first: a server without keys answers
+anyone who can reach it, so it refuses to start (exit code 2). SIGTERM or Ctrl-C stops accepting
+requests, lets running ones finish (5 s), then stops the scheduler and the model host.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import uvicorn
+
+from tunery.api.deps import is_loopback
+
+EXIT_UNSAFE = 2
+GRACEFUL_SECONDS = 5
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, printing ``tunery serving on URL`` once it accepts requests."""
+
+    def __init__(self, config: uvicorn.Config, url: str) -> None:
+        super().__init__(config)
+        self.url = url
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            sys.stdout.write(f"tunery serving on {self.url}\n")
+            sys.stdout.flush()
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether every address ``host`` names is this machine's loopback."""
+    if host == "localhost" or is_loopback(host):
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return bool(infos) and all(is_loopback(str(info[4][0])) for info in infos)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: any free port)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, workers: int = 1) -> None:
+    """Serve until SIGTERM/SIGINT. Exits 2 when a non-loopback host has no API key to protect it."""
+    from tunery.api.app import create_app
+    from tunery.jobs.scheduler import Scheduler
+    from tunery.jobs.store import Store
+
+    store = Store()
+    if not is_loopback_host(host) and not store.has_keys():
+        sys.stderr.write(
+            f"error: refusing to serve on {host}: no API key exists, so anyone who can reach this address could "
+            "use it.\nCreate one with 'tunery keys create --tenant NAME', or serve on 127.0.0.1.\n"
+        )
+        store.close()
+        raise SystemExit(EXIT_UNSAFE)
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        store.close()
+        sys.stderr.write(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}\n")
+        raise SystemExit(1) from None
+    app = create_app(store=store, scheduler=Scheduler(store, workers))
+    app.state.owns_store = True
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SECONDS)
+    _Server(config, url_of(sock)).run(sockets=[sock])
