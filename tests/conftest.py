@@ -57,6 +57,22 @@ def tunery_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _embedded_workers_end() -> Iterator[None]:
+    """Embedded SDK workers outlive the call that started them by design; the session waits for them."""
+    yield
+    import subprocess
+
+    from tunery.jobs import local
+
+    for process in local._workers.values():
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA_DIR

@@ -79,7 +79,7 @@ def test_count_tokens_equals_the_engine(host, tiny_model):
 
 def test_validate_a_good_file_gives_the_cli_statistics(host, tiny_model, data_dir):
     path = data_dir / "classify_gemini.jsonl"
-    result = host.validate(path, str(tiny_model), 1024)
+    result = host.validate(path, str(tiny_model), 1024, 8)
     assert result["exampleCount"] == 10
     assert [p for p in result["problems"] if p["severity"] == "error"] == []
     cli = CliRunner().invoke(app, ["datasets", "stats", str(path), "--model", str(tiny_model), "--json"])
@@ -88,7 +88,7 @@ def test_validate_a_good_file_gives_the_cli_statistics(host, tiny_model, data_di
 
 
 def test_validate_a_bad_file_returns_every_problem_by_line_and_field(host, tiny_model, data_dir):
-    result = host.validate(data_dir / "bad" / "mixed.jsonl", str(tiny_model), 1024)
+    result = host.validate(data_dir / "bad" / "mixed.jsonl", str(tiny_model), 1024, 8)
     problems = result["problems"]
     assert len(problems) >= 5 and result["supervisedTuningDataStats"] is None
     assert [p["line"] for p in problems] == sorted(p["line"] for p in problems)

@@ -9,12 +9,12 @@ import typer
 from rich.table import Table
 
 from tunery.cli._common import console, err_console, handle_errors, print_json
-from tunery.data.stats import tuning_data_stats
+from tunery.data.stats import default_epochs, tuning_data_stats
 from tunery.data.validation import ValidationReport, read_examples
 from tunery.models.catalog import DEFAULT_MODEL
 from tunery.models.loading import load_tokenizer
 from tunery.models.sources import resolve_base
-from tunery.tuning.spec import TuningSpec, default_epochs
+from tunery.tuning.spec import TuningSpec
 
 app = typer.Typer(help="Check datasets and count their tokens.", no_args_is_help=True)
 

@@ -10,6 +10,11 @@ from typing import Any
 from tunery.data.tokenize import Encoded
 
 
+def default_epochs(example_count: int) -> int:
+    """About 1,000 example passes, 2 to 10 epochs: small datasets need more passes to be learned."""
+    return max(2, min(10, math.ceil(1000 / max(example_count, 1))))
+
+
 def distribution(values: Sequence[int]) -> dict[str, float]:
     """sum, min, max, mean, median, p5 and p95 of a list of token counts."""
     if not values:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunery.data.formats import Example
-from tunery.data.stats import tuning_data_stats
+from tunery.data.stats import default_epochs, tuning_data_stats
 from tunery.data.validation import ValidationReport, read_examples
 from tunery.evaluation import Candidate as EvalCandidate
 from tunery.evaluation import (
@@ -38,7 +38,6 @@ from tunery.models.loading import load_tokenizer
 from tunery.models.sources import resolve_base
 from tunery.serving.engine import Engine, GenerationConfig
 from tunery.tuning import Hooks, TuningSpec, read_manifest, tune
-from tunery.tuning.spec import default_epochs
 
 DATA = files("tunery.demo") / "data"
 SHORT_PROMPT = "Route the ticket."

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, column, create_engine, event, func, or_, select, table
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.sql.expression import TableClause
+from sqlalchemy.sql.expression import Select, TableClause
 
 from tunery.errors import ConflictError, JobError, NotFoundError
 from tunery.jobs.migrations import migrate
@@ -234,6 +234,19 @@ def key_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _owned(t: TableClause, key: str, tenant: str | None) -> Select:
+    """The row of ``t`` with id ``key``, if ``tenant`` owns it (``tenant=None``: workers and the scheduler)."""
+    query = select(t).where(t.c.id == key)
+    return query if tenant is None else query.where(t.c.tenant == tenant)
+
+
+def _first(conn: Connection, query: Select, name: str) -> Any:
+    row = conn.execute(query).first()
+    if row is None:
+        raise NotFoundError(f"{name} not found")
+    return row
+
+
 @dataclass
 class Store:
     """The job store at ``url`` (default ``settings.database_url()``), migrated on open."""
@@ -331,14 +344,8 @@ class Store:
 
     def get_job(self, tenant: str | None, job_id: str) -> Job:
         """The job, or NotFoundError; ``tenant=None`` (workers, the scheduler) reads any tenant's."""
-        query = select(jobs_t).where(jobs_t.c.id == job_id)
-        if tenant is not None:
-            query = query.where(jobs_t.c.tenant == tenant)
         with self._read() as conn:
-            row = conn.execute(query).first()
-        if row is None:
-            raise NotFoundError(f"tuningJobs/{job_id} not found")
-        return _job(row)
+            return _job(_first(conn, _owned(jobs_t, job_id, tenant), f"tuningJobs/{job_id}"))
 
     def list_jobs(
         self,
@@ -405,15 +412,10 @@ class Store:
         return self.get_job(tenant, job_id)
 
     def _locked_job(self, conn: Connection, tenant: str | None, job_id: str) -> Job:
-        query = select(jobs_t).where(jobs_t.c.id == job_id)
-        if tenant is not None:
-            query = query.where(jobs_t.c.tenant == tenant)
+        query = _owned(jobs_t, job_id, tenant)
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
-        row = conn.execute(query).first()
-        if row is None:
-            raise NotFoundError(f"tuningJobs/{job_id} not found")
-        return _job(row)
+        return _job(_first(conn, query, f"tuningJobs/{job_id}"))
 
     # -- what workers and the scheduler write ------------------------------------------------------
 
@@ -499,7 +501,7 @@ class Store:
             for row in rows
         ]
 
-    # -- files -------------------------------------------------------------------------------------
+    # -- files and tuned models: rows owned by a tenant ----------------------------------------------
 
     def add_file(self, record: StoredFile) -> StoredFile:
         with self._write() as conn:
@@ -507,28 +509,16 @@ class Store:
         return record
 
     def get_file(self, tenant: str | None, file_id: str) -> StoredFile:
-        query = select(files_t).where(files_t.c.id == file_id)
-        if tenant is not None:
-            query = query.where(files_t.c.tenant == tenant)
-        with self._read() as conn:
-            row = conn.execute(query).first()
-        if row is None:
-            raise NotFoundError(f"files/{file_id} not found")
-        return StoredFile(**_decode(row))
+        return StoredFile(**self._get(files_t, file_id, tenant, "files"))
 
     def list_files(self, tenant: str) -> list[StoredFile]:
-        query = select(files_t).where(files_t.c.tenant == tenant).order_by(files_t.c.create_time.desc())
-        with self._read() as conn:
-            return [StoredFile(**_decode(row)) for row in conn.execute(query)]
+        return [StoredFile(**row) for row in self._list(files_t, tenant)]
 
     def delete_file(self, tenant: str, file_id: str) -> StoredFile:
         """Forget the file (the caller removes its bytes); jobs that used it keep their own copy's path."""
         record = self.get_file(tenant, file_id)
-        with self._write() as conn:
-            conn.execute(files_t.delete().where(files_t.c.id == file_id))
+        self._delete(files_t, file_id)
         return record
-
-    # -- tuned models ------------------------------------------------------------------------------
 
     def add_tuned_model(self, record: TunedModel) -> TunedModel:
         """Record a tuned model; recording the same id again (a retried worker) changes nothing."""
@@ -538,26 +528,30 @@ class Store:
         return record
 
     def get_tuned_model(self, tenant: str | None, model_id: str) -> TunedModel:
-        query = select(models_t).where(models_t.c.id == model_id)
-        if tenant is not None:
-            query = query.where(models_t.c.tenant == tenant)
-        with self._read() as conn:
-            row = conn.execute(query).first()
-        if row is None:
-            raise NotFoundError(f"models/{model_id} not found")
-        return TunedModel(**_decode(row))
+        return TunedModel(**self._get(models_t, model_id, tenant, "models"))
 
     def list_tuned_models(self, tenant: str) -> list[TunedModel]:
-        query = select(models_t).where(models_t.c.tenant == tenant).order_by(models_t.c.create_time.desc())
-        with self._read() as conn:
-            return [TunedModel(**_decode(row)) for row in conn.execute(query)]
+        return [TunedModel(**row) for row in self._list(models_t, tenant)]
 
     def delete_tuned_model(self, tenant: str, model_id: str) -> TunedModel:
         """Forget the tuned model (the caller removes its directory); its job keeps its record."""
         record = self.get_tuned_model(tenant, model_id)
-        with self._write() as conn:
-            conn.execute(models_t.delete().where(models_t.c.id == model_id))
+        self._delete(models_t, model_id)
         return record
+
+    def _get(self, t: TableClause, key: str, tenant: str | None, collection: str) -> dict[str, Any]:
+        with self._read() as conn:
+            return _decode(_first(conn, _owned(t, key, tenant), f"{collection}/{key}"))
+
+    def _list(self, t: TableClause, tenant: str) -> list[dict[str, Any]]:
+        """The tenant's rows, newest first."""
+        query = select(t).where(t.c.tenant == tenant).order_by(t.c.create_time.desc())
+        with self._read() as conn:
+            return [_decode(row) for row in conn.execute(query)]
+
+    def _delete(self, t: TableClause, key: str) -> None:
+        with self._write() as conn:
+            conn.execute(t.delete().where(t.c.id == key))
 
     # -- API keys ----------------------------------------------------------------------------------
 

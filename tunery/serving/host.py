@@ -120,16 +120,15 @@ class Host:
         return count_tokens_response(len(prompt_ids(self._tokenizer(model), example)))
 
     def validate(self, request: dict[str, Any]) -> dict[str, Any]:
-        """``{path, model?, maxLength?}`` → ``{exampleCount, problems, supervisedTuningDataStats}``.
+        """``{path, model?, maxLength, batchSize}`` → ``{exampleCount, problems, supervisedTuningDataStats}``.
 
-        Checks and counts as ``tunery datasets validate``/``stats`` do, with the automatic epoch count
-        and the default batch size. Problems are returned, not raised; the statistics are null when
-        there is any error (tuning refuses such a file).
+        Checks and counts as ``tunery datasets validate``/``stats`` do, with the automatic epoch count.
+        Problems are returned, not raised; the statistics are null when there is any error (tuning
+        refuses such a file).
         """
-        from tunery.data.stats import tuning_data_stats
+        from tunery.data.stats import default_epochs, tuning_data_stats
         from tunery.data.validation import read_examples
         from tunery.models.sources import resolve_base
-        from tunery.tuning.spec import TuningSpec, default_epochs
 
         path = _required(request, "path")
         model = request.get("model") or DEFAULT_MODEL
@@ -137,13 +136,14 @@ class Host:
         report = read_examples(
             path,
             tokenizer=self._tokenizer(model),
-            max_length=min(request.get("maxLength") or TuningSpec.max_length, base.context_length),
+            max_length=min(int(_required(request, "maxLength")), base.context_length),
             model_id=model,
             modalities=base.modalities,
         )
         stats = None
         if report.ok:
-            stats = tuning_data_stats(report.encoded, default_epochs(len(report.encoded)), TuningSpec.batch_size)
+            epochs = default_epochs(len(report.encoded))
+            stats = tuning_data_stats(report.encoded, epochs, int(_required(request, "batchSize")))
         return {
             "exampleCount": len(report.examples),
             "problems": [p.to_dict() for p in report.problems],

@@ -105,9 +105,10 @@ class ModelHost:
         """Gemini's ``CountTokensResponse`` (``{"totalTokens": n}``) for a countTokens body."""
         return self.call("countTokens", model=model, request=request)
 
-    def validate(self, path: str | Path, model: str, max_length: int) -> dict[str, Any]:
-        """``{exampleCount, problems, supervisedTuningDataStats}`` for a JSONL file, tokenized for ``model``."""
-        return self.call("validate", path=str(path), model=model, maxLength=max_length)
+    def validate(self, path: str | Path, model: str, max_length: int, batch_size: int) -> dict[str, Any]:
+        """``{exampleCount, problems, supervisedTuningDataStats}`` for a JSONL file, tokenized for ``model``;
+        the statistics count steps for ``batch_size`` and the automatic epoch count."""
+        return self.call("validate", path=str(path), model=model, maxLength=max_length, batchSize=batch_size)
 
     def evict(self, model: str) -> bool:
         """Drop a loaded model (its directory was deleted); whether it was loaded. Starts no host for nothing."""

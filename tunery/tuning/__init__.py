@@ -9,7 +9,7 @@ __getattr__, __dir__ = exports(
     {
         "Hooks": "tunery.tuning.loop",
         "TuningSpec": "tunery.tuning.spec",
-        "default_epochs": "tunery.tuning.spec",
+        "default_epochs": "tunery.data.stats",
         "is_adapter": "tunery.models.tuned",
         "load_tuned": "tunery.models.tuned",
         "merge": "tunery.tuning.output",

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from tunery.data.stats import tuning_data_stats
+from tunery.data.stats import default_epochs, tuning_data_stats
 from tunery.data.tokenize import Encoded
 from tunery.data.validation import read_examples
 from tunery.errors import JobError
@@ -24,7 +24,7 @@ from tunery.settings import tuned_models_dir
 from tunery.tuning.checkpoint import latest_checkpoint, load_checkpoint, write_atomic
 from tunery.tuning.loop import Hooks, Run, TrainState
 from tunery.tuning.precision import resolve_precision
-from tunery.tuning.spec import TuningSpec, default_epochs
+from tunery.tuning.spec import TuningSpec
 
 RUN_FILE = "run.json"
 

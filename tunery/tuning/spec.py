@@ -116,8 +116,3 @@ class TuningSpec:
         if unknown:
             raise ConfigError(f"unknown tuning spec field(s): {', '.join(unknown)}")
         return cls(**data)
-
-
-def default_epochs(example_count: int) -> int:
-    """About 1,000 example passes, 2 to 10 epochs: small datasets need more passes to be learned."""
-    return max(2, min(10, math.ceil(1000 / max(example_count, 1))))

@@ -68,7 +68,7 @@ async def create_file(request: Request, tenant: Tenant, store: StoreDep, setting
 
 def _check_and_keep(upload: Upload, tenant: str, store: Any, settings: ApiSettings, host: Any) -> StoredFile:
     model_ref, model, max_length = _options(upload, settings)
-    report = host.validate(str(upload.path), model, max_length)
+    report = host.validate(str(upload.path), model, max_length, TuningSpec.batch_size)
     problems = [
         Problem(upload.filename, p.get("line", 0), p.get("field", ""), p.get("message", ""), p.get("severity", "error"))
         for p in report.get("problems", [])
