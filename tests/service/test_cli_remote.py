@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from tunery.cli import app
 from tunery.jobs import Store
-from tunery.jobs.local import TENANT, request_of
+from tunery.jobs.local import TENANT
 from tunery.sdk import client as remote
 from tunery.tuning.spec import TuningSpec
 
@@ -126,7 +126,7 @@ def test_cancel_then_watch_exits_1_with_the_reason(service):
 def test_jobs_without_a_server_read_this_machines_store():
     spec = TuningSpec(train="/nowhere/train.jsonl", base_model="tiny", labels={"cli": "embedded"})
     store = Store()
-    job, _ = store.create_job(TENANT, spec, request_of(spec))  # no worker: it stays PENDING
+    job, _ = store.create_job(TENANT, spec, spec.to_request())  # no worker: it stays PENDING
     store.close()
 
     listed = json.loads(invoke("jobs", "list", "--json", "--label", "cli=embedded").output)

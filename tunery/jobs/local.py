@@ -23,27 +23,13 @@ TENANT = "default"
 _workers: dict[int, subprocess.Popen] = {}  # workers this process started, kept so they can be reaped
 
 
-def request_of(spec: TuningSpec) -> dict[str, Any]:
-    """The REST create request that ``spec`` corresponds to (stored with the job)."""
-    tuning: dict[str, Any] = {"trainingDatasetUri": spec.train, "hyperParameters": spec.hyper_parameters()}
-    if spec.validation:
-        tuning["validationDatasetUri"] = spec.validation
-    return {
-        "baseModel": spec.base_model,
-        "supervisedTuningSpec": tuning,
-        "tuningMode": spec.method,
-        "tunedModelDisplayName": spec.display_name,
-        "labels": spec.labels,
-    }
-
-
 def submit(spec: TuningSpec, store: Store | None = None) -> dict[str, Any]:
     """Create a job and start its worker; returns the job resource."""
     store = store or Store()
     job_id = new_id()
     if not spec.output:
         spec.output = str(tuned_models_dir() / job_id)
-    store.create_job(TENANT, spec, request_of(spec), job_id=job_id, owner=EMBEDDED)
+    store.create_job(TENANT, spec, spec.to_request(), job_id=job_id, owner=EMBEDDED)
     log_dir = jobs_dir() / job_id
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / "worker.log").open("ab") as log:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any
 
 from tunery import jobs
 from tunery.errors import ConfigError
@@ -70,20 +69,11 @@ def _train_remote(client: remote.Client, spec: TuningSpec) -> TuningJob:
     """Upload the datasets, then create the job under one ``Idempotency-Key`` (a retry never makes two)."""
     if spec.output or spec.precision != "auto":
         raise ConfigError("output_dir and precision are chosen by the tunery server; leave them out in remote mode")
-    tuning: dict[str, Any] = {
-        "trainingDatasetUri": _dataset_uri(client, spec.train, spec),
-        "hyperParameters": spec.hyper_parameters(),
-    }
+    body = spec.to_request()
+    tuning = body["supervisedTuningSpec"]
+    tuning["trainingDatasetUri"] = _dataset_uri(client, spec.train, spec)
     if spec.validation:
         tuning["validationDatasetUri"] = _dataset_uri(client, spec.validation, spec)
-    body: dict[str, Any] = {
-        "baseModel": spec.base_model,
-        "supervisedTuningSpec": tuning,
-        "tuningMode": spec.method,
-        "labels": spec.labels,
-    }
-    if spec.display_name:
-        body["tunedModelDisplayName"] = spec.display_name
     return TuningJob(client.create_job(body, idempotency_key=uuid.uuid4().hex), client)
 
 

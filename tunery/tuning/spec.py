@@ -109,6 +109,16 @@ class TuningSpec:
         values = {rest: getattr(self, name) for rest, name in HYPER_PARAMETERS.items()}
         return {rest: value for rest, value in values.items() if value is not None}
 
+    def to_request(self) -> dict[str, Any]:
+        """The REST ``POST /v1/tuningJobs`` body this spec corresponds to (datasets as their paths)."""
+        tuning: dict[str, Any] = {"trainingDatasetUri": self.train, "hyperParameters": self.hyper_parameters()}
+        if self.validation:
+            tuning["validationDatasetUri"] = self.validation
+        request = {"baseModel": self.base_model, "supervisedTuningSpec": tuning, "tuningMode": self.method}
+        if self.display_name:
+            request["tunedModelDisplayName"] = self.display_name
+        return {**request, "labels": self.labels}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TuningSpec:
         names = {f.name for f in dataclasses.fields(cls)}
