@@ -1,6 +1,6 @@
 """The scheduler with real worker processes and tiny models: order, retries after kills, cancel, shutdown.
 
-    cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_scheduler.py -x -q
+cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_scheduler.py -x -q
 """
 
 from __future__ import annotations
@@ -99,8 +99,10 @@ def test_a_worker_killed_every_time_fails_the_job_with_what_happened(
     job = submit(store, tiny_model, make_train(40), tmp_path / "out", epochs=20)
     scheduler(workers=1, max_attempts=2)
     for _ in range(2):
-        pid = wait_for(lambda: (j := store.get_job("acme", job.id)).worker_pid and metric_steps(store, job.id)
-                       and j.worker_pid, what="a running worker")
+        pid = wait_for(
+            lambda: (j := store.get_job("acme", job.id)).worker_pid and metric_steps(store, job.id) and j.worker_pid,
+            what="a running worker",
+        )
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda pid=pid: store.get_job("acme", job.id).worker_pid != pid, what="the worker's exit")
     wait_for(lambda: store.get_job("acme", job.id).has_ended, what="the job's end")
@@ -140,3 +142,16 @@ def test_a_stopped_server_leaves_the_job_running_and_the_next_one_resumes_it(
     assert store.get_job("acme", job.id).state == SUCCEEDED
     steps = metric_steps(store, job.id)
     assert steps[len(steps) - (60 - stopped_at) :] == list(range(stopped_at + 1, 61))  # no step trained twice
+
+
+def test_a_machine_error_in_the_worker_fails_the_job_with_its_message(
+    store, scheduler, tiny_model, make_train, tmp_path
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    job = submit(store, tiny_model, make_train(6), blocker / "out", epochs=1)  # the run directory cannot be made
+    scheduler(workers=1)
+    wait_for(lambda: store.get_job("acme", job.id).has_ended, what="the job's end")
+    ended = store.get_job("acme", job.id)
+    assert ended.state == FAILED and ended.attempts == 0  # an error the worker caught: not retried
+    assert ended.error["code"] == 13 and "NotADirectoryError" in ended.error["message"], ended.error
