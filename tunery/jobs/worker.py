@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -152,4 +153,5 @@ if __name__ == "__main__":
     parser.add_argument("job_id")
     parser.add_argument("--watch-parent", action="store_true", help="stop at a checkpoint if the parent exits")
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecations are not the job's log
     sys.exit(main(args.job_id, args.watch_parent))

@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -261,6 +262,7 @@ def _max_models() -> int:
 
 def main() -> None:
     """Serve requests from stdin until it closes."""
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecations are not the operator's
     replies = _claim_stdout()
     host = Host(max_models=_max_models())
     try:
