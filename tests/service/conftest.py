@@ -162,6 +162,20 @@ def store_owner() -> str:
     return f"server@{socket.gethostname()}"
 
 
+@pytest.fixture(autouse=True)
+def _embedded_sdk() -> Iterator[None]:
+    """Each test starts with the SDK embedded (no ``init``, no endpoint in the environment) and leaves no
+    remote client behind."""
+    from tunery.sdk import client as remote
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(remote.ENDPOINT_ENV, raising=False)
+        mp.delenv(remote.KEY_ENV, raising=False)
+        remote.reset()
+        yield
+        remote.reset()
+
+
 @pytest.fixture
 def service(tmp_path: Path, tiny_model: Path, make_train: Callable[..., Path]) -> Iterator[Callable[..., Service]]:
     """``service(workers=1, database_url=None, start=True)`` → a running ``Service``; stopped after the test."""

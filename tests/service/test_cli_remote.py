@@ -10,10 +10,8 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from typer.testing import CliRunner
 
 from tunery.cli import app
@@ -23,16 +21,6 @@ from tunery.sdk import client as remote
 from tunery.tuning.spec import TuningSpec
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _embedded_again(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No endpoint from the environment unless a test gives one; no SDK client left behind."""
-    monkeypatch.delenv(remote.ENDPOINT_ENV, raising=False)
-    monkeypatch.delenv(remote.KEY_ENV, raising=False)
-    remote.reset()
-    yield
-    remote.reset()
 
 
 def invoke(*args: Any, env: dict[str, str] | None = None):

@@ -26,16 +26,6 @@ from tunery.sdk import client as remote
 SUCCEEDED, CANCELLED = "JOB_STATE_SUCCEEDED", "JOB_STATE_CANCELLED"
 
 
-@pytest.fixture(autouse=True)
-def _embedded_again(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test starts embedded (no ``init``, no endpoint in the environment) and leaves no client behind."""
-    monkeypatch.delenv(remote.ENDPOINT_ENV, raising=False)
-    monkeypatch.delenv(remote.KEY_ENV, raising=False)
-    remote.reset()
-    yield
-    remote.reset()
-
-
 def until(condition, timeout: float = 120, what: str = "condition"):
     """Poll ``condition()`` until it returns something true; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -582,19 +582,3 @@ class Store:
     def delete_keys(self, tenant: str) -> int:
         with self._write() as conn:
             return conn.execute(keys_t.delete().where(keys_t.c.tenant == tenant)).rowcount
-
-
-__all__ = [
-    "CANCELLED",
-    "CANCELLING",
-    "ENDED",
-    "FAILED",
-    "PENDING",
-    "RUNNING",
-    "SUCCEEDED",
-    "Job",
-    "Store",
-    "StoredFile",
-    "TunedModel",
-    "now",
-]
