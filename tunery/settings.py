@@ -26,6 +26,11 @@ def jobs_dir() -> Path:
     return tunery_home() / "jobs"
 
 
+def job_inputs_dir() -> Path:
+    """Queued and running jobs' own links to the uploads they train from, one directory per job."""
+    return tunery_home() / "job-inputs"
+
+
 def database_url() -> str:
     """The job store: ``$TUNERY_DATABASE_URL`` (a PostgreSQL URL, say), else SQLite under ``$TUNERY_HOME``."""
     return os.environ.get("TUNERY_DATABASE_URL") or f"sqlite:///{tunery_home() / 'tunery.db'}"

@@ -67,6 +67,9 @@ def test_train_uploads_tunes_and_the_tuned_model_answers_over_http(service):
     assert [e["id"] for e in job.events()] == [e["id"] for e in events]
 
     assert job.wait(timeout=5).state == SUCCEEDED
+    inputs = svc.home / "job-inputs" / job.id  # the job's links to its uploads: removed once it ended
+    until(lambda: not inputs.exists(), timeout=10, what="the job's inputs removed")
+    assert all((svc.home / "files" / f"{f['name'].split('/')[1]}.jsonl").is_file() for f in uploads.values())
     assert job.tuned_model_name == f"models/{job.id}"
     assert job.tuned_model_endpoint_name == f"{svc.url.rstrip('/')}/v1/models/{job.id}:generateContent"
     stats = job.to_dict()["tuningDataStats"]["supervisedTuningDataStats"]

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tunery.jobs import inputs
 from tunery.jobs.scheduler import Scheduler
-from tunery.jobs.store import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, Store
+from tunery.jobs.store import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, Store, new_id
 from tunery.tuning.spec import TuningSpec
 
 
@@ -155,3 +157,41 @@ def test_a_machine_error_in_the_worker_fails_the_job_with_its_message(
     ended = store.get_job("acme", job.id)
     assert ended.state == FAILED and ended.attempts == 0  # an error the worker caught: not retried
     assert ended.error["code"] == 13 and "NotADirectoryError" in ended.error["message"], ended.error
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A directory on a 32 KiB tmpfs: room for a run directory and its first lines, not for a checkpoint."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip() or done.returncode}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_fails_the_job_with_its_message_not_left_running(
+    store, scheduler, tiny_model, make_train, full_disk
+):
+    job = submit(store, tiny_model, make_train(12), full_disk / "out", epochs=2)
+    scheduler(workers=1)
+    wait_for(lambda: store.get_job("acme", job.id).has_ended, what="the job's end")
+    ended = store.get_job("acme", job.id)
+    assert ended.state == FAILED and ended.attempts == 0, ended
+    assert ended.error["code"] == 13 and "the disk holding" in ended.error["message"], ended.error
+    assert "No space left on device" in ended.error["message"]
+
+
+def test_an_ended_jobs_links_to_its_uploads_are_removed(store, scheduler, tiny_model, make_train, tmp_path):
+    job_id, creating = new_id(), new_id()
+    train = inputs.pin(job_id, {"train": make_train(6)})["train"]
+    being_created = inputs.pin(creating, {"train": make_train(6)})["train"]  # pinned, not stored yet
+    spec = TuningSpec(train=str(train), base_model=str(tiny_model), output=str(tmp_path / "out"), batch_size=2)
+    store.create_job("acme", spec, {"supervisedTuningSpec": {"trainingDatasetUri": "files/x"}}, job_id=job_id)
+    scheduler(workers=1)
+    wait_for(lambda: store.get_job("acme", job_id).has_ended, what="the job's end")
+    assert store.get_job("acme", job_id).state == SUCCEEDED
+    wait_for(lambda: not train.parent.exists(), timeout=10, what="the job's inputs removed")
+    assert being_created.is_file() and make_train(6).is_file()
+    inputs.release(creating)

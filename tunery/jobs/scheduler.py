@@ -7,7 +7,8 @@ One thread, one loop (``tick``), woken by new jobs and cancels or every ``poll_s
    ``max_attempts`` runs in all), or FAILED with what happened;
 2. send SIGTERM to workers whose job has a cancel request (the worker checkpoints and stops);
 3. start jobs, oldest first, RUNNING jobs that lost their worker (the server was stopped or killed)
-   before PENDING ones.
+   before PENDING ones;
+4. remove ended jobs' links to the uploads they trained from (``tunery.jobs.inputs``).
 
 Workers watch their parent: if the server dies, they checkpoint and exit, and the next server
 resumes their jobs. ``stop()`` (server shutdown) does the same on purpose.
@@ -24,6 +25,7 @@ import sys
 import threading
 from pathlib import Path
 
+from tunery.jobs import inputs
 from tunery.jobs.store import (
     CANCELLED,
     CODE_CANCELLED,
@@ -111,6 +113,7 @@ class Scheduler:
                 if job.state == RUNNING and job.worker_pid is not None:
                     self.store.add_event(job.id, "state", "its worker is gone (the server stopped); resuming")
                 self._launch(job)
+        inputs.release_ended(self.store)
 
     def _launch(self, job: Job) -> None:
         log_dir = jobs_dir() / job.id

@@ -467,6 +467,12 @@ class Store:
             found = [_job(row) for row in conn.execute(query)]
         return sorted(found, key=lambda job: (job.state != RUNNING, job.seq))
 
+    def ended_job_ids(self, job_ids: list[str]) -> list[str]:
+        """Those of ``job_ids`` whose job has ended (unknown ids are not)."""
+        query = select(jobs_t.c.id).where(jobs_t.c.id.in_(job_ids), jobs_t.c.state.in_(sorted(ENDED)))
+        with self._read() as conn:
+            return [row.id for row in conn.execute(query)]
+
     def add_event(self, job_id: str, type: str, message: str | None = None, data: dict[str, Any] | None = None) -> None:
         with self._write() as conn:
             self._event(conn, job_id, type, message, data)

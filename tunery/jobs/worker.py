@@ -12,6 +12,7 @@ worker exits with ``EXIT_INTERRUPTED`` and a scheduler resumes it later.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import signal
@@ -88,7 +89,7 @@ def main(job_id: str, watch_parent: bool = False) -> int:
         return 1
     except Exception as exc:  # a bug, or the machine (disk full): the job must still end
         traceback.print_exc()
-        fail(store, job_id, CODE_INTERNAL, f"{type(exc).__name__}: {exc}")
+        fail(store, job_id, CODE_INTERNAL, describe_error(exc, Path(spec.output or job.output)))
         return 1
     succeed(store, job, tuned)
     return 0
@@ -141,6 +142,18 @@ def succeed(store: Store, job: Job, tuned: Path) -> None:
         tuned_model_id=job.id,
         stats=manifest["tuningDataStats"]["supervisedTuningDataStats"],
         message="tuned model ready",
+    )
+
+
+def describe_error(exc: Exception, run_dir: Path) -> str:
+    """The job's error message for an unexpected exception; a full disk says which disk and what is free."""
+    text = f"{type(exc).__name__}: {exc}"
+    if getattr(exc, "errno", None) != errno.ENOSPC and "No space left on device" not in text:
+        return text
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    free = shutil.disk_usage(existing).free / 2**20
+    return (
+        f"the disk holding {run_dir} is full ({free:.1f} MiB free): free some space, then create the job again ({text})"
     )
 
 

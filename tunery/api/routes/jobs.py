@@ -8,11 +8,8 @@ body is 409.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -40,6 +37,7 @@ from tunery.api.schemas import (
     dump,
 )
 from tunery.errors import ConfigError, TuneryError
+from tunery.jobs import inputs
 from tunery.jobs.store import Store, StoredFile, new_id
 from tunery.tuning.spec import HYPER_PARAMETERS, TuningSpec
 
@@ -85,18 +83,19 @@ def create_job(
     PENDING and wake the scheduler."""
     job_id = new_id()
     spec, uploads = _spec(body, tenant, store, settings, job_id)
-    pinned = _pin_uploads(spec, uploads, settings.files_dir / "jobs" / job_id)
+    for name, path in inputs.pin(job_id, {name: Path(record.path) for name, record in uploads.items()}).items():
+        setattr(spec, name, str(path))  # the job's own link: deleting the upload cannot break it
     try:
         job, created = store.create_job(
             tenant, spec, dump(body), job_id=job_id, idempotency_key=idempotency_key, owner=None
         )
     except BaseException:
-        _unpin(pinned)
+        inputs.release(job_id)
         raise
     if created:
         wake_scheduler(scheduler)
     else:
-        _unpin(pinned)
+        inputs.release(job_id)
         response.status_code = 200
     return job.resource(api_base=str(request.base_url))
 
@@ -147,30 +146,6 @@ def _spec(
     if problems:
         raise ConfigError("; ".join(problems))
     return spec, uploads
-
-
-def _pin_uploads(spec: TuningSpec, uploads: dict[str, StoredFile], directory: Path) -> list[Path]:
-    """Give the job its own link to each uploaded file it reads, so deleting the upload cannot break it."""
-    pinned = []
-    for key, record in uploads.items():
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / f"{key}.jsonl"
-        try:
-            os.link(record.path, target)
-        except OSError:
-            shutil.copyfile(record.path, target)
-        setattr(spec, key, str(target))
-        pinned.append(target)
-    return pinned
-
-
-def _unpin(pinned: list[Path]) -> None:
-    for path in pinned:
-        with contextlib.suppress(OSError):
-            path.unlink()
-    if pinned:
-        with contextlib.suppress(OSError):
-            pinned[0].parent.rmdir()
 
 
 @router.get(
