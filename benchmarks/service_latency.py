@@ -15,6 +15,10 @@ Then ``:generateContent`` on the default model, one request at a time (a warm-up
 model first), against the same requests run in this process by ``tunery.serving.Engine``: the
 difference is what the HTTP hop and the model host subprocess cost. tokens/s is output tokens per
 second of a request's wall time.
+
+Last, ``POST /v1/files`` (the demo training file, checked and counted) on an idle server against the
+same upload sent while a ``--busy-tokens`` generation runs: uploads are checked in a host process of
+their own, so they should not wait for the generation to end.
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20, help="requests per client per operation")
     parser.add_argument("--generate", type=int, default=10, help="generateContent requests")
     parser.add_argument("--max-output-tokens", type=int, default=64)
+    parser.add_argument("--uploads", type=int, default=5, help="uploads idle and during a generation")
+    parser.add_argument("--busy-tokens", type=int, default=128, help="maxOutputTokens of the generation")
     args = parser.parse_args()
 
     from tunery.demo import dataset_paths
@@ -146,6 +152,7 @@ def main() -> None:
                 )
             )
             http_gen = generate_over_http(client, args.generate, args.max_output_tokens)
+            uploads = uploads_idle_and_busy(client, url, train, args.uploads, args.busy_tokens)
     finally:
         server.terminate()
         server.wait(60)
@@ -167,6 +174,13 @@ def main() -> None:
         )
     overhead = statistics.median(http_gen[0]) / statistics.median(local_gen[0])
     print(f"\nHTTP p50 / in-process p50: {overhead:.2f}x")
+    print(f"\nPOST /v1/files ({train.name}), idle and while a {args.busy_tokens}-token generation runs\n")
+    print(f"{'server':34} {'requests':>8} {'p50 ms':>8} {'max ms':>8} {'generation ms':>14}")
+    for name, (times, generations) in zip(("idle", "generating"), uploads, strict=True):
+        busy = f"{statistics.median(generations):14.1f}" if generations else f"{'-':>14}"
+        print(f"{name:34} {len(times):8d} {statistics.median(times):8.1f} {max(times):8.1f} {busy}")
+    ratio = statistics.median(uploads[1][0]) / statistics.median(uploads[0][0])
+    print(f"\nupload p50 generating / idle: {ratio:.2f}x")
 
 
 def request_body(prompt: str, max_output_tokens: int) -> dict:
@@ -187,6 +201,34 @@ def generate_over_http(client: httpx.Client, n: int, max_output_tokens: int) -> 
         response.raise_for_status()
         tokens.append(response.json()["usageMetadata"]["candidatesTokenCount"])
     return times, tokens
+
+
+def uploads_idle_and_busy(
+    client: httpx.Client, url: str, train: Path, n: int, busy_tokens: int
+) -> tuple[tuple[list[float], list[float]], tuple[list[float], list[float]]]:
+    """Upload times (ms) on an idle server, then each during a generation (with those generations' times)."""
+    content = train.read_bytes()
+
+    def upload() -> float:
+        started = time.perf_counter()
+        client.post("/v1/files", files={"file": (train.name, content)}).raise_for_status()
+        return (time.perf_counter() - started) * 1000
+
+    upload()  # starts the checker
+    idle = [upload() for _ in range(n)]
+    busy, generations = [], []
+    path = f"{url}/v1/models/{DEFAULT_MODEL}:generateContent"
+    body = request_body("Write a long letter to the bank about every fee on my account.", busy_tokens)
+    body["generationConfig"]["stopSequences"] = ["\u2603\u2603"]  # not in the output: run to the token limit
+    with ThreadPoolExecutor(1) as pool:
+        for _ in range(n):
+            started = time.perf_counter()
+            generation = pool.submit(httpx.post, path, json=body, timeout=600)
+            time.sleep(1.0)  # the generation is running in the model host
+            busy.append(upload())
+            generation.result().raise_for_status()
+            generations.append((time.perf_counter() - started) * 1000)
+    return (idle, []), (busy, generations)
 
 
 def generate_in_process(n: int, max_output_tokens: int) -> tuple[list[float], list[int]]:

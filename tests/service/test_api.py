@@ -4,13 +4,15 @@ The in-process tests run the FastAPI app with ``TestClient`` against a temporary
 ``service`` tests start ``tunery serve`` in a subprocess (``tests/service/conftest.py``) and tune, stream,
 cancel and generate for real on the tiny model.
 
-    cd /work/main && /work/venv/bin/python -m pytest tests/service/test_api.py -x -q
+    .venv/bin/python -m pytest tests/service/test_api.py -x -q
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -106,7 +108,9 @@ class Api:
         self.store = Store(f"sqlite:///{tmp_path / 'home' / 'tunery.db'}")
         self.host = FakeHost()
         self.scheduler = FakeScheduler()
-        self.app = create_app(store=self.store, host=self.host, scheduler=self.scheduler, settings=self.settings)
+        self.app = create_app(
+            store=self.store, host=self.host, checker=self.host, scheduler=self.scheduler, settings=self.settings
+        )
         self.client = TestClient(self.app, client=LOCAL)
 
     def create(self, headers: dict[str, str] | None = None, **body: Any) -> httpx.Response:
@@ -822,3 +826,33 @@ def test_serve_refuses_a_public_address_without_a_key(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "no API key exists" in result.stderr and "tunery keys create" in result.stderr
     assert result.stdout == ""
+
+
+def test_an_upload_is_checked_while_the_model_host_is_busy(service) -> None:
+    svc = service()
+    model = TunedModel(new_id(), "default", new_id(), "tiny", "tiny", "FULL", str(svc.data_root / "tiny"), now())
+    svc.store.add_tuned_model(model)  # the tiny model, served as a fully tuned one
+    prompt = {"contents": [{"role": "user", "parts": [{"text": "hello"}]}], "generationConfig": {"maxOutputTokens": 2}}
+    path = f"/v1/models/{model.id}:generateContent"
+    assert svc.client.post(path, json=prompt).status_code == 200
+    (host,) = model_hosts(svc.process.pid)
+    os.kill(host, signal.SIGSTOP)  # the host is stuck in a call, as in a long generation
+    try:
+        upload = {"file": ("train.jsonl", (DATA_DIR / "classify_gemini.jsonl").read_bytes())}
+        uploaded = svc.client.post("/v1/files", files=upload, data={"model": "tiny"}, timeout=60)
+        assert uploaded.status_code == 201, uploaded.text  # checked by the dataset checker, not this host
+    finally:
+        os.kill(host, signal.SIGCONT)
+    assert len(model_hosts(svc.process.pid)) == 2
+    assert svc.client.post(path, json=prompt).status_code == 200
+
+
+def model_hosts(parent: int) -> list[int]:
+    """The pids of ``parent``'s model host subprocesses."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) if proc.name.isdigit() else None
+            if ppid == parent and b"tunery.serving.host" in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+    return found

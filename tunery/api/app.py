@@ -1,10 +1,10 @@
 """The FastAPI application: thin routes over the job store, the scheduler and the model host.
 
     app = create_app()                          # what `tunery serve` runs, with a Scheduler
-    app = create_app(store=Store(url), host=fake_host, settings=ApiSettings(data_root=root))   # tests
+    app = create_app(store=Store(url), host=fake_host, checker=fake_host, settings=ApiSettings(data_root=root))
 
-Nothing here or below imports torch: tuning runs in worker processes (started by the scheduler) and
-prediction in the model host's subprocess.
+Nothing here or below imports torch: tuning runs in worker processes (started by the scheduler),
+prediction in the model host's subprocess and upload checks in a second one (the checker).
 """
 
 from __future__ import annotations
@@ -42,17 +42,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if state.scheduler is not None:
             await run_in_threadpool(state.scheduler.stop)
-        if state.host is not None:
-            await run_in_threadpool(state.host.close)
+        for host in (state.host, state.checker):
+            if host is not None:
+                await run_in_threadpool(host.close)
         if state.owns_store:
             state.store.close()
 
 
 def create_app(
-    store: Store | None = None, host: Any = None, scheduler: Any = None, settings: ApiSettings | None = None
+    store: Store | None = None,
+    host: Any = None,
+    scheduler: Any = None,
+    settings: ApiSettings | None = None,
+    checker: Any = None,
 ) -> FastAPI:
-    """The service. ``store`` defaults to ``Store()`` (``TUNERY_DATABASE_URL``), ``host`` to a ``ModelHost``
-    made on first use, ``settings`` to the environment's; without ``scheduler`` jobs wait in the store."""
+    """The service. ``store`` defaults to ``Store()`` (``TUNERY_DATABASE_URL``); ``host`` (generation) and
+    ``checker`` (upload checks) each to a ``ModelHost`` made on first use; ``settings`` to the
+    environment's; without ``scheduler`` jobs wait in the store."""
     settings = settings or ApiSettings.from_env()
     app = FastAPI(
         title="tunery",
@@ -64,6 +70,7 @@ def create_app(
     app.state.owns_store = store is None
     app.state.store = store or Store()
     app.state.host = host
+    app.state.checker = checker
     app.state.host_lock = threading.Lock()
     app.state.scheduler = scheduler
     app.state.settings = settings

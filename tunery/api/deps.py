@@ -136,14 +136,23 @@ def get_settings(request: Request) -> ApiSettings:
 
 
 def get_host(request: Request) -> Any:
-    """The app's ``ModelHost`` (created on first use: it starts its subprocess lazily too)."""
-    state = request.app.state
+    """The app's model host: generation and token counts (a ``ModelHost``, made on first use)."""
+    return _host(request.app.state, "host")
+
+
+def get_checker(request: Request) -> Any:
+    """The app's dataset checker: a second ``ModelHost`` for uploads, so a check never waits behind a
+    generation (one host runs one call at a time)."""
+    return _host(request.app.state, "checker")
+
+
+def _host(state: Any, name: str) -> Any:
     with state.host_lock:
-        if state.host is None:
+        if getattr(state, name) is None:
             from tunery.serving.process import ModelHost
 
-            state.host = ModelHost()
-        return state.host
+            setattr(state, name, ModelHost())
+        return getattr(state, name)
 
 
 def get_scheduler(request: Request) -> Any:
@@ -160,4 +169,5 @@ Tenant = Annotated[str, Depends(get_tenant)]
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 HostDep = Annotated[Any, Depends(get_host)]
+CheckerDep = Annotated[Any, Depends(get_checker)]
 SchedulerDep = Annotated[Any, Depends(get_scheduler)]

@@ -1,7 +1,8 @@
 """``/v1/files``: upload a JSONL dataset (checked and counted on the way in), list, read and delete uploads.
 
-An upload streams to disk under ``$TUNERY_HOME/files``; the model host then parses every line and counts
-its tokens with the ``model`` form field's tokenizer (no training). A file with problems is not kept: the
+An upload streams to disk under ``$TUNERY_HOME/files``; the dataset checker (a model host process of its
+own, so an upload never waits behind a generation) then parses every line and counts its tokens with the
+``model`` form field's tokenizer (no training). A file with problems is not kept: the
 400 lists every one by line and field. A kept file is named ``files/{id}`` in a tuning job's
 ``trainingDatasetUri``.
 """
@@ -16,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from tunery.api.deps import HostDep, SettingsDep, StoreDep, Tenant
+from tunery.api.deps import CheckerDep, SettingsDep, StoreDep, Tenant
 from tunery.api.errors import invalid
 from tunery.api.limits import ApiSettings
 from tunery.api.paths import resolve_base_model
@@ -53,22 +54,24 @@ DEFAULT_MAX_LENGTH: int = TuningSpec.__dataclass_fields__["max_length"].default 
     openapi_extra=UPLOAD_BODY,
     responses={201: {"model": File, "description": "The file, its examples counted"}, **ERRORS},
 )
-async def create_file(request: Request, tenant: Tenant, store: StoreDep, settings: SettingsDep, host: HostDep) -> Any:
+async def create_file(
+    request: Request, tenant: Tenant, store: StoreDep, settings: SettingsDep, checker: CheckerDep
+) -> Any:
     """Stream the ``file`` part to disk, check every line and count tokens with ``model``'s tokenizer (default
     the catalog default) at ``maxLength``; keep it only when it has no errors."""
     upload = await receive_upload(
         request, settings.files_dir, max_bytes=settings.max_upload_bytes, fields=("model", "maxLength")
     )
     try:
-        record = await run_in_threadpool(_check_and_keep, upload, tenant, store, settings, host)
+        record = await run_in_threadpool(_check_and_keep, upload, tenant, store, settings, checker)
     finally:
         upload.discard()
     return record.resource()
 
 
-def _check_and_keep(upload: Upload, tenant: str, store: Any, settings: ApiSettings, host: Any) -> StoredFile:
+def _check_and_keep(upload: Upload, tenant: str, store: Any, settings: ApiSettings, checker: Any) -> StoredFile:
     model_ref, model, max_length = _options(upload, settings)
-    report = host.validate(str(upload.path), model, max_length, TuningSpec.batch_size)
+    report = checker.validate(str(upload.path), model, max_length, TuningSpec.batch_size)
     problems = [
         Problem(upload.filename, p.get("line", 0), p.get("field", ""), p.get("message", ""), p.get("severity", "error"))
         for p in report.get("problems", [])
