@@ -6,7 +6,7 @@ a byte-level BPE tokenizer trained in memory on the fixture texts, and a 2-layer
 built from its config with a fixed seed. One directory is written per chat template in
 ``tunery.models.templates.TEMPLATES``; they share the tokenizer vocabulary and the weights.
 
-    cd /work/main && /work/venv/bin/python -m pytest tests/unit -x -q
+    .venv/bin/python -m pytest tests/unit -x -q
 """
 
 from __future__ import annotations
@@ -289,9 +289,22 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     run = lambda *args: subprocess.run([*as_user, *args], check=True, capture_output=True)  # noqa: E731
     run(str(bin_dir / "initdb"), "-D", str(data), "-U", "tunery", "--auth=trust", "-E", "UTF8")
     server = subprocess.Popen(
-        [*as_user, str(bin_dir / "postgres"), "-D", str(data), "-k", str(sockets), "-c", "listen_addresses=",
-         "-c", "fsync=off", "-p", "5432"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            *as_user,
+            str(bin_dir / "postgres"),
+            "-D",
+            str(data),
+            "-k",
+            str(sockets),
+            "-c",
+            "listen_addresses=",
+            "-c",
+            "fsync=off",
+            "-p",
+            "5432",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 30

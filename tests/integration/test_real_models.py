@@ -63,8 +63,10 @@ def test_short_lora_run_lowers_validation_loss_and_reloads_with_plain_peft(smoll
     with torch.no_grad():
         # 30 fp32 layers, merged vs unmerged: differences up to ~2e-4 on logits of order 10 (seen here).
         torch.testing.assert_close(plain(ids).logits, engine.model(ids).logits, atol=1e-3, rtol=1e-3)
-    answer = engine.generate(user_example("I left my wallet in a taxi last night", "Route the ticket."),
-                             GenerationConfig(max_output_tokens=12))
+    answer = engine.generate(
+        user_example("I left my wallet in a taxi last night", "Route the ticket."),
+        GenerationConfig(max_output_tokens=12),
+    )
     assert answer.finish_reason == "STOP" and answer.text
 
 

@@ -1,7 +1,7 @@
 """The comparison report on the real default model: base model with a zero-shot and a few-shot prompt vs a
 briefly tuned model, on a few held-out tickets; the HTML opens in headless Chromium with its plots rendered.
 
-    cd /work/main && /work/venv/bin/python -m pytest tests/integration/test_report.py -q
+    .venv/bin/python -m pytest tests/integration/test_report.py -q
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each ``service()`` gets its own ``$TUNERY_HOME`` (SQLite job store, uploads, tun
 root holding a copy of the tiny model (``tiny/``) and the JSONL fixtures. ``restart()`` starts a new
 server on the same home and database, as an operator would after a crash.
 
-    cd /work/main && /work/venv/bin/python -m pytest tests/service -x -q
+    .venv/bin/python -m pytest tests/service -x -q
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``tunery files`` and ``tunery jobs`` against a real ``tunery serve``, and ``tunery jobs`` with no server.
 
-cd /work/main && /work/venv/bin/python -m pytest tests/service/test_cli_remote.py -x -q
+.venv/bin/python -m pytest tests/service/test_cli_remote.py -x -q
 """
 
 from __future__ import annotations

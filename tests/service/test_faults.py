@@ -4,7 +4,7 @@ In each case the job must end SUCCEEDED without starting over. A killed worker l
 its last checkpoint (the end of epoch 1: step 50 of 150). A worker whose server stops checkpoints
 where it is on its way out (SIGTERM from the server, or its parent gone), so no step is trained twice.
 
-    cd /work/main && /work/venv/bin/python -m pytest tests/service/test_faults.py -x -q
+    .venv/bin/python -m pytest tests/service/test_faults.py -x -q
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ has a timeout, and nothing generated can start long work: random dataset URIs an
 on the data root, and an upload without a ``model`` is counted with the tiny model's tokenizer. A second
 pass fixes the path's job and file ids to ones that exist (the job cancelled, so its event stream ends).
 
-    cd /work/main && /work/venv/bin/python -m pytest tests/service/test_openapi_fuzz.py -x -q
+    .venv/bin/python -m pytest tests/service/test_openapi_fuzz.py -x -q
 """
 
 from __future__ import annotations

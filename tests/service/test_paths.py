@@ -1,6 +1,6 @@
 """What a request may name by path: only files and model directories inside the data root.
 
-cd /work/main && /work/venv/bin/python -m pytest tests/service/test_paths.py -x -q
+.venv/bin/python -m pytest tests/service/test_paths.py -x -q
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The service on PostgreSQL (``TUNERY_DATABASE_URL``): a real server and its workers share a throwaway
 cluster; a job succeeds, and a SIGKILLed server's job finishes after a restart.
 
-    cd /work/main && /work/venv/bin/python -m pytest tests/service/test_postgres.py -x -q
+    .venv/bin/python -m pytest tests/service/test_postgres.py -x -q
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The SDK in remote mode against a real ``tunery serve``: what a user's script does after ``tunery.init``.
 
-cd /work/main && /work/venv/bin/python -m pytest tests/service/test_remote_sdk.py -x -q
+.venv/bin/python -m pytest tests/service/test_remote_sdk.py -x -q
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Batching: a seeded epoch plan that covers every example once, micro-batches within a token budget.
 
-cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_batching.py -q
+.venv/bin/python -m pytest tests/unit/test_batching.py -q
 """
 
 from __future__ import annotations

@@ -46,8 +46,18 @@ def test_validate_accepts_a_valid_file(tiny, data_dir):
 
 
 def test_stats_json_is_vertex_shaped(tiny, data_dir):
-    result = invoke("datasets", "stats", data_dir / "classify_gemini.jsonl", "--model", tiny, "--epochs", "3",
-                    "--batch-size", "4", "--json")
+    result = invoke(
+        "datasets",
+        "stats",
+        data_dir / "classify_gemini.jsonl",
+        "--model",
+        tiny,
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--json",
+    )
     stats = json.loads(result.output)["supervisedTuningDataStats"]
     assert stats["tuningDatasetExampleCount"] == 10
     assert stats["tuningStepCount"] == 3 * 3
@@ -78,8 +88,21 @@ def test_models_list_json_names_the_catalog():
 
 def test_tune_predict_merge_from_the_cli(tiny, data_dir, tmp_path):
     out = tmp_path / "tuned"
-    result = invoke("tune", "--model", tiny, "--train", data_dir / "classify_gemini.jsonl", "--validation",
-                    data_dir / "classify_openai.jsonl", "--epochs", "2", "--batch-size", "4", "--output", out)
+    result = invoke(
+        "tune",
+        "--model",
+        tiny,
+        "--train",
+        data_dir / "classify_gemini.jsonl",
+        "--validation",
+        data_dir / "classify_openai.jsonl",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--output",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert (out / "tunery.json").is_file() and (out / "adapter_model.safetensors").is_file()
     first = invoke("predict", out, "my card never arrived", "--system", "Route the ticket.", "--max-tokens", "5")
@@ -101,9 +124,15 @@ def test_tune_rejects_a_bad_hyperparameter_by_name(tiny, data_dir):
 
 
 def test_sdk_train_runs_a_worker_and_the_tuned_model_answers(tiny, data_dir, tmp_path):
-    job = sft.train(source_model=str(tiny), train_dataset=data_dir / "classify_gemini.jsonl",
-                    validation_dataset=data_dir / "classify_openai.jsonl", epochs=2, adapter_size=4,
-                    tuned_model_display_name="router", output_dir=tmp_path / "sdk-tuned")
+    job = sft.train(
+        source_model=str(tiny),
+        train_dataset=data_dir / "classify_gemini.jsonl",
+        validation_dataset=data_dir / "classify_openai.jsonl",
+        epochs=2,
+        adapter_size=4,
+        tuned_model_display_name="router",
+        output_dir=tmp_path / "sdk-tuned",
+    )
     assert job.name.startswith("tuningJobs/")
     job.wait(timeout=180, poll=0.2)
     assert job.state == SUCCEEDED and job.has_ended, job.to_dict()
@@ -161,8 +190,22 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tiny, data_dir, tmp_path
     import sys
 
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "tunery", "tune", "--model", str(tiny), "--train",
-               str(_make_long_train(data_dir, tmp_path)), "--epochs", "3", "--batch-size", "1", "--output", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "tunery",
+        "tune",
+        "--model",
+        str(tiny),
+        "--train",
+        str(_make_long_train(data_dir, tmp_path)),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "1",
+        "--output",
+        str(out),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out / "metrics.jsonl").is_file():

@@ -1,6 +1,6 @@
 """The serving engine on tiny models: greedy and deterministic, token counts, output limits, stops.
 
-cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_engine.py -q
+.venv/bin/python -m pytest tests/unit/test_engine.py -q
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Evaluation on tiny models: prompts from YAML, predictions kept, compare reports, robustness, error analysis,
 data advice, the evaluation stored after tuning, and the CLI's errors.
 
-    cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_evaluation.py -q
+    .venv/bin/python -m pytest tests/unit/test_evaluation.py -q
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Task metrics against values computed by hand, edge cases included (empty answers, labels never
 predicted, invalid JSON).
 
-    cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_metrics.py -q
+    .venv/bin/python -m pytest tests/unit/test_metrics.py -q
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Base models in the unit tier: a local directory resolves without the catalog; nothing leaves the tmp home.
 
-cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_models.py -q
+.venv/bin/python -m pytest tests/unit/test_models.py -q
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The scheduler with real worker processes and tiny models: order, retries after kills, cancel, shutdown.
 
-cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_scheduler.py -x -q
+.venv/bin/python -m pytest tests/unit/test_scheduler.py -x -q
 """
 
 from __future__ import annotations

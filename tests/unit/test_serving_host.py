@@ -1,6 +1,6 @@
 """The model host subprocess and its torch-free client: Gemini requests in, the in-process engine's answers out.
 
-cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_serving_host.py -x -q
+.venv/bin/python -m pytest tests/unit/test_serving_host.py -x -q
 """
 
 from __future__ import annotations

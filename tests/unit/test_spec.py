@@ -1,6 +1,6 @@
 """``TuningSpec``: bad values fail with a ConfigError naming the field and the value; aliases resolve.
 
-cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_spec.py -q
+.venv/bin/python -m pytest tests/unit/test_spec.py -q
 """
 
 from __future__ import annotations

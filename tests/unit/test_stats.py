@@ -1,6 +1,6 @@
 """``supervisedTuningDataStats`` against numbers computed by hand.
 
-cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_stats.py -q
+.venv/bin/python -m pytest tests/unit/test_stats.py -q
 """
 
 from __future__ import annotations

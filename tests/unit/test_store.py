@@ -1,6 +1,6 @@
 """The job store on SQLite and on a real PostgreSQL: migrations, jobs, idempotency, tenants, events, keys.
 
-    cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_store.py -x -q
+.venv/bin/python -m pytest tests/unit/test_store.py -x -q
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Loss masks: a model trains on its own turns and their end-of-turn token, nothing else.
 
-cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_tokenize.py -q
+.venv/bin/python -m pytest tests/unit/test_tokenize.py -q
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Tuning invariants on a tiny model: what LoRA may change, accumulation, merging, resume, determinism,
 and the tuned model directory as a contract.
 
-    cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_tuning.py -q
+    .venv/bin/python -m pytest tests/unit/test_tuning.py -q
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The corpus is ``tests/data/bad/``: one file per kind of problem, a mixed file, and a non-UTF-8 file.
 
-    cd /work/main && /work/venv/bin/python -m pytest tests/unit/test_validation.py -q
+    .venv/bin/python -m pytest tests/unit/test_validation.py -q
 """
 
 from __future__ import annotations
