@@ -850,9 +850,9 @@ def test_an_upload_is_checked_while_the_model_host_is_busy(service) -> None:
 def model_hosts(parent: int) -> list[int]:
     """The pids of ``parent``'s model host subprocesses."""
     found = []
-    for proc in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) if proc.name.isdigit() else None
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):  # the process may end while it is read
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
             if ppid == parent and b"tunery.serving.host" in (proc / "cmdline").read_bytes():
                 found.append(int(proc.name))
     return found
