@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -15,7 +16,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tunery.errors import DatasetError, TuneryError
 
-console = Console()
+# Written to a file or a pipe, rich would wrap tables at 80 columns and split every cell; a log
+# keeps each row on one line instead. A terminal (or an explicit COLUMNS) keeps its own width.
+PIPED_WIDTH = 160
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPED_WIDTH)
 err_console = Console(stderr=True, soft_wrap=True)  # a FILE:LINE: field: message line stays one line
 F = TypeVar("F", bound=Callable[..., Any])
 
