@@ -430,8 +430,42 @@ def test_every_problem_of_a_create_is_reported_at_once(api: Api) -> None:
         supervisedTuningSpec={"trainingDatasetUri": "/etc/passwd", "validationDatasetUri": "files/nope"},
     )
     assert response.status_code == 400
-    message = response.json()["error"]["message"]
-    assert "trainingDatasetUri" in message and "validationDatasetUri" in message and "baseModel" in message
+    assert violations(response) == {
+        "baseModel": "'../tiny': '..' is not allowed",
+        "supervisedTuningSpec.trainingDatasetUri": "'/etc/passwd' is outside the data root",
+        "supervisedTuningSpec.validationDatasetUri": "files/nope not found (upload it with POST /v1/files)",
+    }
+    assert "3 problems" in response.json()["error"]["message"]
+
+
+def test_a_create_with_schema_errors_names_its_bad_references_too(api: Api) -> None:
+    response = api.create(
+        baseModel="no-such-model",
+        supervisedTuningSpec={
+            "trainingDatasetUri": "files/20250101000000aaaaaaaaaaaa",
+            "validationDatasetUri": "classify_openai.jsonl",  # exists: not a problem
+            "hyperParameters": {"epochCount": 0},
+        },
+        tuningMode="LORA",
+    )
+    assert response.status_code == 400
+    found = violations(response)
+    assert set(found) == {
+        "supervisedTuningSpec.hyperParameters.epochCount",
+        "tuningMode",
+        "supervisedTuningSpec.trainingDatasetUri",
+        "baseModel",
+    }
+    assert "not found" in found["supervisedTuningSpec.trainingDatasetUri"]
+    assert "neither a catalog model" in found["baseModel"]
+    # a field the schema already refuses is named once, and bodies of any shape still get their 400
+    too_long = api.create(supervisedTuningSpec={"trainingDatasetUri": "x" * 5000}, baseModel=["tiny"])
+    assert too_long.status_code == 400
+    names = [v["field"] for v in too_long.json()["error"]["details"][0]["fieldViolations"]]
+    assert sorted(names) == ["baseModel", "supervisedTuningSpec.trainingDatasetUri"]
+    for body in ([1, 2], "text", {"supervisedTuningSpec": "x"}, {"supervisedTuningSpec": {"trainingDatasetUri": 5}}):
+        assert api.client.post("/v1/tuningJobs", json=body).status_code == 400
+    assert api.client.get("/v1/tuningJobs").json()["tuningJobs"] == []
 
 
 def test_an_idempotency_key_replays_the_same_job_and_refuses_another_body(api: Api) -> None:

@@ -68,6 +68,21 @@ EXPECTED = {
         ],
         [],
     ),
+    # a turn whose text is at fault still counts for turn order; a turn with no known role stops that check
+    "broken_and_out_of_order.jsonl": (
+        [
+            (1, "contents[1].parts", "missing or empty"),
+            (1, "contents[2].role", "two model turns in a row; roles must alternate"),
+            (2, "messages[0].content", "empty text"),
+            (2, "messages[2].role", "two user turns in a row; roles must alternate"),
+            (3, "contents[0].parts[0].text", "empty text"),
+            (3, "contents[0].role", "the first turn must be the user's"),
+            (3, "contents", "no model turn at the end"),
+            (4, "contents[0].parts", "missing or empty"),
+            (4, "contents[1].role", "unknown role 'bot'"),
+        ],
+        [],
+    ),
     "system_not_first.jsonl": ([(1, "messages[1].role", "a system message may only come first")], [2]),
     "image_part.jsonl": (
         [

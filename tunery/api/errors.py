@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import http
 import logging
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from tunery.errors import ConflictError, DatasetError, NotFoundError, ServingError, TuneryError
 
 log = logging.getLogger("tunery.api")
+F = TypeVar("F", bound=Callable[..., Any])
 
 BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
@@ -143,9 +145,25 @@ def _plain(message: str) -> str:
     return message.removeprefix("Value error, ")
 
 
+def also_check(check: Callable[[Request, Any], list[tuple[str, str]]]) -> Callable[[F], F]:
+    """Mark a route whose schema errors come with ``check(request, body)``'s ``(field, message)`` problems
+    (references the handler would resolve, say), so that a client fixes everything in one round."""
+
+    def mark(endpoint: F) -> F:
+        setattr(endpoint, "also_check", check)  # noqa: B010 - a function attribute mypy cannot see
+        return endpoint
+
+    return mark
+
+
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    error = invalid((v["field"], v["description"]) for v in _validation_violations(exc))
+    found = [(v["field"], v["description"]) for v in _validation_violations(exc)]
+    check = getattr(getattr(request.scope.get("route"), "endpoint", None), "also_check", None)
+    if check is not None:
+        named = {field for field, _ in found}
+        found += [p for p in await run_in_threadpool(check, request, exc.body) if p[0] not in named]
+    error = invalid(found)
     return error_response(400, error.detail, error.details)
 
 

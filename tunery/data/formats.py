@@ -96,19 +96,24 @@ def parse_example(
         problems.add("line", f"expected a JSON object, got {type(obj).__name__}")
         return None, problems.items
     if "contents" in obj:
-        example = _parse_gemini(obj, problems, line)
+        example, roles = _parse_gemini(obj, problems, line)
     elif "messages" in obj:
-        example = _parse_openai(obj, problems, line)
+        example, roles = _parse_openai(obj, problems, line)
     else:
         keys = ", ".join(sorted(obj)) or "none"
         problems.add("line", f"expected 'contents' (Gemini form) or 'messages' (OpenAI form); found keys: {keys}")
         return None, problems.items
-    if example is not None:
-        _check_turn_order(example, problems, "contents" if "contents" in obj else "messages", require_model_turn)
+    if roles:
+        _check_turn_order(roles, problems, "contents" if "contents" in obj else "messages", require_model_turn)
     return (example if not problems.items else None), problems.items
 
 
-def _parse_gemini(obj: dict, problems: _Problems, line: int) -> Example | None:
+Roles = list[tuple[int, str]] | None
+"""``(index, "user" | "model")`` of each conversation turn, by its index in the line's list, so that turn order
+is checked even where a turn's text is at fault; None where some turn has no known role."""
+
+
+def _parse_gemini(obj: dict, problems: _Problems, line: int) -> tuple[Example | None, Roles]:
     system = None
     if "systemInstruction" in obj:
         parts = _parse_parts(obj["systemInstruction"], "systemInstruction", problems)
@@ -119,22 +124,27 @@ def _parse_gemini(obj: dict, problems: _Problems, line: int) -> Example | None:
     contents = obj["contents"]
     if not isinstance(contents, list) or not contents:
         problems.add("contents", "must be a non-empty list of turns")
-        return None
+        return None, None
     turns = []
+    roles: Roles = []
     for i, turn in enumerate(contents):
         field = f"contents[{i}]"
         if not isinstance(turn, dict):
             problems.add(field, "must be an object with 'role' and 'parts'")
+            roles = None
             continue
         role = turn.get("role")
         if role not in ("user", "model"):
             hint = " (the Gemini form says 'model', not 'assistant')" if role == "assistant" else ""
             problems.add(f"{field}.role", f"unknown role {role!r}; expected 'user' or 'model'{hint}")
+            roles = None
             continue
+        if roles is not None:
+            roles.append((i, role))
         parts = _parse_parts(turn, field, problems)
         if parts is not None:
             turns.append(Turn(role, tuple(parts)))
-    return Example(turns=tuple(turns), system=system, line=line)
+    return Example(turns=tuple(turns), system=system, line=line), roles
 
 
 def _parse_parts(container: Any, field: str, problems: _Problems) -> list[Part] | None:
@@ -169,17 +179,19 @@ def _parse_parts(container: Any, field: str, problems: _Problems) -> list[Part] 
     return parts
 
 
-def _parse_openai(obj: dict, problems: _Problems, line: int) -> Example | None:
+def _parse_openai(obj: dict, problems: _Problems, line: int) -> tuple[Example | None, Roles]:
     messages = obj["messages"]
     if not isinstance(messages, list) or not messages:
         problems.add("messages", "must be a non-empty list of messages")
-        return None
+        return None, None
     system = None
     turns = []
+    roles: Roles = []
     for i, message in enumerate(messages):
         field = f"messages[{i}]"
         if not isinstance(message, dict):
             problems.add(field, "must be an object with 'role' and 'content'")
+            roles = None
             continue
         role = message.get("role")
         text = _openai_content(message.get("content"), f"{field}.content", problems)
@@ -189,12 +201,16 @@ def _parse_openai(obj: dict, problems: _Problems, line: int) -> Example | None:
             elif text is not None:
                 system = text
         elif role in ("user", "assistant"):
+            speaker: Literal["user", "model"] = "model" if role == "assistant" else "user"
+            if roles is not None:
+                roles.append((i, speaker))
             if text is not None:
-                turns.append(Turn("model" if role == "assistant" else "user", (Part("text", text=text),)))
+                turns.append(Turn(speaker, (Part("text", text=text),)))
         else:
             hint = " (the OpenAI form says 'assistant', not 'model')" if role == "model" else ""
             problems.add(f"{field}.role", f"unknown role {role!r}; expected 'system', 'user' or 'assistant'{hint}")
-    return Example(turns=tuple(turns), system=system, line=line)
+            roles = None
+    return Example(turns=tuple(turns), system=system, line=line), roles
 
 
 def _openai_content(content: Any, field: str, problems: _Problems) -> str | None:
@@ -214,15 +230,13 @@ def _openai_content(content: Any, field: str, problems: _Problems) -> str | None
     return content
 
 
-def _check_turn_order(example: Example, problems: _Problems, field: str, require_model_turn: bool) -> None:
-    if problems.items or not example.turns:
-        return
-    offset = 1 if field == "messages" and example.system is not None else 0  # the OpenAI system message
-    if example.turns[0].role != "user":
-        problems.add(f"{field}[{offset}].role", "the first turn must be the user's")
-    for i in range(1, len(example.turns)):
-        if example.turns[i].role == example.turns[i - 1].role:
-            role = example.turns[i].role
-            problems.add(f"{field}[{i + offset}].role", f"two {role} turns in a row; roles must alternate")
-    if require_model_turn and example.turns[-1].role != "model":
+def _check_turn_order(roles: list[tuple[int, str]], problems: _Problems, field: str, require_model_turn: bool) -> None:
+    """User first, then alternating, and (for training) the model's answer last; each problem at its turn."""
+    first, role = roles[0]
+    if role != "user":
+        problems.add(f"{field}[{first}].role", "the first turn must be the user's")
+    for (_, before), (i, role) in zip(roles, roles[1:], strict=False):
+        if role == before:
+            problems.add(f"{field}[{i}].role", f"two {role} turns in a row; roles must alternate")
+    if require_model_turn and roles[-1][1] != "model":
         problems.add(field, "no model turn at the end; the last turn must be the model's answer")

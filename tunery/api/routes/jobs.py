@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tunery.api import limits
 from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, wake_scheduler
-from tunery.api.errors import invalid
+from tunery.api.errors import also_check, invalid
 from tunery.api.limits import ApiSettings
 from tunery.api.paths import resolve_base_model, resolve_dataset
 from tunery.api.schemas import (
@@ -57,6 +57,52 @@ SSE_BATCH = 100
 SSE_RESPONSE = {"text/event-stream": {"schema": {"type": "string"}}}
 
 
+REFERENCE_FIELDS = {
+    "train": "supervisedTuningSpec.trainingDatasetUri",
+    "validation": "supervisedTuningSpec.validationDatasetUri",
+    "base_model": "baseModel",
+}
+
+
+def _resolve(
+    refs: dict[str, str | None], base_model: str | None, tenant: str, store: Store, settings: ApiSettings
+) -> tuple[dict[str, str], dict[str, StoredFile], list[tuple[str, str]]]:
+    """The paths of the datasets (``refs``) and the base model a create names, the uploads among them, and a
+    ``(field, message)`` for each one that names nothing this tenant may use."""
+    paths: dict[str, str] = {}
+    uploads: dict[str, StoredFile] = {}
+    problems: list[tuple[str, str]] = []
+    for key, ref in [*refs.items(), ("base_model", base_model)]:
+        if ref is None:
+            continue
+        field = REFERENCE_FIELDS[key]
+        try:
+            if key == "base_model":
+                paths[key] = resolve_base_model(ref, settings.data_root, field)
+            else:
+                paths[key], record = resolve_dataset(ref, tenant, store, settings.data_root, field)
+                if record is not None:
+                    uploads[key] = record
+        except ConfigError as exc:
+            problems.append((field, str(exc).removeprefix(f"{field}: ")))
+    return paths, uploads, problems
+
+
+def _reference_problems(request: Request, body: Any) -> list[tuple[str, str]]:
+    """The datasets and base model of a create that failed its schema, resolved as a valid one's would be, so
+    that one answer lists every problem."""
+    body = body if isinstance(body, dict) else {}
+    tuning = body.get("supervisedTuningSpec")
+    tuning = tuning if isinstance(tuning, dict) else {}
+    refs = {"train": _text(tuning.get("trainingDatasetUri")), "validation": _text(tuning.get("validationDatasetUri"))}
+    state = request.app.state
+    return _resolve(refs, _text(body.get("baseModel")), request.state.tenant, state.store, state.settings)[2]
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 @router.post(
     "",
     status_code=201,
@@ -69,6 +115,7 @@ SSE_RESPONSE = {"text/event-stream": {"schema": {"type": "string"}}}
         **ERRORS,
     },
 )
+@also_check(_reference_problems)
 def create_job(
     body: CreateTuningJobRequest,
     request: Request,
@@ -103,34 +150,14 @@ def create_job(
 def _spec(
     body: CreateTuningJobRequest, tenant: str, store: Store, settings: ApiSettings, job_id: str
 ) -> tuple[TuningSpec, dict[str, StoredFile]]:
-    """The ``TuningSpec`` the request describes, and the uploads it names; one ConfigError lists every problem."""
+    """The ``TuningSpec`` the request describes, and the uploads it names; one 400 names every problem."""
     tuning, hp = body.supervised_tuning_spec, body.supervised_tuning_spec.hyper_parameters
-    problems: list[str] = []
-    uploads: dict[str, StoredFile] = {}
-    paths: dict[str, str | None] = {"train": None, "validation": None, "base_model": None}
-    refs = {
-        "train": ("supervisedTuningSpec.trainingDatasetUri", tuning.training_dataset_uri),
-        "validation": ("supervisedTuningSpec.validationDatasetUri", tuning.validation_dataset_uri),
-    }
-    for key, (field, ref) in refs.items():
-        if ref is None:
-            continue
-        try:
-            paths[key], record = resolve_dataset(ref, tenant, store, settings.data_root, field)
-        except ConfigError as exc:
-            problems.append(str(exc))
-            continue
-        if record is not None:
-            uploads[key] = record
-    if body.base_model is not None:
-        try:
-            paths["base_model"] = resolve_base_model(body.base_model, settings.data_root)
-        except ConfigError as exc:
-            problems.append(str(exc))
+    refs = {"train": tuning.training_dataset_uri, "validation": tuning.validation_dataset_uri}
+    paths, uploads, problems = _resolve(refs, body.base_model, tenant, store, settings)
     values: dict[str, Any] = {
-        "train": paths["train"] or "unresolved",
-        "validation": paths["validation"],
-        "base_model": paths["base_model"],
+        "train": paths.get("train", "unresolved"),
+        "validation": paths.get("validation"),
+        "base_model": paths.get("base_model"),
         "method": body.tuning_mode,
         "display_name": body.tuned_model_display_name,
         **{HYPER_PARAMETERS[name]: value for name, value in hp.model_dump(by_alias=True).items()},
@@ -142,9 +169,9 @@ def _spec(
             labels=dict(body.labels),
         )
     except ConfigError as exc:
-        problems.append(str(exc))
+        problems.append(("supervisedTuningSpec", str(exc)))
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise invalid(problems)
     return spec, uploads
 
 
