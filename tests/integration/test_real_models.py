@@ -94,3 +94,20 @@ def test_gemma_gets_its_turn_format_and_stops_at_end_of_turn():
     assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in engine.stop_ids
     result = engine.generate(user_example("Say hello."), GenerationConfig(max_output_tokens=4))
     assert result.output_tokens <= 4 and result.prompt_tokens == engine.count_tokens(user_example("Say hello."))
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m-instruct", "gemma-3-270m"])
+def test_a_batch_answers_as_each_prompt_alone_on_the_real_models(model):
+    engine = Engine(model)
+    prompts = [
+        user_example("Name three colours."),
+        user_example("In one sentence, why do banks charge a fee when a card is used abroad in another currency?"),
+        user_example("Say hello."),
+    ]
+    configs = [GenerationConfig(max_output_tokens=n) for n in (24, 16, 8)]
+    alone = [engine.generate(p, c) for p, c in zip(prompts, configs, strict=True)]
+    batched = engine.generate_batch([engine.prompt(p, c) for p, c in zip(prompts, configs, strict=True)], configs)
+    assert [(g.text, g.output_tokens, g.finish_reason) for g in batched] == [
+        (g.text, g.output_tokens, g.finish_reason) for g in alone
+    ]
+    assert all(g.text for g in alone)

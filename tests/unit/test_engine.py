@@ -12,6 +12,7 @@ import pytest
 from tunery.data import parse_example, prompt_ids, user_example
 from tunery.errors import ModelError
 from tunery.serving import Engine, GenerationConfig
+from tunery.serving.engine import batchable
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,39 @@ def test_sampling_with_a_seed_is_reproducible(engine, examples):
     a = engine.generate(examples[1].prompt(), config)
     b = engine.generate(examples[1].prompt(), config)
     assert (a.text, a.output_tokens) == (b.text, b.output_tokens)
+
+
+def _answers(generations):
+    return [(g.text, g.output_tokens, g.finish_reason, g.prompt_tokens) for g in generations]
+
+
+def test_a_batch_answers_each_prompt_as_it_is_answered_alone(engine, examples):
+    prompts = [e.prompt() for e in examples[:4]] + [user_example("hi")]  # of several lengths: left padding
+    configs = [GenerationConfig(max_output_tokens=n) for n in (6, 3, 8, 1, 5)]
+    ids = [engine.prompt(p, c) for p, c in zip(prompts, configs, strict=True)]
+    assert len({len(i) for i in ids}) > 1
+    alone = [engine.generate(p, c) for p, c in zip(prompts, configs, strict=True)]
+    assert _answers(engine.generate_batch(ids, configs)) == _answers(alone)
+
+
+def test_a_batch_cuts_each_answer_at_its_own_stop_or_limit(tuned_lora, examples):
+    engine = Engine(tuned_lora)  # answers a label, then its end-of-turn token
+    prompts = [examples[0].prompt(), examples[1].prompt(), user_example("a much longer question " * 5)]
+    configs = [GenerationConfig(max_output_tokens=n) for n in (20, 2, 12)]
+    alone = [engine.generate(p, c) for p, c in zip(prompts, configs, strict=True)]
+    batched = engine.generate_batch([engine.prompt(p, c) for p, c in zip(prompts, configs, strict=True)], configs)
+    assert _answers(batched) == _answers(alone)
+    assert {g.finish_reason for g in alone} == {"STOP", "MAX_TOKENS"}
+
+
+def test_only_greedy_requests_without_stop_sequences_share_a_batch(tiny_model):
+    engine = Engine(tiny_model)
+    ids = [engine.prompt(user_example("hi"), GenerationConfig())] * 2
+    for other in (GenerationConfig(temperature=1.0), GenerationConfig(stop_sequences=("x",))):
+        assert not batchable(other)
+        with pytest.raises(ValueError, match="only greedy requests"):
+            engine.generate_batch(ids, [GenerationConfig(), other])
+    assert batchable(GenerationConfig(max_output_tokens=9, seed=3))
 
 
 def test_prompt_too_long_for_the_context(tiny_model):

@@ -10,12 +10,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from typer.testing import CliRunner
 
 from tunery.cli import app
-from tunery.errors import DatasetError, ModelError, NotFoundError, ServingError
+from tunery.errors import ConfigError, DatasetError, ModelError, NotFoundError, ServingError
 from tunery.serving import Engine
 from tunery.serving.gemini import (
     Generation,
@@ -131,6 +133,90 @@ def test_models_are_kept_least_recently_used_and_evicted(host, tiny_model, tiny_
     assert host.ping()["models"] == [str(tiny_model), gemma]  # at most 2; the least recently used went first
     assert host.evict(gemma) is True and host.evict(gemma) is False
     assert host.ping()["models"] == [str(tiny_model)]
+
+
+def _body(text: str, **config) -> dict:
+    return {"contents": [{"role": "user", "parts": [{"text": text}]}], "generationConfig": config}
+
+
+BATCH_BODIES = [
+    _body("my card never arrived", maxOutputTokens=8),
+    _body("hi", maxOutputTokens=3),
+    _body("why was my transfer declined yesterday, and what do I do now?", maxOutputTokens=6),
+    _body("x", maxOutputTokens=0),  # refused by itself, a 400
+    _body("my card never arrived", maxOutputTokens=4, temperature=1.0, seed=3),  # sampled: generated alone
+    _body("my card never arrived", maxOutputTokens=5, stopSequences=["_"]),  # a stop sequence: alone too
+]
+
+
+def _outcome(host, model, body):
+    try:
+        return _without_latency(host.generate(model, body))
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+
+
+def _in_line(host, model, bodies, monkeypatch):
+    """Each body's outcome when all of them wait for a busy host, and the ops that were sent for them."""
+    sent, call = [], host._call
+    monkeypatch.setattr(
+        host, "_call", lambda op, fields: sent.append((op, len(fields.get("items", [1])))) or call(op, fields)
+    )
+    results = [None] * len(bodies)
+
+    def run(i):
+        results[i] = _outcome(host, model, bodies[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(bodies))]
+    with host._lock:  # the host is busy: every call waits in line
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(host._line) < len(bodies) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(60)
+    monkeypatch.undo()
+    return results, sent
+
+
+def test_calls_that_wait_for_the_host_go_as_one_batch_and_get_their_own_answers(host, tuned_lora, monkeypatch):
+    model = str(tuned_lora)
+    alone = [_outcome(host, model, body) for body in BATCH_BODIES]
+    assert alone[3][0] == "DatasetError" and all(isinstance(r, dict) for r in alone[:3] + alone[4:])
+    results, sent = _in_line(host, model, BATCH_BODIES, monkeypatch)
+    assert sent == [("generateBatch", len(BATCH_BODIES))]
+    assert results == alone
+
+
+def test_at_most_max_batch_calls_go_together(tiny_model, monkeypatch):
+    model = str(tiny_model)
+    bodies = [_body(f"question {i}", maxOutputTokens=3) for i in range(5)]
+    with ModelHost(env=CHILD_ENV, timeout=60, max_batch=2) as small:
+        alone = [_outcome(small, model, body) for body in bodies]
+        results, sent = _in_line(small, model, bodies, monkeypatch)
+    assert sorted(sent) == [("generate", 1), ("generateBatch", 2), ("generateBatch", 2)]
+    assert results == alone
+
+
+def test_a_host_that_dies_fails_every_call_of_its_batch_then_restarts(tiny_model, monkeypatch):
+    model = str(tiny_model)
+    bodies = [_body(f"question {i}", maxOutputTokens=3) for i in range(3)]
+    with ModelHost(env=CHILD_ENV, timeout=60) as dying:
+        os.kill(dying.ping()["pid"], signal.SIGKILL)
+        dying._proc.wait(10)
+        results, sent = _in_line(dying, model, bodies, monkeypatch)
+        assert sent == [("generateBatch", 3)]
+        assert [r[0] for r in results] == ["ServingError"] * 3 and all("exited" in r[1] for r in results)
+        assert dying.generate(model, bodies[0])["candidates"]
+
+
+def test_max_batch_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("TUNERY_SERVING_MAX_BATCH", "3")
+    assert ModelHost().max_batch == 3
+    monkeypatch.setenv("TUNERY_SERVING_MAX_BATCH", "0")
+    with pytest.raises(ConfigError, match="TUNERY_SERVING_MAX_BATCH='0'"):
+        ModelHost()
 
 
 # --- the process: crashes, timeouts, the protocol ------------------------------------------------------------

@@ -10,7 +10,8 @@ goes to stderr, so it can never corrupt a reply. ``tunery.serving.process.ModelH
     {"id": 1, "ok": true, "result": {"candidates": [...], "usageMetadata": {...}}}
     {"id": 2, "ok": false, "error": {"code": 400, "type": "DatasetError", "message": "..."}}
 
-Ops (one ``Host`` method each): ``generate``, ``countTokens``, ``validate``, ``evict``, ``ping``. A
+Ops (one ``Host`` method each): ``generate``, ``generateBatch`` (several generate requests, each
+answered by itself), ``countTokens``, ``validate``, ``evict``, ``ping``. A
 ``TuneryError`` answers code 400 with its message (a ``DatasetError`` also sends ``summary`` and
 ``problems``), a model that does not exist 404, anything else 500 with its traceback on stderr.
 At most ``$TUNERY_SERVING_MAX_MODELS`` (default 2) engines stay loaded, least recently used dropped first.
@@ -26,13 +27,15 @@ import traceback
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TextIO, TypeVar
 
 from tunery.data.formats import Example
-from tunery.errors import ConfigError, DatasetError, ModelError, NotFoundError, TuneryError
+from tunery.errors import ConfigError, DatasetError, NotFoundError, TuneryError
 from tunery.models.catalog import CATALOG, DEFAULT_MODEL
 from tunery.serving.gemini import (
+    GenerationConfig,
     count_tokens_response,
     generate_response,
     parse_count_tokens_request,
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
 
 MAX_MODELS_ENV = "TUNERY_SERVING_MAX_MODELS"
 MAX_TOKENIZERS = 8
+BATCH_TOKENS = 16384  # prompts plus answers, padded, in one batch: about 0.8 GB of cache on the 135M model
 
 T = TypeVar("T")
 
@@ -85,6 +89,7 @@ class Host:
         self.tokenizers: _LRU[Any] = _LRU(MAX_TOKENIZERS)
         self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "generate": self.generate,
+            "generateBatch": self.generate_batch,
             "countTokens": self.count_tokens,
             "validate": self.validate,
             "evict": self.evict,
@@ -99,17 +104,50 @@ class Host:
 
     def generate(self, request: dict[str, Any]) -> dict[str, Any]:
         """``{model, request, maxPromptTokens?, modelVersion?}`` → Gemini's ``GenerateContentResponse``."""
+        engine, ids, config = self._prepare(request)
+        generation = engine.generate_batch([ids], [config])[0]
+        return generate_response(generation, request.get("modelVersion") or _version(_model(request)))
+
+    def generate_batch(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``{items: [generate request, ...]}`` → ``{replies: [{ok, result} | {ok: false, error}, ...]}``, in order.
+
+        Each item is checked alone (a bad one fails by itself); ``batchable`` items for the same model are
+        generated together, at most ``BATCH_TOKENS`` padded tokens at a time; others one by one.
+        """
+        from tunery.serving.engine import batchable
+
+        items = _required(request, "items")
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise ProtocolError("generateBatch: 'items' must be a list of generate requests")
+        replies: list[dict[str, Any]] = [{}] * len(items)
+        groups: dict[Any, list[_Prompt]] = {}
+        for i, item in enumerate(items):
+            prepared = outcome(partial(self._prepare, item))
+            if not prepared["ok"]:
+                replies[i] = prepared
+                continue
+            prompt = _Prompt(i, *prepared["result"])
+            groups.setdefault(prompt.engine.name if batchable(prompt.config) else i, []).append(prompt)
+        for group in groups.values():
+            for chunk in _chunks(group):
+                engine = chunk[0].engine
+                done = outcome(partial(engine.generate_batch, [p.ids for p in chunk], [p.config for p in chunk]))
+                for prompt, generation in zip(chunk, done["result"] if done["ok"] else [None] * len(chunk)):
+                    item = items[prompt.position]
+                    version = item.get("modelVersion") or _version(engine.name)
+                    replies[prompt.position] = (
+                        {"ok": True, "result": generate_response(generation, version)} if generation else done
+                    )
+        return {"replies": replies}
+
+    def _prepare(self, request: dict[str, Any]) -> tuple[Engine, list[int], GenerationConfig]:
+        """A generate request checked and tokenized: its engine, prompt ids and generation settings."""
         model = _model(request)
         example, config = parse_generate_request(request.get("request"))
         _check_text_only(example, model, "generateContent request")
         engine = self._engine(model)
-        limit = request.get("maxPromptTokens")
-        if limit is not None:
-            n = engine.count_tokens(example)
-            if n > limit:
-                raise ModelError(f"prompt of {n} tokens is over this server's limit of {limit} prompt tokens")
-        generation = engine.generate(example, config)
-        return generate_response(generation, request.get("modelVersion") or _version(model))
+        ids = engine.prompt(example, config, request.get("maxPromptTokens"))
+        return engine, ids, config
 
     def count_tokens(self, request: dict[str, Any]) -> dict[str, Any]:
         """``{model, request}`` → ``{totalTokens}``: the prompt's tokens, as ``Engine.count_tokens`` counts them."""
@@ -217,6 +255,44 @@ def _check_text_only(example: Example, model: str, what: str) -> None:
         raise request_error(what, problems)
 
 
+class _Prompt(NamedTuple):
+    """One checked item of a ``generateBatch``: where it is in the request, and what generates it."""
+
+    position: int
+    engine: Engine
+    ids: list[int]
+    config: GenerationConfig
+
+
+def _chunks(group: list[_Prompt]) -> list[list[_Prompt]]:
+    """Runs of ``group``, in order, whose padded batch stays within ``BATCH_TOKENS`` (one prompt at least)."""
+    chunks: list[list[_Prompt]] = [[]]
+    for prompt in group:
+        trial = [*chunks[-1], prompt]
+        if len(trial) > 1 and len(trial) * max(len(p.ids) + p.config.max_output_tokens for p in trial) > BATCH_TOKENS:
+            chunks.append([prompt])
+        else:
+            chunks[-1] = trial
+    return [chunk for chunk in chunks if chunk]
+
+
+def outcome(work: Callable[[], Any]) -> dict[str, Any]:
+    """``{"ok": true, "result": work()}``, or ``{"ok": false, "error": ...}`` for what it raised; never raises
+    but for a ``ProtocolError`` (a bug in the client) or a ``KeyboardInterrupt``."""
+    try:
+        return {"ok": True, "result": work()}
+    except ProtocolError:
+        raise
+    except NotFoundError as exc:
+        return {"ok": False, "error": _user_error(404, exc)}
+    except TuneryError as exc:
+        return {"ok": False, "error": _user_error(400, exc)}
+    except Exception as exc:
+        traceback.print_exc()
+        message = f"{type(exc).__name__}: {exc}"
+        return {"ok": False, "error": {"code": 500, "type": type(exc).__name__, "message": message}}
+
+
 def reply(host: Host, line: str) -> dict[str, Any]:
     """The reply to one request line; never raises."""
     request_id = None
@@ -225,11 +301,7 @@ def reply(host: Host, line: str) -> dict[str, Any]:
         if not isinstance(request, dict):
             raise ProtocolError("a request must be a JSON object")
         request_id = request.get("id")
-        return {"id": request_id, "ok": True, "result": host.handle(request)}
-    except NotFoundError as exc:
-        return {"id": request_id, "ok": False, "error": _user_error(404, exc)}
-    except TuneryError as exc:
-        return {"id": request_id, "ok": False, "error": _user_error(400, exc)}
+        return {"id": request_id, **outcome(lambda: host.handle(request))}
     except Exception as exc:
         traceback.print_exc()
         message = f"{type(exc).__name__}: {exc}"

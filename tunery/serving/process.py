@@ -5,8 +5,8 @@
     host.close()
 
 The host (``python -m tunery.serving.host``) starts on the first call and keeps its models loaded
-between calls. One call runs at a time. Errors come back as exceptions that say which HTTP status
-to answer (``http_status``):
+between calls. One call runs at a time; generate calls that wait for it go together, as one batch.
+Errors come back as exceptions that say which HTTP status to answer (``http_status``):
 
     DatasetError, ModelError, ConfigError, JobError   400  the request is wrong (DatasetError lists every field)
     NotFoundError                                     404  the model does not exist
@@ -44,6 +44,8 @@ from tunery.errors import (
 from tunery.serving.gemini import RequestProblem
 
 HOST_COMMAND = [sys.executable, "-m", "tunery.serving.host"]
+MAX_BATCH_ENV = "TUNERY_SERVING_MAX_BATCH"
+DEFAULT_MAX_BATCH = 8
 USER_ERRORS: dict[str, type[TuneryError]] = {
     cls.__name__: cls for cls in (ConfigError, DatasetError, JobError, ModelError, TuneryError)
 }
@@ -54,16 +56,25 @@ class ModelHost:
 
     ``env`` adds to (or overrides) this process's environment for the host; ``timeout`` is the most
     seconds one call may take, loading its model included; ``log_path`` receives the host's stderr
-    (appended), which otherwise goes to this process's stderr.
+    (appended), which otherwise goes to this process's stderr; ``max_batch`` (default
+    ``$TUNERY_SERVING_MAX_BATCH``, else 8) is the most generate calls sent together, 1 for none.
     """
 
     def __init__(
-        self, env: dict[str, str] | None = None, timeout: float = 300, log_path: str | Path | None = None
+        self,
+        env: dict[str, str] | None = None,
+        timeout: float = 300,
+        log_path: str | Path | None = None,
+        max_batch: int | None = None,
     ) -> None:
         self.env = dict(env or {})
         self.timeout = timeout
         self.log_path = Path(log_path) if log_path else None
+        self.max_batch = max_batch if max_batch is not None else _max_batch()
         self._lock = threading.Lock()
+        self._turn = threading.Condition()  # guards the line of generate calls and whether one is sending
+        self._line: list[_Waiting] = []
+        self._sending = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._buffer = b""
@@ -77,17 +88,8 @@ class ModelHost:
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
         """Run one op on the host and return its result; raises what the host reported (see the module doc)."""
         with self._lock:
-            self._last_id += 1
-            line = json.dumps({"id": self._last_id, "op": op, **fields}) + "\n"
-            proc = self._running(op)
-            try:
-                reply = self._exchange(proc, line, op)
-            except ServingError:
-                self._stop(kill=True)
-                raise
-        if reply.get("ok"):
-            return reply["result"]
-        raise _error(reply.get("error") or {})
+            reply = self._call(op, fields)
+        return _result(reply)
 
     def generate(
         self,
@@ -96,10 +98,72 @@ class ModelHost:
         max_prompt_tokens: int | None = None,
         model_version: str | None = None,
     ) -> dict[str, Any]:
-        """Gemini's ``GenerateContentResponse`` for a generateContent body; ``model_version`` names the model in it."""
-        return self.call(
-            "generate", model=model, request=request, maxPromptTokens=max_prompt_tokens, modelVersion=model_version
+        """Gemini's ``GenerateContentResponse`` for a generateContent body; ``model_version`` names the model in it.
+
+        Calls that arrive while the host is busy wait in line; whichever caller gets the host next sends the
+        oldest waiting ones for its model (up to ``max_batch``) as one ``generateBatch``.
+        """
+        waiting = _Waiting(
+            {"model": model, "request": request, "maxPromptTokens": max_prompt_tokens, "modelVersion": model_version}
         )
+        with self._turn:
+            self._line.append(waiting)
+        while self._claim(waiting):
+            try:
+                with self._lock:
+                    self._generate_next(model)
+            finally:
+                with self._turn:
+                    self._sending = False
+                    self._turn.notify_all()
+        reply = waiting.reply
+        if isinstance(reply, BaseException):
+            raise reply
+        assert reply is not None
+        return _result(reply)
+
+    def _claim(self, waiting: _Waiting) -> bool:
+        """Wait while another caller sends; then send (True), unless ``waiting`` has been answered (False)."""
+        with self._turn:
+            while self._sending and waiting.reply is None:
+                self._turn.wait()
+            if waiting.reply is not None:
+                return False
+            self._sending = True
+            return True
+
+    def _generate_next(self, model: str) -> None:
+        """Send the oldest waiting generate calls for ``model`` (the caller holds the lock) and hand out the replies."""
+        with self._turn:
+            batch = [w for w in self._line if w.request["model"] == model][: self.max_batch]
+            self._line = [w for w in self._line if w not in batch]
+        try:
+            if len(batch) == 1:
+                replies = [self._call("generate", batch[0].request)]
+            else:
+                reply = self._call("generateBatch", {"items": [w.request for w in batch]})
+                replies = reply["result"]["replies"] if reply.get("ok") else [reply] * len(batch)
+        except ServingError as exc:
+            for w in batch:
+                w.reply = ServingError(str(exc), exc.code)
+            return
+        except BaseException as exc:
+            for w in batch:
+                w.reply = ServingError(f"the generate call failed: {exc!r}", 500)
+            raise
+        for w, reply in zip(batch, replies, strict=True):
+            w.reply = reply
+
+    def _call(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """One request and its reply (the caller holds the lock); a host that fails is stopped, ServingError raised."""
+        self._last_id += 1
+        line = json.dumps({"id": self._last_id, "op": op, **fields}) + "\n"
+        proc = self._running(op)
+        try:
+            return self._exchange(proc, line, op)
+        except ServingError:
+            self._stop(kill=True)
+            raise
 
     def count_tokens(self, model: str, request: dict[str, Any]) -> dict[str, Any]:
         """Gemini's ``CountTokensResponse`` (``{"totalTokens": n}``) for a countTokens body."""
@@ -216,6 +280,28 @@ class ModelHost:
             self._log.close()
             self._log = None
         self._buffer = b""
+
+
+class _Waiting:
+    """A generate call in line for the host, and then its reply (or the error that ended its batch)."""
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.request = request
+        self.reply: dict[str, Any] | BaseException | None = None
+
+
+def _max_batch() -> int:
+    value = os.environ.get(MAX_BATCH_ENV, str(DEFAULT_MAX_BATCH))
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{MAX_BATCH_ENV}={value!r}: expected a whole number of at least 1")
+    return int(value)
+
+
+def _result(reply: dict[str, Any]) -> dict[str, Any]:
+    """An ``ok`` reply's result; the error it reports, raised."""
+    if reply.get("ok"):
+        return reply["result"]
+    raise _error(reply.get("error") or {})
 
 
 def _close(stream: IO[bytes] | None) -> None:
