@@ -492,8 +492,9 @@ def test_jobs_list_newest_first_by_page_state_and_label(api: Api) -> None:
         if not token:
             break
     assert seen == names[::-1]
-    by_label = api.client.get("/v1/tuningJobs", params=[("label", "team:a"), ("label", "n:3")]).json()
-    assert [job["name"] for job in by_label["tuningJobs"]] == [names[3]]
+    for filters in ([("label", "team:a"), ("label", "n:3")], [("label", "team=a"), ("label", "n=3")]):
+        by_label = api.client.get("/v1/tuningJobs", params=filters).json()
+        assert [job["name"] for job in by_label["tuningJobs"]] == [names[3]]
     cancelled = api.client.get("/v1/tuningJobs", params={"state": "JOB_STATE_CANCELLED"}).json()["tuningJobs"]
     assert [job["name"] for job in cancelled] == [names[0]]
 

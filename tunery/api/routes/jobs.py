@@ -183,7 +183,7 @@ def read_jobs(
     tenant: Tenant,
     store: StoreDep,
     state: State | None = None,
-    label: Annotated[list[str] | None, Query(description="key:value; repeat to require several")] = None,
+    label: Annotated[list[str] | None, Query(description="key:value (or key=value); repeat to require several")] = None,
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=limits.MAX_PAGE_SIZE)] = limits.DEFAULT_PAGE_SIZE,
     page_token: Annotated[str | None, Query(alias="pageToken", pattern=r"^[0-9]{1,18}$")] = None,
 ) -> dict[str, Any]:
@@ -196,15 +196,16 @@ def read_jobs(
 
 
 def _labels(filters: list[str]) -> dict[str, str]:
-    """``["team:nlp", "env:prod"]`` → ``{"team": "nlp", "env": "prod"}``; 400 names each bad filter."""
+    """``["team:nlp", "env=prod"]`` → ``{"team": "nlp", "env": "prod"}`` (neither separator can be part of a label
+    key or value, so both are taken, ``=`` as the CLI writes it); 400 names each bad filter."""
     labels: dict[str, str] = {}
     problems = []
     if len(filters) > limits.MAX_LABELS:
         problems.append(("label", f"at most {limits.MAX_LABELS} filters"))
     for i, item in enumerate(filters[: limits.MAX_LABELS]):
-        key, sep, value = item.partition(":")
+        key, sep, value = item.partition(":") if ":" in item else item.partition("=")
         if not sep or not re.fullmatch(LABEL_KEY, key) or len(value) > limits.MAX_LABEL_LENGTH:
-            problems.append((f"label[{i}]", f"{item[:80]!r}: expected key:value with a label key"))
+            problems.append((f"label[{i}]", f"{item[:80]!r}: expected key:value (or key=value) with a label key"))
         else:
             labels[key] = value
     if problems:
