@@ -285,7 +285,10 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         shutil.chown(root, "postgres")
         shutil.chown(sockets, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
+        runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")  # sbin: off some PATHs
+        if runuser is None:
+            pytest.fail("running as root, the PostgreSQL tests need util-linux's runuser to start it as 'postgres'")
+        as_user = [runuser, "-u", "postgres", "--"]
     run = lambda *args: subprocess.run([*as_user, *args], check=True, capture_output=True)  # noqa: E731
     run(str(bin_dir / "initdb"), "-D", str(data), "-U", "tunery", "--auth=trust", "-E", "UTF8")
     server = subprocess.Popen(
