@@ -106,7 +106,7 @@ class Host:
         """``{model, request, maxPromptTokens?, modelVersion?}`` → Gemini's ``GenerateContentResponse``."""
         engine, ids, config = self._prepare(request)
         generation = engine.generate_batch([ids], [config])[0]
-        return generate_response(generation, request.get("modelVersion") or _version(_model(request)))
+        return generate_response(generation, request.get("modelVersion") or _version(engine.name))
 
     def generate_batch(self, request: dict[str, Any]) -> dict[str, Any]:
         """``{items: [generate request, ...]}`` → ``{replies: [{ok, result} | {ok: false, error}, ...]}``, in order.
@@ -132,11 +132,10 @@ class Host:
             for chunk in _chunks(group):
                 engine = chunk[0].engine
                 done = outcome(partial(engine.generate_batch, [p.ids for p in chunk], [p.config for p in chunk]))
-                for prompt, generation in zip(chunk, done["result"] if done["ok"] else [None] * len(chunk)):
-                    item = items[prompt.position]
-                    version = item.get("modelVersion") or _version(engine.name)
+                for n, prompt in enumerate(chunk):
+                    version = items[prompt.position].get("modelVersion") or _version(engine.name)
                     replies[prompt.position] = (
-                        {"ok": True, "result": generate_response(generation, version)} if generation else done
+                        {"ok": True, "result": generate_response(done["result"][n], version)} if done["ok"] else done
                     )
         return {"replies": replies}
 

@@ -65,14 +65,14 @@ REFERENCE_FIELDS = {
 
 
 def _resolve(
-    refs: dict[str, str | None], base_model: str | None, tenant: str, store: Store, settings: ApiSettings
+    train: str | None, validation: str | None, base_model: str | None, tenant: str, store: Store, settings: ApiSettings
 ) -> tuple[dict[str, str], dict[str, StoredFile], list[tuple[str, str]]]:
-    """The paths of the datasets (``refs``) and the base model a create names, the uploads among them, and a
+    """The paths of the datasets and the base model a create names, the uploads among them, and a
     ``(field, message)`` for each one that names nothing this tenant may use."""
     paths: dict[str, str] = {}
     uploads: dict[str, StoredFile] = {}
     problems: list[tuple[str, str]] = []
-    for key, ref in [*refs.items(), ("base_model", base_model)]:
+    for key, ref in (("train", train), ("validation", validation), ("base_model", base_model)):
         if ref is None:
             continue
         field = REFERENCE_FIELDS[key]
@@ -94,9 +94,12 @@ def _reference_problems(request: Request, body: Any) -> list[tuple[str, str]]:
     body = body if isinstance(body, dict) else {}
     tuning = body.get("supervisedTuningSpec")
     tuning = tuning if isinstance(tuning, dict) else {}
-    refs = {"train": _text(tuning.get("trainingDatasetUri")), "validation": _text(tuning.get("validationDatasetUri"))}
+    train, validation = _text(tuning.get("trainingDatasetUri")), _text(tuning.get("validationDatasetUri"))
     state = request.app.state
-    return _resolve(refs, _text(body.get("baseModel")), request.state.tenant, state.store, state.settings)[2]
+    _, _, problems = _resolve(
+        train, validation, _text(body.get("baseModel")), request.state.tenant, state.store, state.settings
+    )
+    return problems
 
 
 def _text(value: Any) -> str | None:
@@ -152,8 +155,9 @@ def _spec(
 ) -> tuple[TuningSpec, dict[str, StoredFile]]:
     """The ``TuningSpec`` the request describes, and the uploads it names; one 400 names every problem."""
     tuning, hp = body.supervised_tuning_spec, body.supervised_tuning_spec.hyper_parameters
-    refs = {"train": tuning.training_dataset_uri, "validation": tuning.validation_dataset_uri}
-    paths, uploads, problems = _resolve(refs, body.base_model, tenant, store, settings)
+    paths, uploads, problems = _resolve(
+        tuning.training_dataset_uri, tuning.validation_dataset_uri, body.base_model, tenant, store, settings
+    )
     values: dict[str, Any] = {
         "train": paths.get("train", "unresolved"),
         "validation": paths.get("validation"),
