@@ -72,6 +72,15 @@ class FakeHost:
         self._call("countTokens", model, request)
         return {"totalTokens": 7}
 
+    async def agenerate(self, model: str, request: dict, *, max_prompt_tokens=None, model_version=None, timeout=None):
+        return self.generate(model, request, max_prompt_tokens, model_version)
+
+    async def astream(self, model: str, request: dict, *, max_prompt_tokens=None, model_version=None, timeout=None):
+        yield self.generate(model, request, max_prompt_tokens, model_version)
+
+    async def acount_tokens(self, model: str, request: dict, *, timeout=None):
+        return self.count_tokens(model, request)
+
     def evict(self, model: str) -> bool:
         self._call("evict", model)
         return True

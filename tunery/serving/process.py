@@ -19,6 +19,7 @@ next call starts a fresh one.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -27,6 +28,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -121,6 +125,45 @@ class ModelHost:
             raise reply
         assert reply is not None
         return _result(reply)
+
+    # The asynchronous interface the API awaits (never blocking an event loop or its shared thread pool).
+    # Contract for every caller: ``timeout`` bounds the whole call (ServingError 504 past it); cancelling the
+    # awaiting task (a client that went away) cancels the call, so it holds no batch row afterwards.
+
+    async def agenerate(
+        self,
+        model: str,
+        request: dict[str, Any],
+        *,
+        max_prompt_tokens: int | None = None,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """``generate``, awaited: Gemini's ``GenerateContentResponse``."""
+        work = partial(self.generate, model, request, max_prompt_tokens, model_version)
+        return await _awaited(work, timeout, "generateContent")
+
+    async def astream(
+        self,
+        model: str,
+        request: dict[str, Any],
+        *,
+        max_prompt_tokens: int | None = None,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The answer as ``GenerateContentResponse`` chunks: each chunk's ``candidates[0].content.parts[0].text``
+        is the text new since the previous chunk; the last chunk carries ``finishReason`` and
+        ``usageMetadata``. Closing the iterator early cancels the call."""
+        yield await self.agenerate(
+            model, request, max_prompt_tokens=max_prompt_tokens, model_version=model_version, timeout=timeout
+        )
+
+    async def acount_tokens(
+        self, model: str, request: dict[str, Any], *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """``count_tokens``, awaited."""
+        return await _awaited(partial(self.count_tokens, model, request), timeout, "countTokens")
 
     def _claim(self, waiting: _Waiting) -> bool:
         """Wait while another caller sends; then send (True), unless ``waiting`` has been answered (False)."""
@@ -338,3 +381,15 @@ def http_status(exc: BaseException) -> int:
     if isinstance(exc, TuneryError):
         return 400
     return 500
+
+
+_CALLERS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="tunery-host-call")
+"""Threads that wait on the host for the async interface: never the event loop's shared pool."""
+
+
+async def _awaited(work: Callable[[], dict[str, Any]], timeout: float | None, what: str) -> dict[str, Any]:
+    future = asyncio.get_running_loop().run_in_executor(_CALLERS, work)
+    try:
+        return await asyncio.wait_for(future, timeout)
+    except TimeoutError:
+        raise ServingError(f"{what} did not finish within {timeout:g} s", 504) from None

@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from tunery.api import generation
 from tunery.api.deps import HostDep, SettingsDep, StoreDep, Tenant
 from tunery.api.schemas import (
     CountTokensRequest,
@@ -30,7 +31,6 @@ from tunery.api.schemas import (
 )
 from tunery.errors import ConfigError, NotFoundError, TuneryError
 from tunery.evaluation.evaluate import EVALUATION_FILE
-from tunery.jobs.store import Store
 from tunery.models.catalog import CATALOG, CatalogEntry
 from tunery.serving import gemini
 
@@ -116,13 +116,6 @@ def read_evaluation(model_id: ModelId, tenant: Tenant, store: StoreDep) -> dict[
     return {"model": name, **{key: stored[key] for key in keep if key in stored}}
 
 
-def servable(model_id: str, tenant: str, store: Store) -> str:
-    """What the model host loads for ``models/{model_id}``: a catalog id, or the tenant's tuned model directory."""
-    if model_id in CATALOG:
-        return model_id
-    return store.get_tuned_model(tenant, model_id).path
-
-
 def _body(request: GenerateContentRequest | CountTokensRequest) -> dict[str, Any]:
     return request.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
 
@@ -133,19 +126,13 @@ def _body(request: GenerateContentRequest | CountTokensRequest) -> dict[str, Any
     summary="Generate a response",
     responses={200: {"model": GenerateContentResponse}, **SERVING_ERRORS},
 )
-def generate_content(
-    model_id: ModelId,
-    body: GenerateContentRequest,
-    tenant: Tenant,
-    store: StoreDep,
-    settings: SettingsDep,
-    host: HostDep,
+async def generate_content(
+    model_id: ModelId, body: GenerateContentRequest, request: Request, tenant: Tenant
 ) -> dict[str, Any]:
     """Gemini's generateContent on a base model or one of the tenant's tuned models."""
     raw = _body(body)
     gemini.parse_generate_request(raw)
-    model = servable(model_id, tenant, store)
-    return host.generate(model, raw, max_prompt_tokens=settings.max_prompt_tokens, model_version=model_id)
+    return await generation.generate(request, tenant, model_id, raw)
 
 
 @router.post(
@@ -154,10 +141,8 @@ def generate_content(
     summary="Count a prompt's tokens",
     responses={200: {"model": CountTokensResponse}, **SERVING_ERRORS},
 )
-def count_tokens(
-    model_id: ModelId, body: CountTokensRequest, tenant: Tenant, store: StoreDep, host: HostDep
-) -> dict[str, Any]:
+async def count_tokens(model_id: ModelId, body: CountTokensRequest, request: Request, tenant: Tenant) -> dict[str, Any]:
     """Gemini's countTokens: the prompt's tokens as generateContent would send them to the model."""
     raw = _body(body)
     gemini.parse_count_tokens_request(raw)
-    return host.count_tokens(servable(model_id, tenant, store), raw)
+    return await generation.count_tokens(request, tenant, model_id, raw)
