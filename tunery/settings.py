@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+from tunery.errors import ConfigError
 
 
 def tunery_home() -> Path:
@@ -45,3 +48,123 @@ def data_root() -> Path | None:
     """``$TUNERY_DATA_ROOT``: the only directory whose datasets and base models the service reads by path."""
     root = os.environ.get("TUNERY_DATA_ROOT")
     return Path(root).expanduser().resolve() if root else None
+
+
+def _env_int(name: str, default: int, least: int = 1) -> int:
+    """A whole-number setting; a value that is not one (or is below ``least``) is a ``ConfigError`` naming it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < least:
+        raise ConfigError(f"{name}={raw!r}: expected a whole number, at least {least}")
+    return int(raw)
+
+
+def max_line_bytes() -> int:
+    """``$TUNERY_MAX_LINE_BYTES`` (default 8 MiB): the longest dataset line the checker reads; a longer line is a
+    problem at its line number, skipped without being held in memory. Room for a few MB of inline media."""
+    return _env_int("TUNERY_MAX_LINE_BYTES", 8 * 2**20)
+
+
+def max_example_chars() -> int:
+    """``$TUNERY_MAX_EXAMPLE_CHARS`` (default 1 Mi characters): the most text one dataset example may hold; the
+    tokenizer takes about 0.7 s and 150 MB per million characters, so this bounds one line's check."""
+    return _env_int("TUNERY_MAX_EXAMPLE_CHARS", 2**20)
+
+
+def public_url() -> str | None:
+    """``$TUNERY_PUBLIC_URL``: the base URL clients reach the service at (``https://tunery.example.com/``), used
+    for the URLs the service hands out (``tunedModel.endpoint``); unset, the address the server is bound to."""
+    raw = os.environ.get("TUNERY_PUBLIC_URL", "").strip()
+    return raw.rstrip("/") + "/" if raw else None
+
+
+def store_retry_seconds() -> int:
+    """``$TUNERY_STORE_RETRY_SECONDS`` (default 60): how long a job's worker retries a job-store write that fails
+    (the database restarting, a full disk), backing off, before it gives up and exits; the scheduler never gives up."""
+    return _env_int("TUNERY_STORE_RETRY_SECONDS", 60, least=0)
+
+
+def fault_pause_at() -> str | None:
+    """``$TUNERY_FAULT_PAUSE_AT``, for fault tests: a phase of a tuning run (``step 3``, ``save``, ``evaluation``)
+    where a job's worker creates ``paused`` in the job's directory and waits until that file is removed."""
+    return os.environ.get("TUNERY_FAULT_PAUSE_AT") or None
+
+
+def _env_seconds(name: str, default: float) -> float:
+    """A duration setting in seconds, above 0; anything else is a ``ConfigError`` naming it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{name}={raw!r}: expected a number of seconds above 0")
+    return value
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """What the service admits to generation, and to tuning, per model host and per tenant (``tunery.api.admission``).
+
+    A request past a limit is answered 429 ``RESOURCE_EXHAUSTED`` with ``Retry-After`` at once, never left to
+    time out. ``from_env()`` reads each from the variable named in its docstring.
+    """
+
+    host_slots: int = 8
+    """``TUNERY_GENERATION_SLOTS``: calls a model host runs at once (it batches them); the rest wait in its queue."""
+    host_queue: int = 64
+    """``TUNERY_GENERATION_QUEUE``: calls that may wait for a model host's slot, all tenants together."""
+    queue_seconds: float = 30.0
+    """``TUNERY_GENERATION_QUEUE_SECONDS``: the longest a call waits for a slot before it is refused (429)."""
+    tenant_requests: int = 16
+    """``TUNERY_TENANT_MAX_REQUESTS``: one tenant's generation calls in flight (running and waiting)."""
+    tenant_tokens: int = 32768
+    """``TUNERY_TENANT_MAX_TOKENS``: one tenant's tokens in flight (each call: its text / 4 + maxOutputTokens)."""
+    tenant_jobs: int = 8
+    """``TUNERY_TENANT_MAX_JOBS``: one tenant's tuning jobs waiting or running."""
+    max_request_seconds: float = 300.0
+    """``TUNERY_MAX_REQUEST_TIMEOUT``: the longest deadline a client may set with ``X-Request-Timeout`` (and the
+    deadline of a call that sets none)."""
+    api_threads: int = 64
+    """``TUNERY_API_THREADS``: threads for the control plane's blocking work (store reads, auth); generation
+    never holds one."""
+
+    @classmethod
+    def from_env(cls) -> AdmissionLimits:
+        return cls(
+            host_slots=_env_int("TUNERY_GENERATION_SLOTS", cls.host_slots),
+            host_queue=_env_int("TUNERY_GENERATION_QUEUE", cls.host_queue, least=0),
+            queue_seconds=_env_seconds("TUNERY_GENERATION_QUEUE_SECONDS", cls.queue_seconds),
+            tenant_requests=_env_int("TUNERY_TENANT_MAX_REQUESTS", cls.tenant_requests),
+            tenant_tokens=_env_int("TUNERY_TENANT_MAX_TOKENS", cls.tenant_tokens),
+            tenant_jobs=_env_int("TUNERY_TENANT_MAX_JOBS", cls.tenant_jobs),
+            max_request_seconds=_env_seconds("TUNERY_MAX_REQUEST_TIMEOUT", cls.max_request_seconds),
+            api_threads=_env_int("TUNERY_API_THREADS", cls.api_threads),
+        )
+
+
+def device_memory_limit() -> int | None:
+    """``$TUNERY_DEVICE_MEMORY``: bytes a tuning run may use on its device (``24GiB``, ``512MiB``, a number of
+    bytes); unset, the device's own (free GPU memory; the machine's or cgroup's memory on a CPU)."""
+    raw = os.environ.get("TUNERY_DEVICE_MEMORY", "").strip()
+    if not raw:
+        return None
+    units = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    units.update({"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12})
+    number = raw.rstrip("bBiIkKmMgGtT")
+    unit = raw[len(number) :].strip().lower()
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise ConfigError(f"TUNERY_DEVICE_MEMORY={raw!r}: expected bytes, or a size such as 512MiB or 24GiB") from None
+    if value <= 0:
+        raise ConfigError(f"TUNERY_DEVICE_MEMORY={raw!r}: expected more than 0")
+    return int(value)
+
+
+def hf_offline() -> bool:
+    """``$HF_HUB_OFFLINE`` (1/true): resolve Hub models from the local cache only, never the network."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,15 @@ MODEL = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Base model whose toke
 MAX_LENGTH = typer.Option(TuningSpec.max_length, "--max-length", help="Tokens per example before truncation.")
 
 
+FILE = typer.Argument(..., help="The JSONL file; '-' reads standard input, and a pipe or FIFO works like a file.")
+
+
 def _read(path: Path, model: str, max_length: int) -> ValidationReport:
     base = resolve_base(model)
+    stdin = str(path) == "-"
     return read_examples(
-        path,
+        sys.stdin.buffer if stdin else path,
+        name="<stdin>" if stdin else None,
         tokenizer=load_tokenizer(base.path),
         max_length=min(max_length, base.context_length),
         model_id=model,
@@ -35,7 +41,7 @@ def _read(path: Path, model: str, max_length: int) -> ValidationReport:
 
 @app.command()
 @handle_errors
-def validate(file: Path, model: str = MODEL, max_length: int = MAX_LENGTH) -> None:
+def validate(file: Path = FILE, model: str = MODEL, max_length: int = MAX_LENGTH) -> None:
     """Report every problem as FILE:LINE: field: message; exit 1 if there is any error."""
     report = _read(file, model, max_length)
     for problem in report.problems:
@@ -43,16 +49,16 @@ def validate(file: Path, model: str = MODEL, max_length: int = MAX_LENGTH) -> No
     n_err, n_warn = len(report.errors), len(report.warnings)
     if n_err:
         err_console.print(
-            f"[red]{file}: {n_err} error(s), {n_warn} warning(s); {len(report.examples)} valid examples[/red]"
+            f"[red]{report.path}: {n_err} error(s), {n_warn} warning(s); {len(report.examples)} valid examples[/red]"
         )
         raise typer.Exit(1)
-    console.print(f"{file}: OK, {len(report.examples)} examples ({n_warn} warning(s))", highlight=False)
+    console.print(f"{report.path}: OK, {len(report.examples)} examples ({n_warn} warning(s))", highlight=False)
 
 
 @app.command()
 @handle_errors
 def stats(
-    file: Path,
+    file: Path = FILE,
     model: str = MODEL,
     epochs: int = typer.Option(
         None, "--epochs", help="Epochs to count billable tokens and steps for (default: automatic)."
@@ -69,7 +75,7 @@ def stats(
     if as_json:
         print_json({"supervisedTuningDataStats": data})
         return
-    show_stats(str(file), data, epochs)
+    show_stats(report.path, data, epochs)
 
 
 def show_stats(name: str, data: dict[str, Any], epochs: int | None) -> None:

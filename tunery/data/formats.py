@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 Role = Literal["user", "model"]
 Modality = Literal["text", "image", "audio", "pdf", "video"]
+MAX_MIME_TYPE = 255
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,17 @@ def modality_of(mime_type: str) -> Modality:
     return "text"
 
 
+def not_unicode(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode (a lone surrogate, as ``"\\ud800"`` in JSON makes), or None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"not valid Unicode: a lone surrogate U+{ord(text[exc.start]):04X} at character {exc.start}"
+    return None
+
+
 def user_example(text: str, system: str | None = None) -> Example:
     """A one-turn request, as `predict` and `generate_content` build it from a string."""
     return Example(turns=(Turn("user", (Part("text", text),)),), system=system)
@@ -100,7 +112,7 @@ def parse_example(
     elif "messages" in obj:
         example, roles = _parse_openai(obj, problems, line)
     else:
-        keys = ", ".join(sorted(obj)) or "none"
+        keys = ", ".join(k[:40] for k in sorted(obj)[:10]) + (", ..." if len(obj) > 10 else "") or "none"
         problems.add("line", f"expected 'contents' (Gemini form) or 'messages' (OpenAI form); found keys: {keys}")
         return None, problems.items
     if roles:
@@ -167,6 +179,9 @@ def _parse_parts(container: Any, field: str, problems: _Problems) -> list[Part] 
             if not isinstance(text, str) or not text.strip():
                 problems.add(f"{pfield}.text", "empty text" if isinstance(text, str) else "text must be a string")
                 continue
+            if bad := not_unicode(text):
+                problems.add(f"{pfield}.text", bad)
+                continue
             parts.append(Part("text", text=text))
             continue
         media = part[kind]
@@ -175,7 +190,14 @@ def _parse_parts(container: Any, field: str, problems: _Problems) -> list[Part] 
         if missing:
             problems.add(f"{pfield}.{kind}", f"missing {', '.join(missing)}")
             continue
-        parts.append(Part(kind, mime_type=str(media["mimeType"])))  # type: ignore[arg-type]
+        mime_type = media["mimeType"]
+        if not isinstance(mime_type, str) or not_unicode(mime_type) or len(mime_type) > MAX_MIME_TYPE:
+            problems.add(
+                f"{pfield}.{kind}.mimeType",
+                f"expected a MIME type such as image/png (at most {MAX_MIME_TYPE} characters)",
+            )
+            continue
+        parts.append(Part(kind, mime_type=mime_type))  # type: ignore[arg-type]
     return parts
 
 
@@ -226,6 +248,9 @@ def _openai_content(content: Any, field: str, problems: _Problems) -> str | None
         return None
     if not content.strip():
         problems.add(field, "empty text")
+        return None
+    if bad := not_unicode(content):
+        problems.add(field, bad)
         return None
     return content
 
