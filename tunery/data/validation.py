@@ -28,6 +28,8 @@ MAX_NUMBER_DIGITS = 4300
 """Longest integer in a line (Python's own limit for turning digits into an int)."""
 MAX_MESSAGE_CHARS = 300
 """Longest problem message; user text quoted in a message is cut to fit."""
+MAX_PROBLEMS = 1000
+"""Errors after which the check stops (the file is refused anyway), and most warnings a report lists."""
 SKIP_CHUNK = 2**20
 TOO_DEEP = f"JSON nested more than {MAX_DEPTH} deep (arrays and objects inside each other); at most {MAX_DEPTH}"
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -117,6 +119,7 @@ def read_examples(
             raise DatasetError(f"{name}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     name = name or getattr(path, "name", None) or "<stream>"
     report = ValidationReport(path=name)
+    errors = unlisted = 0
     for number, raw, size in _lines(path, line_limit):
         if raw is None:
             problems: Found = [
@@ -130,7 +133,18 @@ def read_examples(
             problems = _check_line(
                 raw, number, report, tokenizer, max_length, model_id, modalities, require_model_turn, char_limit
             )
-        report.problems += [Problem(name, number, _safe(f, 200), _safe(m), s) for f, m, s in problems]
+        for f, m, severity in problems:
+            if severity == "error" or len(report.problems) < MAX_PROBLEMS:
+                report.problems.append(Problem(name, number, _safe(f, 200), _safe(m), severity))
+            else:
+                unlisted += 1
+        errors += sum(1 for *_, severity in problems if severity == "error")
+        if errors >= MAX_PROBLEMS:
+            stop = f"stopped at line {number} after {errors} errors; the rest of the file was not checked"
+            report.problems.append(Problem(name, number, "file", stop))
+            break
+    if unlisted:
+        report.problems.append(Problem(name, 0, "file", f"{unlisted} more warnings not listed", "warning"))
     if not report.examples and not report.errors:
         report.problems.append(Problem(name, 0, "file", "no examples; the file is empty"))
     return report
