@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from tunery.api import limits
 from tunery.jobs.store import STATES
 from tunery.serving.gemini import MAX_OUTPUT_TOKENS, MAX_STOP_SEQUENCES
-from tunery.tuning.spec import ADAPTER_SIZES
+from tunery.tuning.spec import ABOVE_LEAST, ADAPTER_SIZES, HYPER_PARAMETERS, RANGES, TuningSpec
 
 LABEL_KEY = r"^[a-z][a-z0-9_-]{0,62}$"
 LABEL_VALUE = r"^[a-z0-9_-]{0,63}$"
@@ -49,22 +49,50 @@ class Response(BaseModel):
 # --- tuning jobs ------------------------------------------------------------------------------------------
 
 
-class HyperParameters(Request):
-    """Vertex's supervised tuning hyperparameters; each one left out takes tunery's default."""
+def _spec_defaults(schema: dict[str, Any]) -> None:
+    """The schema's ``default`` of each hyperparameter is ``TuningSpec``'s, the value a field left out takes."""
+    for rest, name in HYPER_PARAMETERS.items():
+        default = TuningSpec.__dataclass_fields__[name].default
+        if rest in schema.get("properties", {}) and default is not None:
+            schema["properties"][rest]["default"] = default
 
-    epoch_count: int | None = Field(None, ge=1, le=100, description="Passes over the data; default from its size.")
-    learning_rate_multiplier: float | None = Field(
-        None, gt=0, le=100, description="Times the base model's default learning rate for the method (default 1)."
+
+def _bounded(name: str, description: str) -> Any:
+    """A hyperparameter field with ``TuningSpec``'s bounds (``RANGES``) and, in the schema, its default."""
+    least, most = RANGES[name]
+    return Field(None, **({"gt": least} if name in ABOVE_LEAST else {"ge": least}), le=most, description=description)
+
+
+def _adapter_size(value: int) -> int:
+    if value not in ADAPTER_SIZES:
+        raise ValueError(f"expected one of {', '.join(map(str, ADAPTER_SIZES))}")
+    return value
+
+
+AdapterSize = Annotated[
+    int, AfterValidator(_adapter_size), WithJsonSchema({"type": "integer", "enum": list(ADAPTER_SIZES)})
+]
+
+
+class HyperParameters(Request):
+    """Vertex's supervised tuning hyperparameters; each one left out takes tunery's default. Types are strict:
+    ``"3"``, ``3.0`` or ``true`` is not a count."""
+
+    model_config = ConfigDict(strict=True, json_schema_extra=_spec_defaults)
+
+    epoch_count: int | None = _bounded("epochs", "Passes over the data; default from its size.")
+    learning_rate_multiplier: float | None = _bounded(
+        "learning_rate_multiplier", "Times the base model's default learning rate for the method."
     )
-    adapter_size: Literal[ADAPTER_SIZES] | None = Field(  # type: ignore[valid-type]
-        None, description="LoRA rank (default 8); PEFT_ADAPTER only."
-    )
-    batch_size: int | None = Field(None, ge=1, le=1024, description="Examples per optimizer step (default 8).")
-    max_length: int | None = Field(None, ge=16, le=131072, description="Tokens per example (default 1024).")
-    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Seeds data order and initialisation (default 0).")
+    adapter_size: AdapterSize | None = Field(None, description="LoRA rank; PEFT_ADAPTER only (an error with FULL).")
+    batch_size: int | None = _bounded("batch_size", "Examples per optimizer step.")
+    max_length: int | None = _bounded("max_length", "Tokens per example; longer ones are truncated.")
+    seed: int | None = _bounded("seed", "Seeds data order and initialisation.")
 
 
 class SupervisedTuningSpec(Request):
+    model_config = ConfigDict(strict=True)
+
     training_dataset_uri: Uri = Field(
         description="An uploaded file (`files/{id}` or its id), or a JSONL path under the server's data root."
     )
@@ -74,6 +102,8 @@ class SupervisedTuningSpec(Request):
 
 class CreateTuningJobRequest(Request):
     """``POST /v1/tuningJobs``: tune ``baseModel`` on the training dataset."""
+
+    model_config = ConfigDict(strict=True)
 
     base_model: Uri | None = Field(
         None, description="A catalog model id (GET /v1/models) or a model directory under the data root."
@@ -136,7 +166,7 @@ class FileUploadForm(BaseModel):
 
     file: bytes = Field(json_schema_extra={"format": "binary"}, description="The JSONL dataset.")
     model: str | None = Field(None, max_length=limits.MAX_URI_LENGTH, description="Model whose tokens are counted.")
-    maxLength: int | None = Field(None, ge=16, le=131072, description="Tokens per example (default 1024).")  # noqa: N815
+    maxLength: int | None = _bounded("max_length", "Tokens per example (default 1024).")  # noqa: N815
 
 
 class File(Response):
@@ -183,17 +213,24 @@ class ListModelsResponse(Response):
     models: list[Model]
 
 
-class Blob(Request):
+class GeminiRequest(Request):
+    """A Gemini/Vertex prediction body: camelCase or snake_case names (official clients and Google's REST
+    examples send either); ``tunery.serving.gemini`` then says which values tunery cannot honour."""
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
+
+
+class Blob(GeminiRequest):
     mime_type: Annotated[str, StringConstraints(min_length=1, max_length=255)]
     data: str = Field(description="base64")
 
 
-class FileData(Request):
+class FileData(GeminiRequest):
     mime_type: Annotated[str, StringConstraints(min_length=1, max_length=255)]
     file_uri: Uri
 
 
-class Part(Request):
+class Part(GeminiRequest):
     """Exactly one of text, inlineData, fileData."""
 
     text: Text | None = None
@@ -201,12 +238,16 @@ class Part(Request):
     file_data: FileData | None = None
 
 
-class Content(Request):
+class Content(GeminiRequest):
     role: Literal["user", "model"] | None = Field(None, description="Default user.")
     parts: list[Part] = Field(min_length=1, max_length=limits.MAX_PARTS)
 
 
-class GenerationConfig(Request):
+class SystemInstruction(Content):
+    role: Literal["user", "model", "system"] | None = Field(None, description="Ignored: any role, or none.")
+
+
+class GenerationConfig(GeminiRequest):
     temperature: float | None = Field(None, ge=0, le=2, description="0 (the default) is greedy.")
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0, le=2**31 - 1)
@@ -214,16 +255,34 @@ class GenerationConfig(Request):
     stop_sequences: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] | None = Field(
         None, max_length=MAX_STOP_SEQUENCES
     )
-    candidate_count: Literal[1] | None = None
+    candidate_count: int | None = Field(None, ge=1, le=2**31 - 1, description="1: one candidate per request.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2, description="0 only (no penalty is applied).")
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, description="0 only (no penalty is applied).")
+    response_modalities: list[Annotated[str, StringConstraints(max_length=32)]] | None = Field(
+        None, max_length=8, description='["TEXT"] only.'
+    )
+    response_logprobs: bool | None = Field(None, description="false only.")
+    response_mime_type: str | None = Field(None, description="text/plain (default), application/json or text/x.enum.")
+    response_schema: dict[str, Any] | None = Field(None, description="The answer's schema (Gemini's OpenAPI subset).")
+    response_json_schema: dict[str, Any] | None = Field(None, description="The answer's schema, as JSON Schema.")
 
 
-class GenerateContentRequest(Request):
-    """Gemini's generateContent body: the conversation so far, its last turn the user's."""
+class GenerateContentRequest(GeminiRequest):
+    """Gemini's generateContent body: the conversation so far, its last turn the user's. ``safetySettings``
+    and ``labels`` are accepted and change nothing; ``tools``, ``toolConfig`` and ``cachedContent`` would
+    change the answer and are refused by name."""
 
     contents: list[Content] = Field(min_length=1, max_length=limits.MAX_TURNS)
-    system_instruction: Content | Text | None = None
+    system_instruction: SystemInstruction | Text | None = None
     generation_config: GenerationConfig | None = None
+    safety_settings: list[dict[str, Any]] | None = Field(None, max_length=64, description="Accepted; no effect.")
+    labels: dict[LabelKey, LabelValue] | None = Field(None, max_length=limits.MAX_LABELS, description="No effect.")
+    tools: list[dict[str, Any]] | None = Field(None, max_length=128, description="Not supported (400).")
+    tool_config: dict[str, Any] | None = Field(None, description="Not supported (400).")
+    cached_content: Annotated[str, StringConstraints(max_length=limits.MAX_URI_LENGTH)] | None = Field(
+        None, description="Not supported (400)."
+    )
 
 
 class CountTokensInner(GenerateContentRequest):
@@ -232,12 +291,15 @@ class CountTokensInner(GenerateContentRequest):
     )
 
 
-class CountTokensRequest(Request):
+class CountTokensRequest(GeminiRequest):
     """Gemini's countTokens body: ``contents`` (and ``systemInstruction``), or a whole ``generateContentRequest``."""
 
     contents: list[Content] | None = Field(None, min_length=1, max_length=limits.MAX_TURNS)
-    system_instruction: Content | Text | None = None
+    system_instruction: SystemInstruction | Text | None = None
     generate_content_request: CountTokensInner | None = None
+    model: Annotated[str, StringConstraints(max_length=limits.MAX_URI_LENGTH)] | None = Field(
+        None, description="Ignored (Vertex AI's clients send it): the URL names the model."
+    )
 
 
 class Candidate(Response):

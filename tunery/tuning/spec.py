@@ -7,7 +7,7 @@ supervised tuning where one exists (``epochCount``, ``adapterSize``, ``learningR
 from __future__ import annotations
 
 import dataclasses
-import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,46 @@ HYPER_PARAMETERS = {
     "seed": "seed",
 }
 """REST ``hyperParameters`` names (Vertex's, plus ``batchSize``, ``maxLength``, ``seed``) → ``TuningSpec`` fields."""
+REST_NAMES = {name: rest for rest, name in HYPER_PARAMETERS.items()}
+COMPUTE_CONFIG = {
+    "device": "device",
+    "processCount": "processes",
+    "quantize": "quantize",
+    "gradientCheckpointing": "gradient_checkpointing",
+    "packing": "packing",
+}
+"""REST ``computeConfig`` names (beside ``hyperParameters``) → ``TuningSpec`` fields: where and how a run computes.
+All but ``quantize`` leave what it learns alone, so a run may resume with others (``RESUMABLE_COMPUTE``)."""
+RESUMABLE_COMPUTE = ("device", "processes", "gradient_checkpointing", "packing")
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]{1,2})?)$")
+QUANTIZE = ("4bit",)
+MAX_PROCESSES = 64
 METHODS = {"lora": PEFT_ADAPTER, "full": FULL, PEFT_ADAPTER.lower(): PEFT_ADAPTER, FULL.lower(): FULL}
+RANGES: dict[str, tuple[int, int]] = {
+    "epochs": (1, 100),
+    "learning_rate_multiplier": (0, 100),
+    "batch_size": (1, 1024),
+    "max_length": (16, 131072),
+    "seed": (0, 2**32 - 1),
+}
+"""``(least, most)`` of each numeric hyperparameter, by field; ``learning_rate_multiplier`` is a float and must be
+more than its least, the others are whole numbers. The API schema derives its bounds from here."""
+ABOVE_LEAST = ("learning_rate_multiplier",)
+PEFT_ADAPTER_ONLY = ("adapter_size",)
+"""Hyperparameters that mean nothing to ``FULL`` tuning: a request that sets one for it is refused."""
+
+
+def range_problem(name: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for the hyperparameter ``name`` (a ``RANGES`` field), or None."""
+    if value is None:
+        return None
+    least, most = RANGES[name]
+    rest = REST_NAMES[name]
+    if name in ABOVE_LEAST:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and least < value <= most
+        return None if ok else f"{rest} {value!r}: expected more than {least}, at most {most}"
+    ok = isinstance(value, int) and not isinstance(value, bool) and least <= value <= most
+    return None if ok else f"{rest} {value!r}: expected a whole number from {least} to {most}"
 
 
 @dataclass
@@ -66,6 +105,18 @@ class TuningSpec:
     work a killed run loses."""
     labels: dict[str, str] = field(default_factory=dict)
     """Free-form labels kept with the job."""
+    device: str = "auto"
+    """``auto`` (a CUDA GPU when present, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    processes: int = 1
+    """Processes that share each optimizer step (``processCount``): data parallel, one per GPU, or over gloo
+    on CPUs; the global batch, the loss and the checkpoints are those of one process."""
+    quantize: str | None = None
+    """``4bit``: QLoRA, the frozen base in NF4 (bitsandbytes, CUDA only) with bf16 compute; PEFT_ADAPTER only."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass: less memory, about a third more compute."""
+    packing: bool | None = None
+    """Padding-free micro-batches: examples end to end with their own position ids, no attention across
+    examples, the same loss; None packs on CUDA only."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -78,22 +129,21 @@ class TuningSpec:
             problems.append("train: a training dataset is required")
         if self.adapter_size not in ADAPTER_SIZES:
             problems.append(f"adapterSize {self.adapter_size}: expected one of {', '.join(map(str, ADAPTER_SIZES))}")
-        if self.epochs is not None and not 1 <= self.epochs <= 100:
-            problems.append(f"epochCount {self.epochs}: expected 1 to 100")
-        if not (0 < self.learning_rate_multiplier <= 100) or math.isnan(self.learning_rate_multiplier):
-            problems.append(
-                f"learningRateMultiplier {self.learning_rate_multiplier}: expected more than 0, at most 100"
-            )
-        if not 1 <= self.batch_size <= 1024:
-            problems.append(f"batchSize {self.batch_size}: expected 1 to 1024")
-        if not 16 <= self.max_length <= 131072:
-            problems.append(f"maxLength {self.max_length}: expected 16 to 131072")
+        problems += [problem for name in RANGES if (problem := range_problem(name, getattr(self, name)))]
         if self.precision not in PRECISIONS:
             problems.append(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         if not self.checkpoint_seconds > 0:
             problems.append(f"checkpoint_seconds {self.checkpoint_seconds}: expected more than 0")
         if self.micro_batch_tokens < 1:
             problems.append(f"micro_batch_tokens {self.micro_batch_tokens}: expected at least 1")
+        if not isinstance(self.device, str) or not DEVICE.match(self.device):
+            problems.append(f"device {self.device!r}: expected auto, cpu, cuda, cuda:N or mps")
+        if not isinstance(self.processes, int) or not 1 <= self.processes <= MAX_PROCESSES:
+            problems.append(f"processCount {self.processes!r}: expected 1 to {MAX_PROCESSES}")
+        if self.quantize is not None and self.quantize not in QUANTIZE:
+            problems.append(f"quantize {self.quantize!r}: expected 4bit or none")
+        elif self.quantize and method == FULL:
+            problems.append("quantize 4bit: quantized weights cannot be tuned in full; use PEFT_ADAPTER (QLoRA)")
         if problems:
             raise ConfigError("invalid tuning spec: " + "; ".join(problems))
 
@@ -109,9 +159,21 @@ class TuningSpec:
         values = {rest: getattr(self, name) for rest, name in HYPER_PARAMETERS.items()}
         return {rest: value for rest, value in values.items() if value is not None}
 
+    def compute_config(self) -> dict[str, Any]:
+        """The REST ``computeConfig`` of this spec (values left at their default left out)."""
+        fields = TuningSpec.__dataclass_fields__
+        values = {rest: getattr(self, name) for rest, name in COMPUTE_CONFIG.items()}
+        return {rest: v for rest, v in values.items() if v != fields[COMPUTE_CONFIG[rest]].default}
+
+    def computing_as(self, other: TuningSpec) -> TuningSpec:
+        """This run with ``other``'s devices, process count, checkpointing and packing (a resume may change them)."""
+        return dataclasses.replace(self, **{name: getattr(other, name) for name in RESUMABLE_COMPUTE})
+
     def to_request(self) -> dict[str, Any]:
         """The REST ``POST /v1/tuningJobs`` body this spec corresponds to (datasets as their paths)."""
         tuning: dict[str, Any] = {"trainingDatasetUri": self.train, "hyperParameters": self.hyper_parameters()}
+        if self.compute_config():
+            tuning["computeConfig"] = self.compute_config()
         if self.validation:
             tuning["validationDatasetUri"] = self.validation
         request = {"baseModel": self.base_model, "supervisedTuningSpec": tuning, "tuningMode": self.method}

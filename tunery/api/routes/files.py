@@ -27,7 +27,7 @@ from tunery.data.validation import Problem
 from tunery.errors import ConfigError, DatasetError
 from tunery.jobs.store import StoredFile, new_id, now
 from tunery.models.catalog import DEFAULT_MODEL
-from tunery.tuning.spec import TuningSpec
+from tunery.tuning.spec import RANGES, TuningSpec, range_problem
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -114,8 +114,10 @@ def _options(upload: Upload, settings: ApiSettings) -> tuple[str, str, int]:
     raw = fields.get("maxLength", "").strip()
     max_length = DEFAULT_MAX_LENGTH
     if raw:
-        if not raw.isdigit() or not 16 <= int(raw) <= 131072:
-            problems.append(("maxLength", f"{raw[:40]!r}: expected a whole number from 16 to 131072"))
+        wrong = range_problem("max_length", int(raw)) if raw.isdigit() and len(raw) < 10 else "not a whole number"
+        if wrong:
+            least, most = RANGES["max_length"]
+            problems.append(("maxLength", f"{raw[:40]!r}: expected a whole number from {least} to {most}"))
         else:
             max_length = int(raw)
     if problems:

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from tunery.api import limits
+from tunery.api import admission, limits
 from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, wake_scheduler
 from tunery.api.errors import also_check, invalid
 from tunery.api.limits import ApiSettings
@@ -39,7 +39,8 @@ from tunery.api.schemas import (
 from tunery.errors import ConfigError, TuneryError
 from tunery.jobs import inputs
 from tunery.jobs.store import Store, StoredFile, new_id
-from tunery.tuning.spec import HYPER_PARAMETERS, TuningSpec
+from tunery.models.catalog import PEFT_ADAPTER
+from tunery.tuning.spec import HYPER_PARAMETERS, PEFT_ADAPTER_ONLY, REST_NAMES, TuningSpec
 
 router = APIRouter(prefix="/v1/tuningJobs", tags=["tuningJobs"])
 
@@ -133,6 +134,7 @@ def create_job(
     PENDING and wake the scheduler."""
     job_id = new_id()
     spec, uploads = _spec(body, tenant, store, settings, job_id)
+    admission.admit_job(request, tenant, idempotency_key)  # 429 past the tenant's limit on waiting/running jobs
     for name, path in inputs.pin(job_id, {name: Path(record.path) for name, record in uploads.items()}).items():
         setattr(spec, name, str(path))  # the job's own link: deleting the upload cannot break it
     try:
@@ -166,6 +168,16 @@ def _spec(
         "display_name": body.tuned_model_display_name,
         **{HYPER_PARAMETERS[name]: value for name, value in hp.model_dump(by_alias=True).items()},
     }
+    if (body.tuning_mode or PEFT_ADAPTER) != PEFT_ADAPTER:
+        given = {HYPER_PARAMETERS[rest]: v for rest, v in hp.model_dump(by_alias=True, exclude_unset=True).items()}
+        problems += [
+            (
+                f"supervisedTuningSpec.hyperParameters.{REST_NAMES[name]}",
+                f"applies to PEFT_ADAPTER only, not {body.tuning_mode}",
+            )
+            for name in PEFT_ADAPTER_ONLY
+            if given.get(name) is not None
+        ]
     try:
         spec = TuningSpec(
             **{k: v for k, v in values.items() if v is not None},
