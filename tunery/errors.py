@@ -13,6 +13,7 @@ traceback and exits 1; anything else is a bug.
     ├── NotFoundError    a job, file, model or key does not exist (or belongs to another tenant)
     ├── ConflictError    the request contradicts the resource's state (an Idempotency-Key reused with another body)
     ├── ServingError     the model host process crashed, timed out or failed inside (HTTP status in ``.code``)
+    ├── ResourceExhaustedError   a limit on waiting work was reached: retry after ``.retry_after`` seconds (HTTP 429)
     ├── AuthenticationError   a tunery server refused the API key (HTTP 401/403)
     └── APIConnectionError    a tunery server cannot be reached (the SDK in remote mode, after its retries)
 """
@@ -79,6 +80,17 @@ class ServingError(TuneryError):
     def __init__(self, message: str, code: int = 503) -> None:
         super().__init__(message)
         self.code = code
+
+
+class ResourceExhaustedError(TuneryError):
+    """A limit on waiting work was reached (a model host's queue, a tenant's requests, tokens or tuning jobs).
+
+    Nothing was started; the same request may succeed after ``retry_after`` seconds (HTTP 429 with ``Retry-After``).
+    """
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class AuthenticationError(TuneryError):

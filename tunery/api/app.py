@@ -14,15 +14,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
-from starlette.concurrency import run_in_threadpool
 
 from tunery import __version__
-from tunery.api import errors
+from tunery.api import errors, shutdown
+from tunery.api.admission import Admission
 from tunery.api.deps import Authenticator, AuthMiddleware
 from tunery.api.limits import ApiSettings, BodyLimitMiddleware
 from tunery.api.routes import files, health, jobs, models
 from tunery.jobs.store import Store
+from tunery.settings import AdmissionLimits
 
 DESCRIPTION = """Self-hosted supervised tuning for open language models, in the shape of Vertex AI's tuning API
 and Gemini's generateContent.
@@ -33,18 +35,17 @@ Every path except `/healthz` and this description needs `Authorization: Bearer t
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start the scheduler with the server; on shutdown stop it (workers finish or are stopped) and the host."""
+    """Start the scheduler with the server; on shutdown stop it (workers checkpoint) and the hosts, together and
+    bounded (``tunery.api.shutdown``). Blocking control-plane work gets ``api_threads`` threads; generation holds
+    none (it awaits the model host)."""
     state = app.state
+    anyio.to_thread.current_default_thread_limiter().total_tokens = state.admission.limits.api_threads
     if state.scheduler is not None:
         state.scheduler.start()
     try:
         yield
     finally:
-        if state.scheduler is not None:
-            await run_in_threadpool(state.scheduler.stop)
-        for host in (state.host, state.checker):
-            if host is not None:
-                await run_in_threadpool(host.close)
+        await shutdown.stop_background(state)
         if state.owns_store:
             state.store.close()
 
@@ -55,10 +56,12 @@ def create_app(
     scheduler: Any = None,
     settings: ApiSettings | None = None,
     checker: Any = None,
+    admission: AdmissionLimits | None = None,
 ) -> FastAPI:
     """The service. ``store`` defaults to ``Store()`` (``TUNERY_DATABASE_URL``); ``host`` (generation) and
-    ``checker`` (upload checks) each to a ``ModelHost`` made on first use; ``settings`` to the
-    environment's; without ``scheduler`` jobs wait in the store."""
+    ``checker`` (upload checks) each to a ``ModelHost`` made on first use; ``settings`` and ``admission`` (the
+    limits on generation and tuning under load) to the environment's; without ``scheduler`` jobs wait in the
+    store."""
     settings = settings or ApiSettings.from_env()
     app = FastAPI(
         title="tunery",
@@ -74,12 +77,16 @@ def create_app(
     app.state.host_lock = threading.Lock()
     app.state.scheduler = scheduler
     app.state.settings = settings
+    app.state.admission = Admission(admission or AdmissionLimits.from_env())
+    app.state.draining = shutdown.Draining()
     errors.install(app)
     for router in (health.router, files.router, jobs.router, models.router):
         app.include_router(router)
-    # the last added runs first: authenticate before a body is read, then hold it to its limit
+    # the last added runs first: track the request for a clean stop, authenticate before a body is read, then
+    # hold it to its limit
     app.add_middleware(
         BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
     )
     app.add_middleware(AuthMiddleware, authenticator=Authenticator(app.state.store, settings.key_cache_seconds))
+    app.add_middleware(shutdown.DrainMiddleware, draining=app.state.draining)  # outermost: sees every request
     return app

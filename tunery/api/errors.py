@@ -4,8 +4,9 @@
 
 Bad requests (FastAPI's validation errors, normally 422) are 400 and name every field at fault in a
 ``google.rpc.BadRequest`` detail; dataset problems add their line. ``TuneryError`` subclasses map by
-class: ``NotFoundError`` 404, ``ConflictError`` 409, ``ServingError`` its ``code`` (503 unavailable,
-504 timed out), every other one (``ConfigError``, ``DatasetError``, ``ModelError``, ``JobError``) 400.
+class: ``NotFoundError`` 404, ``ConflictError`` 409, ``ResourceExhaustedError`` 429 with ``Retry-After``,
+``ServingError`` its ``code`` (503 unavailable, 504 timed out), every other one (``ConfigError``,
+``DatasetError``, ``ModelError``, ``JobError``) 400.
 Anything else is a bug: 500 with a generic message, the traceback logged.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import http
 import logging
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -22,7 +24,14 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from tunery.errors import ConflictError, DatasetError, NotFoundError, ServingError, TuneryError
+from tunery.errors import (
+    ConflictError,
+    DatasetError,
+    NotFoundError,
+    ResourceExhaustedError,
+    ServingError,
+    TuneryError,
+)
 
 log = logging.getLogger("tunery.api")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -41,6 +50,7 @@ STATUS_NAMES = {
     413: "INVALID_ARGUMENT",
     415: "INVALID_ARGUMENT",
     429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
     500: "INTERNAL",
     501: "UNIMPLEMENTED",
     503: "UNAVAILABLE",
@@ -104,6 +114,8 @@ def status_for(exc: TuneryError) -> int:
         return 404
     if isinstance(exc, ConflictError):
         return 409
+    if isinstance(exc, ResourceExhaustedError):
+        return 429
     if isinstance(exc, ServingError):
         return exc.code
     return 400
@@ -179,7 +191,13 @@ async def tunery_error(request: Request, exc: Exception) -> JSONResponse:
         violations = [_problem(p) for p in exc.problems]
         details = [*(bad_request(violations) if violations else []), error_info(exc)]
         return error_response(code, exc.args[0] if exc.args else str(exc), details)
-    return error_response(code, str(exc), [error_info(exc)])
+    headers = {"Retry-After": retry_after(exc.retry_after)} if isinstance(exc, ResourceExhaustedError) else None
+    return error_response(code, str(exc), [error_info(exc)], headers)
+
+
+def retry_after(seconds: float) -> str:
+    """``Retry-After``'s value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
 
 
 def _problem(problem: Any) -> dict[str, Any]:

@@ -6,7 +6,8 @@
 The socket is bound here (so ``--port 0`` picks a free port, and the one line printed once the server
 answers names it). A non-loopback host needs an API key to exist first: a server without keys answers
 anyone who can reach it, so it refuses to start (exit code 2). SIGTERM or Ctrl-C stops accepting
-requests, lets running ones finish (5 s), then stops the scheduler and the model host.
+requests, ends open streams at once and gives other requests 2 s to finish (then 503), then stops the
+scheduler (its workers checkpoint) and the model hosts, within 10 s in all (``tunery.api.shutdown``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import uvicorn
 
 from tunery.api.deps import is_loopback
+from tunery.api.shutdown import Draining
 
 EXIT_UNSAFE = 2
 GRACEFUL_SECONDS = 5
@@ -25,15 +27,21 @@ GRACEFUL_SECONDS = 5
 class _Server(uvicorn.Server):
     """uvicorn's server, printing ``tunery serving on URL`` once it accepts requests."""
 
-    def __init__(self, config: uvicorn.Config, url: str) -> None:
+    def __init__(self, config: uvicorn.Config, url: str, draining: Draining) -> None:
         super().__init__(config)
         self.url = url
+        self.draining = draining
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started and not self.should_exit:
             sys.stdout.write(f"tunery serving on {self.url}\n")
             sys.stdout.flush()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """End the requests in flight (``Draining.begin``) before uvicorn waits for them, then stop as uvicorn does."""
+        self.draining.begin()
+        await super().shutdown(sockets)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -91,4 +99,4 @@ def serve(host: str = "127.0.0.1", port: int = 8080, workers: int = 1) -> None:
     app = create_app(store=store, scheduler=Scheduler(store, workers))
     app.state.owns_store = True
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SECONDS)
-    _Server(config, url_of(sock)).run(sockets=[sock])
+    _Server(config, url_of(sock), app.state.draining).run(sockets=[sock])

@@ -8,6 +8,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", summary="Liveness check")
-def read_health() -> dict[str, str]:
-    """``{"status": "ok"}`` while the server runs."""
+async def read_health() -> dict[str, str]:
+    """``{"status": "ok"}`` while the server runs. Answered on the event loop itself, so it never waits for a
+    thread, however busy the control plane's threads or stuck a model host are."""
     return {"status": "ok"}
