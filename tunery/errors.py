@@ -13,6 +13,7 @@ traceback and exits 1; anything else is a bug.
     ├── NotFoundError    a job, file, model or key does not exist (or belongs to another tenant)
     ├── ConflictError    the request contradicts the resource's state (an Idempotency-Key reused with another body)
     ├── ServingError     the model host process crashed, timed out or failed inside (HTTP status in ``.code``)
+    ├── DiskFullError    a disk the service writes to (uploads, tuned models, the job store) has no space left
     ├── ResourceExhaustedError   a limit on waiting work was reached: retry after ``.retry_after`` seconds (HTTP 429)
     ├── AuthenticationError   a tunery server refused the API key (HTTP 401/403)
     └── APIConnectionError    a tunery server cannot be reached (the SDK in remote mode, after its retries)
@@ -20,6 +21,9 @@ traceback and exits 1; anything else is a bug.
 
 from __future__ import annotations
 
+import errno
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -91,6 +95,50 @@ class ResourceExhaustedError(TuneryError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class DiskFullError(TuneryError):
+    """A disk tunery writes to is full (``ENOSPC``, SQLite's ``database or disk is full``); the service answers 507.
+
+    The message names the disk by what it holds (``the disk holding TUNERY_HOME``), not by a server path, and
+    says how much is free; ``disk_full(exc, where)`` turns an ``OSError`` or a database error into one.
+    """
+
+
+DISK_FULL_TEXTS = ("No space left on device", "database or disk is full", "could not extend file")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a full disk."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain of causes, bounded
+        if seen is None:
+            return False
+        if isinstance(seen, DiskFullError) or getattr(seen, "errno", None) == errno.ENOSPC:
+            return True
+        if any(text in str(seen) for text in DISK_FULL_TEXTS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def disk_full(exc: BaseException, where: Path | None, what: str) -> DiskFullError | None:
+    """A ``DiskFullError`` for ``exc`` if it is a full disk, else None. ``where`` is a path on that disk (None:
+    on another machine, such as a PostgreSQL server's); ``what`` names the disk for the user, by what it holds."""
+    if isinstance(exc, DiskFullError):
+        return exc
+    if not is_disk_full(exc):
+        return None
+    if where is None:
+        return DiskFullError(f"the disk holding {what} is full")
+    existing = next((p for p in (where, *where.parents) if p.exists()), None)
+    if existing is None:
+        return DiskFullError(f"the disk holding {what} is full")
+    usage = shutil.disk_usage(existing)
+    return DiskFullError(
+        f"the disk holding {what} is full ({usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB): "
+        "free some space, then try again"
+    )
 
 
 class AuthenticationError(TuneryError):

@@ -84,7 +84,7 @@ def test_a_killed_worker_is_retried_from_its_checkpoint(store, scheduler, tiny_m
     os.kill(store.get_job("acme", job.id).worker_pid, signal.SIGKILL)
     wait_for(lambda: store.get_job("acme", job.id).has_ended, what="the job's end")
     ended = store.get_job("acme", job.id)
-    assert ended.state == SUCCEEDED and ended.attempts == 1, ended.error
+    assert ended.state == SUCCEEDED and ended.attempts == 2, ended.error  # runs, each counted before it starts
     log = messages(store, job.id)
     assert any("killed by SIGKILL; retry 1 of 2" in m for m in log), log
     events = store.events("acme", job.id)
@@ -159,7 +159,7 @@ def test_a_machine_error_in_the_worker_fails_the_job_with_its_message(
     scheduler(workers=1)
     wait_for(lambda: store.get_job("acme", job.id).has_ended, what="the job's end")
     ended = store.get_job("acme", job.id)
-    assert ended.state == FAILED and ended.attempts == 0  # an error the worker caught: not retried
+    assert ended.state == FAILED and ended.attempts == 1  # an error the worker caught: not retried
     assert ended.error["code"] == 13 and "NotADirectoryError" in ended.error["message"], ended.error
 
 
@@ -182,7 +182,7 @@ def test_a_full_disk_fails_the_job_with_its_message_not_left_running(
     scheduler(workers=1)
     wait_for(lambda: store.get_job("acme", job.id).has_ended, what="the job's end")
     ended = store.get_job("acme", job.id)
-    assert ended.state == FAILED and ended.attempts == 0, ended
+    assert ended.state == FAILED and ended.attempts == 1, ended
     assert ended.error["code"] == 13 and "the disk holding" in ended.error["message"], ended.error
     assert "No space left on device" in ended.error["message"]
 

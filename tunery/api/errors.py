@@ -7,7 +7,9 @@ Bad requests (FastAPI's validation errors, normally 422) are 400 and name every 
 class: ``NotFoundError`` 404, ``ConflictError`` 409, ``ResourceExhaustedError`` 429 with ``Retry-After``,
 ``ServingError`` its ``code`` (503 unavailable, 504 timed out), every other one (``ConfigError``,
 ``DatasetError``, ``ModelError``, ``JobError``) 400.
-Anything else is a bug: 500 with a generic message, the traceback logged.
+A full disk (``DiskFullError``, or an ``OSError`` ENOSPC / SQLite's "database or disk is full" from anywhere) is
+507 ``RESOURCE_EXHAUSTED`` naming the disk and its free space. Anything else is a bug: 500 with a generic message,
+the traceback logged.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ from starlette.exceptions import HTTPException
 from tunery.errors import (
     ConflictError,
     DatasetError,
+    DiskFullError,
     NotFoundError,
     ResourceExhaustedError,
     ServingError,
     TuneryError,
+    disk_full,
 )
+from tunery.settings import tunery_home
 
 log = logging.getLogger("tunery.api")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,6 +60,7 @@ STATUS_NAMES = {
     501: "UNIMPLEMENTED",
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
+    507: "RESOURCE_EXHAUSTED",  # google.rpc.Code: "perhaps the entire file system is out of space"
 }
 
 
@@ -116,6 +122,8 @@ def status_for(exc: TuneryError) -> int:
         return 409
     if isinstance(exc, ResourceExhaustedError):
         return 429
+    if isinstance(exc, DiskFullError):
+        return 507
     if isinstance(exc, ServingError):
         return exc.code
     return 400
@@ -218,6 +226,10 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    full = disk_full(exc, tunery_home(), "TUNERY_HOME")
+    if full is not None:  # an upload or a create that ran out of disk: the client is told, not a bare 500
+        log.warning("%s %s: %s", request.method, request.url.path, full)
+        return await tunery_error(request, full)
     log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal error; the server log has the details")
 

@@ -10,22 +10,37 @@ evaluating the tuned model twice).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from tunery.data.validation import read_examples
-from tunery.errors import TuneryError
+from tunery.errors import TuneryError, TuningCancelled
 from tunery.evaluation.compare import read_evaluation_data
-from tunery.evaluation.evaluate import EVALUATION_FILE, Candidate, Evaluation, evaluate_engine, load_evaluation
+from tunery.evaluation.evaluate import (
+    EVALUATION_FILE,
+    Candidate,
+    Evaluation,
+    Events,
+    evaluate_engine,
+    load_evaluation,
+)
 from tunery.evaluation.prompts import Prompt
 from tunery.evaluation.run import output_budget
 from tunery.evaluation.tasks import resolve_task
 
 
-def evaluate_tuned(tuned_dir: str | Path, validation: str | Path, train: str | Path | None = None) -> Evaluation | None:
+def evaluate_tuned(
+    tuned_dir: str | Path,
+    validation: str | Path,
+    train: str | Path | None = None,
+    stop: Callable[[], None] = lambda: None,
+) -> Evaluation | None:
     """Evaluate the tuned model in ``tuned_dir`` on ``validation`` and store the result there.
 
     A failure (say, a validation prompt longer than the model's context) is recorded in
     ``evaluation.json`` as ``{"error": ...}`` and does not undo the tuning: None is returned.
+    ``stop`` is called before the first prediction and after each one; the ``TuningCancelled`` it raises
+    (the job was cancelled) ends the evaluation, nothing stored.
     """
     from tunery.serving.engine import Engine  # torch: only when a model runs
 
@@ -36,9 +51,18 @@ def evaluate_tuned(tuned_dir: str | Path, validation: str | Path, train: str | P
         task = resolve_task("auto", examples, label_sources, str(validation))
         engine = Engine(tuned_dir)
         candidate = Candidate("tuned model", str(tuned_dir), Prompt(name="as-is"))
+        stop()
         evaluation = evaluate_engine(
-            engine, examples, candidate, task, output_budget(engine, examples), data=str(validation)
+            engine,
+            examples,
+            candidate,
+            task,
+            output_budget(engine, examples),
+            data=str(validation),
+            events=Events(on_prediction=lambda name, prediction: stop()),
         )
+    except TuningCancelled:
+        raise
     except TuneryError as exc:
         (tuned_dir / EVALUATION_FILE).write_text(json.dumps({"error": str(exc)}, indent=2) + "\n")
         return None

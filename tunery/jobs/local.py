@@ -30,6 +30,7 @@ def submit(spec: TuningSpec, store: Store | None = None) -> dict[str, Any]:
     if not spec.output:
         spec.output = str(tuned_models_dir() / job_id)
     store.create_job(TENANT, spec, spec.to_request(), job_id=job_id, owner=EMBEDDED)
+    store.claim_job(job_id, EMBEDDED, None, attempt=True)  # counted before the worker reads it
     log_dir = jobs_dir() / job_id
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / "worker.log").open("ab") as log:
@@ -42,7 +43,7 @@ def submit(spec: TuningSpec, store: Store | None = None) -> dict[str, Any]:
             start_new_session=True,
         )
     _workers[process.pid] = process
-    return store.claim_job(job_id, EMBEDDED, process.pid).resource()
+    return store.update_job(job_id, worker_pid=process.pid).resource()
 
 
 def read(job_id: str, store: Store | None = None) -> dict[str, Any]:
@@ -78,9 +79,9 @@ def _settled(store: Store, job: Job) -> Job:
         return job
     if job.cancel_requested:
         error = {"code": CODE_CANCELLED, "message": "cancelled"}
-        return store.update_job(job.id, state=CANCELLED, error=error, message="cancelled")
+        return store.end_job(job.id, CANCELLED, error=error, message="cancelled")
     message = f"the worker process exited unexpectedly (log: {jobs_dir() / job.id / 'worker.log'})"
-    return store.update_job(job.id, state=FAILED, error={"code": CODE_INTERNAL, "message": message}, message=message)
+    return store.end_job(job.id, FAILED, error={"code": CODE_INTERNAL, "message": message}, message=message)
 
 
 def _alive(job: Job) -> bool:

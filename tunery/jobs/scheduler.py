@@ -2,13 +2,20 @@
 
 One thread, one loop (``tick``), woken by new jobs and cancels or every ``poll_seconds``:
 
-1. reap workers that exited: a job the worker did not end is CANCELLED (cancel requested), left to
-   resume (the worker stopped at a checkpoint), retried from its checkpoint (a crash or kill, at most
-   ``max_attempts`` runs in all), or FAILED with what happened;
-2. send SIGTERM to workers whose job has a cancel request (the worker checkpoints and stops);
+1. reap workers that exited, and send SIGTERM to workers whose job has a cancel request (the worker
+   checkpoints and stops);
+2. record what happened to each job its worker did not end: CANCELLED (cancel requested), left to
+   resume (the worker stopped at a checkpoint), FAILED with the reason (the disk was full and the
+   worker could not record it), retried from its checkpoint (a crash or kill), or FAILED once it has
+   run ``max_attempts`` times;
 3. start jobs, oldest first, RUNNING jobs that lost their worker (the server was stopped or killed)
-   before PENDING ones;
+   before PENDING ones. A run is counted in the store before its worker starts, so the count rises
+   across server restarts and a job that keeps failing without a word is not run again without end;
 4. remove ended jobs' links to the uploads they trained from (``tunery.jobs.inputs``).
+
+A store that fails (the database restarting, a full disk) never ends the loop: the tick is tried again
+with backoff (``poll_seconds`` doubling to ``MAX_BACKOFF_SECONDS``, one log line each time), and an
+exit not yet recorded is kept until it is.
 
 Workers watch their parent: if the server dies, they checkpoint and exit, and the next server
 resumes their jobs. ``stop()`` (server shutdown) does the same on purpose.
@@ -30,13 +37,18 @@ from tunery.jobs.store import (
     CANCELLED,
     CODE_CANCELLED,
     CODE_INTERNAL,
+    EXIT_DISK_FULL,
     EXIT_INTERRUPTED,
     FAILED,
     RUNNING,
     Job,
     Store,
+    short_error,
 )
+from tunery.jobs.worker import disk_full_after_exit
 from tunery.settings import jobs_dir
+
+MAX_BACKOFF_SECONDS = 30.0
 
 
 class Scheduler:
@@ -48,7 +60,9 @@ class Scheduler:
         self.store, self.workers, self.poll_seconds, self.max_attempts = store, workers, poll_seconds, max_attempts
         self.owner = f"server@{socket.gethostname()}"  # any server on this host may resume another's jobs
         self.running: dict[str, subprocess.Popen] = {}
+        self.exited: dict[str, int] = {}  # workers gone whose job's end is still to be recorded (the store failed)
         self._terminated: set[str] = set()
+        self.failures = 0  # ticks in a row that failed
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -75,15 +89,26 @@ class Scheduler:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            self._after_exit(job_id, process.returncode)
+            self.exited[job_id] = process.returncode
         self.running.clear()
+        try:
+            self._record_exits()
+        except Exception as exc:  # the next server sees the jobs RUNNING without a worker and takes them on
+            print(f"tunery scheduler: could not record the workers' exits: {short_error(exc)}", file=sys.stderr)
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
                 self.tick()
-            except Exception as exc:  # the database may be briefly unavailable; never let the loop die
-                print(f"tunery scheduler: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            except Exception as exc:  # the database down or its disk full: never let the loop die, nor spin
+                self.failures += 1
+                wait = min(self.poll_seconds * 2**self.failures, MAX_BACKOFF_SECONDS)
+                print(f"tunery scheduler: {short_error(exc)}; trying again in {wait:g} s", file=sys.stderr, flush=True)
+                self._stopping.wait(wait)  # new jobs and cancels do not cut the backoff short
+                continue
+            if self.failures:
+                print("tunery scheduler: the job store answers again", file=sys.stderr, flush=True)
+                self.failures = 0
             self._wake.wait(self.poll_seconds)
             self._wake.clear()
 
@@ -92,22 +117,26 @@ class Scheduler:
             if process.poll() is not None:
                 del self.running[job_id]
                 self._terminated.discard(job_id)
-                self._after_exit(job_id, process.returncode)
+                self.exited[job_id] = process.returncode
         for job_id, process in self.running.items():
             if job_id not in self._terminated and self.store.get_job(None, job_id).cancel_requested:
                 process.send_signal(signal.SIGTERM)
                 self._terminated.add(job_id)
+        self._record_exits()
         if self._stopping.is_set():
             return
         busy = len(self.running)
         for job in self.store.runnable_jobs([self.owner]):
-            if job.id in self.running:
+            if job.id in self.running or job.id in self.exited:
                 continue
             if job.worker_pid is not None and worker_alive(job.worker_pid, job.id):
                 busy += 1  # a previous server's worker, still checkpointing on its way out: its slot is taken
                 continue
             if job.cancel_requested:
-                self.store.update_job(job.id, state=CANCELLED, worker_pid=None, error=_cancelled(), message="cancelled")
+                self.store.end_job(job.id, CANCELLED, error=_cancelled(), message="cancelled")
+            elif job.attempts >= self.max_attempts:
+                message = f"the job ran {job.attempts} times without ending; giving up ({self._last_word(job)})"
+                self.store.end_job(job.id, FAILED, error={"code": CODE_INTERNAL, "message": message}, message=message)
             elif busy < self.workers:
                 busy += 1
                 if job.state == RUNNING and job.worker_pid is not None:
@@ -115,7 +144,19 @@ class Scheduler:
                 self._launch(job)
         inputs.release_ended(self.store)
 
+    def _record_exits(self) -> None:
+        """Record each exited worker's job; one the store refuses stays in ``exited`` for the next tick."""
+        for job_id, code in list(self.exited.items()):
+            self._after_exit(job_id, code)
+            del self.exited[job_id]
+
+    def _last_word(self, job: Job) -> str:
+        said = [e.get("message") for e in self.store.events(None, job.id, limit=10_000) if e["type"] == "state"]
+        return f"last: {said[-1]}" if said and said[-1] else "no word from its workers"
+
     def _launch(self, job: Job) -> None:
+        if self.store.claim_job(job.id, self.owner, None, attempt=True).has_ended:  # the run counts before it starts
+            return  # cancelled since it was read
         log_dir = jobs_dir() / job.id
         log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "TUNERY_DATABASE_URL": self.store.url}
@@ -129,36 +170,29 @@ class Scheduler:
                 start_new_session=True,  # a Ctrl-C at the server's terminal reaches workers through stop() only
             )
         self.running[job.id] = process
-        self.store.claim_job(job.id, self.owner, process.pid)
+        self.store.update_job(job.id, worker_pid=process.pid)
 
     def _after_exit(self, job_id: str, code: int) -> None:
         job = self.store.get_job(None, job_id)
         if job.has_ended:
             return
         if job.cancel_requested:
-            self.store.update_job(job_id, state=CANCELLED, worker_pid=None, error=_cancelled(), message="cancelled")
+            self.store.end_job(job_id, CANCELLED, error=_cancelled(), message="cancelled")
         elif code == EXIT_INTERRUPTED:
             self.store.update_job(job_id, worker_pid=None)
-        elif job.attempts + 1 < self.max_attempts:
+        elif code == EXIT_DISK_FULL:  # the job failed, and its worker could not say so: not retried
+            message = disk_full_after_exit(job)
+            self.store.end_job(job_id, FAILED, error={"code": CODE_INTERNAL, "message": message}, message=message)
+        elif job.attempts < self.max_attempts:
             self.store.update_job(
                 job_id,
                 worker_pid=None,
-                attempts=job.attempts + 1,
-                message=f"the worker {describe_exit(code)}; retry {job.attempts + 1} of {self.max_attempts - 1}, "
+                message=f"the worker {describe_exit(code)}; retry {job.attempts} of {self.max_attempts - 1}, "
                 "from the last checkpoint",
             )
         else:
-            message = (
-                f"the worker {describe_exit(code)}, {self.max_attempts} runs in all; giving up "
-                f"(log: {jobs_dir() / job_id / 'worker.log'})"
-            )
-            self.store.update_job(
-                job_id,
-                state=FAILED,
-                worker_pid=None,
-                error={"code": CODE_INTERNAL, "message": message},
-                message=message,
-            )
+            message = f"the worker {describe_exit(code)}, {job.attempts} runs in all; giving up (its log has more)"
+            self.store.end_job(job_id, FAILED, error={"code": CODE_INTERNAL, "message": message}, message=message)
 
 
 def _cancelled() -> dict[str, object]:

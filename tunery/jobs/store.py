@@ -16,16 +16,20 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, column, create_engine, event, func, or_, select, table
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.sql.expression import Select, TableClause
 
-from tunery.errors import ConflictError, JobError, NotFoundError
+from tunery.errors import ConflictError, DiskFullError, JobError, NotFoundError, disk_full
 from tunery.jobs.migrations import migrate
 from tunery.settings import database_url
 from tunery.tuning.spec import TuningSpec
@@ -42,6 +46,7 @@ ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 EMBEDDED = "embedded"  # worker_owner of a job started by the SDK without a server
 
 EXIT_INTERRUPTED = 75  # a worker's exit status (EX_TEMPFAIL): stopped at a checkpoint, to be resumed
+EXIT_DISK_FULL = 73  # a worker's exit status (EX_CANTCREAT): the disk was full and the job's end could not be recorded
 # google.rpc.Code values, as Vertex reports them in ``error.code``
 CODE_CANCELLED, CODE_INVALID_ARGUMENT, CODE_INTERNAL = 1, 3, 13
 
@@ -240,6 +245,32 @@ def _owned(t: TableClause, key: str, tenant: str | None) -> Select:
     return query if tenant is None else query.where(t.c.tenant == tenant)
 
 
+T = TypeVar("T")
+# What a store call raises while the database is down, restarting or out of disk: worth trying again
+TRANSIENT = (OperationalError, InterfaceError, PoolTimeoutError, DiskFullError)
+
+
+def retrying(call: Callable[[], T], seconds: float, what: str) -> T:
+    """``call()``, tried again with backoff (0.25 s, doubling to 8 s) for up to ``seconds`` while the store fails
+    (``TRANSIENT``); then the last error is raised. Each retry is one line on stderr (the worker's log)."""
+    deadline, delay = time.monotonic() + seconds, 0.25
+    while True:
+        try:
+            return call()
+        except TRANSIENT as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            print(f"tunery: {what} failed ({short_error(exc)}); retrying in {delay:g} s", file=sys.stderr, flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+
+
+def short_error(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (a database error's SQL and parameters left out), at most 200 characters."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
 def _first(conn: Connection, query: Select, name: str) -> Any:
     row = conn.execute(query).first()
     if row is None:
@@ -254,22 +285,30 @@ class Store:
     url: str = field(default_factory=database_url)
 
     def __post_init__(self) -> None:
+        # where the database lives, to name its disk when that is full (None: another machine's disk)
+        self._disk: Path | None = None
         if self.url.startswith("sqlite:///"):
-            from pathlib import Path
-
-            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            self._disk = Path(self.url.removeprefix("sqlite:///"))
+            self._disk.parent.mkdir(parents=True, exist_ok=True)
         self.engine = connect_engine(self.url)
         migrate(self.engine)
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            conn.info["immediate"] = True
-            try:
-                with conn.begin():
-                    yield conn
-            finally:
-                conn.info.pop("immediate", None)
+        """A write transaction; a full disk raises ``DiskFullError`` naming the job store's disk."""
+        try:
+            with self.engine.connect() as conn:
+                conn.info["immediate"] = True
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    conn.info.pop("immediate", None)
+        except OperationalError as exc:
+            full = disk_full(exc, self._disk, "the job store")
+            if full is None:
+                raise
+            raise full from exc
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -433,14 +472,16 @@ class Store:
                 self._event(conn, job_id, "state", message, data)
         return self.get_job(None, job_id)
 
-    def claim_job(self, job_id: str, owner: str, pid: int, *, attempt: bool = False) -> Job:
-        """Record that ``owner`` started worker ``pid`` for the job, which is now RUNNING."""
+    def claim_job(self, job_id: str, owner: str, pid: int | None, *, attempt: bool = False) -> Job:
+        """Record that ``owner`` runs the job (worker ``pid``, or None: about to start one), which is now RUNNING;
+        ``attempt`` counts the run, before it starts, so that a run that cannot record its end still counts.
+        A job that has ended (cancelled before it started, ended by a fast worker) is left as it is."""
         with self._write() as conn:
             job = self._locked_job(conn, None, job_id)
             stamp = now()
             conn.execute(
                 jobs_t.update()
-                .where(jobs_t.c.id == job_id, jobs_t.c.state.in_([PENDING, RUNNING]))  # a fast worker may have ended it
+                .where(jobs_t.c.id == job_id, jobs_t.c.state.in_([PENDING, RUNNING]))
                 .values(
                     state=RUNNING,
                     worker_pid=pid,
@@ -451,6 +492,46 @@ class Store:
                 )
             )
         return self.get_job(None, job_id)
+
+    def end_job(
+        self,
+        job_id: str,
+        state: str,
+        *,
+        message: str,
+        error: dict[str, Any] | None = None,
+        tuned: TunedModel | None = None,
+        **values: Any,
+    ) -> Job:
+        """End the job in one transaction: ``state`` (SUCCEEDED with its ``tuned`` model, FAILED, CANCELLED), or
+        CANCELLED whatever was asked if a cancel was requested first: a cancel accepted before the end always wins.
+        A job that has ended already is returned as it is."""
+        with self._write() as conn:
+            job = self._locked_job(conn, None, job_id)
+            if not job.has_ended:
+                if job.cancel_requested and state != CANCELLED:
+                    state, tuned, values = CANCELLED, None, {}
+                    error = {"code": CODE_CANCELLED, "message": "cancelled on request"}
+                    message = f"cancelled (the cancel came before the job could end: {message})"
+                stamp = now()
+                row = {"state": state, "error": error, "end_time": stamp, "update_time": stamp, "worker_pid": None}
+                if tuned is not None:
+                    if conn.execute(select(models_t.c.id).where(models_t.c.id == tuned.id)).first() is None:
+                        conn.execute(models_t.insert().values(**vars(tuned)))
+                    row["tuned_model_id"] = tuned.id
+                conn.execute(jobs_t.update().where(jobs_t.c.id == job_id).values(**_encode({**row, **values})))
+                self._event(conn, job_id, "state", message, {"state": state, **({"error": error} if error else {})})
+        return self.get_job(None, job_id)
+
+    def give_back_attempt(self, job_id: str, message: str) -> None:
+        """The worker stopped at a checkpoint because its server stopped: that run is not a failed attempt."""
+        with self._write() as conn:
+            conn.execute(
+                jobs_t.update()
+                .where(jobs_t.c.id == job_id, jobs_t.c.attempts > 0)
+                .values(attempts=jobs_t.c.attempts - 1, update_time=now())
+            )
+            self._event(conn, job_id, "state", message, None)
 
     def runnable_jobs(self, owners: list[str]) -> list[Job]:
         """Jobs a scheduler may start, oldest first: RUNNING ones that lost their worker come before PENDING

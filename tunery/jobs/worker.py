@@ -7,11 +7,18 @@ with a checkpoint resumes from it, anything else starts over. Every step's metri
 SIGTERM (or, with ``--watch-parent``, the parent server going away) stops the run at the next step
 boundary after a checkpoint: a cancelled job ends CANCELLED; otherwise the job stays RUNNING, the
 worker exits with ``EXIT_INTERRUPTED`` and a scheduler resumes it later.
+
+A cancel is honoured in every phase: at a step, after the last step, after the save and during the
+evaluation (``tunery.tuning.loop.stop_point``), and the end is one store transaction that a cancel
+requested before it wins (``Store.end_job``). Store writes that fail (the database restarting, a full
+disk) are retried for ``TUNERY_STORE_RETRY_SECONDS``; an end that still cannot be recorded is left to
+the scheduler through the exit status (``EXIT_DISK_FULL``, or 1 like a crash).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import shutil
@@ -23,34 +30,44 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from tunery.errors import TuneryError, TuningCancelled
+from tunery.errors import DiskFullError, TuneryError, TuningCancelled, disk_full, is_disk_full
 from tunery.jobs.store import (
     CANCELLED,
     CODE_CANCELLED,
     CODE_INTERNAL,
     CODE_INVALID_ARGUMENT,
+    EXIT_DISK_FULL,
     EXIT_INTERRUPTED,
     FAILED,
     RUNNING,
     SUCCEEDED,
+    TRANSIENT,
     Job,
     Store,
     TunedModel,
     now,
+    retrying,
+    short_error,
 )
+from tunery.settings import fault_pause_at, jobs_dir, store_retry_seconds, tunery_home
 from tunery.tuning.spec import TuningSpec
 
 CANCEL_POLL_SECONDS = 2.0
+FAULT_PAUSE_SECONDS = 120.0
 
 
 class StopRequests:
-    """``Hooks.should_stop`` for a worker: a signal, the parent gone, or a cancel recorded in the store."""
+    """``Hooks.should_stop`` for a worker: a signal, the parent gone, or a cancel recorded in the store.
+
+    The store is asked at most every ``CANCEL_POLL_SECONDS`` during training, and at once after the run enters
+    the save or the evaluation; a store that cannot be read (restarting) is no stop request."""
 
     def __init__(self, store: Store, job_id: str, watch_parent: bool) -> None:
         self.store, self.job_id = store, job_id
         self.parent = os.getppid() if watch_parent else None
         self.signalled = False
         self._checked = 0.0
+        self._paused = False
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
 
@@ -62,13 +79,43 @@ class StopRequests:
             return True
         if time.monotonic() - self._checked > CANCEL_POLL_SECONDS:
             self._checked = time.monotonic()
-            return self.store.get_job(None, self.job_id).cancel_requested
+            try:
+                return self.store.get_job(None, self.job_id).cancel_requested
+            except TRANSIENT:
+                return False  # asked again at the next check
         return False
+
+    def on_phase(self, phase: str) -> None:
+        """``Hooks.on_phase``: the save and the evaluation are events, and check the store for a cancel at once."""
+        if not phase.startswith("step "):
+            self._checked = 0.0
+            what = "saving the tuned model" if phase == "save" else "evaluating the tuned model on the validation file"
+            record(lambda: self.store.add_event(self.job_id, "state", what), "recording the phase")
+        if phase == fault_pause_at() and not self._paused:
+            self._paused = True
+            pause_for_fault_test(self.job_id, phase)
+
+
+def pause_for_fault_test(job_id: str, phase: str) -> None:
+    """``TUNERY_FAULT_PAUSE_AT``: create ``jobs/<id>/paused`` and wait (at most ``FAULT_PAUSE_SECONDS``) until a test
+    has done what it does at this phase (cancel, fill the disk, restart the database) and removed the file."""
+    marker = jobs_dir() / job_id / "paused"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(phase)
+    print(f"tunery worker: paused at {phase} until {marker} is removed", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + FAULT_PAUSE_SECONDS
+    while marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def record(write: Any, what: str) -> Any:
+    """A store write, retried for ``TUNERY_STORE_RETRY_SECONDS`` while the store is down or its disk full."""
+    return retrying(write, store_retry_seconds(), what)
 
 
 def main(job_id: str, watch_parent: bool = False) -> int:
     store = Store()
-    job = store.get_job(None, job_id)
+    job = record(lambda: store.get_job(None, job_id), "reading the job")
     if job.has_ended:
         return 0
     stop = StopRequests(store, job_id, watch_parent)
@@ -76,23 +123,23 @@ def main(job_id: str, watch_parent: bool = False) -> int:
     try:
         tuned = run(store, job, spec, stop)
     except TuningCancelled as exc:
-        if store.get_job(None, job_id).cancel_requested:
-            store.update_job(
-                job_id, state=CANCELLED, error={"code": CODE_CANCELLED, "message": str(exc)}, message=str(exc)
-            )
-            return 0
+        if record(lambda: store.get_job(None, job_id), "reading the job").cancel_requested:
+            error = {"code": CODE_CANCELLED, "message": str(exc)}
+            return end(store, job_id, CANCELLED, message=str(exc), error=error)
         saved = Path(exc.checkpoint).name if exc.checkpoint else "none"
-        store.add_event(job_id, "state", f"interrupted (the server stopped); checkpoint {saved} saved, to resume from")
+        message = f"interrupted (the server stopped); checkpoint {saved} saved, to resume from"
+        with contextlib.suppress(*TRANSIENT):  # unrecorded, the run counts as an attempt: no harm done
+            record(lambda: store.give_back_attempt(job_id, message), "recording the interruption")
         return EXIT_INTERRUPTED
+    except DiskFullError as exc:  # a store write during the run: its disk is full
+        return end(store, job_id, FAILED, message=str(exc), error={"code": CODE_INTERNAL, "message": str(exc)})
     except TuneryError as exc:
-        fail(store, job_id, CODE_INVALID_ARGUMENT, str(exc))
-        return 1
+        return end(store, job_id, FAILED, message=str(exc), error={"code": CODE_INVALID_ARGUMENT, "message": str(exc)})
     except Exception as exc:  # a bug, or the machine (disk full): the job must still end
         traceback.print_exc()
-        fail(store, job_id, CODE_INTERNAL, describe_error(exc, Path(spec.output or job.output)))
-        return 1
-    succeed(store, job, tuned)
-    return 0
+        message = describe_error(exc, Path(spec.output or job.output))
+        return end(store, job_id, FAILED, message=message, error={"code": CODE_INTERNAL, "message": message})
+    return succeed(store, job, tuned)
 
 
 def run(store: Store, job: Job, spec: TuningSpec, stop: StopRequests) -> Path:
@@ -103,62 +150,87 @@ def run(store: Store, job: Job, spec: TuningSpec, stop: StopRequests) -> Path:
     from tunery.tuning.prepare import RUN_FILE
 
     run_dir = Path(spec.output or job.output)
-    if is_tuned_dir(run_dir):
-        store.add_event(job.id, "state", "the tuned model was already complete; recording it")
+    resume = (run_dir / RUN_FILE).is_file()  # a run stopped in its save or evaluation resumes too
+    if not resume and is_tuned_dir(run_dir):
+        record(
+            lambda: store.add_event(job.id, "state", "the tuned model was already complete; recording it"),
+            "recording an event",
+        )
         return run_dir
-    resume = (run_dir / RUN_FILE).is_file()
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)  # a run killed before it recorded itself: nothing to keep
-    attempt = f"attempt {job.attempts + 1}"
+    attempt = f"attempt {max(job.attempts, 1)}"
     where = f"resuming from checkpoint {checkpoint.name}" if checkpoint is not None else "training from step 0"
-    store.add_event(job.id, "state", f"{attempt}: {where}", {"state": RUNNING})
+    record(lambda: store.add_event(job.id, "state", f"{attempt}: {where}", {"state": RUNNING}), "recording an event")
 
-    def on_metrics(record: dict[str, Any]) -> None:
-        store.add_event(job.id, "metrics", None, record)
+    def on_metrics(metrics: dict[str, Any]) -> None:
+        record(lambda: store.add_event(job.id, "metrics", None, metrics), "recording the step's metrics")
 
-    return tune(spec, Hooks(on_metrics=on_metrics, should_stop=stop), resume=resume)
+    return tune(spec, Hooks(on_metrics=on_metrics, should_stop=stop, on_phase=stop.on_phase), resume=resume)
 
 
-def succeed(store: Store, job: Job, tuned: Path) -> None:
+def succeed(store: Store, job: Job, tuned: Path) -> int:
+    """SUCCEEDED with the tuned model, in one store transaction; CANCELLED if a cancel came first."""
     from tunery.models.tuned import read_manifest
 
     manifest = read_manifest(tuned)
-    store.add_tuned_model(
-        TunedModel(
-            id=job.id,
-            tenant=job.tenant,
-            job_id=job.id,
-            display_name=job.display_name,
-            base_model=job.base_model,
-            tuning_mode=job.tuning_mode,
-            path=str(tuned),
-            create_time=now(),
-        )
+    model = TunedModel(
+        id=job.id,
+        tenant=job.tenant,
+        job_id=job.id,
+        display_name=job.display_name,
+        base_model=job.base_model,
+        tuning_mode=job.tuning_mode,
+        path=str(tuned),
+        create_time=now(),
     )
-    store.update_job(
-        job.id,
-        state=SUCCEEDED,
-        tuned_model_id=job.id,
-        stats=manifest["tuningDataStats"]["supervisedTuningDataStats"],
-        message="tuned model ready",
-    )
+    stats = manifest["tuningDataStats"]["supervisedTuningDataStats"]
+    return end(store, job.id, SUCCEEDED, message="tuned model ready", tuned=model, stats=stats)
+
+
+def end(store: Store, job_id: str, state: str, **fields: Any) -> int:
+    """Record the job's end (``Store.end_job``), retrying while the store fails; the exit status says what happened.
+
+    If the end cannot be recorded, the scheduler is told by the exit status: ``EXIT_DISK_FULL`` when the job failed
+    on a full disk (it records FAILED once it can), 1 otherwise (a crash: retried, and a complete tuned model is
+    then recorded without training again)."""
+    try:
+        record(lambda: store.end_job(job_id, state, **fields), "recording the job's end")
+    except TRANSIENT as exc:
+        message = fields.get("message", "")
+        with contextlib.suppress(OSError):  # the log may be on the full disk
+            print(f"tunery worker: could not record {state} ({message}): {short_error(exc)}", file=sys.stderr)
+        return EXIT_DISK_FULL if state == FAILED and (is_disk_full(exc) or "is full" in message) else 1
+    return 1 if state == FAILED else 0
+
+
+def where(path: Path) -> str:
+    """``path`` as a job's error names it: under ``TUNERY_HOME`` by its place there, not by a server path."""
+    try:
+        return "TUNERY_HOME/" + str(path.resolve().relative_to(tunery_home().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def describe_error(exc: Exception, run_dir: Path) -> str:
     """The job's error message for an unexpected exception; a full disk says which disk and what is free."""
-    text = f"{type(exc).__name__}: {exc}"
-    if getattr(exc, "errno", None) != errno.ENOSPC and "No space left on device" not in text:
-        return text
-    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    full = disk_full(exc, run_dir, f"the tuned model ({where(run_dir)})")
+    if full is None:
+        return f"{type(exc).__name__}: {exc}"
+    reason = os.strerror(errno.ENOSPC) if getattr(exc, "errno", None) == errno.ENOSPC else short_error(exc)
+    return f"{full} ({reason})"
+
+
+def disk_full_after_exit(job: Job) -> str:
+    """The error of a job whose worker exited with ``EXIT_DISK_FULL``: its disk was full, nothing could be recorded."""
+    run_dir = Path(job.output)
+    existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), run_dir.anchor or ".")
     free = shutil.disk_usage(existing).free / 2**20
     return (
-        f"the disk holding {run_dir} is full ({free:.1f} MiB free): free some space, then create the job again ({text})"
+        f"the disk holding the tuned model ({where(run_dir)}) or the job store was full: the worker stopped and could "
+        f"not record why ({free:.1f} MiB free now); free some space, then create the job again"
     )
-
-
-def fail(store: Store, job_id: str, code: int, message: str) -> None:
-    store.update_job(job_id, state=FAILED, error={"code": code, "message": message}, message=message)
 
 
 if __name__ == "__main__":

@@ -34,12 +34,16 @@ def save_checkpoint(run_dir: str | Path, model: Any, optimizer: Any, scheduler: 
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state.step:06d}"
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    save_file(trainable_state(model), str(staging / "weights.safetensors"))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
-        staging / "optimizer.pt",
-    )
-    (staging / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
+    try:
+        save_file(trainable_state(model), str(staging / "weights.safetensors"))
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
+            staging / "optimizer.pt",
+        )
+        (staging / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a full disk gets its space back for the job's end to be recorded
+        raise
     target = root / name
     if target.exists():
         shutil.rmtree(target)

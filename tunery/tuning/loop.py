@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tunery.data.tokenize import IGNORE_INDEX, Encoded
 from tunery.errors import TuningCancelled
 from tunery.tuning.batching import collate, micro_batches, plan_epoch
-from tunery.tuning.checkpoint import save_checkpoint
+from tunery.tuning.checkpoint import latest_checkpoint, save_checkpoint
 from tunery.tuning.precision import autocast
 
 
@@ -37,10 +37,13 @@ class TrainState:
 
 @dataclass
 class Hooks:
-    """How a run talks to its caller: metrics out, a stop request in."""
+    """How a run talks to its caller: metrics out, a stop request in, and the phase it enters (``step N``,
+    ``save``, ``evaluation``). A stop is honoured at the start of a step, after the last step, after the save and
+    during the evaluation, always with a checkpoint to resume from (see ``stop_point``)."""
 
     on_metrics: Callable[[dict[str, Any]], None] = lambda metrics: None
     should_stop: Callable[[], bool] = lambda: False
+    on_phase: Callable[[str], None] = lambda phase: None
 
 
 @dataclass
@@ -62,6 +65,7 @@ class Run:
     precision: str = "fp32"  # resolved: fp32 or bf16-mixed
     checkpoint_seconds: float = 600.0
     state: TrainState = field(default_factory=TrainState)
+    hooks: Hooks = field(default_factory=Hooks)  # the caller's, set by ``fit``: the save after it stops on request too
 
     @property
     def steps_per_epoch(self) -> int:
@@ -112,6 +116,7 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
     """Train from ``run.state`` to the last epoch; log every step, evaluate and checkpoint at epoch ends, and
     checkpoint inside an epoch once ``run.checkpoint_seconds`` of training have passed since the last one."""
     model, state = run.model, run.state
+    run.hooks = hooks
     lengths = [len(e.input_ids) for e in run.train]
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
@@ -132,6 +137,7 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
                 state.seconds = time.perf_counter() - started
                 path = save_checkpoint(run.run_dir, model, run.optimizer, run.scheduler, state)
                 raise TuningCancelled(f"cancelled at step {state.step}; checkpoint saved", str(path))
+            hooks.on_phase(f"step {state.step + 1}")
             step_examples = plan[state.batch]
             window_tokens = sum(run.train[i].trained_tokens for i in step_examples)
             step_loss, step_correct, step_tokens = 0.0, 0, 0
@@ -172,4 +178,17 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
             hooks.on_metrics(metrics)
             save_checkpoint(run.run_dir, model, run.optimizer, run.scheduler, state)
             break
+    stop_point(run, "after the last step")  # a cancel during the last step: the epoch's checkpoint is just saved
     return state
+
+
+def stop_point(run: Run, phase: str) -> None:
+    """Raise ``TuningCancelled`` if the run's caller asks it to stop: after the loop, the newest checkpoint (the
+    last epoch's, kept until the tuned model is complete) is what a resumed run continues from."""
+    if not run.hooks.should_stop():
+        return
+    checkpoint = latest_checkpoint(run.run_dir)
+    where = f"cancelled {phase} (step {run.state.step})"
+    if checkpoint is None:
+        raise TuningCancelled(f"{where}; no checkpoint")
+    raise TuningCancelled(f"{where}; checkpoint {checkpoint.name} kept", str(checkpoint))

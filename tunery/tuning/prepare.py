@@ -22,7 +22,7 @@ from tunery.models.sources import BaseModel, resolve_base
 from tunery.models.tuned import MANIFEST_FILE, METRICS_FILE
 from tunery.settings import tuned_models_dir
 from tunery.tuning.checkpoint import latest_checkpoint, load_checkpoint, write_atomic
-from tunery.tuning.loop import Hooks, Run, TrainState
+from tunery.tuning.loop import Hooks, Run, TrainState, stop_point
 from tunery.tuning.precision import resolve_precision
 from tunery.tuning.spec import TuningSpec
 
@@ -153,12 +153,14 @@ def logging_hooks(hooks: Hooks, run_dir: Path) -> Hooks:
             fh.write(json.dumps(record) + "\n")
         hooks.on_metrics(record)
 
-    return Hooks(on_metrics=on_metrics, should_stop=hooks.should_stop)
+    return Hooks(on_metrics=on_metrics, should_stop=hooks.should_stop, on_phase=hooks.on_phase)
 
 
 def finish(prep: Prepared, run: Run) -> Path:
-    """Write tokenizer, chat template and ``tunery.json``; drop checkpoints. The manifest goes last; then, with a
-    validation file, the final evaluation (``evaluation.json`` + ``predictions.jsonl``) of the finished model."""
+    """Write tokenizer, chat template and ``tunery.json``; then, with a validation file, the final evaluation
+    (``evaluation.json`` + ``predictions.jsonl``) of the finished model; drop checkpoints last, so a run stopped
+    during the save or the evaluation (``stop_point``) resumes from its last checkpoint."""
+    run.hooks.on_phase("save")
     prep.tokenizer.save_pretrained(prep.run_dir)
     final = {}
     for line in (prep.run_dir / METRICS_FILE).read_text().splitlines():
@@ -186,8 +188,12 @@ def finish(prep: Prepared, run: Run) -> Path:
         "createTime": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     write_atomic(prep.run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2))
+    stop_point(run, "during the save")
+    if prep.spec.validation:
+        run.hooks.on_phase("evaluation")
+        evaluate_tuned(
+            prep.run_dir, prep.spec.validation, prep.spec.train, stop=lambda: stop_point(run, "during the evaluation")
+        )
     shutil.rmtree(prep.run_dir / "checkpoints", ignore_errors=True)
     (prep.run_dir / RUN_FILE).unlink(missing_ok=True)
-    if prep.spec.validation:
-        evaluate_tuned(prep.run_dir, prep.spec.validation, prep.spec.train)
     return prep.run_dir
