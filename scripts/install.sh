@@ -28,5 +28,18 @@ if [ "$extras" = "test" ]; then
             echo "not installed: ${missing[*]} (apt-get install ${missing[*]}, as root); their tests will skip" >&2
         fi
     fi
+    # The console's browser tests scan each page with axe-core (npm), kept inside the venv.
+    axe=axe-core-4.11.4
+    if [ ! -f .venv/share/axe-core/axe.min.js ]; then
+        if command -v npm >/dev/null; then
+            tmp="$(mktemp -d)"
+            (cd "$tmp" && npm pack --silent "axe-core@${axe#axe-core-}" >/dev/null)
+            mkdir -p .venv/share/axe-core
+            tar -xzf "$tmp/$axe.tgz" -C .venv/share/axe-core --strip-components=1 package/axe.min.js package/LICENSE
+            rm -rf "$tmp"
+        else
+            echo "not installed: axe-core (needs npm); the console's accessibility checks will skip" >&2
+        fi
+    fi
 fi
 echo "installed: $(.venv/bin/tunery --version 2>/dev/null || .venv/bin/python -c 'import tunery; print("tunery", tunery.__version__)')"

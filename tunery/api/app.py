@@ -22,7 +22,7 @@ from tunery.api import errors, shutdown
 from tunery.api.admission import Admission
 from tunery.api.deps import Authenticator, AuthMiddleware
 from tunery.api.limits import ApiSettings, BodyLimitMiddleware
-from tunery.api.routes import files, health, jobs, models
+from tunery.api.routes import console, files, health, jobs, models
 from tunery.jobs.store import Store
 from tunery.settings import AdmissionLimits
 
@@ -80,7 +80,7 @@ def create_app(
     app.state.admission = Admission(admission or AdmissionLimits.from_env())
     app.state.draining = shutdown.Draining()
     errors.install(app)
-    for router in (health.router, files.router, jobs.router, models.router):
+    for router in (health.router, files.router, jobs.router, models.router, console.router):
         app.include_router(router)
     # the last added runs first: track the request for a clean stop, authenticate before a body is read, then
     # hold it to its limit

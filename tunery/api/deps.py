@@ -24,7 +24,8 @@ from tunery.api.limits import ApiSettings
 from tunery.jobs.store import Store
 
 DEFAULT_TENANT = "default"
-OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/"})
+OPEN_PREFIXES = ("/console/",)  # the console's static files: every data call they make needs a key
 MAX_AUTHORIZATION = 512
 
 
@@ -98,7 +99,7 @@ class AuthMiddleware:
         self.authenticator = authenticator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
