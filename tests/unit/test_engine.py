@@ -12,7 +12,6 @@ import pytest
 from tunery.data import parse_example, prompt_ids, user_example
 from tunery.errors import ModelError
 from tunery.serving import Engine, GenerationConfig
-from tunery.serving.engine import batchable
 
 
 @pytest.fixture(scope="module")
@@ -110,14 +109,19 @@ def test_a_batch_cuts_each_answer_at_its_own_stop_or_limit(tuned_lora, examples)
     assert {g.finish_reason for g in alone} == {"STOP", "MAX_TOKENS"}
 
 
-def test_only_greedy_requests_without_stop_sequences_share_a_batch(tiny_model):
-    engine = Engine(tiny_model)
-    ids = [engine.prompt(user_example("hi"), GenerationConfig())] * 2
-    for other in (GenerationConfig(temperature=1.0), GenerationConfig(stop_sequences=("x",))):
-        assert not batchable(other)
-        with pytest.raises(ValueError, match="only greedy requests"):
-            engine.generate_batch(ids, [GenerationConfig(), other])
-    assert batchable(GenerationConfig(max_output_tokens=9, seed=3))
+def test_sampled_rows_and_stop_sequences_batch_and_get_their_answers_alone(tuned_lora, examples):
+    engine = Engine(tuned_lora)
+    prompts = [examples[0].prompt(), examples[1].prompt(), examples[2].prompt(), user_example("hi")]
+    configs = [
+        GenerationConfig(max_output_tokens=8, temperature=1.2, top_k=40, top_p=0.9, seed=5),
+        GenerationConfig(max_output_tokens=20, stop_sequences=("_",)),
+        GenerationConfig(max_output_tokens=8, temperature=0.7, seed=11),
+        GenerationConfig(max_output_tokens=5),
+    ]
+    alone = [engine.generate(p, c) for p, c in zip(prompts, configs, strict=True)]
+    batched = engine.generate_batch([engine.prompt(p, c) for p, c in zip(prompts, configs, strict=True)], configs)
+    assert _answers(batched) == _answers(alone)
+    assert "_" not in alone[1].text and alone[1].finish_reason == "STOP"
 
 
 def test_prompt_too_long_for_the_context(tiny_model):

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -29,7 +31,7 @@ from tunery.serving.gemini import (
 )
 from tunery.serving.process import ModelHost, http_status
 
-CHILD_ENV = {"OMP_NUM_THREADS": "1"}
+CHILD_ENV = {"OMP_NUM_THREADS": "1", "TUNERY_SERVING_WEIGHTS": "fp32"}  # the in-process engine's weights
 CONTENTS = [{"role": "user", "parts": [{"text": "my card never arrived"}]}]
 REQUEST = {
     "systemInstruction": {"parts": [{"text": "Route the ticket."}]},
@@ -104,13 +106,13 @@ def test_a_bad_request_is_a_400_with_every_field_and_the_host_stays_up(host, tin
     bad = {
         "contents": [{"role": "assistant", "parts": [{"text": "hi"}]}],
         "generationConfig": {"maxOutputTokens": 0, "topK": "many"},
-        "safetySettings": [],
+        "toolz": [],
     }
     with pytest.raises(DatasetError) as caught:
         host.generate(str(tiny_model), bad)
     assert http_status(caught.value) == 400
     fields = {p.field for p in caught.value.problems}
-    assert fields == {"contents[0].role", "generationConfig.maxOutputTokens", "generationConfig.topK", "safetySettings"}
+    assert fields == {"contents[0].role", "generationConfig.maxOutputTokens", "generationConfig.topK", "toolz"}
     assert "generationConfig.maxOutputTokens: expected 1 to 8192, got 0" in str(caught.value)
     with pytest.raises(NotFoundError) as missing:
         host.generate("no-such-model", REQUEST)
@@ -126,13 +128,15 @@ def test_max_prompt_tokens_is_enforced_before_generating(host, tiny_model):
     assert host.generate(str(tiny_model), REQUEST, max_prompt_tokens=n)["usageMetadata"]["promptTokenCount"] == n
 
 
-def test_models_are_kept_least_recently_used_and_evicted(host, tiny_model, tiny_model_factory, tuned_lora):
-    gemma = str(tiny_model_factory("gemma"))
+def test_bases_are_kept_least_recently_used_and_adapters_share_theirs(host, tiny_model, tiny_model_factory, tuned_lora):
+    gemma, smollm2 = str(tiny_model_factory("gemma")), str(tiny_model_factory("smollm2"))
     for model in (str(tuned_lora), str(tiny_model), gemma):
         host.generate(model, REQUEST)
-    assert host.ping()["models"] == [str(tiny_model), gemma]  # at most 2; the least recently used went first
+    assert set(host.ping()["models"]) == {str(tuned_lora), str(tiny_model), gemma}  # the adapter: on tiny's base
+    host.generate(smollm2, REQUEST)  # a third base: at most 2, the least recently used goes first
+    assert host.ping()["models"] == [gemma, smollm2]
     assert host.evict(gemma) is True and host.evict(gemma) is False
-    assert host.ping()["models"] == [str(tiny_model)]
+    assert host.ping()["models"] == [smollm2]
 
 
 def _body(text: str, **config) -> dict:
@@ -144,8 +148,8 @@ BATCH_BODIES = [
     _body("hi", maxOutputTokens=3),
     _body("why was my transfer declined yesterday, and what do I do now?", maxOutputTokens=6),
     _body("x", maxOutputTokens=0),  # refused by itself, a 400
-    _body("my card never arrived", maxOutputTokens=4, temperature=1.0, seed=3),  # sampled: generated alone
-    _body("my card never arrived", maxOutputTokens=5, stopSequences=["_"]),  # a stop sequence: alone too
+    _body("my card never arrived", maxOutputTokens=4, temperature=1.0, seed=3),  # sampled, with its own seed
+    _body("my card never arrived", maxOutputTokens=5, stopSequences=["_"]),
 ]
 
 
@@ -156,59 +160,88 @@ def _outcome(host, model, body):
         return type(exc).__name__, str(exc)
 
 
-def _in_line(host, model, bodies, monkeypatch):
-    """Each body's outcome when all of them wait for a busy host, and the ops that were sent for them."""
-    sent, call = [], host._call
-    monkeypatch.setattr(
-        host, "_call", lambda op, fields: sent.append((op, len(fields.get("items", [1])))) or call(op, fields)
-    )
-    results = [None] * len(bodies)
-
-    def run(i):
-        results[i] = _outcome(host, model, bodies[i])
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(bodies))]
-    with host._lock:  # the host is busy: every call waits in line
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 30
-        while len(host._line) < len(bodies) and time.monotonic() < deadline:
-            time.sleep(0.01)
+def test_calls_in_flight_together_get_their_own_answers(host, tuned_lora, tiny_model):
+    models = [str(tuned_lora), str(tiny_model)]
+    work = [(m, body) for m in models for body in BATCH_BODIES]
+    alone = [_outcome(host, m, body) for m, body in work]
+    assert alone[3][0] == "DatasetError" and all(isinstance(r, dict) for r in alone[:3] + alone[4:6])
+    results = [None] * len(work)
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, _outcome(host, *work[i]))) for i in range(len(work))
+    ]
+    for thread in threads:
+        thread.start()
     for thread in threads:
         thread.join(60)
-    monkeypatch.undo()
-    return results, sent
-
-
-def test_calls_that_wait_for_the_host_go_as_one_batch_and_get_their_own_answers(host, tuned_lora, monkeypatch):
-    model = str(tuned_lora)
-    alone = [_outcome(host, model, body) for body in BATCH_BODIES]
-    assert alone[3][0] == "DatasetError" and all(isinstance(r, dict) for r in alone[:3] + alone[4:])
-    results, sent = _in_line(host, model, BATCH_BODIES, monkeypatch)
-    assert sent == [("generateBatch", len(BATCH_BODIES))]
     assert results == alone
+    batch = host.generate_batch([{"model": m, "request": body} for m, body in work])
+    assert [type(r).__name__ if isinstance(r, Exception) else _without_latency(r) for r in batch] == [
+        r[0] if isinstance(r, tuple) else r for r in alone
+    ]
 
 
-def test_at_most_max_batch_calls_go_together(tiny_model, monkeypatch):
+def _long(max_tokens: int = 400) -> dict:
+    return _body("count with me: one two three", maxOutputTokens=max_tokens)
+
+
+def _running(model_host, n: int, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while model_host.ping()["running"] < n:
+        assert time.monotonic() < deadline, "the generation never started"
+        time.sleep(0.02)
+
+
+def test_a_request_sent_mid_batch_finishes_first_and_counts_do_not_wait(host, tiny_model):
     model = str(tiny_model)
-    bodies = [_body(f"question {i}", maxOutputTokens=3) for i in range(5)]
-    with ModelHost(env=CHILD_ENV, timeout=60, max_batch=2) as small:
-        alone = [_outcome(small, model, body) for body in bodies]
-        results, sent = _in_line(small, model, bodies, monkeypatch)
-    assert sorted(sent) == [("generate", 1), ("generateBatch", 2), ("generateBatch", 2)]
-    assert results == alone
+    done: list[str] = []
+    for model_host in [host]:
+        model_host.generate(model, _body("warm up", maxOutputTokens=2))
+        long = threading.Thread(target=lambda: done.append(model_host.generate(model, _long())["usageMetadata"]))
+        long.start()
+        _running(model_host, 1)
+        started = time.monotonic()
+        assert model_host.count_tokens(model, {"contents": CONTENTS})["totalTokens"] > 0
+        counted = time.monotonic() - started
+        short = model_host.generate(model, _body("hi", maxOutputTokens=3))
+        assert not done, "the short request waited for the long one"
+        assert model_host.ping()["running"] == 1  # the long one still decodes
+        long.join(120)
+    assert done[0]["candidatesTokenCount"] == 400 and short["usageMetadata"]["candidatesTokenCount"] == 3
+    assert counted < 5
 
 
-def test_a_host_that_dies_fails_every_call_of_its_batch_then_restarts(tiny_model, monkeypatch):
-    model = str(tiny_model)
-    bodies = [_body(f"question {i}", maxOutputTokens=3) for i in range(3)]
-    with ModelHost(env=CHILD_ENV, timeout=60) as dying:
-        os.kill(dying.ping()["pid"], signal.SIGKILL)
-        dying._proc.wait(10)
-        results, sent = _in_line(dying, model, bodies, monkeypatch)
-        assert sent == [("generateBatch", 3)]
-        assert [r[0] for r in results] == ["ServingError"] * 3 and all("exited" in r[1] for r in results)
-        assert dying.generate(model, bodies[0])["candidates"]
+def test_streaming_chunks_join_to_the_answer_and_cancel_frees_the_row(host, tuned_lora, tiny_model):
+    async def scenario(model_host):
+        for model in (str(tuned_lora), str(tiny_model)):
+            body = _body("my card never arrived", maxOutputTokens=12)
+            whole = await model_host.agenerate(model, body)
+            chunks = [chunk async for chunk in model_host.astream(model, body)]
+            text = "".join(c["candidates"][0]["content"]["parts"][0]["text"] for c in chunks)
+            assert text == whole["candidates"][0]["content"]["parts"][0]["text"]
+            assert chunks[-1]["candidates"][0]["finishReason"] == whole["candidates"][0]["finishReason"]
+            assert chunks[-1]["usageMetadata"] == whole["usageMetadata"]
+            assert all("finishReason" not in c["candidates"][0] for c in chunks[:-1])
+        # A cancelled task, a stream closed early and a call past its timeout hold no row afterwards.
+        task = asyncio.create_task(model_host.agenerate(str(tiny_model), _long(450)))
+        await asyncio.to_thread(_running, model_host, 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        stream = model_host.astream(str(tiny_model), _long(450))
+        assert (await anext(stream))["candidates"]
+        await stream.aclose()
+        with pytest.raises(ServingError) as caught:
+            await model_host.agenerate(str(tiny_model), _long(450), timeout=0.5)
+        assert caught.value.code == 504
+        deadline = time.monotonic() + 10
+        while (await asyncio.to_thread(model_host.ping))["running"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert (await asyncio.to_thread(model_host.ping))["running"] == 0
+        assert (await model_host.acount_tokens(str(tiny_model), {"contents": CONTENTS}))["totalTokens"] > 0
+
+    pid = host.ping()["pid"]
+    asyncio.run(scenario(host))
+    assert host.ping()["pid"] == pid  # none of that stopped the host
 
 
 def test_max_batch_comes_from_the_environment(monkeypatch):
@@ -232,11 +265,47 @@ def test_a_killed_host_fails_one_call_then_restarts(tmp_path):
         assert model_host.ping()["pid"] not in (pid, None)
 
 
-def test_a_host_that_takes_too_long_is_stopped(tiny_model):
-    with ModelHost(env=CHILD_ENV, timeout=0.5) as model_host:
-        with pytest.raises(ServingError) as caught:
-            model_host.generate(str(tiny_model), REQUEST)  # loading torch alone takes longer
-        assert caught.value.code == 504 and model_host.pid is None
+def test_a_host_that_dies_fails_the_calls_in_flight_then_restarts(tiny_model):
+    model, results = str(tiny_model), []
+    with ModelHost(env=CHILD_ENV, timeout=60) as model_host:
+        model_host.generate(model, _body("warm up", maxOutputTokens=2))
+        threads = [threading.Thread(target=lambda: results.append(_outcome(model_host, model, _long()))) for _ in "ab"]
+        for thread in threads:
+            thread.start()
+        _running(model_host, 2)
+        pid = model_host.pid
+        os.kill(pid, signal.SIGKILL)
+        for thread in threads:
+            thread.join(30)
+        assert [r[0] for r in results] == ["ServingError"] * 2 and all("exited" in r[1] for r in results)
+        assert model_host.generate(model, REQUEST)["candidates"] and model_host.pid != pid
+
+
+def test_a_stopped_host_fails_its_calls_with_504_and_the_next_call_gets_a_fresh_one(tiny_model):
+    model, results = str(tiny_model), []
+    with ModelHost(env=CHILD_ENV, timeout=120, probe_timeout=1) as model_host:
+        model_host.generate(model, REQUEST)
+        model_host.timeout, pid = 2, model_host.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            threads = [
+                threading.Thread(target=lambda: results.append(_outcome(model_host, model, REQUEST))) for _ in "ab"
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            deadline = time.monotonic() + 10
+            while model_host.pid == pid and time.monotonic() < deadline:  # the ping probe finds it stuck, kills it
+                time.sleep(0.05)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        assert [r[0] for r in results] == ["ServingError"] * 2
+        assert all("did not answer" in r[1] or "stopped answering" in r[1] for r in results), results
+        assert model_host.pid is None
+        model_host.timeout = 60
+        assert model_host.generate(model, REQUEST)["candidates"] and model_host.pid not in (pid, None)
 
 
 def test_the_protocol_is_one_json_line_per_request_and_eof_ends_the_host():
@@ -245,6 +314,7 @@ def test_the_protocol_is_one_json_line_per_request_and_eof_ends_the_host():
         "not json",
         json.dumps({"id": 3, "op": "nope"}),
         json.dumps({"id": 4, "op": "countTokens", "model": "nowhere", "request": {}}),
+        json.dumps({"id": 5, "op": "cancel", "target": 99}),
     ]
     done = subprocess.run(
         [sys.executable, "-m", "tunery.serving.host"],
@@ -255,10 +325,11 @@ def test_the_protocol_is_one_json_line_per_request_and_eof_ends_the_host():
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    replies = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [(r["id"], r["ok"]) for r in replies] == [(1, True), (None, False), (3, False), (4, False)]
-    assert [r["error"]["code"] for r in replies[1:]] == [500, 500, 404]
-    assert "JSONDecodeError" in replies[1]["error"]["message"] and "Traceback" in done.stderr
+    replies = {r["id"]: r for r in map(json.loads, done.stdout.splitlines())}  # by id, in any order
+    assert {i: r["ok"] for i, r in replies.items()} == {1: True, None: False, 3: False, 4: False, 5: True}
+    assert [replies[i]["error"]["code"] for i in (None, 3, 4)] == [500, 500, 404]
+    assert replies[5]["result"] == {"cancelled": False}
+    assert "JSONDecodeError" in replies[None]["error"]["message"] and "Traceback" in done.stderr
 
 
 def test_stray_prints_in_the_host_go_to_stderr():

@@ -1,44 +1,327 @@
-"""Inference: load a base or tuned model once, build prompts with its training template, generate.
+"""Inference: each base model loaded once, LoRA adapters attached per row, and a decode loop that batches
+continuously.
 
-A LoRA adapter is folded into a private copy of the base weights on load (``merge_and_unload``), so
-prediction runs at the base model's speed; merged and unmerged logits are equal (tested).
+    engine = Engine("smollm2-135m-instruct")              # one model, alone (the CLI, SDK, evaluation)
+    engine.generate(example, GenerationConfig(max_output_tokens=32))
+
+    models = Models(max_bases=2, max_adapters=8, weights="auto")   # the model host: many models at once
+    served = models.get(path)                                       # a base, a tuned adapter or a full model
+    batch = Batch(served.base); batch.add(Row(served, ids, config)); batch.step() ...
+
+**One base, many adapters.** A tuned LoRA model is its base plus a slot in the base's adapter stacks:
+every targeted linear layer holds the A and B matrices of all loaded adapters stacked (ranks padded,
+scaling folded into B), and each batch row picks its slot (slot 0 is the base, all zeros), so one forward
+serves rows of different adapters and of the base itself (a gathered ``bmm``, as S-LoRA and punica do;
+the cost does not grow with the number of adapters in the batch). Answers equal the merged model's
+(greedy; tested). An adapter this cannot stack (DoRA, ``modules_to_save``, per-module ranks) is served
+as a separate, merged model.
+
+**Continuous batching.** A ``Batch`` holds rows that decode together with one KV cache, left-padded to one
+width. ``add`` prefills a new row alone and merges its cache into the running one (the shorter side
+padded on the left), so it joins at the next step; a finished row leaves at once. Each row has its own
+sampling settings and ``torch.Generator``, stop tokens, stop sequences, optional constraint (see
+``tunery.serving.constrain``: ``mask``/``advance``/``is_finished``) and stream callback, so it gets the
+answer it gets alone (greedy) or the same distribution (sampled).
+
+**Weights.** ``fp32`` is the reference (what ``transformers`` computes). ``bf16`` halves the bytes each
+step reads; ``int8`` stores every linear layer's weight as int8 with one scale per output channel and
+multiplies with ``torch._weight_int8pack_mm`` on bf16 activations (a quarter of the bytes: decoding at
+batch 1 on a CPU is bound by reading the weights). ``auto`` picks int8 where the CPU has AVX512-BF16 or
+AMX, else fp32. Only the model host uses ``auto`` by default; in-process engines compute in fp32.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from tunery.data.formats import Example
 from tunery.data.tokenize import end_of_turn_token, prompt_ids
-from tunery.errors import ModelError
+from tunery.errors import ConfigError, ModelError
 from tunery.models.loading import load_model, load_tokenizer
 from tunery.models.sources import resolve_base
-from tunery.models.tuned import is_tuned_dir, load_tuned, read_manifest
+from tunery.models.tuned import base_path, is_adapter, is_tuned_dir, read_manifest
 from tunery.serving.gemini import Generation, GenerationConfig
 
+WEIGHTS = ("auto", "fp32", "bf16", "int8")
+BASE_SLOT = "__base__"
 
-class Engine:
-    """One loaded model: a catalog id, a local HF directory, or a tuned model directory."""
 
-    def __init__(self, name: str | Path) -> None:
-        self.name = str(name)
-        if is_tuned_dir(name):
-            self.manifest: dict[str, Any] | None = read_manifest(name)
-            model, self.tokenizer = load_tuned(name)
-            if hasattr(model, "merge_and_unload"):
-                model = model.merge_and_unload()
-            self.context_length = _context_length(model)
-        else:
-            self.manifest = None
-            base = resolve_base(name)
-            model, self.tokenizer = load_model(base.path), load_tokenizer(base.path)
-            self.context_length = base.context_length
+# --- weights: fp32, bf16, int8 weight-only ----------------------------------------------------------------
+
+
+def fast_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bf16 fast (AVX512-BF16 or AMX); the int8 kernel needs it too."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.is_file() else set()
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_weights(weights: str) -> str:
+    """``auto`` becomes the fastest form this machine runs (int8 on a CPU with fast bf16, else fp32)."""
+    if weights not in WEIGHTS:
+        raise ConfigError(f"weights {weights!r}: expected one of {', '.join(WEIGHTS)}")
+    if weights != "auto":
+        return weights
+    return "int8" if fast_bf16_cpu() and _int8_kernel_works() else "fp32"
+
+
+def _int8_kernel_works() -> bool:
+    try:
+        x, w, s = torch.ones(1, 32, dtype=torch.bfloat16), torch.ones(8, 32, dtype=torch.int8), torch.ones(8)
+        return bool(torch._weight_int8pack_mm(x, w, s.to(torch.bfloat16)).sum() == 256)
+    except (RuntimeError, AttributeError):
+        return False
+
+
+class Int8Linear(nn.Module):
+    """A linear layer whose weight is int8 with one bf16 scale per output channel (symmetric, round to nearest)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight", (weight / scale[:, None]).round().clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale.to(torch.bfloat16))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        out = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.weight, self.scale)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*shape[:-1], self.out_features)
+
+
+def prepare_weights(model: nn.Module, weights: str) -> torch.dtype:
+    """Convert ``model`` in place to ``weights`` (fp32, bf16 or int8); the dtype its activations then have."""
+    if weights == "fp32":
+        return torch.float32
+    model.to(torch.bfloat16)
+    if weights == "int8":
+        for name, module in list(model.named_modules()):
+            if isinstance(module, nn.Linear):
+                _replace(model, name, Int8Linear(module))
+    return torch.bfloat16
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+# --- many LoRA adapters on one base ------------------------------------------------------------------------
+
+
+class _Selection:
+    """Which adapter slot each row of the running forward uses (None: every row is the base's)."""
+
+    rows: torch.Tensor | None = None
+
+
+class MultiLoraLinear(nn.Module):
+    """A base linear layer plus the LoRA deltas of every loaded adapter, one slot each, chosen per row."""
+
+    def __init__(self, base: nn.Module, selection: _Selection, slots: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.base, self.selection = base, selection
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.A = torch.zeros(slots, 0, self.in_features, dtype=dtype)  # [slot, rank, in]
+        self.B = torch.zeros(slots, self.out_features, 0, dtype=dtype)  # [slot, out, rank], scaling folded in
+
+    def set(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
+        """Put one adapter's ``a`` [r, in] and scaled ``b`` [out, r] in ``slot`` (None: zeros, this layer untouched)."""
+        rank = 0 if a is None else a.shape[0]
+        if rank > self.A.shape[1]:  # pad every slot to the largest rank
+            grow = rank - self.A.shape[1]
+            self.A = torch.cat([self.A, self.A.new_zeros(self.A.shape[0], grow, self.in_features)], dim=1)
+            self.B = torch.cat([self.B, self.B.new_zeros(self.B.shape[0], self.out_features, grow)], dim=2)
+        self.A[slot].zero_()
+        self.B[slot].zero_()
+        if a is not None and b is not None:
+            self.A[slot, :rank] = a.to(self.A.dtype)
+            self.B[slot, :, :rank] = b.to(self.B.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        rows = self.selection.rows
+        if rows is None or self.A.shape[1] == 0:
+            return out
+        a, b = self.A[rows], self.B[rows]  # [batch, r, in], [batch, out, r]
+        flat = x.reshape(x.shape[0], -1, self.in_features).to(a.dtype)
+        delta = torch.bmm(torch.bmm(flat, a.transpose(1, 2)), b.transpose(1, 2))
+        return out + delta.reshape(out.shape).to(out.dtype)
+
+
+@dataclass(frozen=True)
+class AdapterWeights:
+    """A PEFT LoRA adapter read from disk: per base module, its A [r, in] and scaled B [out, r]."""
+
+    path: str
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+    @classmethod
+    def read(cls, tuned_dir: str | Path) -> AdapterWeights:
+        from safetensors.torch import load_file
+
+        config = json.loads((Path(tuned_dir) / "adapter_config.json").read_text())
+        reason = unstackable(config)
+        if reason:
+            raise ModelError(f"{tuned_dir}: {reason}")
+        rank, alpha = int(config["r"]), float(config.get("lora_alpha") or config["r"])
+        scaling = alpha / (rank**0.5 if config.get("use_rslora") else rank)
+        tensors = load_file(str(Path(tuned_dir) / "adapter_model.safetensors"))
+        layers = {}
+        for key, a in tensors.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            b = tensors[key.replace(".lora_A.weight", ".lora_B.weight")]
+            layers[module] = (a.float(), b.float() * scaling)
+        return cls(str(tuned_dir), layers)
+
+
+def unstackable(config: dict[str, Any]) -> str | None:
+    """Why a PEFT adapter config cannot share its base's stacks (it is then merged into a copy), or None."""
+    if config.get("peft_type", "LORA") != "LORA":
+        return f"a {config.get('peft_type')} adapter, not LoRA"
+    for key, why in (
+        ("use_dora", "uses DoRA"),
+        ("modules_to_save", "saves whole modules"),
+        ("rank_pattern", "has per-module ranks"),
+        ("alpha_pattern", "has per-module alphas"),
+    ):
+        if config.get(key):
+            return f"the adapter {why}"
+    if config.get("bias", "none") != "none":
+        return "the adapter trains biases"
+    return None
+
+
+# --- a loaded base and what is served on it ------------------------------------------------------------------
+
+
+class Base:
+    """One model's weights in memory and its adapter slots (``max_adapters`` of them, least recently used reused)."""
+
+    def __init__(self, path: str | Path, weights: str = "fp32", max_adapters: int = 8, model: Any = None) -> None:
+        self.path, self.weights = str(path), resolve_weights(weights)
+        model = load_model(path) if model is None else model
+        self.dtype = prepare_weights(model, self.weights)
         self.model = model.eval()
-        self.stop_ids = _stop_ids(self.model, self.tokenizer)
+        self.config = model.config
+        self.context_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        self.selection = _Selection()
+        self.max_adapters = max_adapters
+        self.adapters: OrderedDict[str, int] = OrderedDict()  # tuned dir → slot, least recently used first
+        self.in_use: dict[int, int] = {}  # slot → rows running with it
+        self.lock = threading.RLock()  # held by whoever runs a forward or changes the slots
+
+    def slot(self, adapter: str) -> int | None:
+        """The slot of a loaded adapter (marked recently used), else None."""
+        if adapter in self.adapters:
+            self.adapters.move_to_end(adapter)
+            return self.adapters[adapter]
+        return None
+
+    def attach(self, adapter: AdapterWeights) -> int | None:
+        """Load ``adapter`` into a free slot (dropping the least recently used idle one); None when every slot
+        holds an adapter that rows are running with (the caller waits for one to finish)."""
+        with self.lock:
+            found = self.slot(adapter.path)
+            if found is not None:
+                return found
+            used = set(self.adapters.values())
+            free = next((s for s in range(1, self.max_adapters + 1) if s not in used), None)
+            if free is None:
+                idle = next((name for name, s in self.adapters.items() if not self.in_use.get(s)), None)
+                if idle is None:
+                    return None
+                free = self.adapters.pop(idle)
+            for module in self.model.modules():
+                if isinstance(module, MultiLoraLinear):
+                    module.set(free, None, None)
+            for name, (a, b) in adapter.layers.items():
+                self._lora_module(name).set(free, a, b)
+            self.adapters[adapter.path] = free
+            return free
+
+    def detach(self, adapter: str) -> bool:
+        """Forget an adapter (its directory was deleted); whether it was loaded. Its rows must have left."""
+        with self.lock:
+            slot = self.adapters.pop(adapter, None)
+            if slot is None:
+                return False
+            for module in self.model.modules():
+                if isinstance(module, MultiLoraLinear):
+                    module.set(slot, None, None)
+            return True
+
+    def _lora_module(self, name: str) -> MultiLoraLinear:
+        try:
+            module = self.model.get_submodule(name)
+        except AttributeError:
+            raise ModelError(
+                f"the adapter names a layer {name!r} that the base model {self.path} does not have"
+            ) from None
+        if isinstance(module, MultiLoraLinear):
+            return module
+        if not isinstance(module, nn.Linear | Int8Linear):
+            raise ModelError(f"the adapter targets {name!r}, a {type(module).__name__}; only linear layers are served")
+        wrapped = MultiLoraLinear(module, self.selection, self.max_adapters + 1, self.dtype)
+        _replace(self.model, name, wrapped)
+        return wrapped
+
+    @torch.inference_mode()
+    def forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, slots: torch.Tensor
+    ) -> torch.Tensor:
+        """The last position's logits [batch, vocab] (fp32), the cache updated in place."""
+        with self.lock:
+            self.selection.rows = slots if bool((slots > 0).any()) else None
+            try:
+                out = self.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    cache=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            finally:
+                self.selection.rows = None
+        return out.logits[:, -1, :].float()
+
+
+@dataclass
+class Served:
+    """What one model name serves: a base (shared), an adapter slot on it or none, its tokenizer and stops."""
+
+    name: str
+    base: Base
+    adapter: str | None
+    tokenizer: Any
+    stop_ids: list[int]
+    manifest: dict[str, Any] | None
+    context_length: int
+
+    def slot(self) -> int | None:
+        """This model's slot on its base (0 for the base itself), loading the adapter if needed; None: no free slot."""
+        if self.adapter is None:
+            return 0
+        found = self.base.slot(self.adapter)
+        return found if found is not None else self.base.attach(AdapterWeights.read(self.adapter))
 
     def count_tokens(self, example: Example) -> int:
         return len(prompt_ids(self.tokenizer, example))
@@ -46,88 +329,384 @@ class Engine:
     def prompt(self, example: Example, config: GenerationConfig, limit: int | None = None) -> list[int]:
         """The prompt's token ids; ModelError when there are more than ``limit`` (a server's bound), or when
         they and ``maxOutputTokens`` overflow the context."""
-        ids = prompt_ids(self.tokenizer, example)
-        if limit is not None and len(ids) > limit:
-            raise ModelError(f"prompt of {len(ids)} tokens is over this server's limit of {limit} prompt tokens")
-        if len(ids) + config.max_output_tokens > self.context_length:
-            raise ModelError(
-                f"prompt of {len(ids)} tokens plus maxOutputTokens {config.max_output_tokens} "
-                f"exceeds the model's context of {self.context_length} tokens"
-            )
-        return ids
+        return check_prompt(prompt_ids(self.tokenizer, example), config, self.context_length, limit)
+
+
+def check_prompt(ids: list[int], config: GenerationConfig, context_length: int, limit: int | None) -> list[int]:
+    if limit is not None and len(ids) > limit:
+        raise ModelError(f"prompt of {len(ids)} tokens is over this server's limit of {limit} prompt tokens")
+    if len(ids) + config.max_output_tokens > context_length:
+        raise ModelError(
+            f"prompt of {len(ids)} tokens plus maxOutputTokens {config.max_output_tokens} "
+            f"exceeds the model's context of {context_length} tokens"
+        )
+    return ids
+
+
+class Models:
+    """The model host's loaded models: at most ``max_bases`` bases (least recently used dropped first, never one
+    that rows run on), each with at most ``max_adapters`` adapters; tokenizers cached by model name."""
+
+    def __init__(self, max_bases: int = 2, max_adapters: int = 8, weights: str = "auto") -> None:
+        self.max_bases, self.max_adapters, self.weights = max_bases, max_adapters, resolve_weights(weights)
+        self.bases: OrderedDict[str, Base] = OrderedDict()
+        self.served: dict[str, Served] = {}
+        self.busy: Callable[[Base], bool] = lambda base: False  # the decode loop says which bases rows run on
+        self.lock = threading.RLock()
+
+    def get(self, name: str) -> Served:
+        """The served model for a catalog id, a local model directory or a tuned model directory (loaded once)."""
+        with self.lock:
+            served = self.served.get(name)
+            if served is not None and served.base.path in self.bases:
+                self.bases.move_to_end(served.base.path)
+                return served
+            served = self._load(name)
+            self.served[name] = served
+            return served
+
+    def _load(self, name: str) -> Served:
+        manifest = read_manifest(name) if is_tuned_dir(name) else None
+        if manifest is None:
+            found = resolve_base(name)
+            tokenizer, context = load_tokenizer(found.path), found.context_length
+            base, adapter = self._base(str(found.path)), None
+        elif is_adapter(name) and not unstackable(json.loads((Path(name) / "adapter_config.json").read_text())):
+            tokenizer = load_tokenizer(name)
+            base, adapter = self._base(str(base_path(manifest))), str(name)
+            context = base.context_length
+        else:  # full weights, or an adapter merged into a copy of its base: a base of its own
+            tokenizer = load_tokenizer(name)
+            base, adapter = self._base(str(name), loader=lambda: _merged(name, manifest)), None
+            context = base.context_length
+        return Served(name, base, adapter, tokenizer, _stop_ids(base.model, tokenizer), manifest, context)
+
+    def _base(self, path: str, loader: Callable[[], Any] | None = None) -> Base:
+        if path in self.bases:
+            self.bases.move_to_end(path)
+            return self.bases[path]
+        while len(self.bases) >= self.max_bases:
+            idle = next((key for key, b in self.bases.items() if not self.busy(b)), None)
+            if idle is None:
+                break  # every loaded base has rows running: one more, for now
+            self._drop_base(idle)
+        model = loader() if loader is not None else None
+        base = self.bases[path] = Base(path, self.weights, self.max_adapters, model=model)
+        return base
+
+    def _drop_base(self, path: str) -> None:
+        import gc
+
+        self.bases.pop(path, None)
+        for key in [k for k, s in self.served.items() if s.base.path == path]:
+            del self.served[key]
+        gc.collect()  # free the dropped weights before the next ones load
+
+    def evict(self, name: str) -> bool:
+        """Forget a model (its directory was deleted or replaced); whether it was loaded. The caller makes sure
+        that no row runs with it."""
+        with self.lock:
+            served = self.served.pop(name, None)
+            if served is None:
+                return False
+            if served.adapter is not None:
+                served.base.detach(served.adapter)
+            elif served.base.path == str(name):  # a full model or a merged adapter: its own base
+                self._drop_base(served.base.path)
+            return True
+
+    def loaded(self) -> list[str]:
+        """The names served now, by their base's least recent use (read without the lock: a load may hold it)."""
+        for _ in range(10):
+            try:
+                order = {path: i for i, path in enumerate(list(self.bases))}
+                served = [(n, s.base.path) for n, s in list(self.served.items())]
+                return [n for n, path in sorted(served, key=lambda x: order.get(x[1], -1)) if path in order]
+            except RuntimeError:  # changed while read
+                continue
+        return []
+
+
+def _merged(name: str, manifest: dict[str, Any]) -> Any:
+    from tunery.models.tuned import load_tuned
+
+    model, _ = load_tuned(name)
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+# --- rows and the continuous batch -------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Row:
+    """One request in the decode loop: its prompt, settings, and what it has generated so far."""
+
+    served: Served
+    ids: list[int]
+    config: GenerationConfig
+    constraint: Any = None  # tunery.serving.constrain.Constraint: mask(vocab) / advance(id) / is_finished()
+    on_text: Callable[[str], None] | None = None  # called with the text new since the last call (streaming)
+    started: float = field(default_factory=time.perf_counter)
+    out: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    text: str = ""
+    sent: str = ""  # the text handed to on_text so far
+    slot: int = 0
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.config.temperature > 0:
+            self.generator = torch.Generator()
+            seed = self.config.seed if self.config.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+            self.generator.manual_seed(seed)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def choose(self, logits: torch.Tensor) -> int:
+        """The next token from this row's logits [vocab]: its constraint applied, then argmax or its own sample."""
+        if self.constraint is not None:
+            allowed = self.constraint.mask(logits.shape[-1])
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        config = self.config
+        if config.temperature == 0:
+            return int(logits.argmax())
+        logits = logits / config.temperature
+        if config.top_k > 0:
+            kth = torch.topk(logits, min(config.top_k, logits.shape[-1])).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if config.top_p < 1.0:  # as transformers' TopPLogitsWarper: keep the smallest set reaching top_p
+            ordered, order = torch.sort(logits, descending=False)
+            cumulative = ordered.softmax(-1).cumsum(-1)
+            remove = cumulative <= 1 - config.top_p
+            remove[-1] = False
+            logits = logits.masked_fill(remove.scatter(0, order, remove), float("-inf"))
+        return int(torch.multinomial(logits.softmax(-1), 1, generator=self.generator))
+
+    def push(self, token: int) -> None:
+        """Record a generated token and end the row on a stop token, a stop sequence, its constraint or its limit."""
+        self.out.append(token)
+        stop_ids = self.served.stop_ids
+        if self.constraint is not None and token not in stop_ids:
+            self.constraint.advance(token)
+        if token in stop_ids or (self.constraint is not None and self.constraint.is_finished()):
+            self.finish_reason = "STOP"
+        elif self.config.stop_sequences or self.on_text is not None:
+            text = self._decoded()
+            cut = min((text.index(s) for s in self.config.stop_sequences if s in text), default=None)
+            if cut is not None:
+                self.text, self.finish_reason = text[:cut].strip(), "STOP"
+            else:
+                self._stream(text)
+        if not self.done and len(self.out) >= self.config.max_output_tokens:
+            self.finish_reason = "MAX_TOKENS"
+        if self.done:
+            if not self.text:
+                self.text = self._final_text()
+            self._stream(self.text, final=True)
+
+    def _decoded(self) -> str:
+        ids = [t for t in self.out if t not in self.served.stop_ids]
+        return self.served.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _final_text(self) -> str:
+        text = self._decoded()
+        for stop in self.config.stop_sequences:
+            if stop in text:
+                text = text[: text.index(stop)]
+        return text.strip()
+
+    def _stream(self, text: str, final: bool = False) -> None:
+        """Hand on_text what is new and certain: not trailing whitespace, a half-decoded character or the start
+        of a stop sequence, which the next tokens may still change; the chunks join to the final text."""
+        if self.on_text is None:
+            return
+        text = text.lstrip()
+        if not final:
+            text = text.rstrip().rstrip("\ufffd")
+            held = max((_overlap(text, stop) for stop in self.config.stop_sequences), default=0)
+            text = text[: len(text) - held].rstrip()
+        if text.startswith(self.sent) and len(text) > len(self.sent):
+            new, self.sent = text[len(self.sent) :], text
+            self.on_text(new)
+
+    def generation(self) -> Generation:
+        return Generation(
+            text=self.text,
+            finish_reason=self.finish_reason or "MAX_TOKENS",
+            prompt_tokens=len(self.ids),
+            output_tokens=len(self.out),
+            latency_ms=(time.perf_counter() - self.started) * 1000,
+        )
+
+
+class Batch:
+    """Rows of one base decoding together: one KV cache, left-padded to a common width."""
+
+    def __init__(self, base: Base) -> None:
+        self.base = base
+        self.rows: list[Row] = []
+        self.cache: Any = None
+        self.mask = torch.zeros(0, 0, dtype=torch.long)  # [rows, width]: 1 where the cache holds a real token
+        self.next_ids = torch.zeros(0, dtype=torch.long)  # each row's last token, the next step's input
+        self.positions = torch.zeros(0, dtype=torch.long)  # the position that token takes
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, row: Row) -> None:
+        """Prefill ``row`` alone and merge its cache into the batch's; it decodes with the others from the next
+        step (it has its first token already, and may be done with it)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        n = len(row.ids)
+        logits = self.base.forward(
+            torch.tensor([row.ids]),
+            torch.ones(1, n, dtype=torch.long),
+            torch.arange(n)[None],
+            cache,
+            torch.tensor([row.slot]),
+        )
+        row.push(row.choose(logits[0]))
+        if row.done:
+            return
+        self._merge(cache, torch.ones(1, n, dtype=torch.long), row.out[-1], n)
+        self.rows.append(row)
+        self.base.in_use[row.slot] = self.base.in_use.get(row.slot, 0) + 1
+
+    def _merge(self, cache: Any, mask: torch.Tensor, token: int, position: int) -> None:
+        if self.cache is None:
+            self.cache, self.mask = cache, mask
+        else:
+            width = max(self.mask.shape[1], mask.shape[1])
+            ours, theirs = width - self.mask.shape[1], width - mask.shape[1]
+            for mine, new in zip(self.cache.layers, cache.layers, strict=True):
+                mine.keys = torch.cat([_pad_left(mine.keys, ours), _pad_left(new.keys, theirs)])
+                mine.values = torch.cat([_pad_left(mine.values, ours), _pad_left(new.values, theirs)])
+            pad = lambda m, k: torch.cat([m.new_zeros(m.shape[0], k), m], dim=1)  # noqa: E731
+            self.mask = torch.cat([pad(self.mask, ours), pad(mask, theirs)])
+        self.next_ids = torch.cat([self.next_ids, torch.tensor([token])])
+        self.positions = torch.cat([self.positions, torch.tensor([position])])
+
+    def step(self) -> list[Row]:
+        """One token for every row; the rows that finished with it, which have left the batch."""
+        if not self.rows:
+            return []
+        self.mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=torch.long)], dim=1)
+        logits = self.base.forward(
+            self.next_ids[:, None],
+            self.mask,
+            self.positions[:, None],
+            self.cache,
+            torch.tensor([r.slot for r in self.rows]),
+        )
+        tokens = []
+        for i, row in enumerate(self.rows):
+            token = row.choose(logits[i])
+            row.push(token)
+            tokens.append(token)
+        self.next_ids, self.positions = torch.tensor(tokens), self.positions + 1
+        finished = [row for row in self.rows if row.done]
+        if finished:
+            self.remove(finished)
+        return finished
+
+    def remove(self, rows: list[Row]) -> None:
+        """Take rows out (finished or cancelled), and the padding columns no row needs any more."""
+        keep = [i for i, row in enumerate(self.rows) if row not in rows]
+        for row in self.rows:
+            if row in rows:
+                self.base.in_use[row.slot] -= 1
+        self.rows = [self.rows[i] for i in keep]
+        if not self.rows:
+            self.cache, self.mask = None, torch.zeros(0, 0, dtype=torch.long)
+            self.next_ids, self.positions = torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+            return
+        index = torch.tensor(keep)
+        self.mask, self.next_ids, self.positions = self.mask[index], self.next_ids[index], self.positions[index]
+        start = int(self.mask.any(dim=0).int().argmax())  # the first column some row still reads
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
+        self.mask = self.mask[:, start:]
+
+
+def _overlap(text: str, stop: str) -> int:
+    """The length of the longest end of ``text`` that begins ``stop`` (and is shorter than it)."""
+    return next((n for n in range(min(len(stop) - 1, len(text)), 0, -1) if text.endswith(stop[:n])), 0)
+
+
+def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
+    """``t`` [batch, heads, seq, dim] with ``n`` zero positions before its sequence."""
+    return t if n == 0 else torch.cat([t.new_zeros(*t.shape[:2], n, t.shape[3]), t], dim=2)
+
+
+def run_rows(rows: list[Row], max_batch: int = 64) -> list[Generation]:
+    """Decode rows of one base to the end, at most ``max_batch`` at a time (the next joins as one finishes)."""
+    if not rows:
+        return []
+    batch, waiting = Batch(rows[0].served.base), list(rows)
+    while waiting or batch.rows:
+        while waiting and len(batch) < max_batch:
+            row = waiting.pop(0)
+            slot = row.served.slot()
+            if slot is None:
+                raise ModelError(f"no free adapter slot for {row.served.name}")
+            row.slot = slot
+            batch.add(row)
+        batch.step()
+    return [row.generation() for row in rows]
+
+
+def constraint_for(config: GenerationConfig, tokenizer: Any) -> Any:
+    """The request's output constraint (``tunery.serving.constrain``), or None when it has none."""
+    try:
+        from tunery.serving.constrain import compile_constraint
+    except ImportError:
+        return None
+    return compile_constraint(config, tokenizer)
+
+
+# --- one model, alone ----------------------------------------------------------------------------------------
+
+
+class Engine:
+    """One loaded model: a catalog id, a local HF directory, or a tuned model directory (an adapter is served
+    on its base through the adapter stacks, a full model as its own base). ``weights``: see the module doc."""
+
+    def __init__(self, name: str | Path, weights: str = "fp32") -> None:
+        self.name = str(name)
+        self.models = Models(max_bases=1, max_adapters=1, weights=weights)
+        self.served = self.models.get(self.name)
+        self.manifest = self.served.manifest
+        self.tokenizer = self.served.tokenizer
+        self.context_length = self.served.context_length
+        self.stop_ids = self.served.stop_ids
+        self.model = self.served.base.model
+
+    def count_tokens(self, example: Example) -> int:
+        return self.served.count_tokens(example)
+
+    def prompt(self, example: Example, config: GenerationConfig, limit: int | None = None) -> list[int]:
+        return self.served.prompt(example, config, limit)
 
     def generate(self, example: Example, config: GenerationConfig | None = None) -> Generation:
         config = config or GenerationConfig()
         return self.generate_batch([self.prompt(example, config)], [config])[0]
 
-    @torch.inference_mode()
     def generate_batch(self, prompts: list[list[int]], configs: list[GenerationConfig]) -> list[Generation]:
-        """One answer per prompt (token ids from ``prompt``), generated together: the prompts are left-padded
-        into one batch and each answer ends at its first stop token or its own ``maxOutputTokens``. Several
-        prompts must all be ``batchable``: greedy, so each gets the answer it gets alone."""
-        started = time.perf_counter()
-        config = configs[0]
-        if len(prompts) > 1 and not all(map(batchable, configs)):
-            raise ValueError("only greedy requests without stop sequences are generated together")
-        if config.seed is not None:
-            torch.manual_seed(config.seed)
-        sampling: dict[str, Any] = {"do_sample": False}
-        if config.temperature > 0:
-            sampling = {
-                "do_sample": True,
-                "temperature": config.temperature,
-                "top_p": config.top_p,
-                "top_k": config.top_k,
-            }
-        extra = (
-            {"stop_strings": list(config.stop_sequences), "tokenizer": self.tokenizer} if config.stop_sequences else {}
-        )
-        width = max(map(len, prompts))
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
-        out = self.model.generate(
-            input_ids=torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts]),
-            attention_mask=torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts]),
-            max_new_tokens=max(c.max_output_tokens for c in configs),
-            eos_token_id=self.stop_ids,
-            pad_token_id=pad,
-            **sampling,
-            **extra,
-        )[:, width:].tolist()
-        latency_ms = (time.perf_counter() - started) * 1000
-        return [self._answer(row, len(ids), c, latency_ms) for row, ids, c in zip(out, prompts, configs, strict=True)]
-
-    def _answer(self, row: list[int], prompt_tokens: int, config: GenerationConfig, latency_ms: float) -> Generation:
-        """Generated ids as an answer: up to the first stop token (what follows it in a batch is padding), at
-        most ``maxOutputTokens``, the text cut at the first stop sequence."""
-        end = next((i + 1 for i, token in enumerate(row) if token in self.stop_ids), len(row))
-        row = row[: min(end, config.max_output_tokens)]
-        stopped = bool(row) and row[-1] in self.stop_ids
-        text = self.tokenizer.decode(row, skip_special_tokens=True)
-        for stop in config.stop_sequences:
-            if stop in text:
-                text, stopped = text[: text.index(stop)], True
-        return Generation(
-            text=text.strip(),
-            finish_reason="STOP" if stopped else "MAX_TOKENS",
-            prompt_tokens=prompt_tokens,
-            output_tokens=len(row),
-            latency_ms=latency_ms,
-        )
-
-
-def batchable(config: GenerationConfig) -> bool:
-    """Whether a request may share a batch: greedy (a sampled one has its own seed and settings) and without
-    stop sequences (a row ended by one would be padded, and its padding told apart from its answer only by
-    guessing), so that its answer is the one it gets alone."""
-    return config.temperature == 0 and not config.stop_sequences
-
-
-def _context_length(model: Any) -> int:
-    return int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        """One answer per prompt (token ids from ``prompt``), decoded together; each gets the answer it gets
+        alone (greedy), or one from the same distribution (sampled; the same one for the same seed)."""
+        rows = [
+            Row(self.served, ids, c, constraint=constraint_for(c, self.tokenizer))
+            for ids, c in zip(prompts, configs, strict=True)
+        ]
+        return run_rows(rows)
 
 
 def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
-    configured = model.generation_config.eos_token_id
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
     ids.add(tokenizer.eos_token_id)
     eot = end_of_turn_token(tokenizer)

@@ -2,40 +2,58 @@
 
     python -m tunery.serving.host
 
-It reads one JSON request per line on stdin and writes one JSON reply per line on stdout, in order,
-and exits when stdin closes. Everything else the process prints (warnings, progress, library chatter)
-goes to stderr, so it can never corrupt a reply. ``tunery.serving.process.ModelHost`` is its client.
+It reads one JSON request per line on stdin and writes one JSON line per reply on stdout. Requests are
+multiplexed: many are in flight at once and replies come by ``id``, in any order. Everything else the
+process prints (warnings, progress, library chatter) goes to stderr, so it can never corrupt a reply.
+``tunery.serving.process.ModelHost`` is its client.
 
     {"id": 1, "op": "generate", "model": "smollm2-135m-instruct", "request": {"contents": [...]}}
+    {"id": 2, "op": "generate", "model": "...", "request": {...}, "stream": true}
+    {"id": 2, "chunk": {"candidates": [{"content": {"parts": [{"text": "Hel"}]}, ...}]}}     (zero or more)
     {"id": 1, "ok": true, "result": {"candidates": [...], "usageMetadata": {...}}}
-    {"id": 2, "ok": false, "error": {"code": 400, "type": "DatasetError", "message": "..."}}
+    {"id": 3, "op": "cancel", "target": 2}
+    {"id": 2, "ok": false, "error": {"code": 499, "type": "Cancelled", "message": "..."}}
+    {"id": 4, "ok": false, "error": {"code": 400, "type": "DatasetError", "message": "..."}}
 
-Ops (one ``Host`` method each): ``generate``, ``generateBatch`` (several generate requests, each
-answered by itself), ``countTokens``, ``validate``, ``evict``, ``ping``. A
-``TuneryError`` answers code 400 with its message (a ``DatasetError`` also sends ``summary`` and
+Ops: ``generate`` (``stream: true`` for chunks of the text new since the last one; the final reply is the
+last chunk, with ``finishReason`` and ``usageMetadata``), ``generateBatch`` (several generate requests,
+each answered by itself, in one reply), ``cancel`` (a generate request, waiting or decoding: its row
+leaves the batch), ``countTokens``, ``validate``, ``evict``, ``ping``.
+
+Threads: the reader (this one) answers ``ping`` and ``cancel`` itself; generate requests are checked and
+tokenized, and their model or adapter loaded, by a loader thread; ``countTokens``, ``validate`` and
+``evict`` run on a small pool; the decode loop (``Scheduler``) runs every generation with continuous
+batching (``tunery.serving.engine.Batch``), one batch per loaded base, at most
+``$TUNERY_SERVING_MAX_BATCH`` rows each. So a count or a check never waits behind a generation.
+
+A ``TuneryError`` answers code 400 with its message (a ``DatasetError`` also sends ``summary`` and
 ``problems``), a model that does not exist 404, anything else 500 with its traceback on stderr.
-At most ``$TUNERY_SERVING_MAX_MODELS`` (default 2) engines stay loaded, least recently used dropped first.
+At most ``$TUNERY_SERVING_MAX_MODELS`` (default 2) bases stay loaded and at most
+``$TUNERY_SERVING_MAX_ADAPTERS`` (default 8) adapters on each, least recently used dropped first;
+``$TUNERY_SERVING_WEIGHTS`` (default ``auto``) says how their weights are held (see the engine).
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import sys
+import threading
 import traceback
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO
 
+from tunery import settings
 from tunery.data.formats import Example
-from tunery.errors import ConfigError, DatasetError, NotFoundError, TuneryError
+from tunery.errors import DatasetError, NotFoundError, TuneryError
 from tunery.models.catalog import CATALOG, DEFAULT_MODEL
 from tunery.serving.gemini import (
-    GenerationConfig,
+    Generation,
     count_tokens_response,
     generate_response,
     parse_count_tokens_request,
@@ -44,112 +62,373 @@ from tunery.serving.gemini import (
 )
 
 if TYPE_CHECKING:
-    from tunery.serving.engine import Engine
+    from tunery.serving.engine import Batch, Models, Row
 
-MAX_MODELS_ENV = "TUNERY_SERVING_MAX_MODELS"
 MAX_TOKENIZERS = 8
-BATCH_TOKENS = 16384  # prompts plus answers, padded, in one batch: about 0.8 GB of cache on the 135M model
-
-T = TypeVar("T")
+CANCELLED = 499
 
 
 class ProtocolError(Exception):
     """A request the client should never send (no such op, a required field missing): a bug, so 500."""
 
 
-class _LRU(Generic[T]):
-    """At most ``size`` values by key; the least recently used is dropped before a new one loads."""
+class Cancelled(Exception):
+    """The client cancelled the request (it went away, or its deadline passed)."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.items: OrderedDict[str, T] = OrderedDict()
 
-    def get(self, key: str, load: Callable[[], T]) -> T:
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
-        while len(self.items) >= self.size:
-            self.items.popitem(last=False)
-            gc.collect()  # free the dropped model's memory before the next one loads
-        value = self.items[key] = load()
-        return value
+# --- the decode loop -----------------------------------------------------------------------------------------
 
-    def peek(self, key: str) -> T | None:
-        return self.items.get(key)
 
-    def drop(self, key: str) -> bool:
-        return self.items.pop(key, None) is not None
+@dataclass(eq=False)
+class Job:
+    """A generate request in the decode loop: its row, and what to call with its answer or its error."""
+
+    id: Any
+    row: Row
+    done: Callable[[Generation | BaseException], None]
+    cancelled: bool = False
+
+
+@dataclass
+class Scheduler:
+    """The decode loop: rows wait in ``pending`` (oldest first) until their base's batch has room (and their
+    adapter a slot), join it with a prefill, and leave it as they finish. Every loop turn steps each base's
+    batch once, so a request that arrives mid-batch decodes from the next step on."""
+
+    models: Models
+    max_batch: int = 8
+    pending: deque[Job] = field(default_factory=deque)
+    batches: dict[str, Batch] = field(default_factory=dict)
+    running: dict[Any, Job] = field(default_factory=dict)  # by request id: pending and decoding
+    evictions: list[tuple[str, Callable[[bool], None]]] = field(default_factory=list)
+    wake: threading.Condition = field(default_factory=threading.Condition)
+
+    def __post_init__(self) -> None:
+        self.models.busy = lambda base: any(b.base is base and len(b) for b in self.batches.values())
+        self.thread = threading.Thread(target=self.loop, name="tunery-decode", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self.wake:
+            self.pending.append(job)
+            self.running[job.id] = job
+            self.wake.notify()
+
+    def cancel(self, request_id: Any) -> bool:
+        """Mark a request cancelled; the loop takes it out of the queue or the batch before its next step."""
+        with self.wake:
+            job = self.running.get(request_id)
+            if job is None or job.cancelled:
+                return False
+            job.cancelled = True
+            self.wake.notify()
+            return True
+
+    def evict(self, name: str, done: Callable[[bool], None]) -> None:
+        """Forget a model once no row runs with it; ``done(was_loaded)``."""
+        with self.wake:
+            self.evictions.append((name, done))
+            self.wake.notify()
+
+    def loop(self) -> None:
+        while True:
+            with self.wake:
+                while not (self.pending or self.evictions or any(len(b) for b in self.batches.values())):
+                    self.wake.wait()
+            self._drop_cancelled()
+            self._admit()
+            for batch in list(self.batches.values()):
+                if len(batch):
+                    self._step(batch)
+            self._evict()
+
+    def _drop_cancelled(self) -> None:
+        with self.wake:
+            gone = [job for job in self.pending if job.cancelled]
+            for job in gone:
+                self.pending.remove(job)
+        for batch in self.batches.values():
+            rows = [row for row in batch.rows if self._job(row).cancelled]
+            if rows:
+                batch.remove(rows)
+                gone += [self._job(row) for row in rows]
+        for job in gone:
+            self._finish(job, Cancelled("cancelled by the client"))
+
+    def _job(self, row: Row) -> Job:
+        return row.job  # type: ignore[attr-defined]
+
+    def _admit(self) -> None:
+        """Move waiting rows into their batches, oldest first, while there is room; each is prefilled alone."""
+        from tunery.serving.engine import Batch
+
+        with self.wake:
+            waiting = list(self.pending)
+        for job in waiting:
+            base = job.row.served.base
+            batch = self.batches.get(base.path)
+            if batch is None or batch.base is not base:
+                batch = self.batches[base.path] = Batch(base)
+            if len(batch) >= self.max_batch:
+                continue
+            try:
+                slot = job.row.served.slot()
+                if slot is None:
+                    continue  # every adapter slot is in use by running rows: wait for one to finish
+                job.row.slot = slot
+                with self.wake:
+                    self.pending.remove(job)
+                batch.add(job.row)
+            except Exception as exc:
+                with self.wake:
+                    if job in self.pending:
+                        self.pending.remove(job)
+                self._finish(job, exc)
+                continue
+            if job.row.done:
+                self._finish(job, job.row.generation())
+
+    def _step(self, batch: Batch) -> None:
+        try:
+            finished = batch.step()
+        except Exception as exc:  # a bug or out of memory: every row of this batch fails, the loop goes on
+            traceback.print_exc()
+            rows = list(batch.rows)
+            batch.remove(rows)
+            for row in rows:
+                self._finish(self._job(row), exc)
+            return
+        for row in finished:
+            self._finish(self._job(row), row.generation())
+
+    def _finish(self, job: Job, outcome: Generation | BaseException) -> None:
+        with self.wake:
+            self.running.pop(job.id, None)
+        job.done(outcome)
+
+    def _evict(self) -> None:
+        if not self.evictions:
+            return
+        with self.wake:
+            evictions, self.evictions = self.evictions, []
+        later = []
+        for name, done in evictions:
+            in_use = any(job.row.served.name == name for job in self.running.values())
+            if in_use:
+                later.append((name, done))
+            else:
+                done(self.models.evict(name))
+        with self.wake:
+            self.evictions += later
+
+
+# --- the ops -------------------------------------------------------------------------------------------------
 
 
 class Host:
-    """The loaded engines and tokenizers, and one method per op; each takes the request and returns its result."""
+    """The loaded models, the decode loop, and one method per op; replies go to ``send`` (any thread)."""
 
-    def __init__(self, max_models: int = 2) -> None:
-        self.engines: _LRU[Engine] = _LRU(max_models)
-        self.tokenizers: _LRU[Any] = _LRU(MAX_TOKENIZERS)
+    def __init__(
+        self,
+        send: Callable[[dict[str, Any]], None],
+        max_models: int = 2,
+        max_adapters: int = 8,
+        max_batch: int = 8,
+        weights: str = "auto",
+    ) -> None:
+        self.send = send
+        self.limits = {"max_bases": max_models, "max_adapters": max_adapters, "weights": weights}
+        self.max_batch = max_batch
+        self._models: Models | None = None  # made on first use, so torch loads off the reader thread
+        self._scheduler: Scheduler | None = None
+        self._start_lock = threading.Lock()
+        self.tokenizers: OrderedDict[str, Any] = OrderedDict()
+        self.tokenizers_lock = threading.Lock()
+        self.loader = ThreadPoolExecutor(1, thread_name_prefix="tunery-load")  # one model loads at a time
+        self.pool = ThreadPoolExecutor(4, thread_name_prefix="tunery-ops")
+        self.outstanding = 0
+        self.idle = threading.Condition()
+        self.cancel_lock = threading.Lock()
+        self.cancelled: set[Any] = set()  # requests cancelled before they reached the decode loop
         self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-            "generate": self.generate,
-            "generateBatch": self.generate_batch,
             "countTokens": self.count_tokens,
             "validate": self.validate,
-            "evict": self.evict,
             "ping": self.ping,
         }
 
-    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        op = self.ops.get(request.get("op"))  # type: ignore[arg-type]
-        if op is None:
-            raise ProtocolError(f"unknown op {request.get('op')!r}; expected one of {', '.join(self.ops)}")
-        return op(request)
+    @property
+    def models(self) -> Models:
+        self._start()
+        assert self._models is not None
+        return self._models
 
-    def generate(self, request: dict[str, Any]) -> dict[str, Any]:
-        """``{model, request, maxPromptTokens?, modelVersion?}`` → Gemini's ``GenerateContentResponse``."""
-        engine, ids, config = self._prepare(request)
-        generation = engine.generate_batch([ids], [config])[0]
-        return generate_response(generation, request.get("modelVersion") or _version(engine.name))
+    @property
+    def scheduler(self) -> Scheduler:
+        self._start()
+        assert self._scheduler is not None
+        return self._scheduler
 
-    def generate_batch(self, request: dict[str, Any]) -> dict[str, Any]:
-        """``{items: [generate request, ...]}`` → ``{replies: [{ok, result} | {ok: false, error}, ...]}``, in order.
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._models is None:
+                from tunery.serving.engine import Models
 
-        Each item is checked alone (a bad one fails by itself); ``batchable`` items for the same model are
-        generated together, at most ``BATCH_TOKENS`` padded tokens at a time; others one by one.
-        """
-        from tunery.serving.engine import batchable
+                self._models = Models(**self.limits)  # type: ignore[arg-type]
+                self._scheduler = Scheduler(self._models, self.max_batch)
 
-        items = _required(request, "items")
-        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-            raise ProtocolError("generateBatch: 'items' must be a list of generate requests")
-        replies: list[dict[str, Any]] = [{}] * len(items)
-        groups: dict[Any, list[_Prompt]] = {}
-        for i, item in enumerate(items):
-            prepared = outcome(partial(self._prepare, item))
-            if not prepared["ok"]:
-                replies[i] = prepared
-                continue
-            prompt = _Prompt(i, *prepared["result"])
-            groups.setdefault(prompt.engine.name if batchable(prompt.config) else i, []).append(prompt)
-        for group in groups.values():
-            for chunk in _chunks(group):
-                engine = chunk[0].engine
-                done = outcome(partial(engine.generate_batch, [p.ids for p in chunk], [p.config for p in chunk]))
-                for n, prompt in enumerate(chunk):
-                    version = items[prompt.position].get("modelVersion") or _version(engine.name)
-                    replies[prompt.position] = (
-                        {"ok": True, "result": generate_response(done["result"][n], version)} if done["ok"] else done
-                    )
-        return {"replies": replies}
+    def handle_line(self, line: str) -> None:
+        """Take one request line: answer it now (ping, cancel, a bad line) or start it on its thread."""
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ProtocolError("a request must be a JSON object")
+        except Exception as exc:
+            self.send({"id": None, **_failure(exc)})
+            return
+        request_id, op = request.get("id"), request.get("op")
+        self._begin()
+        try:
+            if op == "generate":
+                self.loader.submit(self._generate, request)
+            elif op == "generateBatch":
+                self.loader.submit(self._generate_batch, request)
+            elif op == "cancel":
+                self._reply(request_id, outcome(lambda: self.cancel(request)))
+            elif op == "evict":
+                self.pool.submit(self._evict, request)
+            elif op == "ping":
+                self._reply(request_id, outcome(lambda: self.ping(request)))
+            elif op in self.ops:
+                self.pool.submit(lambda: self._reply(request_id, outcome(lambda: self.ops[op](request))))
+            else:
+                raise ProtocolError(
+                    f"unknown op {op!r}; expected one of generate, generateBatch, cancel, {', '.join(self.ops)}, evict"
+                )
+        except Exception as exc:
+            self._reply(request_id, _failure(exc))
 
-    def _prepare(self, request: dict[str, Any]) -> tuple[Engine, list[int], GenerationConfig]:
-        """A generate request checked and tokenized: its engine, prompt ids and generation settings."""
+    def _begin(self) -> None:
+        with self.idle:
+            self.outstanding += 1
+
+    def _reply(self, request_id: Any, reply: dict[str, Any]) -> None:
+        self.send({"id": request_id, **reply})
+        with self.idle:
+            self.outstanding -= 1
+            self.idle.notify_all()
+
+    def drain(self) -> None:
+        """Wait for every request taken so far to be answered."""
+        with self.idle:
+            while self.outstanding > 0:
+                self.idle.wait()
+
+    # generate
+
+    def _generate(self, request: dict[str, Any]) -> None:
+        request_id, stream = request.get("id"), bool(request.get("stream"))
+        try:
+            job = self._job(request, lambda outcome: self._answer(request, outcome), stream)
+        except Exception as exc:
+            self._reply(request_id, _failure(exc))
+            return
+        with self.cancel_lock:
+            refused = request_id in self.cancelled
+            self.cancelled.discard(request_id)
+            if not refused:
+                self.scheduler.submit(job)
+        if refused:
+            self._reply(request_id, _failure(Cancelled("cancelled by the client")))
+
+    def _answer(self, request: dict[str, Any], outcome: Generation | BaseException) -> None:
+        request_id = request.get("id")
+        if isinstance(outcome, BaseException):
+            self._reply(request_id, _failure(outcome))
+            return
+        version = request.get("modelVersion") or _version(str(request.get("model")))
+        result = generate_response(outcome, version)
+        if request.get("stream"):  # the last chunk: the text not yet sent, the finish reason and usage
+            result["candidates"][0]["content"]["parts"][0]["text"] = request["_left"](outcome.text)
+        self._reply(request_id, {"ok": True, "result": result})
+
+    def _job(self, request: dict[str, Any], done: Callable[[Generation | BaseException], None], stream: bool) -> Job:
+        """A generate request checked, tokenized and made a row (its model loaded if need be)."""
+        from tunery.serving.engine import Row, constraint_for
+
         model = _model(request)
         example, config = parse_generate_request(request.get("request"))
         _check_text_only(example, model, "generateContent request")
-        engine = self._engine(model)
-        ids = engine.prompt(example, config, request.get("maxPromptTokens"))
-        return engine, ids, config
+        served = self.models.get(model)
+        ids = served.prompt(example, config, request.get("maxPromptTokens"))
+        on_text = None
+        if stream:
+            version = request.get("modelVersion") or _version(model)
+            sent: list[str] = []
+            request["_left"] = lambda text: text[len("".join(sent)) :] if text.startswith("".join(sent)) else ""
+
+            def on_text(new: str) -> None:
+                sent.append(new)
+                self.send({"id": request.get("id"), "chunk": _chunk(new, version)})
+
+        row = Row(served, ids, config, constraint=constraint_for(config, served.tokenizer), on_text=on_text)
+        job = Job(request.get("id"), row, done)
+        row.job = job  # type: ignore[attr-defined]
+        return job
+
+    def _generate_batch(self, request: dict[str, Any]) -> None:
+        """``{items: [generate request, ...]}`` → ``{replies: [{ok, result} | {ok: false, error}, ...]}``, in order;
+        each item is checked alone (a bad one fails by itself) and all decode in the running batches."""
+        request_id = request.get("id")
+        items = request.get("items")
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            self._reply(
+                request_id, _failure(ProtocolError("generateBatch: 'items' must be a list of generate requests"))
+            )
+            return
+        replies: list[dict[str, Any] | None] = [None] * len(items)
+        left = [len(items)]
+        lock = threading.Lock()
+
+        def settle(i: int, reply: dict[str, Any]) -> None:
+            with lock:
+                replies[i] = reply
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                self._reply(request_id, {"ok": True, "result": {"replies": replies}})
+
+        if not items:
+            self._reply(request_id, {"ok": True, "result": {"replies": []}})
+            return
+        for i, item in enumerate(items):
+            version = item.get("modelVersion") or _version(str(item.get("model")))
+
+            def done(outcome: Generation | BaseException, i: int = i, version: str = version) -> None:
+                if isinstance(outcome, BaseException):
+                    settle(i, _failure(outcome))
+                else:
+                    settle(i, {"ok": True, "result": generate_response(outcome, version)})
+
+            try:
+                job = self._job({**item, "id": (request_id, i)}, done, stream=False)
+            except Exception as exc:
+                settle(i, _failure(exc))
+                continue
+            self.scheduler.submit(job)
+
+    def cancel(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``{target}`` → ``{cancelled}``: the generate request ``target`` leaves the queue or its batch."""
+        target = request.get("target")
+        with self.cancel_lock:
+            if self._scheduler is not None and self._scheduler.cancel(target):
+                return {"cancelled": True}
+            self.cancelled.add(target)  # not in the decode loop yet: refused when it gets there
+        return {"cancelled": False}
+
+    # the other ops
 
     def count_tokens(self, request: dict[str, Any]) -> dict[str, Any]:
-        """``{model, request}`` → ``{totalTokens}``: the prompt's tokens, as ``Engine.count_tokens`` counts them."""
+        """``{model, request}`` → ``{totalTokens}``: the prompt's tokens, as a generate request counts them."""
         from tunery.data.tokenize import prompt_ids
 
         model = _model(request)
@@ -188,29 +467,57 @@ class Host:
             "supervisedTuningDataStats": stats,
         }
 
-    def evict(self, request: dict[str, Any]) -> dict[str, Any]:
-        """``{model}`` → ``{evicted}``: forget a model (its directory was deleted or replaced)."""
-        model = _required(request, "model")
-        evicted = self.engines.drop(model)
-        self.tokenizers.drop(model)
-        gc.collect()
-        return {"evicted": evicted}
+    def _evict(self, request: dict[str, Any]) -> None:
+        """``{model}`` → ``{evicted}``: forget a model (its directory was deleted or replaced), once no row runs
+        with it; its tokenizer too."""
+        request_id = request.get("id")
+        try:
+            model = _required(request, "model")
+        except Exception as exc:
+            self._reply(request_id, _failure(exc))
+            return
+        with self.tokenizers_lock:
+            self.tokenizers.pop(model, None)
+        if self._models is None:
+            self._reply(request_id, {"ok": True, "result": {"evicted": False}})
+            return
+        self.scheduler.evict(
+            model, lambda evicted: self._reply(request_id, {"ok": True, "result": {"evicted": evicted}})
+        )
 
     def ping(self, request: dict[str, Any]) -> dict[str, Any]:
-        """``{}`` → ``{pid, models}``: the host is up, and which models it holds."""
-        return {"pid": os.getpid(), "models": list(self.engines.items)}
-
-    def _engine(self, model: str) -> Engine:
-        from tunery.serving.engine import Engine
-
-        return self.engines.get(model, lambda: Engine(model))
+        """``{}`` → ``{pid, models, running, waiting}``: the host is up, the models it holds, its rows."""
+        scheduler, models = self._scheduler, self._models
+        return {
+            "pid": os.getpid(),
+            "models": models.loaded() if models is not None else [],
+            "running": sum(len(b) for b in list(scheduler.batches.values())) if scheduler is not None else 0,
+            "waiting": len(scheduler.pending) if scheduler is not None else 0,
+        }
 
     def _tokenizer(self, model: str) -> Any:
-        """The model's tokenizer: its loaded engine's, else loaded alone (no weights) and cached."""
-        engine = self.engines.peek(model)
-        if engine is not None:
-            return engine.tokenizer
-        return self.tokenizers.get(model, lambda: _load_tokenizer(model))
+        """The model's tokenizer: its loaded model's, else loaded alone (no weights) and cached."""
+        served = self._models.served.get(model) if self._models is not None else None
+        if served is not None:
+            return served.tokenizer
+        with self.tokenizers_lock:
+            if model in self.tokenizers:
+                self.tokenizers.move_to_end(model)
+                return self.tokenizers[model]
+        tokenizer = _load_tokenizer(model)
+        with self.tokenizers_lock:
+            self.tokenizers[model] = tokenizer
+            while len(self.tokenizers) > MAX_TOKENIZERS:
+                self.tokenizers.popitem(last=False)
+        return tokenizer
+
+
+def _chunk(text: str, version: str) -> dict[str, Any]:
+    """A streamed ``GenerateContentResponse`` chunk: the text new since the previous one."""
+    return {
+        "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}],
+        "modelVersion": version,
+    }
 
 
 def _load_tokenizer(model: str) -> Any:
@@ -254,57 +561,26 @@ def _check_text_only(example: Example, model: str, what: str) -> None:
         raise request_error(what, problems)
 
 
-class _Prompt(NamedTuple):
-    """One checked item of a ``generateBatch``: where it is in the request, and what generates it."""
-
-    position: int
-    engine: Engine
-    ids: list[int]
-    config: GenerationConfig
-
-
-def _chunks(group: list[_Prompt]) -> list[list[_Prompt]]:
-    """Runs of ``group``, in order, whose padded batch stays within ``BATCH_TOKENS`` (one prompt at least)."""
-    chunks: list[list[_Prompt]] = [[]]
-    for prompt in group:
-        trial = [*chunks[-1], prompt]
-        if len(trial) > 1 and len(trial) * max(len(p.ids) + p.config.max_output_tokens for p in trial) > BATCH_TOKENS:
-            chunks.append([prompt])
-        else:
-            chunks[-1] = trial
-    return [chunk for chunk in chunks if chunk]
-
-
 def outcome(work: Callable[[], Any]) -> dict[str, Any]:
-    """``{"ok": true, "result": work()}``, or ``{"ok": false, "error": ...}`` for what it raised; never raises
-    but for a ``ProtocolError`` (a bug in the client) or a ``KeyboardInterrupt``."""
+    """``{"ok": true, "result": work()}``, or ``{"ok": false, "error": ...}`` for what it raised; never raises."""
     try:
         return {"ok": True, "result": work()}
-    except ProtocolError:
-        raise
-    except NotFoundError as exc:
+    except Exception as exc:
+        return _failure(exc)
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    """The ``ok: false`` reply for an exception: 404 not found, 400 other user errors, 499 cancelled, else 500
+    (its traceback on stderr)."""
+    if isinstance(exc, Cancelled):
+        return {"ok": False, "error": {"code": CANCELLED, "type": "Cancelled", "message": str(exc)}}
+    if isinstance(exc, NotFoundError):
         return {"ok": False, "error": _user_error(404, exc)}
-    except TuneryError as exc:
+    if isinstance(exc, TuneryError) and not isinstance(exc, ProtocolError):
         return {"ok": False, "error": _user_error(400, exc)}
-    except Exception as exc:
-        traceback.print_exc()
-        message = f"{type(exc).__name__}: {exc}"
-        return {"ok": False, "error": {"code": 500, "type": type(exc).__name__, "message": message}}
-
-
-def reply(host: Host, line: str) -> dict[str, Any]:
-    """The reply to one request line; never raises."""
-    request_id = None
-    try:
-        request = json.loads(line)
-        if not isinstance(request, dict):
-            raise ProtocolError("a request must be a JSON object")
-        request_id = request.get("id")
-        return {"id": request_id, **outcome(lambda: host.handle(request))}
-    except Exception as exc:
-        traceback.print_exc()
-        message = f"{type(exc).__name__}: {exc}"
-        return {"id": request_id, "ok": False, "error": {"code": 500, "type": type(exc).__name__, "message": message}}
+    traceback.print_exception(exc)
+    message = f"{type(exc).__name__}: {exc}"
+    return {"ok": False, "error": {"code": 500, "type": type(exc).__name__, "message": message}}
 
 
 def _user_error(code: int, exc: TuneryError) -> dict[str, Any]:
@@ -324,25 +600,37 @@ def _claim_stdout() -> TextIO:
     return replies
 
 
-def _max_models() -> int:
-    value = os.environ.get(MAX_MODELS_ENV, "2")
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"{MAX_MODELS_ENV}={value!r}: expected a whole number of at least 1")
-    return int(value)
-
-
 def main() -> None:
-    """Serve requests from stdin until it closes."""
+    """Serve requests from stdin until it closes, then answer what is in flight and exit."""
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecations are not the operator's
     replies = _claim_stdout()
-    host = Host(max_models=_max_models())
+    lock = threading.Lock()
+
+    def send(message: dict[str, Any]) -> None:
+        line = json.dumps(message) + "\n"
+        with lock:
+            try:
+                replies.write(line)
+                replies.flush()
+            except (BrokenPipeError, ValueError):  # the client is gone
+                pass
+
+    host = Host(
+        send,
+        max_models=settings.serving_max_models(),
+        max_adapters=settings.serving_max_adapters(),
+        max_batch=settings.serving_max_batch(),
+        weights=settings.serving_weights(),
+    )
     try:
         for line in iter(sys.stdin.readline, ""):
             if line.strip():
-                replies.write(json.dumps(reply(host, line)) + "\n")
-                replies.flush()
+                host.handle_line(line)
+        host.drain()
     except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C in the API's terminal, or the API is gone
         pass
+    sys.stdout.flush()
+    os._exit(0)  # the decode loop and pools are daemons; nothing is left to wait for
 
 
 if __name__ == "__main__":

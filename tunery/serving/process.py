@@ -2,38 +2,47 @@
 
     host = ModelHost()
     host.generate("smollm2-135m-instruct", {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
+    await host.agenerate(model, body, timeout=30)                 # the same, awaited
+    async with contextlib.aclosing(host.astream(model, body)) as chunks:
+        async for chunk in chunks: ...                             # text as it is generated
     host.close()
 
 The host (``python -m tunery.serving.host``) starts on the first call and keeps its models loaded
-between calls. One call runs at a time; generate calls that wait for it go together, as one batch.
+between calls. Calls are multiplexed on its pipes: any number are in flight at once (the host batches
+generations continuously), each reply is matched to its call by id, so one slow call never holds up
+another's reply. A reader thread takes the host's replies and a writer thread sends the requests, so no
+caller, and never an event loop, blocks on a pipe.
+
 Errors come back as exceptions that say which HTTP status to answer (``http_status``):
 
     DatasetError, ModelError, ConfigError, JobError   400  the request is wrong (DatasetError lists every field)
     NotFoundError                                     404  the model does not exist
     ServingError                                      .code: 503 the host would not start or died,
-                                                      504 it timed out, 500 it failed with a bug
+                                                      504 a call or the host timed out, 500 a bug
 
-A host that dies or times out is killed; the call that finds it so raises ``ServingError`` and the
-next call starts a fresh one.
+A call past its ``timeout`` raises ``ServingError`` 504 and is cancelled in the host (its row leaves the
+batch), as is a call whose awaiting task is cancelled. Then the host is asked for a ``ping``: a host that
+does not answer it within ``probe_timeout`` (stopped with SIGSTOP, or stuck) is killed, which fails the
+calls in flight with a 504; a host that dies fails them with a 503. The next call starts a fresh host.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
-import select
+import queue
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
+from tunery import settings
 from tunery.data.validation import Problem
 from tunery.errors import (
     ConfigError,
@@ -50,18 +59,24 @@ from tunery.serving.gemini import RequestProblem
 HOST_COMMAND = [sys.executable, "-m", "tunery.serving.host"]
 MAX_BATCH_ENV = "TUNERY_SERVING_MAX_BATCH"
 DEFAULT_MAX_BATCH = 8
+PROBE_TIMEOUT = 10.0
 USER_ERRORS: dict[str, type[TuneryError]] = {
     cls.__name__: cls for cls in (ConfigError, DatasetError, JobError, ModelError, TuneryError)
 }
 
+Sink = Callable[[dict[str, Any] | ServingError], None]
+"""Where a call's messages go (its chunks and final reply, or the error that ended the host), from any thread."""
+
 
 class ModelHost:
-    """Starts ``tunery.serving.host`` on first use and sends it one request at a time (thread-safe).
+    """Starts ``tunery.serving.host`` on first use and multiplexes calls on it (thread-safe, and awaitable).
 
     ``env`` adds to (or overrides) this process's environment for the host; ``timeout`` is the most
-    seconds one call may take, loading its model included; ``log_path`` receives the host's stderr
-    (appended), which otherwise goes to this process's stderr; ``max_batch`` (default
-    ``$TUNERY_SERVING_MAX_BATCH``, else 8) is the most generate calls sent together, 1 for none.
+    seconds one call may take, loading its model included, unless the call says otherwise; ``log_path``
+    receives the host's stderr (appended), which otherwise goes to this process's stderr; ``max_batch``
+    (default ``$TUNERY_SERVING_MAX_BATCH``, else 8) is the most rows the host decodes together on one base;
+    ``probe_timeout`` is how long a host may take to answer a ``ping`` after a call timed out before it is
+    taken for stuck and killed.
     """
 
     def __init__(
@@ -70,30 +85,42 @@ class ModelHost:
         timeout: float = 300,
         log_path: str | Path | None = None,
         max_batch: int | None = None,
+        probe_timeout: float = PROBE_TIMEOUT,
     ) -> None:
         self.env = dict(env or {})
         self.timeout = timeout
         self.log_path = Path(log_path) if log_path else None
-        self.max_batch = max_batch if max_batch is not None else _max_batch()
-        self._lock = threading.Lock()
-        self._turn = threading.Condition()  # guards the line of generate calls and whether one is sending
-        self._line: list[_Waiting] = []
-        self._sending = False
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-        self._buffer = b""
-        self._last_id = 0
+        self.max_batch = max_batch if max_batch is not None else settings.serving_max_batch()
+        self.env.setdefault(MAX_BATCH_ENV, str(self.max_batch))
+        self.probe_timeout = probe_timeout
+        self._lock = threading.Lock()  # guards starting and stopping the host
+        self._host: _Connection | None = None
+        self._ids = itertools.count(1)
 
     @property
     def pid(self) -> int | None:
-        """The running host's process id; None before the first call and after ``close``."""
-        return self._proc.pid if self._proc is not None else None
+        """The running host's process id; None before the first call and after ``close`` or a kill."""
+        host = self._host
+        return host.proc.pid if host is not None and host.error is None else None
 
-    def call(self, op: str, **fields: Any) -> dict[str, Any]:
+    # --- synchronous calls (the CLI, the SDK, the tests; a thread each) --------------------------------------
+
+    def call(self, op: str, timeout: float | None = None, **fields: Any) -> dict[str, Any]:
         """Run one op on the host and return its result; raises what the host reported (see the module doc)."""
-        with self._lock:
-            reply = self._call(op, fields)
-        return _result(reply)
+        inbox: queue.SimpleQueue[dict[str, Any] | ServingError] = queue.SimpleQueue()
+        host, call_id = self._send(op, fields, inbox.put)
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                message = inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self._give_up(host, call_id)
+                raise ServingError(f"the model host did not answer {op} within {limit:g} s", 504) from None
+            if isinstance(message, ServingError):
+                raise message
+            if "chunk" not in message:
+                return _result(message)
 
     def generate(
         self,
@@ -102,111 +129,20 @@ class ModelHost:
         max_prompt_tokens: int | None = None,
         model_version: str | None = None,
     ) -> dict[str, Any]:
-        """Gemini's ``GenerateContentResponse`` for a generateContent body; ``model_version`` names the model in it.
+        """Gemini's ``GenerateContentResponse`` for a generateContent body; ``model_version`` names the model in it."""
+        return self.call("generate", **_generate_fields(model, request, max_prompt_tokens, model_version))
 
-        Calls that arrive while the host is busy wait in line; whichever caller gets the host next sends the
-        oldest waiting ones for its model (up to ``max_batch``) as one ``generateBatch``.
-        """
-        waiting = _Waiting(
-            {"model": model, "request": request, "maxPromptTokens": max_prompt_tokens, "modelVersion": model_version}
-        )
-        with self._turn:
-            self._line.append(waiting)
-        while self._claim(waiting):
+    def generate_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any] | TuneryError]:
+        """Several generate requests (``{model, request, maxPromptTokens?, modelVersion?}``) in one call, decoded
+        in the running batches; each one's response, or the error it alone failed with, in order."""
+        replies = self.call("generateBatch", items=items)["replies"]
+        out: list[dict[str, Any] | TuneryError] = []
+        for reply in replies:
             try:
-                with self._lock:
-                    self._generate_next(model)
-            finally:
-                with self._turn:
-                    self._sending = False
-                    self._turn.notify_all()
-        reply = waiting.reply
-        if isinstance(reply, BaseException):
-            raise reply
-        assert reply is not None
-        return _result(reply)
-
-    # The asynchronous interface the API awaits (never blocking an event loop or its shared thread pool).
-    # Contract for every caller: ``timeout`` bounds the whole call (ServingError 504 past it); cancelling the
-    # awaiting task (a client that went away) cancels the call, so it holds no batch row afterwards.
-
-    async def agenerate(
-        self,
-        model: str,
-        request: dict[str, Any],
-        *,
-        max_prompt_tokens: int | None = None,
-        model_version: str | None = None,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """``generate``, awaited: Gemini's ``GenerateContentResponse``."""
-        work = partial(self.generate, model, request, max_prompt_tokens, model_version)
-        return await _awaited(work, timeout, "generateContent")
-
-    async def astream(
-        self,
-        model: str,
-        request: dict[str, Any],
-        *,
-        max_prompt_tokens: int | None = None,
-        model_version: str | None = None,
-        timeout: float | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """The answer as ``GenerateContentResponse`` chunks: each chunk's ``candidates[0].content.parts[0].text``
-        is the text new since the previous chunk; the last chunk carries ``finishReason`` and
-        ``usageMetadata``. Closing the iterator early cancels the call."""
-        yield await self.agenerate(
-            model, request, max_prompt_tokens=max_prompt_tokens, model_version=model_version, timeout=timeout
-        )
-
-    async def acount_tokens(
-        self, model: str, request: dict[str, Any], *, timeout: float | None = None
-    ) -> dict[str, Any]:
-        """``count_tokens``, awaited."""
-        return await _awaited(partial(self.count_tokens, model, request), timeout, "countTokens")
-
-    def _claim(self, waiting: _Waiting) -> bool:
-        """Wait while another caller sends; then send (True), unless ``waiting`` has been answered (False)."""
-        with self._turn:
-            while self._sending and waiting.reply is None:
-                self._turn.wait()
-            if waiting.reply is not None:
-                return False
-            self._sending = True
-            return True
-
-    def _generate_next(self, model: str) -> None:
-        """Send the oldest waiting generate calls for ``model`` (the caller holds the lock) and hand out the replies."""
-        with self._turn:
-            batch = [w for w in self._line if w.request["model"] == model][: self.max_batch]
-            self._line = [w for w in self._line if w not in batch]
-        try:
-            if len(batch) == 1:
-                replies = [self._call("generate", batch[0].request)]
-            else:
-                reply = self._call("generateBatch", {"items": [w.request for w in batch]})
-                replies = reply["result"]["replies"] if reply.get("ok") else [reply] * len(batch)
-        except ServingError as exc:
-            for w in batch:
-                w.reply = ServingError(str(exc), exc.code)
-            return
-        except BaseException as exc:
-            for w in batch:
-                w.reply = ServingError(f"the generate call failed: {exc!r}", 500)
-            raise
-        for w, reply in zip(batch, replies, strict=True):
-            w.reply = reply
-
-    def _call(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
-        """One request and its reply (the caller holds the lock); a host that fails is stopped, ServingError raised."""
-        self._last_id += 1
-        line = json.dumps({"id": self._last_id, "op": op, **fields}) + "\n"
-        proc = self._running(op)
-        try:
-            return self._exchange(proc, line, op)
-        except ServingError:
-            self._stop(kill=True)
-            raise
+                out.append(_result(reply))
+            except TuneryError as exc:
+                out.append(exc)
+        return out
 
     def count_tokens(self, model: str, request: dict[str, Any]) -> dict[str, Any]:
         """Gemini's ``CountTokensResponse`` (``{"totalTokens": n}``) for a countTokens body."""
@@ -218,19 +154,135 @@ class ModelHost:
         return self.call("validate", path=str(path), model=model, maxLength=max_length, batchSize=batch_size)
 
     def evict(self, model: str) -> bool:
-        """Drop a loaded model (its directory was deleted); whether it was loaded. Starts no host for nothing."""
-        with self._lock:
-            running = self._proc is not None and self._proc.poll() is None
-        return bool(running and self.call("evict", model=model)["evicted"])
+        """Drop a loaded model (its directory was deleted), once its running rows finish; whether it was loaded.
+        Starts no host for nothing."""
+        host = self._host
+        if host is None or host.error is not None or host.proc.poll() is not None:
+            return False
+        return bool(self.call("evict", model=model)["evicted"])
 
     def ping(self) -> dict[str, Any]:
-        """``{pid, models}``; starts the host if it is not running."""
+        """``{pid, models, running, waiting}``; starts the host if it is not running."""
         return self.call("ping")
+
+    # --- the asynchronous interface the API awaits ------------------------------------------------------------
+    # For every caller: ``timeout`` bounds the whole call (ServingError 504 past it; None: the host's timeout);
+    # cancelling the awaiting task (a client that went away) cancels the call, so it holds no batch row after.
+
+    async def agenerate(
+        self,
+        model: str,
+        request: dict[str, Any],
+        *,
+        max_prompt_tokens: int | None = None,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """``generate``, awaited: Gemini's ``GenerateContentResponse``."""
+        fields = _generate_fields(model, request, max_prompt_tokens, model_version)
+        async for message in self._messages("generate", fields, timeout, "generateContent"):
+            if "chunk" not in message:
+                return _result(message)
+        raise ServingError("the model host ended generateContent without a reply", 500)
+
+    async def astream(
+        self,
+        model: str,
+        request: dict[str, Any],
+        *,
+        max_prompt_tokens: int | None = None,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The answer as ``GenerateContentResponse`` chunks, read from the running batch as it decodes: each
+        chunk's ``candidates[0].content.parts[0].text`` is the text new since the previous chunk; the last chunk
+        carries ``finishReason`` and ``usageMetadata``. Closing the iterator early cancels the call (close it:
+        ``contextlib.aclosing``). An error before the first chunk is raised by the first ``__anext__``."""
+        fields = {**_generate_fields(model, request, max_prompt_tokens, model_version), "stream": True}
+        async for message in self._messages("generate", fields, timeout, "streamGenerateContent"):
+            yield message["chunk"] if "chunk" in message else _result(message)
+
+    async def acount_tokens(
+        self, model: str, request: dict[str, Any], *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """``count_tokens``, awaited."""
+        async for message in self._messages(
+            "countTokens", {"model": model, "request": request}, timeout, "countTokens"
+        ):
+            return _result(message)
+        raise ServingError("the model host ended countTokens without a reply", 500)
+
+    async def _messages(
+        self, op: str, fields: dict[str, Any], timeout: float | None, what: str
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The messages of one call, up to its final reply; cancelled in the host if left before it."""
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[dict[str, Any] | ServingError] = asyncio.Queue()
+
+        def sink(message: dict[str, Any] | ServingError) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                loop.call_soon_threadsafe(inbox.put_nowait, message)
+
+        host, call_id = self._send(op, fields, sink)
+        limit = self.timeout if timeout is None else timeout
+        deadline = loop.time() + limit
+        finished = False
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(inbox.get(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    raise ServingError(f"{what} did not finish within {limit:g} s", 504) from None
+                if isinstance(message, ServingError):
+                    finished = True
+                    raise message
+                if "chunk" not in message:
+                    finished = True
+                yield message
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self._give_up(host, call_id)
+
+    # --- the connection --------------------------------------------------------------------------------------
+
+    def _send(self, op: str, fields: dict[str, Any], sink: Sink) -> tuple[_Connection, int]:
+        """Register a call and queue its request line; ServingError 503 if the host is found dead (reported once,
+        then replaced by the next call)."""
+        call_id = next(self._ids)
+        line = json.dumps({"id": call_id, "op": op, **fields}) + "\n"
+        with self._lock:
+            host = self._host
+            if host is not None and host.error is not None:
+                self._host = None
+                if host.reported:
+                    host = None
+                else:
+                    host.reported = True
+                    raise ServingError(f"{host.error} before {op}; the next call restarts it", host.error.code)
+            if host is None:
+                host = self._host = _Connection.start(self.env, self.log_path)
+            host.pending[call_id] = sink
+        host.write(line)
+        return host, call_id
+
+    def _give_up(self, host: _Connection, call_id: int) -> None:
+        """The caller no longer waits for ``call_id`` (timed out, cancelled): cancel it in the host, and check that
+        the host still answers (else it is killed)."""
+        if host.pending.pop(call_id, None) is None or host.error is not None:
+            return
+        cancel_id = next(self._ids)
+        host.pending[cancel_id] = lambda message: host.pending.pop(cancel_id, None)
+        host.write(json.dumps({"id": cancel_id, "op": "cancel", "target": call_id}) + "\n")
+        host.probe(next(self._ids), self.probe_timeout)
 
     def close(self) -> None:
         """Stop the host: close its stdin so it exits on its own, kill it if it does not within 10 s."""
         with self._lock:
-            self._stop(kill=False)
+            host, self._host = self._host, None
+        if host is not None:
+            host.stop(ServingError("the model host was closed", 503), kill=False, told=True)
 
     def __enter__(self) -> ModelHost:
         return self
@@ -238,106 +290,126 @@ class ModelHost:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _running(self, op: str) -> subprocess.Popen[bytes]:
-        """The host process, started if there is none; a host found dead is reported once, then replaced."""
-        if self._proc is not None and self._proc.poll() is not None:
-            code = self._proc.returncode
-            self._stop(kill=True)
-            raise ServingError(f"the model host had exited (code {code}) before {op}; the next call restarts it")
-        if self._proc is None:
-            self._start()
-        assert self._proc is not None
-        return self._proc
 
-    def _start(self) -> None:
-        if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = self.log_path.open("ab")
+class _Connection:
+    """One host process: a writer thread sends request lines, a reader thread hands each reply to its call."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: IO[bytes] | None) -> None:
+        self.proc, self.log = proc, log
+        self.pending: dict[int, Sink] = {}
+        self.error: ServingError | None = None  # why it ended, once it has
+        self.reported = False  # whether a call has been told (no call was in flight to be told)
+        self.outbox: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self.probing = threading.Lock()
+        self.done = threading.Lock()
+        threading.Thread(target=self._write_loop, name="tunery-host-write", daemon=True).start()
+        threading.Thread(target=self._read_loop, name="tunery-host-read", daemon=True).start()
+
+    @classmethod
+    def start(cls, env: dict[str, str], log_path: Path | None) -> _Connection:
+        log = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = log_path.open("ab")
         try:
-            self._proc = subprocess.Popen(
-                HOST_COMMAND,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self._log,
-                env={**os.environ, **self.env},
+            proc = subprocess.Popen(
+                HOST_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env={**os.environ, **env}
             )
         except OSError as exc:
-            self._stop(kill=True)
+            if log is not None:
+                log.close()
             raise ServingError(f"cannot start the model host: {exc}") from exc
-        self._buffer = b""
+        return cls(proc, log)
 
-    def _exchange(self, proc: subprocess.Popen[bytes], line: str, op: str) -> dict[str, Any]:
-        """Send one request line and read its reply; ``ServingError`` if the host dies, stalls or garbles it."""
-        assert proc.stdin is not None
-        try:
-            proc.stdin.write(line.encode("utf-8"))
-            proc.stdin.flush()
-        except OSError:  # BrokenPipeError: it died
-            raise ServingError(self._died(proc, op)) from None
-        raw = self._read_line(proc, op)
-        try:
-            reply = json.loads(raw)
-        except json.JSONDecodeError:
-            raise ServingError(f"the model host answered {op} with something not JSON: {raw[:200]!r}", 500) from None
-        if not isinstance(reply, dict) or reply.get("id") != self._last_id:
-            raise ServingError(f"the model host answered {op} out of turn: {raw[:200]!r}", 500)
-        return reply
+    def write(self, line: str) -> None:
+        self.outbox.put(line)
 
-    def _read_line(self, proc: subprocess.Popen[bytes], op: str) -> bytes:
-        assert proc.stdout is not None
-        fd = proc.stdout.fileno()
-        deadline = time.monotonic() + self.timeout
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise ServingError(f"the model host did not answer {op} within {self.timeout:g} s; it was stopped", 504)
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                raise ServingError(self._died(proc, op))
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line
+    def _write_loop(self) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        while True:
+            line = self.outbox.get()
+            if line is None or self.error is not None:
+                _close(stdin)
+                return
+            try:
+                stdin.write(line.encode("utf-8"))
+                stdin.flush()
+            except (OSError, ValueError):  # it died; the reader reports it
+                return
 
-    def _died(self, proc: subprocess.Popen[bytes], op: str) -> str:
+    def _read_loop(self) -> None:
+        stdout = self.proc.stdout
+        assert stdout is not None
+        for raw in iter(stdout.readline, b""):
+            try:
+                message = json.loads(raw)
+                sink = self.pending.get(message.get("id"))
+            except (json.JSONDecodeError, AttributeError):
+                self.stop(ServingError(f"the model host wrote something not a reply: {raw[:200]!r}", 500), kill=True)
+                _close(stdout)
+                return
+            if sink is None:
+                continue  # a call that gave up
+            if "chunk" not in message:
+                self.pending.pop(message["id"], None)
+            sink(message)
         try:
-            code: int | str | None = proc.wait(timeout=5)
+            code: int | str | None = self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             code = "unknown"
-        where = f"; see {self.log_path}" if self.log_path else ""
-        return f"the model host exited (code {code}) while running {op}{where}; the next call restarts it"
+        self.stop(ServingError(f"the model host exited (code {code})", 503), kill=True)
+        _close(stdout)
 
-    def _stop(self, kill: bool) -> None:
-        """End the host process (if any) and forget it; the caller holds the lock."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            if kill:
-                proc.kill()
-            _close(proc.stdin)
+    def probe(self, ping_id: int, timeout: float) -> None:
+        """Ask for a ping in the background; kill the host if it does not answer within ``timeout``."""
+        if not self.probing.acquire(blocking=False):
+            return  # one probe at a time
+        answered = threading.Event()
+        self.pending[ping_id] = lambda message: answered.set()
+
+        def wait() -> None:
             try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            _close(proc.stdout)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        self._buffer = b""
+                if not answered.wait(timeout) and self.error is None:
+                    error = ServingError(f"the model host stopped answering (no ping reply within {timeout:g} s)", 504)
+                    self.stop(error, kill=True, told=True)
+            finally:
+                self.pending.pop(ping_id, None)
+                self.probing.release()
+
+        self.write(json.dumps({"id": ping_id, "op": "ping"}) + "\n")
+        threading.Thread(target=wait, name="tunery-host-probe", daemon=True).start()
+
+    def stop(self, error: ServingError, kill: bool, told: bool = False) -> None:
+        """End the process (if it runs) and fail every call still waiting with ``error``; the next call is told
+        too unless one was waiting (or ``told``: the host was stopped on purpose), then gets a fresh host."""
+        with self.done:
+            if self.error is not None:
+                return
+            self.error = error
+        self.reported = told or bool(self.pending)
+        if kill:
+            with contextlib.suppress(OSError):
+                self.proc.kill()
+        self.outbox.put(None)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        _close(self.proc.stdin)
+        failure = ServingError(f"{error}; the next call restarts it", error.code)
+        for sink in list(self.pending.values()):
+            sink(failure)
+        self.pending.clear()
+        if self.log is not None:
+            self.log.close()
 
 
-class _Waiting:
-    """A generate call in line for the host, and then its reply (or the error that ended its batch)."""
-
-    def __init__(self, request: dict[str, Any]) -> None:
-        self.request = request
-        self.reply: dict[str, Any] | BaseException | None = None
-
-
-def _max_batch() -> int:
-    value = os.environ.get(MAX_BATCH_ENV, str(DEFAULT_MAX_BATCH))
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"{MAX_BATCH_ENV}={value!r}: expected a whole number of at least 1")
-    return int(value)
+def _generate_fields(
+    model: str, request: dict[str, Any], max_prompt_tokens: int | None, model_version: str | None
+) -> dict[str, Any]:
+    return {"model": model, "request": request, "maxPromptTokens": max_prompt_tokens, "modelVersion": model_version}
 
 
 def _result(reply: dict[str, Any]) -> dict[str, Any]:
@@ -349,7 +421,7 @@ def _result(reply: dict[str, Any]) -> dict[str, Any]:
 
 def _close(stream: IO[bytes] | None) -> None:
     if stream is not None:
-        with contextlib.suppress(OSError):  # a broken pipe, flushing on close
+        with contextlib.suppress(OSError, ValueError):  # a broken pipe, flushing on close
             stream.close()
 
 
@@ -381,15 +453,3 @@ def http_status(exc: BaseException) -> int:
     if isinstance(exc, TuneryError):
         return 400
     return 500
-
-
-_CALLERS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="tunery-host-call")
-"""Threads that wait on the host for the async interface: never the event loop's shared pool."""
-
-
-async def _awaited(work: Callable[[], dict[str, Any]], timeout: float | None, what: str) -> dict[str, Any]:
-    future = asyncio.get_running_loop().run_in_executor(_CALLERS, work)
-    try:
-        return await asyncio.wait_for(future, timeout)
-    except TimeoutError:
-        raise ServingError(f"{what} did not finish within {timeout:g} s", 504) from None
