@@ -168,3 +168,46 @@ def device_memory_limit() -> int | None:
 def hf_offline() -> bool:
     """``$HF_HUB_OFFLINE`` (1/true): resolve Hub models from the local cache only, never the network."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+SERVING_WEIGHTS = ("auto", "fp32", "bf16", "int8")
+
+
+def serving_max_models() -> int:
+    """``$TUNERY_SERVING_MAX_MODELS`` (default 2): base models the model host keeps loaded (a full tuned model is
+    a base of its own); the least recently used idle one is dropped first."""
+    return _serving_int("TUNERY_SERVING_MAX_MODELS", 2)
+
+
+def serving_max_adapters() -> int:
+    """``$TUNERY_SERVING_MAX_ADAPTERS`` (default 8, like vLLM's ``--max-loras``): LoRA adapters attached to each
+    loaded base at once; the least recently used idle one is dropped for a new one (reloaded when asked again)."""
+    return _serving_int("TUNERY_SERVING_MAX_ADAPTERS", 8)
+
+
+def serving_max_batch() -> int:
+    """``$TUNERY_SERVING_MAX_BATCH`` (default 8): rows that decode together on one base; more wait to join."""
+    return _serving_int("TUNERY_SERVING_MAX_BATCH", 8)
+
+
+def serving_weights() -> str:
+    """``$TUNERY_SERVING_WEIGHTS`` (default ``auto``): how the model host holds weights: ``fp32`` (the reference),
+    ``bf16``, ``int8`` (weight-only, bf16 activations) or ``auto`` (int8 on a CPU with AVX512-BF16/AMX, else fp32)."""
+    from tunery.errors import ConfigError
+
+    raw = os.environ.get("TUNERY_SERVING_WEIGHTS", "").strip() or "auto"
+    if raw not in SERVING_WEIGHTS:
+        raise ConfigError(f"TUNERY_SERVING_WEIGHTS={raw!r}: expected one of {', '.join(SERVING_WEIGHTS)}")
+    return raw
+
+
+def _serving_int(name: str, default: int) -> int:
+    """A whole-number serving setting of at least 1; anything else is a ``ConfigError`` naming it."""
+    from tunery.errors import ConfigError
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name}={raw!r}: expected a whole number, at least 1")
+    return int(raw)
