@@ -156,6 +156,20 @@ def _host(state: Any, name: str) -> Any:
         return getattr(state, name)
 
 
+def public_url(request: Request) -> str:
+    """The base of the URLs the service hands out (``tunedModel.endpoint``), ending in ``/``: the configured
+    ``TUNERY_PUBLIC_URL``, else the address the server is bound to; never the request's ``Host`` header."""
+    configured = getattr(request.app.state.settings, "public_url", None)
+    if configured:
+        return configured
+    scheme = request.scope.get("scheme", "http")
+    host, port = request.scope.get("server") or ("127.0.0.1", None)
+    host = f"[{host}]" if ":" in str(host) else str(host)
+    default = {"http": 80, "https": 443}.get(scheme)
+    address = host if port in (None, default) else f"{host}:{port}"
+    return f"{scheme}://{address}{request.scope.get('root_path', '').rstrip('/')}/"
+
+
 def get_scheduler(request: Request) -> Any:
     return request.app.state.scheduler
 
@@ -172,3 +186,4 @@ SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 HostDep = Annotated[Any, Depends(get_host)]
 CheckerDep = Annotated[Any, Depends(get_checker)]
 SchedulerDep = Annotated[Any, Depends(get_scheduler)]
+PublicUrl = Annotated[str, Depends(public_url)]

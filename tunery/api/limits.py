@@ -68,6 +68,8 @@ class ApiSettings:
     """Longest prompt generateContent accepts, in the model's tokens."""
     key_cache_seconds: float = 1.0
     """How long "does any API key exist" is remembered before the store is asked again."""
+    public_url: str | None = field(default_factory=settings.public_url)
+    """``TUNERY_PUBLIC_URL``: the base of every URL the service hands out; None: the address it is bound to."""
 
     @classmethod
     def from_env(cls) -> ApiSettings:

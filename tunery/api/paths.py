@@ -6,13 +6,15 @@
     resolve_base_model("models/tiny", root) → <root>/models/tiny
 
 A path is relative to the data root, an absolute path inside it, or a ``file://`` URI of one. Paths with
-``..``, paths that leave the root (symlinks included: the resolved path must stay inside) and any path at
-all when no data root is configured are refused with a ``ConfigError`` that names the field. A file id
-(``files/{id}``, or a bare id) names the caller's own uploads only.
+``..``, paths that leave the root (symlinks included: the resolved path must stay inside), model directories
+with any file or folder that links out of the root, and any path at all when no data root is configured
+are refused with a ``ConfigError`` that names the field. A file id (``files/{id}``, or a bare id) names
+the caller's own uploads only.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
@@ -20,8 +22,10 @@ from urllib.parse import unquote, urlsplit
 from tunery.errors import ConfigError, NotFoundError
 from tunery.jobs.store import Store, StoredFile
 from tunery.models.catalog import CATALOG
+from tunery.settings import tunery_home
 
 FILE_ID = re.compile(r"[0-9]{14}[0-9a-f]{12}")
+MAX_MODEL_ENTRIES = 10_000
 
 
 def file_id(ref: str) -> str | None:
@@ -60,7 +64,32 @@ def resolve_base_model(ref: str, root: Path | None, field: str = "baseModel") ->
             f"{field}: {ref!r} is neither a catalog model ({', '.join(CATALOG)}) nor a model directory "
             "(with config.json) under the data root"
         )
+    escape = _leaves_root(path, root.resolve())
+    if escape:
+        raise ConfigError(f"{field}: {ref!r}: {escape}")
     return str(path)
+
+
+def _leaves_root(directory: Path, root: Path) -> str | None:
+    """Why a model directory could read outside ``root`` (a file or folder in it that links out, or is a
+    broken link), or None. Linked folders inside the root are followed; at most ``MAX_MODEL_ENTRIES`` entries."""
+    seen = 0
+    for folder, folders, files in os.walk(directory, followlinks=True):
+        for name in (*folders, *files):
+            seen += 1
+            if seen > MAX_MODEL_ENTRIES:
+                return f"more than {MAX_MODEL_ENTRIES} files; a model directory holds a few dozen"
+            entry = Path(folder) / name
+            if not entry.is_symlink():
+                continue
+            shown = entry.relative_to(directory).as_posix()
+            try:
+                target = entry.resolve(strict=True)
+            except (OSError, RuntimeError):
+                return f"{shown} is a broken or looping link"
+            if not target.is_relative_to(root):
+                return f"{shown} links outside the data root"
+    return None
 
 
 def resolve_under(root: Path | None, ref: str, field: str) -> Path:
@@ -101,3 +130,23 @@ def _path_of(ref: str, field: str) -> str:
     if parts.netloc not in ("", "localhost"):
         raise ConfigError(f"{field}: {ref!r}: a file:// URI must name a local path")
     return unquote(parts.path)
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"()\[\]{}<>,;:|]+/)*[^\s'\"()\[\]{}<>,;:|/]*")
+
+
+def hide_server_paths(text: str, root: Path | None) -> str:
+    """``text`` (a job's error, an event's message) as a client may see it: a path under the data root as the
+    client names it (relative to the root), one under ``TUNERY_HOME`` by its place there, any other absolute
+    path by its file name only. The full paths stay in the server's logs."""
+    roots = [(base, "") for base in {root, root.resolve()}] if root is not None else []
+    roots += [(base, "TUNERY_HOME/") for base in {tunery_home(), tunery_home().resolve()}]
+
+    def shown(match: re.Match[str]) -> str:
+        path = Path(match.group(0))
+        for base, prefix in roots:
+            if path.is_relative_to(base):
+                return prefix + path.relative_to(base).as_posix()
+        return f"…/{path.name}" if path.name else "…"
+
+    return _ABSOLUTE.sub(shown, text)

@@ -567,25 +567,21 @@ class Store:
         )
 
     def events(self, tenant: str | None, job_id: str, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
-        """The job's events after sequence number ``after``, oldest first (NotFoundError for another tenant)."""
+        """The job's events after its event ``after``, oldest first (NotFoundError for another tenant). An event's
+        ``id`` is its number within its job (1, 2, ...): ids tell a tenant nothing about other tenants' activity."""
         self.get_job(tenant, job_id)
-        query = (
-            select(events_t)
-            .where(events_t.c.job_id == job_id, events_t.c.seq > after)
-            .order_by(events_t.c.seq)
-            .limit(limit)
-        )
+        query = select(events_t).where(events_t.c.job_id == job_id).order_by(events_t.c.seq).offset(after).limit(limit)
         with self._read() as conn:
             rows = [_decode(row) for row in conn.execute(query)]
         return [
             {
-                "id": row["seq"],
+                "id": after + number,
                 "createTime": row["time"],
                 "type": row["type"],
                 **({"message": row["message"]} if row["message"] else {}),
                 **({"data": row["data"]} if row["data"] else {}),
             }
-            for row in rows
+            for number, row in enumerate(rows, start=1)
         ]
 
     # -- files and tuned models: rows owned by a tenant ----------------------------------------------

@@ -8,6 +8,7 @@ body is 409.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -21,10 +22,10 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from tunery.api import admission, limits
-from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, wake_scheduler
+from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, public_url, wake_scheduler
 from tunery.api.errors import also_check, invalid
 from tunery.api.limits import ApiSettings
-from tunery.api.paths import resolve_base_model, resolve_dataset
+from tunery.api.paths import hide_server_paths, resolve_base_model, resolve_dataset
 from tunery.api.schemas import (
     LABEL_KEY,
     CreateTuningJobRequest,
@@ -36,9 +37,9 @@ from tunery.api.schemas import (
     TuningJob,
     dump,
 )
-from tunery.errors import ConfigError, TuneryError
+from tunery.errors import ConfigError, NotFoundError, TuneryError
 from tunery.jobs import inputs
-from tunery.jobs.store import Store, StoredFile, new_id
+from tunery.jobs.store import Job, Store, StoredFile, new_id
 from tunery.models.catalog import PEFT_ADAPTER
 from tunery.tuning.spec import HYPER_PARAMETERS, PEFT_ADAPTER_ONLY, REST_NAMES, TuningSpec
 
@@ -149,7 +150,7 @@ def create_job(
     else:
         inputs.release(job_id)
         response.status_code = 200
-    return job.resource(api_base=str(request.base_url))
+    return _view(job, request)
 
 
 def _spec(
@@ -201,14 +202,49 @@ def read_jobs(
     state: State | None = None,
     label: Annotated[list[str] | None, Query(description="key:value (or key=value); repeat to require several")] = None,
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=limits.MAX_PAGE_SIZE)] = limits.DEFAULT_PAGE_SIZE,
-    page_token: Annotated[str | None, Query(alias="pageToken", pattern=r"^[0-9]{1,18}$")] = None,
+    page_token: Annotated[str | None, Query(alias="pageToken", pattern=r"^[A-Za-z0-9_-]{1,64}$")] = None,
 ) -> dict[str, Any]:
     """The tenant's jobs, newest first, ``pageSize`` at a time; ``nextPageToken`` reads the next page."""
-    jobs, token = store.list_jobs(
-        tenant, state=state, labels=_labels(label or []), page_size=page_size, page_token=page_token
+    after = _page_start(page_token, tenant, store) if page_token else None
+    jobs, more = store.list_jobs(
+        tenant, state=state, labels=_labels(label or []), page_size=page_size, page_token=after
     )
-    api_base = str(request.base_url)
-    return {"tuningJobs": [job.resource(api_base=api_base) for job in jobs], "nextPageToken": token}
+    views = [_view(job, request) for job in jobs]
+    return {"tuningJobs": views, "nextPageToken": _page_token(jobs[-1]) if more and jobs else None}
+
+
+def _page_token(job: Job) -> str:
+    """The token of the page after ``job``: its id, opaque to clients, meaningful to its own tenant only (the
+    store's sequence numbers, which count every tenant's jobs, never leave the server)."""
+    return base64.urlsafe_b64encode(f"after:{job.id}".encode()).decode().rstrip("=")
+
+
+def _page_start(token: str, tenant: str, store: Store) -> str:
+    """The store's page token for a client's ``pageToken``; 400 for one this server did not give this tenant."""
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        if not text.startswith("after:"):
+            raise ValueError(text)
+        return str(store.get_job(tenant, text.removeprefix("after:")).seq)
+    except (ValueError, NotFoundError):
+        raise invalid([("pageToken (query)", "not a page token this server gave you")]) from None
+
+
+def _view(job: Job, request: Request) -> dict[str, Any]:
+    """The job as its tenant sees it: URLs under the public base URL, no server paths in its error."""
+    resource = job.resource(api_base=public_url(request))
+    error = resource.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        error["message"] = hide_server_paths(error["message"], request.app.state.settings.data_root)
+    return resource
+
+
+def _event_views(events: list[dict[str, Any]], root: Path | None) -> list[dict[str, Any]]:
+    """Events as clients see them: no server paths in their messages."""
+    for event in events:
+        if isinstance(event.get("message"), str):
+            event["message"] = hide_server_paths(event["message"], root)
+    return events
 
 
 def _labels(filters: list[str]) -> dict[str, str]:
@@ -233,7 +269,7 @@ def _labels(filters: list[str]) -> dict[str, str]:
     "/{job_id}", response_model=None, summary="Read a tuning job", responses={200: {"model": TuningJob}, **ERRORS}
 )
 def read_job(job_id: JobId, request: Request, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
-    return store.get_job(tenant, job_id).resource(api_base=str(request.base_url))
+    return _view(store.get_job(tenant, job_id), request)
 
 
 @router.post(
@@ -249,7 +285,7 @@ def cancel_job(
     has saved a checkpoint and stopped; an ended job is returned as it is."""
     job = store.request_cancel(tenant, job_id)
     wake_scheduler(scheduler)
-    return job.resource(api_base=str(request.base_url))
+    return _view(job, request)
 
 
 @router.get(
@@ -262,7 +298,8 @@ def read_job_events(
     job_id: JobId,
     tenant: Tenant,
     store: StoreDep,
-    after: Annotated[int, Query(ge=0, le=2**63 - 1, description="Events after this sequence number")] = 0,
+    settings: SettingsDep,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1, description="Events after this one (its id)")] = 0,
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=limits.MAX_EVENTS_PAGE)] = 100,
     alt: Literal["json", "sse"] = "json",
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
@@ -274,16 +311,16 @@ def read_job_events(
             raise invalid([("Last-Event-ID", "expected an event's id (a whole number)")])
         after = max(after, int(last_event_id))
     if alt == "json":
-        return {"events": store.events(tenant, job_id, after, page_size)}
+        return {"events": _event_views(store.events(tenant, job_id, after, page_size), settings.data_root)}
     store.get_job(tenant, job_id)  # 404 before the stream starts
     return StreamingResponse(
-        _event_stream(store, tenant, job_id, after),
+        _event_stream(store, tenant, job_id, after, settings.data_root),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _event_stream(store: Store, tenant: str, job_id: str, after: int) -> AsyncIterator[str]:
+async def _event_stream(store: Store, tenant: str, job_id: str, after: int, root: Path | None) -> AsyncIterator[str]:
     """Poll the store; send each event as ``id: N`` / ``data: JSON``; end once the job has ended and its
     last event is sent. A comment line every ``KEEPALIVE_SECONDS`` keeps proxies from closing a quiet stream."""
     quiet_since = time.monotonic()
@@ -293,7 +330,7 @@ async def _event_stream(store: Store, tenant: str, job_id: str, after: int) -> A
             events = await run_in_threadpool(store.events, tenant, job_id, after, SSE_BATCH)
         except TuneryError:
             return
-        for event in events:
+        for event in _event_views(events, root):
             yield f"id: {event['id']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
             after = event["id"]
         if events:

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from tunery.api import generation
-from tunery.api.deps import HostDep, SettingsDep, StoreDep, Tenant
+from tunery.api.deps import HostDep, SettingsDep, StoreDep, Tenant, public_url
 from tunery.api.schemas import (
     CountTokensRequest,
     CountTokensResponse,
@@ -61,7 +61,7 @@ def base_resource(entry: CatalogEntry) -> dict[str, Any]:
 @router.get("", response_model=None, summary="List models", responses={200: {"model": ListModelsResponse}, **ERRORS})
 def read_models(request: Request, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
     """The catalog's base models, then the tenant's tuned models (newest first)."""
-    api_base = str(request.base_url)
+    api_base = public_url(request)
     tuned = [model.resource(api_base) for model in store.list_tuned_models(tenant)]
     return {"models": [base_resource(entry) for entry in CATALOG.values()] + tuned}
 
@@ -70,7 +70,7 @@ def read_models(request: Request, tenant: Tenant, store: StoreDep) -> dict[str, 
 def read_model(model_id: ModelId, request: Request, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
     if model_id in CATALOG:
         return base_resource(CATALOG[model_id])
-    return store.get_tuned_model(tenant, model_id).resource(str(request.base_url))
+    return store.get_tuned_model(tenant, model_id).resource(public_url(request))
 
 
 @router.delete(
