@@ -7,10 +7,18 @@ The corpus is ``tests/data/bad/``: one file per kind of problem, a mixed file, a
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import threading
+import time
+import tracemalloc
+
 import pytest
 
 from tunery.data import Problem, read_examples
-from tunery.errors import DatasetError
+from tunery.data.validation import MAX_DEPTH, MAX_MESSAGE_CHARS, MAX_NUMBER_DIGITS, MAX_PROBLEMS
+from tunery.errors import ConfigError, DatasetError
 
 # file → every (line, field, message substring) it must report, in order, and the lines that parse.
 EXPECTED = {
@@ -225,3 +233,110 @@ def test_problem_to_dict():
     p = Problem("f.jsonl", 3, "contents", "empty", "warning")
     assert p.to_dict() == {"line": 3, "field": "contents", "message": "empty", "severity": "warning"}
     assert str(Problem("f.jsonl", 3, "line", "bad")) == "f.jsonl:3: line: bad"
+
+
+# --- hostile input: each line a problem at its number, quickly, in bounded memory -----------------------------
+
+GOOD = json.dumps(
+    {"contents": [{"role": "user", "parts": [{"text": "hi"}]}, {"role": "model", "parts": [{"text": "ok"}]}]}
+)
+HOSTILE = {  # a line → (field, message substring)
+    "[" * 2000 + "]" * 2000: ("line", f"JSON nested more than {MAX_DEPTH} deep"),
+    '{"contents": ' + "[" * 5000 + "]" * 5000 + "}": ("line", f"JSON nested more than {MAX_DEPTH} deep"),
+    "[" * 200_000: ("line", f"JSON nested more than {MAX_DEPTH} deep"),
+    '{"contents": "' + "[" * 5000 + '"}': ("contents", "must be a non-empty list"),  # brackets in a string
+    '{"n": ' + "9" * 5000 + "}": ("line", f"a number with 5000 digits; at most {MAX_NUMBER_DIGITS}"),
+    '{"n": -' + "9" * 5000 + "}": ("line", "a number with 5001 digits"),
+    '{"n": NaN}': ("line", "NaN is not JSON"),
+    '{"n": -Infinity}': ("line", "-Infinity is not JSON"),
+    '{"contents": "\x00"}': ("line", "invalid JSON: Invalid control character"),
+    GOOD.replace("hi", "\\ud800"): ("contents[0].parts[0].text", "a lone surrogate U+D800 at character 0"),
+    GOOD.replace("ok", "x\\udfff"): ("contents[1].parts[0].text", "a lone surrogate U+DFFF at character 1"),
+    '{"messages": [{"role": "user", "content": "\\udbff"}, {"role": "assistant", "content": "ok"}]}': (
+        "messages[0].content",
+        "lone surrogate U+DBFF",
+    ),
+    '{"\\ud800": 1}': ("line", "found keys: \\ud800"),
+    GOOD.replace('{"text": "hi"}', '{"inlineData": {"mimeType": ["image/png"], "data": "x"}}'): (
+        "contents[0].parts[0].inlineData.mimeType",
+        "expected a MIME type",
+    ),
+    json.dumps({f"k{i}": i for i in range(100_000)}): ("line", "found keys: k0, k1, k10,"),
+}
+
+
+@pytest.mark.parametrize("line", list(HOSTILE), ids=lambda line: line[:30])
+def test_hostile_lines_are_problems_at_their_line(line):
+    data = f"{GOOD}\n{line}\n{GOOD}\n".encode("utf-8", "surrogatepass")
+    started = time.monotonic()
+    report = read_examples(io.BytesIO(data), name="hostile.jsonl")
+    assert time.monotonic() - started < 2
+    field, message = HOSTILE[line]
+    assert [(p.line, p.field) for p in report.problems] == [(2, field)], report.problems
+    problem = report.problems[0]
+    assert message in problem.message and len(problem.message) <= MAX_MESSAGE_CHARS
+    str(problem).encode("utf-8")  # printable and encodable: no lone surrogate reaches a terminal or a JSON reply
+    assert [e.line for e in report.examples] == [1, 3]
+
+
+def test_a_line_over_the_bound_is_skipped_unread_in_bounded_memory():
+    limit = 2**20
+    huge = b'{"contents": [{"role": "user", "parts": [{"text": "' + b"x" * (20 * limit) + b'"}]}]}'
+    data = b"\n".join([GOOD.encode(), huge, GOOD.encode(), huge]) + b"\n"  # the last line ends the file too
+    tracemalloc.start()
+    started = time.monotonic()
+    report = read_examples(io.BytesIO(data), name="big.jsonl", max_line_bytes=limit)
+    elapsed = time.monotonic() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    message = f"line is {len(huge)} bytes, longer than the limit of {limit} (TUNERY_MAX_LINE_BYTES)"
+    assert [(p.line, p.field, p.message) for p in report.problems] == [(2, "line", message), (4, "line", message)]
+    assert [e.line for e in report.examples] == [1, 3]
+    assert elapsed < 2 and peak < 4 * limit, (elapsed, peak)  # the 20 MiB line is never held whole
+
+
+def test_a_line_at_the_bound_is_read_and_an_example_over_the_text_bound_is_refused():
+    text = "word " * 2000
+    line = json.dumps(
+        {"contents": [{"role": "user", "parts": [{"text": text}]}, {"role": "model", "parts": [{"text": "ok"}]}]}
+    )
+    exact = read_examples(io.BytesIO(line.encode() + b"\n"), max_line_bytes=len(line), max_example_chars=len(text) + 2)
+    assert exact.ok and len(exact.examples) == 1  # the newline is not counted
+    over = read_examples(io.BytesIO(line.encode()), max_line_bytes=len(line) - 1)
+    assert [p.message for p in over.problems][0].startswith(f"line is {len(line)} bytes")
+    refused = read_examples(io.BytesIO(line.encode()), max_example_chars=1000)
+    assert [(p.field, p.message) for p in refused.problems] == [
+        ("contents", f"the example holds {len(text) + 2} characters of text; at most 1000 (TUNERY_MAX_EXAMPLE_CHARS)")
+    ]
+
+
+def test_the_bounds_are_settings(monkeypatch):
+    monkeypatch.setenv("TUNERY_MAX_LINE_BYTES", "100")
+    report = read_examples(io.BytesIO(("x" * 101 + "\n").encode()))
+    assert "longer than the limit of 100 (TUNERY_MAX_LINE_BYTES)" in report.problems[0].message
+    monkeypatch.setenv("TUNERY_MAX_LINE_BYTES", "lots")
+    with pytest.raises(ConfigError, match="TUNERY_MAX_LINE_BYTES='lots'"):
+        read_examples(io.BytesIO(b"{}\n"))
+
+
+def test_the_check_stops_after_a_thousand_errors():
+    started = time.monotonic()
+    report = read_examples(io.BytesIO(b"x\n" * 1_000_000), name="junk.jsonl")
+    assert time.monotonic() - started < 2
+    assert len(report.errors) == MAX_PROBLEMS + 1
+    assert str(report.problems[-1]) == (
+        f"junk.jsonl:{MAX_PROBLEMS}: file: stopped at line {MAX_PROBLEMS} after {MAX_PROBLEMS} errors; "
+        "the rest of the file was not checked"
+    )
+
+
+def test_a_fifo_and_a_stream_read_like_a_file(tmp_path):
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text(f"{GOOD}\n{GOOD}\n"))
+    writer.start()
+    report = read_examples(fifo)
+    writer.join(timeout=10)
+    assert report.ok and len(report.examples) == 2 and report.path == str(fifo)
+    with pytest.raises(DatasetError, match="is a directory"):
+        read_examples(tmp_path)
