@@ -44,6 +44,12 @@ def files_dir() -> Path:
     return tunery_home() / "files"
 
 
+def upload_model() -> str | None:
+    """``$TUNERY_UPLOAD_MODEL``: the model whose tokenizer counts an upload that names none (Google's and
+    OpenAI's clients upload without one); unset, the catalog's default model."""
+    return os.environ.get("TUNERY_UPLOAD_MODEL", "").strip() or None
+
+
 def data_root() -> Path | None:
     """``$TUNERY_DATA_ROOT``: the only directory whose datasets and base models the service reads by path."""
     root = os.environ.get("TUNERY_DATA_ROOT")
@@ -86,8 +92,9 @@ def store_retry_seconds() -> int:
 
 
 def fault_pause_at() -> str | None:
-    """``$TUNERY_FAULT_PAUSE_AT``, for fault tests: a phase of a tuning run (``step 3``, ``save``, ``evaluation``)
-    where a job's worker creates ``paused`` in the job's directory and waits until that file is removed."""
+    """``$TUNERY_FAULT_PAUSE_AT``, for fault tests: phases of a tuning run, comma-separated (``step 3``, ``save``,
+    ``evaluation``), where a job's worker writes the phase to ``paused`` in the job's directory and waits until that
+    file is removed."""
     return os.environ.get("TUNERY_FAULT_PAUSE_AT") or None
 
 

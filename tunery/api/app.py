@@ -22,7 +22,7 @@ from tunery.api import errors, shutdown
 from tunery.api.admission import Admission
 from tunery.api.deps import Authenticator, AuthMiddleware
 from tunery.api.limits import ApiSettings, BodyLimitMiddleware
-from tunery.api.routes import console, files, health, jobs, models
+from tunery.api.routes import console, files, gemini, gemini_files, health, jobs, models, openai, vertex
 from tunery.jobs.store import Store
 from tunery.settings import AdmissionLimits
 
@@ -81,6 +81,8 @@ def create_app(
     app.state.draining = shutdown.Draining()
     errors.install(app)
     for router in (health.router, files.router, jobs.router, models.router, console.router):
+        app.include_router(router)
+    for router in (gemini.router, gemini_files.router, vertex.router, openai.router):  # the clients' shapes (#12)
         app.include_router(router)
     # the last added runs first: track the request for a clean stop, authenticate before a body is read, then
     # hold it to its limit

@@ -1,18 +1,26 @@
 """Who is asking, and what the handlers work with: the tenant, the store, the model host, the settings.
 
 Authentication is a middleware so that it runs before any body is read or parsed: every path except
-``/healthz`` and the API description (``/openapi.json``, ``/docs``, served openly: they hold no data)
-needs ``Authorization: Bearer tk_...`` once any key exists (401 ``WWW-Authenticate: Bearer`` otherwise).
-With no key at all the service answers loopback clients only, as tenant ``default`` (403 for others).
+``/healthz``, the API description (``/openapi.json``, ``/docs``) and the console's static files (``/``,
+``/console/*``), served openly: they hold no data,
+needs an API key once any key exists (401 ``WWW-Authenticate: Bearer`` otherwise), sent the way each official
+client sends it: ``Authorization: Bearer tk_...`` (OpenAI, Vertex AI), ``x-goog-api-key: tk_...`` (google-genai)
+or ``?key=tk_...`` (Google's REST examples). Every key a request carries must be valid and name the same
+tenant. With no key at all the service answers loopback clients only, as tenant ``default`` (403 for others).
+The one exception is the byte transfer of a resumable upload (``POST /upload/{version}/files?upload_id=...``):
+google-genai sends it without a key, so the session id, handed out to a request that had one, is its
+credential (``tunery.api.routes.gemini_files``).
 Handlers take what they need as annotated dependencies (``tenant: Tenant, store: StoreDep``).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import threading
 import time
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -27,6 +35,8 @@ DEFAULT_TENANT = "default"
 OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/"})
 OPEN_PREFIXES = ("/console/",)  # the console's static files: every data call they make needs a key
 MAX_AUTHORIZATION = 512
+KEY_FORMS = "'Authorization: Bearer tk_...', 'x-goog-api-key: tk_...' or '?key=tk_...'"
+UPLOAD_SESSION = re.compile(r"/upload/v1(beta1?)?/files")
 
 
 class Authenticator:
@@ -49,13 +59,15 @@ class Authenticator:
             self._has_keys = (time.monotonic(), value)
         return value
 
-    def tenant(self, authorization: str | None, client_host: str | None) -> str:
-        if authorization is not None:
-            return self._tenant_for(authorization)
+    def tenant(self, authorization: str | None, client_host: str | None, api_keys: tuple[str, ...] = ()) -> str:
+        """The tenant of the request's keys: the ``Authorization`` header, and ``api_keys`` from the
+        ``x-goog-api-key`` header and the ``key`` query parameter."""
+        if authorization is not None or api_keys:
+            return self._tenant_for(authorization, api_keys)
         if self.has_keys():
             raise ApiError(
                 401,
-                "an API key is required: send 'Authorization: Bearer tk_...'",
+                f"an API key is required: send {KEY_FORMS}",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         if not is_loopback(client_host):
@@ -65,17 +77,24 @@ class Authenticator:
             )
         return DEFAULT_TENANT
 
-    def _tenant_for(self, authorization: str) -> str:
-        scheme, _, token = authorization.strip().partition(" ")
-        tenant = None
-        if scheme.lower() == "bearer" and len(authorization) <= MAX_AUTHORIZATION:
-            tenant = self.store.tenant_for_key(token.strip())
-        if tenant is None:
+    def _tenant_for(self, authorization: str | None, api_keys: tuple[str, ...]) -> str:
+        tokens: list[str | None] = []
+        if authorization is not None:
+            scheme, _, token = authorization.strip().partition(" ")
+            ok = scheme.lower() == "bearer" and len(authorization) <= MAX_AUTHORIZATION
+            tokens.append(token.strip() if ok else None)
+        tokens += [key.strip() if len(key) <= MAX_AUTHORIZATION else None for key in api_keys]
+        # every key is looked up (each compared in constant time), so a bad one is never skipped
+        tenants = {self.store.tenant_for_key(token) if token else None for token in tokens}
+        if None in tenants or len(tenants) != 1:
             raise ApiError(
                 401,
-                "invalid API key: expected 'Authorization: Bearer tk_...' with a key this server issued",
+                f"invalid API key: expected {KEY_FORMS} with a key this server issued"
+                + (" (the request's keys name different tenants)" if None not in tenants else ""),
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
+        tenant = tenants.pop()
+        assert tenant is not None
         return tenant
 
 
@@ -104,12 +123,20 @@ class AuthMiddleware:
             return
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
         raw = headers.get(b"authorization")
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        api_keys = tuple(query.get("key", []))
+        if b"x-goog-api-key" in headers:
+            api_keys = (headers[b"x-goog-api-key"].decode("latin-1"), *api_keys)
+        if raw is None and not api_keys and "upload_id" in query and UPLOAD_SESSION.fullmatch(scope["path"]):
+            await self.app(scope, receive, send)  # the session id is the credential; the route checks it
+            return
         client = scope.get("client")
         try:
             tenant = await run_in_threadpool(
                 self.authenticator.tenant,
                 raw.decode("latin-1") if raw is not None else None,
                 client[0] if client else None,
+                api_keys,
             )
         except ApiError as exc:
             await error_response(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))(

@@ -22,6 +22,7 @@ from tunery.errors import ConfigError
 
 MIB = 1024 * 1024
 UPLOAD_PATH = "/v1/files"
+RESUMABLE_UPLOAD_PREFIX = "/upload/"  # google-genai's resumable uploads (tunery.api.routes.gemini_files)
 MULTIPART_OVERHEAD = 64 * 1024  # part headers and the form fields around an upload's bytes
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 50
@@ -90,7 +91,8 @@ class BodyLimitMiddleware:
         self.max_upload_bytes = max_upload_bytes
 
     def limit_for(self, scope: Scope) -> int:
-        if scope["path"].rstrip("/") == UPLOAD_PATH and scope["method"] == "POST":
+        path = scope["path"].rstrip("/")
+        if scope["method"] == "POST" and (path == UPLOAD_PATH or path.startswith(RESUMABLE_UPLOAD_PREFIX)):
             return self.max_upload_bytes + MULTIPART_OVERHEAD
         return self.max_body_bytes
 

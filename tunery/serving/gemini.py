@@ -17,8 +17,14 @@ from tunery.errors import DatasetError, ModelError
 
 MAX_OUTPUT_TOKENS = 8192
 MAX_STOP_SEQUENCES = 5
-GENERATE_FIELDS = ("contents", "systemInstruction", "generationConfig")
-COUNT_TOKENS_FIELDS = ("contents", "systemInstruction", "generateContentRequest")
+GENERATE_FIELDS = ("contents", "systemInstruction", "generationConfig", "safetySettings", "labels")
+COUNT_TOKENS_FIELDS = ("contents", "systemInstruction", "generateContentRequest", "model")
+# Fields that would change the answer, which tunery cannot honour: refused by name, never ignored.
+UNSUPPORTED_FIELDS = {
+    "tools": "function calling and other tools are not supported by tunery's models; remove tools",
+    "toolConfig": "function calling is not supported by tunery's models; remove toolConfig",
+    "cachedContent": "cached contents are not supported; send the whole conversation in contents",
+}
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,21 @@ def generation_config(
     config, problems = _parse_config(value, field)
     if config is None:
         raise request_error(field, problems)
+# generationConfig fields accepted at the one value that leaves the answer as tunery makes it; any other
+# value would change the answer, so it is refused by name.
+_NEUTRAL_CONFIG: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "presencePenalty": (lambda v: v == 0, "0 (tunery applies no presence penalty)"),
+    "frequencyPenalty": (lambda v: v == 0, "0 (tunery applies no frequency penalty)"),
+    "responseModalities": (lambda v: v in ([], ["TEXT"], ["text"]), '["TEXT"] (the models answer in text only)'),
+    "responseLogprobs": (lambda v: v is False, "false (log probabilities are not returned)"),
+    "enableEnhancedCivicAnswers": (lambda v: v is False, "false"),
+}
+_NEUTRAL_SNAKE = {
+    "presence_penalty": "presencePenalty",
+    "frequency_penalty": "frequencyPenalty",
+    "response_modalities": "responseModalities",
+    "response_logprobs": "responseLogprobs",
+}
     return config
 
 
@@ -122,7 +143,11 @@ def _parse_config(value: Any, field: str) -> tuple[GenerationConfig | None, list
     kwargs: dict[str, Any] = {}
     for key, raw in value.items():
         attr, path = _CONFIG_NAMES.get(key), f"{field}.{key}"
-        if attr is None:
+        neutral = _NEUTRAL_CONFIG.get(_NEUTRAL_SNAKE.get(key, key))
+        if neutral is not None:
+            if raw is not None and not neutral[0](raw):
+                problems.append((path, f"{raw!r} is not supported; expected {neutral[1]} or no value"))
+        elif attr is None:
             problems.append((path, f"unknown field; expected one of {', '.join(_GEMINI_CONFIG_NAMES)}"))
         elif raw is not None:  # JSON null leaves the default
             checked = _stop_sequences(raw, path, problems) if attr == "stop_sequences" else _number(attr, raw)
@@ -181,7 +206,8 @@ def parse_count_tokens_request(body: Any) -> Example:
     """
     if not isinstance(body, dict):
         raise request_error("countTokens request", [("request", f"expected a JSON object, got {_json_type(body)}")])
-    problems = _unknown(body, COUNT_TOKENS_FIELDS, "")
+    body, problems = canonical_request(body, "")
+    problems += _unknown(body, COUNT_TOKENS_FIELDS, "")
     if "generateContentRequest" in body:
         if "contents" in body or "systemInstruction" in body:
             problems.append(("generateContentRequest", "give either contents or generateContentRequest, not both"))
@@ -200,7 +226,8 @@ def parse_count_tokens_request(body: Any) -> Example:
 def _parse_generate(body: Any, prefix: str) -> tuple[Example | None, GenerationConfig | None, list[tuple[str, str]]]:
     if not isinstance(body, dict):
         return None, None, [(prefix.rstrip(".") or "request", f"expected a JSON object, got {_json_type(body)}")]
-    problems = _unknown(body, GENERATE_FIELDS, prefix)
+    body, problems = canonical_request(body, prefix)
+    problems += _unknown(body, GENERATE_FIELDS, prefix)
     example, found = _parse_contents(body, prefix)
     problems += found
     raw = body.get("generationConfig")
@@ -210,7 +237,54 @@ def _parse_generate(body: Any, prefix: str) -> tuple[Example | None, GenerationC
 
 
 def _unknown(body: dict, known: tuple[str, ...], prefix: str) -> list[tuple[str, str]]:
-    return [(f"{prefix}{k}", f"unknown field; expected {', '.join(known)}") for k in body if k not in known]
+    return [
+        (f"{prefix}{k}", UNSUPPORTED_FIELDS.get(k) or f"unknown field; expected {', '.join(known)}")
+        for k, v in body.items()
+        if k not in known and not (k in UNSUPPORTED_FIELDS and v in (None, [], {}, ""))  # empty changes nothing
+    ]
+
+
+def canonical_request(body: dict[str, Any], prefix: str = "") -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """``body`` with the snake_case names official clients and Google's REST examples send (``system_instruction``,
+    ``generation_config``, ``inline_data``...) in camelCase; a field given both ways is a problem."""
+    problems: list[tuple[str, str]] = []
+    out = _camel_keys(body, prefix, problems)
+    if isinstance(out.get("contents"), list):
+        out["contents"] = [_camel_turn(t, f"{prefix}contents[{i}]", problems) for i, t in enumerate(out["contents"])]
+    if isinstance(out.get("systemInstruction"), dict):
+        out["systemInstruction"] = _camel_turn(out["systemInstruction"], f"{prefix}systemInstruction", problems)
+    if isinstance(out.get("generationConfig"), dict):
+        out["generationConfig"] = _camel_keys(out["generationConfig"], f"{prefix}generationConfig.", problems)
+    return out, problems
+
+
+def _camel_keys(obj: dict[str, Any], prefix: str, problems: list[tuple[str, str]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = _camel(key) if isinstance(key, str) else key
+        if name in out:
+            problems.append((f"{prefix}{name}", f"given twice (as {name} and {key})"))
+        out[name] = value
+    return out
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word.title() for word in rest)
+
+
+def _camel_turn(turn: Any, field: str, problems: list[tuple[str, str]]) -> Any:
+    if not isinstance(turn, dict) or not isinstance(turn.get("parts"), list):
+        return turn
+    parts = []
+    for j, part in enumerate(turn["parts"]):
+        if isinstance(part, dict):
+            part = _camel_keys(part, f"{field}.parts[{j}].", problems)
+            for kind in ("inlineData", "fileData"):
+                if isinstance(part.get(kind), dict):
+                    part[kind] = _camel_keys(part[kind], f"{field}.parts[{j}].{kind}.", problems)
+        parts.append(part)
+    return {**turn, "parts": parts}
 
 
 def _parse_contents(body: dict, prefix: str) -> tuple[Example | None, list[tuple[str, str]]]:

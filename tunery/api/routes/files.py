@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from tunery import settings as settings_module
 from tunery.api.deps import CheckerDep, SettingsDep, StoreDep, Tenant
 from tunery.api.errors import invalid
 from tunery.api.limits import ApiSettings
@@ -60,13 +61,20 @@ async def create_file(
     """Stream the ``file`` part to disk, check every line and count tokens with ``model``'s tokenizer (default
     the catalog default) at ``maxLength``; keep it only when it has no errors."""
     upload = await receive_upload(
-        request, settings.files_dir, max_bytes=settings.max_upload_bytes, fields=("model", "maxLength")
+        request, settings.files_dir, max_bytes=settings.max_upload_bytes, fields=("model", "maxLength", "purpose")
     )
     try:
         record = await run_in_threadpool(_check_and_keep, upload, tenant, store, settings, checker)
     finally:
         upload.discard()
-    return record.resource()
+    return _both(record)
+
+
+def _both(record: StoredFile) -> dict[str, Any]:
+    """The file with OpenAI's ``FileObject`` fields too: OpenAI's client uploads to this same path (#12)."""
+    from tunery.api.routes.openai import openai_file
+
+    return {**record.resource(), **openai_file(record)}
 
 
 def _check_and_keep(upload: Upload, tenant: str, store: Any, settings: ApiSettings, checker: Any) -> StoredFile:
@@ -105,12 +113,14 @@ def _check_and_keep(upload: Upload, tenant: str, store: Any, settings: ApiSettin
 def _options(upload: Upload, settings: ApiSettings) -> tuple[str, str, int]:
     """The form's ``model`` (as given, and resolved) and ``maxLength``; 400 names each bad field."""
     fields, problems = upload.fields, list(upload.problems)
-    model_ref = fields.get("model") or DEFAULT_MODEL
+    model_ref = fields.get("model") or settings_module.upload_model() or DEFAULT_MODEL
     model = model_ref
     try:
         model = resolve_base_model(model_ref, settings.data_root, "model")
     except ConfigError as exc:
         problems.append(("model", str(exc).removeprefix("model: ")))
+    if fields.get("purpose", "fine-tune") != "fine-tune":  # OpenAI's client names what the file is for
+        problems.append(("purpose", f"{fields['purpose'][:40]!r}: tunery keeps fine-tuning datasets only: 'fine-tune'"))
     raw = fields.get("maxLength", "").strip()
     max_length = DEFAULT_MAX_LENGTH
     if raw:
@@ -129,14 +139,15 @@ def _options(upload: Upload, settings: ApiSettings) -> tuple[str, str, int]:
     "", response_model=None, summary="List uploaded files", responses={200: {"model": ListFilesResponse}, **ERRORS}
 )
 def read_files(tenant: Tenant, store: StoreDep) -> dict[str, Any]:
-    return {"files": [record.resource() for record in store.list_files(tenant)]}
+    listed = [_both(record) for record in store.list_files(tenant)]
+    return {"files": listed, "object": "list", "data": listed, "has_more": False}  # Gemini reads files, OpenAI data
 
 
 @router.get(
     "/{file_id}", response_model=None, summary="Read an uploaded file", responses={200: {"model": File}, **ERRORS}
 )
 def read_file(file_id: FileId, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
-    return store.get_file(tenant, file_id).resource()
+    return _both(store.get_file(tenant, file_id))
 
 
 @router.delete(
@@ -148,7 +159,7 @@ def delete_file(file_id: FileId, tenant: Tenant, store: StoreDep, settings: Sett
     path = Path(record.path)
     if path.resolve().is_relative_to(settings.files_dir.resolve()):
         _remove(path)
-    return {}
+    return {"id": file_id, "object": "file", "deleted": True}  # OpenAI's FileDeleted; Google's clients read nothing
 
 
 def _remove(path: Path) -> None:

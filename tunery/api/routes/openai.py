@@ -1,0 +1,707 @@
+"""OpenAI's shapes, for the ``openai`` client with ``base_url=URL + "/v1"``: thin translations onto the same handlers.
+
+    POST /v1/chat/completions (stream: chat.completion.chunk events, then data: [DONE])   POST /v1/completions
+    POST /v1/fine_tuning/jobs   GET /v1/fine_tuning/jobs[/{id}[/events|/checkpoints]]   POST .../{id}/cancel
+
+A chat request becomes a Gemini generateContent body (system messages → ``systemInstruction``, ``assistant``
+→ ``model``, ``response_format`` json_schema → ``responseMimeType``/``responseJsonSchema``) and goes through
+``tunery.api.generation``; a fine-tuning job becomes a native ``POST /v1/tuningJobs`` body, so it is the same
+job as ``tuningJobs/{id}`` (same id). ``/v1/models`` and ``/v1/files`` are shared with the Gemini shape: their
+answers carry OpenAI's ``data`` list too (see ``openai_model`` and ``openai_file``). A request field that
+would change the answer and that tunery cannot honour (``n`` > 1, tools, penalties, log probabilities) is a
+400 naming it, never ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.concurrency import run_in_threadpool
+
+from tunery.api import generation, limits, translate
+from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, wake_scheduler
+from tunery.api.errors import error_body, invalid, status_for
+from tunery.api.routes.models import SERVING_ERRORS
+from tunery.api.schemas import ErrorResponse, Text
+from tunery.errors import DatasetError, TuneryError
+from tunery.jobs.store import CANCELLED, CANCELLING, FAILED, PENDING, RUNNING, SUCCEEDED, Job, StoredFile
+from tunery.serving import gemini
+
+router = APIRouter(tags=["openai"])
+
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=limits.MAX_URI_LENGTH)]
+JobId = Annotated[str, Path(pattern=r"^[^\x00-\x1f\x7f]{1,128}$", description="The job id (tuningJobs/{id})")]
+FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length"}
+STATUSES = {
+    PENDING: "queued",
+    RUNNING: "running",
+    CANCELLING: "running",
+    SUCCEEDED: "succeeded",
+    FAILED: "failed",
+    CANCELLED: "cancelled",
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid request: every field at fault is named"},
+    401: {"model": ErrorResponse, "description": "Missing or invalid API key"},
+    404: {"model": ErrorResponse, "description": "No such job or model for this tenant"},
+}
+STREAM_RESPONSES = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "JSON, or SSE with stream"},
+    **SERVING_ERRORS,
+}
+
+
+class OpenAIRequest(BaseModel):
+    """An OpenAI request body: snake_case names as the client sends them; unknown fields refused by name."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# --- chat completions -------------------------------------------------------------------------------------
+
+
+class ContentPart(OpenAIRequest):
+    type: Literal["text", "image_url", "input_audio", "file", "refusal"]
+    text: Text | None = None
+    image_url: dict[str, Any] | None = None
+    input_audio: dict[str, Any] | None = None
+    file: dict[str, Any] | None = None
+    refusal: Text | None = None
+
+
+class ChatMessage(OpenAIRequest):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: Text | list[ContentPart] | None = Field(None, max_length=limits.MAX_PARTS)
+    name: Annotated[str, StringConstraints(max_length=256)] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: Annotated[str, StringConstraints(max_length=256)] | None = None
+    function_call: dict[str, Any] | None = None
+    refusal: Text | None = None
+
+
+class StreamOptions(OpenAIRequest):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+
+class JsonSchemaFormat(OpenAIRequest):
+    name: Annotated[str, StringConstraints(max_length=64)] = "response"
+    description: Text | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(OpenAIRequest):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+Stop = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class Sampling(OpenAIRequest):
+    """What chat and text completions share."""
+
+    model: ModelName
+    temperature: float | None = Field(None, ge=0, le=2, description="Default 0 (greedy), tunery's default.")
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, le=gemini.MAX_OUTPUT_TOKENS)
+    stop: Stop | list[Stop] | None = None
+    n: int | None = Field(None, ge=1, le=128, description="1 only")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2, description="0 only")
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, description="0 only")
+    logprobs: bool | int | None = Field(None, description="false only")
+    logit_bias: dict[str, float] | None = Field(None, description="empty only")
+    user: Annotated[str, StringConstraints(max_length=256)] | None = Field(None, description="Accepted; no effect")
+
+
+class ChatCompletionRequest(Sampling):
+    """OpenAI's ``chat.completions.create``."""
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=limits.MAX_TURNS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=gemini.MAX_OUTPUT_TOKENS)
+    response_format: ResponseFormat | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="0 only")
+    tools: list[dict[str, Any]] | None = Field(None, max_length=128, description="Not supported (400)")
+    tool_choice: str | dict[str, Any] | None = Field(None, description="none only")
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = Field(None, max_length=128, description="Not supported (400)")
+    function_call: str | dict[str, Any] | None = None
+    modalities: list[Annotated[str, StringConstraints(max_length=16)]] | None = Field(None, max_length=4)
+    metadata: dict[str, Annotated[str, StringConstraints(max_length=512)]] | None = Field(None, max_length=16)
+    store: bool | None = None
+    service_tier: Annotated[str, StringConstraints(max_length=32)] | None = None
+    reasoning_effort: Annotated[str, StringConstraints(max_length=16)] | None = None
+    safety_identifier: Annotated[str, StringConstraints(max_length=256)] | None = None
+    prompt_cache_key: Annotated[str, StringConstraints(max_length=256)] | None = None
+
+
+class CompletionRequest(Sampling):
+    """OpenAI's legacy ``completions.create``: the prompt is answered as one user turn (tunery's models are
+    chat models; their template wraps every prompt)."""
+
+    prompt: Text | list[Text] = Field(description="One prompt (a list of one is accepted)")
+    suffix: Text | None = Field(None, description="Not supported (400)")
+    echo: bool | None = Field(None, description="false only")
+    best_of: int | None = Field(None, ge=1, le=20, description="1 only")
+
+
+def _unsupported(body: Sampling) -> list[tuple[str, str]]:
+    """The fields whose value would change the answer in a way tunery cannot honour."""
+    problems = []
+    if body.n not in (None, 1):
+        problems.append(("n", f"{body.n}: tunery answers one choice per request; send n=1 or leave it out"))
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(body, name) not in (None, 0):
+            problems.append((name, "not supported: tunery applies no penalty; send 0 or leave it out"))
+    if body.logprobs not in (None, False, 0):
+        problems.append(("logprobs", "not supported: log probabilities are not returned"))
+    if body.logit_bias:
+        problems.append(("logit_bias", "not supported"))
+    if isinstance(body, ChatCompletionRequest):
+        if body.tools or body.functions:
+            problems.append(("tools" if body.tools else "functions", "function calling is not supported"))
+        if body.tool_choice not in (None, "none") or body.function_call not in (None, "none"):
+            problems.append(("tool_choice", "function calling is not supported; leave it out or send 'none'"))
+        if body.top_logprobs not in (None, 0):
+            problems.append(("top_logprobs", "not supported: log probabilities are not returned"))
+        if body.modalities and set(body.modalities) != {"text"}:
+            problems.append(("modalities", 'only ["text"]: the models answer in text'))
+    if isinstance(body, CompletionRequest):
+        if body.suffix:
+            problems.append(("suffix", "not supported: completions answer after the prompt only"))
+        if body.echo:
+            problems.append(("echo", "not supported"))
+        if body.best_of not in (None, 1):
+            problems.append(("best_of", "1 only"))
+        if isinstance(body.prompt, list) and len(body.prompt) != 1:
+            problems.append(("prompt", "one prompt per request"))
+    return problems
+
+
+def _config(body: Sampling) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    tokens = body.max_completion_tokens if isinstance(body, ChatCompletionRequest) else None
+    tokens = tokens if tokens is not None else body.max_tokens
+    for name, value in (("temperature", body.temperature), ("topP", body.top_p), ("maxOutputTokens", tokens)):
+        if value is not None:
+            config[name] = value
+    if body.seed is not None:
+        config["seed"] = body.seed
+    if body.stop:
+        config["stopSequences"] = [body.stop] if isinstance(body.stop, str) else list(body.stop)
+    if isinstance(body, ChatCompletionRequest) and body.response_format is not None:
+        kind = body.response_format.type
+        if kind != "text":
+            config["responseMimeType"] = "application/json"
+        schema = body.response_format.json_schema
+        if kind == "json_schema" and schema is not None and schema.schema_ is not None:
+            config["responseJsonSchema"] = schema.schema_
+    return config
+
+
+def chat_body(body: ChatCompletionRequest) -> tuple[dict[str, Any], dict[int, int]]:
+    """The Gemini generateContent body of a chat request, and which message each of its turns came from."""
+    problems = _unsupported(body)
+    system: list[str] = []
+    contents: list[dict[str, Any]] = []
+    origin: dict[int, int] = {}
+    for i, message in enumerate(body.messages):
+        field = f"messages[{i}]"
+        if message.role in ("tool", "function") or message.tool_calls or message.function_call:
+            problems.append((field, "function calling is not supported (tool messages and tool_calls)"))
+            continue
+        text = _text(message.content, field, problems)
+        if text is None:
+            continue
+        if message.role in ("system", "developer"):
+            system.append(text)
+            continue
+        origin[len(contents)] = i
+        contents.append({"role": "model" if message.role == "assistant" else "user", "parts": [{"text": text}]})
+    if problems:
+        raise invalid(problems)
+    raw: dict[str, Any] = {"contents": contents}
+    if system:
+        raw["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+    config = _config(body)
+    if config:
+        raw["generationConfig"] = config
+    return raw, origin
+
+
+def _text(content: str | list[ContentPart] | None, field: str, problems: list[tuple[str, str]]) -> str | None:
+    if content is None:
+        problems.append((f"{field}.content", "required: the message's text"))
+        return None
+    if isinstance(content, str):
+        return content
+    texts = []
+    for j, part in enumerate(content):
+        if part.type != "text" or part.text is None:
+            problems.append((f"{field}.content[{j}]", f"{part.type}: only text parts are supported by text models"))
+        else:
+            texts.append(part.text)
+    return "".join(texts)
+
+
+def completion_body(body: CompletionRequest) -> dict[str, Any]:
+    problems = _unsupported(body)
+    if problems:
+        raise invalid(problems)
+    prompt = body.prompt[0] if isinstance(body.prompt, list) else body.prompt
+    raw: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
+    config = _config(body)
+    if config:
+        raw["generationConfig"] = config
+    return raw
+
+
+def _checked(raw: dict[str, Any], origin: dict[int, int] | None = None) -> None:
+    """The Gemini parser's checks, with each problem named by the OpenAI field it came from."""
+    try:
+        gemini.parse_generate_request(raw)
+    except DatasetError as exc:
+        names = []
+        for problem in exc.problems:
+            name = problem.field
+            match = re.match(r"contents\[(\d+)\]", name)
+            if match and origin is not None and int(match.group(1)) in origin:
+                name = f"messages[{origin[int(match.group(1))]}]" + name[match.end() :]
+            elif origin is None and name.startswith("contents"):
+                name = "prompt"
+            name = name.replace("generationConfig.maxOutputTokens", "max_tokens").replace("generationConfig.", "")
+            names.append((name, problem.message))
+        raise invalid(names) from None
+
+
+def _usage(result: dict[str, Any]) -> dict[str, int]:
+    meta = result.get("usageMetadata") or {}
+    prompt, output = int(meta.get("promptTokenCount", 0)), int(meta.get("candidatesTokenCount", 0))
+    return {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output}
+
+
+def _candidate(result: dict[str, Any]) -> tuple[str, str | None]:
+    """The new text of a GenerateContentResponse (or chunk), and its finish reason if it is the last."""
+    candidates = result.get("candidates") or [{}]
+    parts = (candidates[0].get("content") or {}).get("parts") or [{}]
+    reason = candidates[0].get("finishReason")
+    return "".join(p.get("text", "") for p in parts), (FINISH_REASONS.get(reason, "stop") if reason else None)
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    summary="Chat completion (OpenAI)",
+    responses=STREAM_RESPONSES,
+)
+async def create_chat_completion(body: ChatCompletionRequest, request: Request, tenant: Tenant) -> Any:
+    """OpenAI's chat completion on a base model or a tuned model (its ``fine_tuned_model``)."""
+    raw, origin = chat_body(body)
+    _checked(raw, origin)
+    ident, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+    if body.stream:
+        usage = bool(body.stream_options and body.stream_options.include_usage)
+        chunks = generation.stream(request, tenant, body.model, raw)
+        first = await anext(chunks)
+        return _sse(_chat_chunks(first, chunks, ident, created, body.model, usage))
+    result = await generation.generate(request, tenant, body.model, raw)
+    text, reason = _candidate(result)
+    return {
+        "id": ident,
+        "object": "chat.completion",
+        "created": created,
+        "model": body.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "finish_reason": reason or "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": _usage(result),
+        "system_fingerprint": None,
+    }
+
+
+@router.post("/v1/completions", response_model=None, summary="Text completion (OpenAI)", responses=STREAM_RESPONSES)
+async def create_completion(body: CompletionRequest, request: Request, tenant: Tenant) -> Any:
+    raw = completion_body(body)
+    _checked(raw)
+    ident, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+    if body.stream:
+        usage = bool(body.stream_options and body.stream_options.include_usage)
+        chunks = generation.stream(request, tenant, body.model, raw)
+        first = await anext(chunks)
+        return _sse(_completion_chunks(first, chunks, ident, created, body.model, usage))
+    result = await generation.generate(request, tenant, body.model, raw)
+    text, reason = _candidate(result)
+    return {
+        "id": ident,
+        "object": "text_completion",
+        "created": created,
+        "model": body.model,
+        "choices": [{"index": 0, "text": text, "finish_reason": reason or "stop", "logprobs": None}],
+        "usage": _usage(result),
+    }
+
+
+def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    async def lines() -> AsyncIterator[str]:
+        async for event in events:
+            yield f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _all(first: dict[str, Any], chunks: Any) -> AsyncIterator[dict[str, Any]]:
+    yield first
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except TuneryError as exc:  # after the 200: the client reads an error event
+        yield error_body(status_for(exc), str(exc))
+    finally:
+        await chunks.aclose()
+
+
+async def _chat_chunks(
+    first: dict[str, Any], chunks: Any, ident: str, created: int, model: str, usage: bool
+) -> AsyncIterator[dict[str, Any]]:
+    head = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
+    extra = {"usage": None} if usage else {}
+    yield {
+        **head,
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        **extra,
+    }
+    last: dict[str, Any] = {}
+    async for chunk in _all(first, chunks):
+        if "error" in chunk:
+            yield chunk
+            return
+        text, reason = _candidate(chunk)
+        last = chunk
+        if text:
+            yield {**head, "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}], **extra}
+        if reason:
+            yield {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}], **extra}
+    if usage:
+        yield {**head, "choices": [], "usage": _usage(last)}
+
+
+async def _completion_chunks(
+    first: dict[str, Any], chunks: Any, ident: str, created: int, model: str, usage: bool
+) -> AsyncIterator[dict[str, Any]]:
+    head = {"id": ident, "object": "text_completion", "created": created, "model": model}
+    last: dict[str, Any] = {}
+    async for chunk in _all(first, chunks):
+        if "error" in chunk:
+            yield chunk
+            return
+        text, reason = _candidate(chunk)
+        last = chunk
+        yield {**head, "choices": [{"index": 0, "text": text, "finish_reason": reason, "logprobs": None}]}
+    if usage:
+        yield {**head, "choices": [], "usage": _usage(last)}
+
+
+# --- models and files: the shared paths' OpenAI fields ----------------------------------------------------
+
+
+def unix(stamp: str | None) -> int | None:
+    """An RFC 3339 time as Unix seconds, as OpenAI writes times."""
+    if not stamp:
+        return None
+    return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
+
+
+def openai_model(resource: dict[str, Any], tenant: str) -> dict[str, Any]:
+    """OpenAI's ``Model`` fields for a Gemini model resource (``models/{id}``)."""
+    return {
+        "id": resource["name"].removeprefix("models/"),
+        "object": "model",
+        "created": unix(resource.get("createTime")) or 0,
+        "owned_by": tenant if resource.get("tuningJob") else "tunery",
+    }
+
+
+def openai_file(record: StoredFile) -> dict[str, Any]:
+    """OpenAI's ``FileObject`` fields for an upload; its ``id`` is what ``training_file`` takes."""
+    return {
+        "id": record.id,
+        "object": "file",
+        "bytes": record.size_bytes,
+        "created_at": unix(record.create_time) or 0,
+        "filename": record.display_name,
+        "purpose": "fine-tune",
+        "status": "processed",
+    }
+
+
+# --- fine-tuning jobs -------------------------------------------------------------------------------------
+
+Auto = Literal["auto"]
+
+
+class FineTuneHyperparameters(OpenAIRequest):
+    n_epochs: int | Auto | None = None
+    batch_size: int | Auto | None = None
+    learning_rate_multiplier: float | Auto | None = None
+
+
+class SupervisedMethod(OpenAIRequest):
+    hyperparameters: FineTuneHyperparameters | None = None
+
+
+class FineTuneMethod(OpenAIRequest):
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedMethod | None = None
+    dpo: dict[str, Any] | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+class FineTuningJobRequest(OpenAIRequest):
+    """OpenAI's ``fine_tuning.jobs.create``: tune ``model`` on an uploaded ``training_file``."""
+
+    model: ModelName
+    training_file: ModelName
+    validation_file: ModelName | None = None
+    hyperparameters: FineTuneHyperparameters | None = None
+    method: FineTuneMethod | None = None
+    suffix: Annotated[str, StringConstraints(max_length=64)] | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    metadata: dict[str, Annotated[str, StringConstraints(max_length=512)]] | None = Field(None, max_length=16)
+    integrations: list[dict[str, Any]] | None = Field(None, description="empty only")
+
+
+JOB_NAMES = {
+    "supervisedTuningSpec.trainingDatasetUri": "training_file",
+    "supervisedTuningSpec.validationDatasetUri": "validation_file",
+    "supervisedTuningSpec.hyperParameters.epochCount": "hyperparameters.n_epochs",
+    "supervisedTuningSpec.hyperParameters.batchSize": "hyperparameters.batch_size",
+    "supervisedTuningSpec.hyperParameters.learningRateMultiplier": "hyperparameters.learning_rate_multiplier",
+    "supervisedTuningSpec.hyperParameters.seed": "seed",
+    "baseModel": "model",
+    "tunedModelDisplayName": "suffix",
+    "labels": "metadata",
+}
+
+
+def fine_tuning_body(body: FineTuningJobRequest) -> dict[str, Any]:
+    """The native ``POST /v1/tuningJobs`` body; 400 for a method or integration tunery does not run."""
+    problems = []
+    hyper = body.hyperparameters
+    if body.method is not None:
+        if body.method.type != "supervised":
+            problems.append(("method.type", f"{body.method.type!r}: tunery runs supervised fine-tuning only"))
+        elif body.method.supervised and body.method.supervised.hyperparameters:
+            if hyper is not None:
+                problems.append(("hyperparameters", "give hyperparameters or method.supervised's, not both"))
+            hyper = body.method.supervised.hyperparameters
+    if body.integrations:
+        problems.append(("integrations", "not supported"))
+    if problems:
+        raise invalid(problems)
+    values: dict[str, Any] = {}
+    for name, rest in (
+        ("n_epochs", "epochCount"),
+        ("batch_size", "batchSize"),
+        ("learning_rate_multiplier", "learningRateMultiplier"),
+    ):
+        value = getattr(hyper, name) if hyper else None
+        if value is not None and value != "auto":
+            values[rest] = value
+    if body.seed is not None:
+        values["seed"] = body.seed
+    tuning: dict[str, Any] = {"trainingDatasetUri": body.training_file, "hyperParameters": values}
+    if body.validation_file is not None:
+        tuning["validationDatasetUri"] = body.validation_file
+    native: dict[str, Any] = {"baseModel": body.model, "supervisedTuningSpec": tuning}
+    if body.suffix:
+        native["tunedModelDisplayName"] = body.suffix
+    if body.metadata:
+        native["labels"] = body.metadata
+    return native
+
+
+def openai_job(job: Job) -> dict[str, Any]:
+    """A tuning job as OpenAI's ``fine_tuning.job``."""
+    spec, tuning = job.spec, job.request.get("supervisedTuningSpec", {})
+    hyper = {
+        "n_epochs": spec.get("epochs") or "auto",
+        "batch_size": spec.get("batch_size"),
+        "learning_rate_multiplier": spec.get("learning_rate_multiplier"),
+    }
+    error = None
+    if job.error:
+        error = {"code": str(job.error.get("code", "")), "message": job.error.get("message", ""), "param": None}
+    stats = job.stats or {}
+    return {
+        "id": job.id,
+        "object": "fine_tuning.job",
+        "created_at": unix(job.create_time),
+        "finished_at": unix(job.end_time),
+        "model": job.request.get("baseModel", job.base_model),
+        "fine_tuned_model": job.tuned_model_id,
+        "organization_id": job.tenant,
+        "status": STATUSES.get(job.state, "queued"),
+        "hyperparameters": hyper,
+        "training_file": tuning.get("trainingDatasetUri"),
+        "validation_file": tuning.get("validationDatasetUri"),
+        "result_files": [],
+        "trained_tokens": stats.get("totalBillableTokenCount") if job.state == SUCCEEDED else None,
+        "error": error,
+        "seed": spec.get("seed", 0),
+        "estimated_finish": None,
+        "integrations": [],
+        "metadata": job.labels or None,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "user_provided_suffix": job.request.get("tunedModelDisplayName"),
+    }
+
+
+def _list(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {"object": "list", "data": items, "has_more": has_more}
+
+
+@router.post("/v1/fine_tuning/jobs", response_model=None, summary="Create a fine-tuning job (OpenAI)", responses=ERRORS)
+async def create_fine_tuning_job(
+    body: FineTuningJobRequest,
+    request: Request,
+    tenant: Tenant,
+    store: StoreDep,
+    settings: SettingsDep,
+    scheduler: SchedulerDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=256)] = None,
+) -> dict[str, Any]:
+    """The same job as ``POST /v1/tuningJobs`` makes (``GET /v1/tuningJobs/{id}`` reads it too)."""
+    native = fine_tuning_body(body)
+    job, _ = await run_in_threadpool(
+        translate.create_job, native, request, tenant, store, settings, scheduler, idempotency_key, JOB_NAMES
+    )
+    return openai_job(job)
+
+
+@router.get("/v1/fine_tuning/jobs", response_model=None, summary="List fine-tuning jobs (OpenAI)", responses=ERRORS)
+def read_fine_tuning_jobs(
+    tenant: Tenant,
+    store: StoreDep,
+    after: Annotated[str | None, Query(max_length=128, description="A job id: the jobs older than it")] = None,
+    limit: Annotated[int, Query(ge=1, le=limits.MAX_PAGE_SIZE)] = 20,
+    metadata: Annotated[str | None, Query(max_length=1024, description="Accepted; not applied")] = None,
+) -> dict[str, Any]:
+    token = str(store.get_job(tenant, after).seq) if after else None
+    jobs, next_token = store.list_jobs(tenant, page_size=limit, page_token=token)
+    return _list([openai_job(job) for job in jobs], next_token is not None)
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}", response_model=None, summary="Read a fine-tuning job", responses=ERRORS)
+def read_fine_tuning_job(job_id: JobId, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
+    return openai_job(store.get_job(tenant, job_id))
+
+
+@router.post(
+    "/v1/fine_tuning/jobs/{job_id}/cancel", response_model=None, summary="Cancel a fine-tuning job", responses=ERRORS
+)
+def cancel_fine_tuning_job(job_id: JobId, tenant: Tenant, store: StoreDep, scheduler: SchedulerDep) -> dict[str, Any]:
+    job = store.request_cancel(tenant, job_id)
+    wake_scheduler(scheduler)
+    return openai_job(job)
+
+
+def openai_event(event: dict[str, Any]) -> dict[str, Any]:
+    """A job event as OpenAI's ``fine_tuning.job.event``; a metrics event keeps tunery's names and adds OpenAI's."""
+    data = dict(event.get("data") or {})
+    kind = "metrics" if event.get("type") == "metrics" else "message"
+    message = event.get("message")
+    if kind == "metrics":
+        data.setdefault("train_mean_token_accuracy", data.get("train_token_accuracy"))
+        if "eval_loss" in data:
+            data.setdefault("valid_loss", data["eval_loss"])
+        loss = data.get("train_loss")
+        message = message or f"Step {data.get('step')}/{data.get('total_steps')}: training loss={loss}"
+    failed = event.get("type") == "state" and (event.get("data") or {}).get("state") == FAILED
+    return {
+        "id": f"ftevent-{event['id']}",
+        "object": "fine_tuning.job.event",
+        "created_at": unix(event.get("createTime")),
+        "level": "error" if failed else "info",
+        "message": message or event.get("type", ""),
+        "type": kind,
+        "data": data,
+    }
+
+
+@router.get(
+    "/v1/fine_tuning/jobs/{job_id}/events",
+    response_model=None,
+    summary="List a job's events (OpenAI)",
+    responses=ERRORS,
+)
+def read_fine_tuning_events(
+    job_id: JobId,
+    tenant: Tenant,
+    store: StoreDep,
+    after: Annotated[str | None, Query(pattern=r"^ftevent-[0-9]{1,18}$", description="Events older than this")] = None,
+    limit: Annotated[int, Query(ge=1, le=limits.MAX_EVENTS_PAGE)] = 20,
+) -> dict[str, Any]:
+    """Newest first, as OpenAI lists them."""
+    events = store.events(tenant, job_id, 0, limits.MAX_EVENTS_PAGE)
+    newest = list(reversed(events))
+    if after:
+        cursor = int(after.removeprefix("ftevent-"))
+        newest = [e for e in newest if e["id"] < cursor]
+    return _list([openai_event(e) for e in newest[:limit]], len(newest) > limit)
+
+
+@router.get(
+    "/v1/fine_tuning/jobs/{job_id}/checkpoints",
+    response_model=None,
+    summary="List a job's checkpoints (OpenAI)",
+    responses=ERRORS,
+)
+def read_fine_tuning_checkpoints(
+    job_id: JobId,
+    tenant: Tenant,
+    store: StoreDep,
+    after: Annotated[str | None, Query(max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=limits.MAX_PAGE_SIZE)] = 10,
+) -> dict[str, Any]:
+    """The servable checkpoint of a succeeded job: its tuned model, with the last step's metrics (tunery keeps
+    intermediate checkpoints for resuming only; they are not models of their own)."""
+    job = store.get_job(tenant, job_id)
+    if job.tuned_model_id is None or after:
+        return _list([], False)
+    metrics = [e["data"] for e in store.events(tenant, job_id, 0, limits.MAX_EVENTS_PAGE) if e["type"] == "metrics"]
+    last = metrics[-1] if metrics else {}
+    checkpoint = {
+        "id": f"ftckpt-{job.id}",
+        "object": "fine_tuning.job.checkpoint",
+        "created_at": unix(job.end_time) or unix(job.update_time),
+        "fine_tuned_model_checkpoint": job.tuned_model_id,
+        "fine_tuning_job_id": job.id,
+        "step_number": int(last.get("step", 0)),
+        "metrics": {
+            "step": last.get("step"),
+            "train_loss": last.get("train_loss"),
+            "train_mean_token_accuracy": last.get("train_token_accuracy"),
+            "valid_loss": last.get("eval_loss"),
+            "valid_mean_token_accuracy": last.get("eval_token_accuracy"),
+        },
+    }
+    return _list([checkpoint], False)

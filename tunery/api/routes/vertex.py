@@ -1,0 +1,527 @@
+"""Vertex AI's resource paths, for google-cloud-aiplatform (``vertexai``) and google-genai's ``vertexai=True``.
+
+    POST /v1beta1/projects/{p}/locations/{l}/tuningJobs               create: 200, as Vertex answers
+    GET  /v1beta1/projects/{p}/locations/{l}/tuningJobs[/{id}]        read, list
+    POST /v1beta1/projects/{p}/locations/{l}/tuningJobs/{id}:cancel
+    POST /v1/projects/{p}/locations/{l}/publishers/google/models/{m}:generateContent (:streamGenerateContent,
+         :countTokens); the same under /v1/publishers/google/models/{m} (express mode) and, for a tuned
+         model, /v1/projects/{p}/locations/{l}/endpoints/{id}
+    GET  /v1/publishers/google/models[/{m}]
+
+The version is ``v1`` or ``v1beta1``. Project and location are accepted and name the resources in the answer;
+tenancy still comes from the API key. The bodies are the proto JSON the SDKs send: ``adapterSize`` as an enum
+name (``ADAPTER_SIZE_SIXTEEN``) or its integer code (``4`` is rank 16), ``epochCount`` as an integer string,
+``tuningMode`` inside ``supervisedTuningSpec``; they are translated into the native ``POST /v1/tuningJobs``
+body, so a job made here is ``tuningJobs/{id}`` too, and the native handler checks it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import Field, StringConstraints
+from starlette.concurrency import run_in_threadpool
+
+from tunery.api import limits, translate
+from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, public_url, wake_scheduler
+from tunery.api.errors import invalid
+from tunery.api.routes import jobs as jobs_route
+from tunery.api.routes.gemini import (
+    COUNT_RESPONSES,
+    GENERATE_RESPONSES,
+    STREAM_RESPONSES,
+    Alt,
+    count_tokens,
+    generate,
+    stream,
+)
+from tunery.api.routes.models import ERRORS as MODEL_ERRORS
+from tunery.api.routes.models import base_resource
+from tunery.api.schemas import (
+    CountTokensRequest,
+    DisplayName,
+    GeminiRequest,
+    GenerateContentRequest,
+    JobId,
+    LabelKey,
+    LabelValue,
+    ModelId,
+    TuningJob,
+    Uri,
+)
+from tunery.jobs.store import Job
+from tunery.models.catalog import CATALOG
+from tunery.tuning.spec import ADAPTER_SIZES
+
+router = APIRouter(tags=["vertex"])
+
+Version = Annotated[str, Path(pattern=r"^v1(beta1)?$", description="v1 or v1beta1")]
+Segment = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,128}$", description="Accepted and echoed in names")]
+PREFIX = "/{version}/projects/{project}/locations/{location}"
+
+# SupervisedHyperParameters.AdapterSize, by name and by proto number (the SDKs send either)
+ADAPTER_SIZE_NAMES = {
+    "ADAPTER_SIZE_ONE": 1,
+    "ADAPTER_SIZE_TWO": 2,
+    "ADAPTER_SIZE_FOUR": 4,
+    "ADAPTER_SIZE_EIGHT": 8,
+    "ADAPTER_SIZE_SIXTEEN": 16,
+    "ADAPTER_SIZE_THIRTY_TWO": 32,
+}
+ADAPTER_SIZE_CODES = {1: 1, 6: 2, 2: 4, 3: 8, 4: 16, 5: 32}
+ADAPTER_SIZE_OF_RANK = {rank: name for name, rank in ADAPTER_SIZE_NAMES.items()}
+UNSPECIFIED = ("ADAPTER_SIZE_UNSPECIFIED", "TUNING_MODE_UNSPECIFIED", 0)
+# SupervisedTuningSpec.TuningMode
+TUNING_MODES = {
+    "TUNING_MODE_FULL": "FULL",
+    "TUNING_MODE_PEFT_ADAPTER": "PEFT_ADAPTER",
+    "FULL": "FULL",
+    "PEFT_ADAPTER": "PEFT_ADAPTER",
+    1: "FULL",
+    2: "PEFT_ADAPTER",
+}
+assert set(ADAPTER_SIZE_NAMES.values()) <= set(ADAPTER_SIZES)
+
+ProtoInt = int | Annotated[str, StringConstraints(max_length=20)]
+ProtoNumber = float | Annotated[str, StringConstraints(max_length=40)]
+ProtoEnum = int | Annotated[str, StringConstraints(max_length=64)]
+
+
+class VertexHyperParameters(GeminiRequest):
+    """``SupervisedHyperParameters`` as proto JSON: 64-bit integers may be strings, enums names or codes."""
+
+    epoch_count: ProtoInt | None = None
+    learning_rate_multiplier: ProtoNumber | None = None
+    adapter_size: ProtoEnum | None = Field(None, description="ADAPTER_SIZE_SIXTEEN, or its code 4: rank 16")
+    batch_size: ProtoInt | None = None
+    max_length: ProtoInt | None = None
+    seed: ProtoInt | None = None
+
+
+class VertexSupervisedTuningSpec(GeminiRequest):
+    training_dataset_uri: Uri
+    validation_dataset_uri: Uri | None = None
+    hyper_parameters: VertexHyperParameters | None = None
+    tuning_mode: ProtoEnum | None = Field(None, description="TUNING_MODE_PEFT_ADAPTER (default) or TUNING_MODE_FULL")
+    export_last_checkpoint_only: bool | None = Field(None, description="Accepted; tunery keeps the final model.")
+
+
+class VertexCreateTuningJobRequest(GeminiRequest):
+    """Vertex AI's ``TuningJob`` as the SDKs send it to ``tuningJobs.create``."""
+
+    base_model: Uri | None = None
+    supervised_tuning_spec: VertexSupervisedTuningSpec
+    tuned_model_display_name: DisplayName | None = None
+    description: Annotated[str, StringConstraints(max_length=limits.MAX_DISPLAY_NAME * 8)] | None = None
+    labels: dict[LabelKey, LabelValue] | None = Field(None, max_length=limits.MAX_LABELS)
+    tuning_mode: ProtoEnum | None = Field(None, description="tunery's top-level form of supervisedTuningSpec's")
+
+
+def native_body(body: VertexCreateTuningJobRequest) -> dict[str, Any]:
+    """The native ``POST /v1/tuningJobs`` body; 400 names every proto form that has no tunery meaning."""
+    problems: list[tuple[str, str]] = []
+    spec = body.supervised_tuning_spec
+    hp = spec.hyper_parameters or VertexHyperParameters()
+    hyper: dict[str, Any] = {}
+    field = "supervisedTuningSpec.hyperParameters"
+    for name in ("epoch_count", "batch_size", "max_length", "seed"):
+        value = getattr(hp, name)
+        if isinstance(value, str):
+            if not value.strip().isdigit():
+                problems.append((f"{field}.{_camel(name)}", f"{value[:40]!r}: expected a whole number"))
+                continue
+            value = int(value)
+        if value is not None:
+            hyper[_camel(name)] = value
+    rate = hp.learning_rate_multiplier
+    if isinstance(rate, str):
+        try:
+            rate = float(rate)
+        except ValueError:
+            problems.append((f"{field}.learningRateMultiplier", f"{rate[:40]!r}: expected a number"))
+            rate = None
+    if rate is not None:
+        hyper["learningRateMultiplier"] = rate
+    size = hp.adapter_size
+    if size is not None and size not in UNSPECIFIED:
+        rank = ADAPTER_SIZE_CODES.get(size) if isinstance(size, int) else ADAPTER_SIZE_NAMES.get(size)
+        if rank is None:
+            problems.append(
+                (
+                    f"{field}.adapterSize",
+                    f"{size!r} is not an adapter size: expected one of {', '.join(ADAPTER_SIZE_NAMES)} or its "
+                    f"proto code ({', '.join(map(str, ADAPTER_SIZE_CODES))})",
+                )
+            )
+        else:
+            hyper["adapterSize"] = rank
+    modes = []
+    for where, mode in (("supervisedTuningSpec.tuningMode", spec.tuning_mode), ("tuningMode", body.tuning_mode)):
+        if mode is None or mode in UNSPECIFIED:
+            continue
+        if mode not in TUNING_MODES:
+            problems.append((where, f"{mode!r}: expected TUNING_MODE_PEFT_ADAPTER or TUNING_MODE_FULL"))
+        else:
+            modes.append(TUNING_MODES[mode])
+    if len(set(modes)) > 1:
+        problems.append(("tuningMode", "supervisedTuningSpec.tuningMode and tuningMode disagree"))
+    if problems:
+        raise invalid(problems)
+    native: dict[str, Any] = {
+        "supervisedTuningSpec": {"trainingDatasetUri": spec.training_dataset_uri, "hyperParameters": hyper}
+    }
+    if spec.validation_dataset_uri is not None:
+        native["supervisedTuningSpec"]["validationDatasetUri"] = spec.validation_dataset_uri
+    if body.base_model is not None:
+        native["baseModel"] = translate.base_model_id(body.base_model)
+    if modes:
+        native["tuningMode"] = modes[0]
+    if body.tuned_model_display_name is not None:
+        native["tunedModelDisplayName"] = body.tuned_model_display_name
+    if body.labels:
+        native["labels"] = body.labels
+    return native
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word.title() for word in rest)
+
+
+def vertex_job(job: Job, parent: str) -> dict[str, Any]:
+    """A job as Vertex AI names it under ``parent`` (``projects/{p}/locations/{l}``, or nothing in express
+    mode): its tuned model is ``{parent}/models/{id}``, answering at ``{parent}/endpoints/{id}``, and its
+    spec says ``adapterSize`` and ``tuningMode`` as proto enum names."""
+    resource = job.resource(api_base="")
+    prefix = f"{parent}/" if parent else ""
+    resource["name"] = f"{prefix}tuningJobs/{job.id}"
+    if job.tuned_model_id:
+        model = f"{prefix}models/{job.tuned_model_id}"
+        resource["tunedModel"] = {"model": model, "endpoint": f"{prefix}endpoints/{job.tuned_model_id}"}
+        if not parent:  # express mode names a model without a project: google-genai calls models/{id}
+            resource["tunedModel"]["endpoint"] = model
+    spec = copy.deepcopy(resource.get("supervisedTuningSpec", {}))
+    hyper = spec.get("hyperParameters")
+    if isinstance(hyper, dict) and hyper.get("adapterSize") in ADAPTER_SIZE_OF_RANK:
+        hyper["adapterSize"] = ADAPTER_SIZE_OF_RANK[hyper["adapterSize"]]
+    spec["tuningMode"] = f"TUNING_MODE_{job.tuning_mode}"
+    resource["supervisedTuningSpec"] = spec
+    return resource
+
+
+def _parent(project: str | None, location: str | None) -> str:
+    return f"projects/{project}/locations/{location}" if project and location else ""
+
+
+# --- tuning jobs ------------------------------------------------------------------------------------------
+
+
+async def _create(
+    body: VertexCreateTuningJobRequest,
+    parent: str,
+    request: Request,
+    tenant: str,
+    store: Any,
+    settings: Any,
+    scheduler: Any,
+    idempotency_key: str | None,
+) -> dict[str, Any]:
+    native = native_body(body)
+    job, _ = await run_in_threadpool(
+        translate.create_job, native, request, tenant, store, settings, scheduler, idempotency_key
+    )
+    return vertex_job(job, parent)
+
+
+JOB_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"model": TuningJob}, **jobs_route.ERRORS}
+
+
+@router.post(
+    PREFIX + "/tuningJobs", response_model=None, summary="Create a tuning job (Vertex AI)", responses=JOB_RESPONSES
+)
+async def create_job(
+    version: Version,
+    project: Segment,
+    location: Segment,
+    body: VertexCreateTuningJobRequest,
+    request: Request,
+    tenant: Tenant,
+    store: StoreDep,
+    settings: SettingsDep,
+    scheduler: SchedulerDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=256)] = None,
+) -> dict[str, Any]:
+    """Vertex's ``tuningJobs.create``: 200 with the new job, PENDING."""
+    return await _create(body, _parent(project, location), request, tenant, store, settings, scheduler, idempotency_key)
+
+
+@router.post(
+    "/v1beta1/tuningJobs", response_model=None, summary="Create a tuning job (express mode)", responses=JOB_RESPONSES
+)
+async def create_job_express(
+    body: VertexCreateTuningJobRequest,
+    request: Request,
+    tenant: Tenant,
+    store: StoreDep,
+    settings: SettingsDep,
+    scheduler: SchedulerDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=256)] = None,
+) -> dict[str, Any]:
+    return await _create(body, "", request, tenant, store, settings, scheduler, idempotency_key)
+
+
+def _list(tenant: str, store: Any, parent: str, page_size: int, page_token: str | None) -> dict[str, Any]:
+    jobs, token = store.list_jobs(tenant, page_size=page_size, page_token=page_token)
+    return {"tuningJobs": [vertex_job(job, parent) for job in jobs], "nextPageToken": token}
+
+
+PageSize = Annotated[int, Query(alias="pageSize", ge=1, le=limits.MAX_PAGE_SIZE)]
+PageToken = Annotated[str | None, Query(alias="pageToken", pattern=r"^[0-9]{0,18}$")]
+Filter = Annotated[str | None, Query(max_length=1024, description="Accepted; not applied")]
+
+
+@router.get(
+    PREFIX + "/tuningJobs", response_model=None, summary="List tuning jobs (Vertex AI)", responses=JOB_RESPONSES
+)
+def read_jobs(
+    version: Version,
+    project: Segment,
+    location: Segment,
+    tenant: Tenant,
+    store: StoreDep,
+    page_size: PageSize = limits.DEFAULT_PAGE_SIZE,
+    page_token: PageToken = None,
+    filter: Filter = None,
+) -> dict[str, Any]:
+    return _list(tenant, store, _parent(project, location), page_size, page_token or None)
+
+
+@router.get(
+    "/v1beta1/tuningJobs/{job_id}",
+    response_model=None,
+    summary="Read a tuning job (express mode)",
+    responses=JOB_RESPONSES,
+)
+def read_job_express(job_id: JobId, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
+    return vertex_job(store.get_job(tenant, job_id), "")
+
+
+@router.get(
+    PREFIX + "/tuningJobs/{job_id}",
+    response_model=None,
+    summary="Read a tuning job (Vertex AI)",
+    responses=JOB_RESPONSES,
+)
+def read_job(
+    version: Version, project: Segment, location: Segment, job_id: JobId, tenant: Tenant, store: StoreDep
+) -> dict[str, Any]:
+    return vertex_job(store.get_job(tenant, job_id), _parent(project, location))
+
+
+@router.post(
+    PREFIX + "/tuningJobs/{job_id}:cancel",
+    response_model=None,
+    summary="Cancel a tuning job (Vertex AI)",
+    responses=JOB_RESPONSES,
+)
+def cancel_job(
+    version: Version,
+    project: Segment,
+    location: Segment,
+    job_id: JobId,
+    tenant: Tenant,
+    store: StoreDep,
+    scheduler: SchedulerDep,
+) -> dict[str, Any]:
+    """Vertex's ``tuningJobs.cancel`` answers an empty body; read the job to follow it."""
+    store.request_cancel(tenant, job_id)
+    wake_scheduler(scheduler)
+    return {}
+
+
+# --- prediction -------------------------------------------------------------------------------------------
+
+PUBLISHER = "/{version}/publishers/google/models/{model_id}"
+PROJECT_PUBLISHER = PREFIX + "/publishers/google/models/{model_id}"
+ENDPOINT = PREFIX + "/endpoints/{model_id}"
+
+
+@router.post(
+    PROJECT_PUBLISHER + ":generateContent",
+    response_model=None,
+    summary="Generate (Vertex AI)",
+    responses=GENERATE_RESPONSES,
+)
+async def generate_content(
+    version: Version,
+    project: Segment,
+    location: Segment,
+    model_id: ModelId,
+    body: GenerateContentRequest,
+    request: Request,
+    tenant: Tenant,
+) -> dict[str, Any]:
+    return await generate(request, tenant, model_id, body)
+
+
+@router.post(
+    PROJECT_PUBLISHER + ":streamGenerateContent",
+    response_model=None,
+    summary="Stream (Vertex AI)",
+    responses=STREAM_RESPONSES,
+)
+async def stream_generate_content(
+    version: Version,
+    project: Segment,
+    location: Segment,
+    model_id: ModelId,
+    body: GenerateContentRequest,
+    request: Request,
+    tenant: Tenant,
+    alt: Alt = "json",
+) -> StreamingResponse:
+    return await stream(request, tenant, model_id, body, alt)
+
+
+@router.post(
+    PROJECT_PUBLISHER + ":countTokens",
+    response_model=None,
+    summary="Count tokens (Vertex AI)",
+    responses=COUNT_RESPONSES,
+)
+async def count_tokens_content(
+    version: Version,
+    project: Segment,
+    location: Segment,
+    model_id: ModelId,
+    body: CountTokensRequest,
+    request: Request,
+    tenant: Tenant,
+) -> dict[str, Any]:
+    return await count_tokens(request, tenant, model_id, body)
+
+
+@router.post(
+    ENDPOINT + ":generateContent",
+    response_model=None,
+    summary="Generate with a tuned model's endpoint",
+    responses=GENERATE_RESPONSES,
+)
+async def generate_endpoint(
+    version: Version,
+    project: Segment,
+    location: Segment,
+    model_id: ModelId,
+    body: GenerateContentRequest,
+    request: Request,
+    tenant: Tenant,
+) -> dict[str, Any]:
+    return await generate(request, tenant, model_id, body)
+
+
+@router.post(
+    ENDPOINT + ":streamGenerateContent",
+    response_model=None,
+    summary="Stream from a tuned model's endpoint",
+    responses=STREAM_RESPONSES,
+)
+async def stream_endpoint(
+    version: Version,
+    project: Segment,
+    location: Segment,
+    model_id: ModelId,
+    body: GenerateContentRequest,
+    request: Request,
+    tenant: Tenant,
+    alt: Alt = "json",
+) -> StreamingResponse:
+    return await stream(request, tenant, model_id, body, alt)
+
+
+@router.post(
+    ENDPOINT + ":countTokens",
+    response_model=None,
+    summary="Count tokens for a tuned model's endpoint",
+    responses=COUNT_RESPONSES,
+)
+async def count_tokens_endpoint(
+    version: Version,
+    project: Segment,
+    location: Segment,
+    model_id: ModelId,
+    body: CountTokensRequest,
+    request: Request,
+    tenant: Tenant,
+) -> dict[str, Any]:
+    return await count_tokens(request, tenant, model_id, body)
+
+
+@router.post(
+    PUBLISHER + ":generateContent",
+    response_model=None,
+    summary="Generate (Vertex AI express mode)",
+    responses=GENERATE_RESPONSES,
+)
+async def generate_publisher(
+    version: Version, model_id: ModelId, body: GenerateContentRequest, request: Request, tenant: Tenant
+) -> dict[str, Any]:
+    return await generate(request, tenant, model_id, body)
+
+
+@router.post(
+    PUBLISHER + ":streamGenerateContent",
+    response_model=None,
+    summary="Stream (Vertex AI express mode)",
+    responses=STREAM_RESPONSES,
+)
+async def stream_publisher(
+    version: Version,
+    model_id: ModelId,
+    body: GenerateContentRequest,
+    request: Request,
+    tenant: Tenant,
+    alt: Alt = "json",
+) -> StreamingResponse:
+    return await stream(request, tenant, model_id, body, alt)
+
+
+@router.post(
+    PUBLISHER + ":countTokens",
+    response_model=None,
+    summary="Count tokens (Vertex AI express mode)",
+    responses=COUNT_RESPONSES,
+)
+async def count_tokens_publisher(
+    version: Version, model_id: ModelId, body: CountTokensRequest, request: Request, tenant: Tenant
+) -> dict[str, Any]:
+    return await count_tokens(request, tenant, model_id, body)
+
+
+def publisher_model(resource: dict[str, Any]) -> dict[str, Any]:
+    """A model resource as Vertex names a publisher model."""
+    return {**resource, "name": "publishers/google/" + resource["name"]}
+
+
+@router.get(
+    "/{version}/publishers/google/models",
+    response_model=None,
+    summary="List models (Vertex AI)",
+    responses=MODEL_ERRORS,
+)
+def read_models(version: Version, request: Request, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
+    """The catalog's base models, then the tenant's tuned models, named as publisher models."""
+    tuned = [model.resource(public_url(request)) for model in store.list_tuned_models(tenant)]
+    models = [base_resource(entry) for entry in CATALOG.values()] + tuned
+    return {"models": [publisher_model(m) for m in models], "publisherModels": [publisher_model(m) for m in models]}
+
+
+@router.get(PUBLISHER, response_model=None, summary="Read a model (Vertex AI)", responses=MODEL_ERRORS)
+def read_model(
+    version: Version, model_id: ModelId, request: Request, tenant: Tenant, store: StoreDep
+) -> dict[str, Any]:
+    if model_id in CATALOG:
+        return publisher_model(base_resource(CATALOG[model_id]))
+    return publisher_model(store.get_tuned_model(tenant, model_id).resource(public_url(request)))

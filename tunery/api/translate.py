@@ -1,0 +1,94 @@
+"""What the OpenAI, Vertex AI and Gemini route variants share: one way onto the native handlers.
+
+    job = create_job(native_body, request, tenant, store, settings, scheduler)   # POST /v1/tuningJobs's handler
+    model = base_model_id("publishers/google/models/tiny")                       # → "tiny"
+
+A variant translates its body into the native ``CreateTuningJobRequest`` shape and hands it to the native
+handler, so every rule (datasets, base model, hyperparameter ranges, idempotency) is checked once, in one
+place; ``names`` maps the native field names in its 400 back to the ones the caller sent.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from tunery.api.errors import ApiError, field_name
+from tunery.api.limits import ApiSettings
+from tunery.api.paths import resolve_base_model
+from tunery.api.routes import jobs
+from tunery.api.schemas import CreateTuningJobRequest
+from tunery.errors import ConfigError
+from tunery.jobs.store import Job, Store
+
+MODEL_PREFIXES = re.compile(r"^(projects/[^/]+/locations/[^/]+/)?(publishers/[^/]+/)?(models|tunedModels|endpoints)/")
+
+
+def base_model_id(name: Any) -> Any:
+    """``models/x``, ``publishers/google/models/x`` or ``projects/p/locations/l/endpoints/x`` → ``x``; anything
+    else as it is (a path under the data root, or a value the native schema will name as wrong)."""
+    return MODEL_PREFIXES.sub("", name, count=1) if isinstance(name, str) else name
+
+
+def reference_problems(base_model: str, settings: ApiSettings) -> list[str]:
+    """Why ``base_model`` names no model this server has (checked before its tokenizer counts an upload)."""
+    try:
+        resolve_base_model(base_model, settings.data_root, "baseModel")
+    except ConfigError as exc:
+        return [str(exc).removeprefix("baseModel: ")]
+    return []
+
+
+def create_job(
+    body: dict[str, Any],
+    request: Request,
+    tenant: str,
+    store: Store,
+    settings: ApiSettings,
+    scheduler: Any,
+    idempotency_key: str | None = None,
+    names: dict[str, str] | None = None,
+) -> tuple[Job, bool]:
+    """The native create for a translated ``body``: the job, and whether it is new (an idempotent retry is not)."""
+    try:
+        checked = CreateTuningJobRequest.model_validate(body)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *_renamed_loc(e["loc"], names))} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors, body=body) from None
+    response = Response()
+    try:
+        resource = jobs.create_job(checked, request, response, tenant, store, settings, scheduler, idempotency_key)
+    except ApiError as exc:
+        raise renamed(exc, names) from None
+    return store.get_job(tenant, resource["name"].removeprefix("tuningJobs/")), response.status_code != 200
+
+
+def _renamed_loc(loc: tuple[Any, ...], names: dict[str, str] | None) -> tuple[Any, ...]:
+    if not names:
+        return loc
+    native = field_name(loc)
+    for old, new in names.items():
+        if native == old or native.startswith(old + "."):
+            return (new + native[len(old) :],)
+    return loc
+
+
+def renamed(exc: ApiError, names: dict[str, str] | None) -> ApiError:
+    """``exc`` with each native field name in its message and field violations replaced by the caller's."""
+    if not names:
+        return exc
+    message = str(exc.detail)
+    for old, new in names.items():
+        message = message.replace(old, new)
+    details = exc.details
+    for detail in details or []:
+        for violation in detail.get("fieldViolations", []):
+            for old, new in names.items():
+                if violation.get("field", "").startswith(old):
+                    violation["field"] = new + violation["field"][len(old) :]
+                    violation["description"] = violation.get("description", "").replace(old, new)
+    return ApiError(exc.status_code, message, details, dict(exc.headers or {}))
