@@ -843,7 +843,7 @@ async function pageJob(main, signal, id) {
       renderHeader();
     });
     const tuned = job.tunedModel && job.tunedModel.model;
-    header.append(
+    append(header, [
       h("div", { class: "row" }, h("h1", { text: job.tunedModelDisplayName || idOf(job.name) }), h("span", { id: "job-state" }, badge(job.state)), cancel),
       job.error ? h("div", { class: "alert", role: "alert", id: "job-error" }, h("strong", { text: `Error ${job.error.code}: ` }), job.error.message) : null,
       h("section", { class: "card" }, facts([
@@ -857,7 +857,7 @@ async function pageJob(main, signal, id) {
         ["Ended", job.endTime],
         ["Labels", Object.entries(job.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ")],
         ["Tuned model", tuned ? modelLink(tuned, `${tuned} — evaluation and playground`) : null],
-      ])));
+      ]))]);
   }
 
   function renderLive() {
@@ -924,7 +924,7 @@ async function pageJob(main, signal, id) {
         facts([
           ["Method", run.tuningMode],
           ...Object.entries(run.hyperParameters || {}).map(([k, v]) => [k, fmt(v, 6)]),
-          ["Learning rate", run.learningRate !== null ? run.learningRate.toExponential(2) : "once the run starts"],
+          ["Learning rate", typeof run.learningRate === "number" ? run.learningRate.toExponential(2) : "once the run starts"],
         ]),
         h("h3", { text: "Checkpoint" }),
         run.checkpoint
@@ -1101,7 +1101,10 @@ function playground(model, job, evaluation, catalog) {
   const labels = ((evaluation && evaluation.task) || {}).labels || [];
   const baseId = job ? job.baseModel : idOf(model.baseModel);
   const servable = catalog.filter((m) => m.source).map((m) => idOf(m.name));
-  const baseSelect = h("select", { id: "pg-base-model" }, servable.map((m) => h("option", { value: m, text: m })));
+  const others = catalog.filter((m) => !m.source && m.name !== model.name);
+  const baseSelect = h("select", { id: "pg-base-model" },
+    h("optgroup", { label: "Base models (catalog)" }, servable.map((m) => h("option", { value: m, text: m }))),
+    others.length ? h("optgroup", { label: "Your other tuned models" }, others.map((m) => h("option", { value: idOf(m.name), text: m.displayName || idOf(m.name) }))) : null);
   if (servable.includes(baseId)) baseSelect.value = baseId;
   const prompt = h("textarea", { id: "pg-prompt", rows: "3" });
   const examples = ((evaluation && evaluation.errorAnalysis) || {}).worst_classes || [];
@@ -1116,12 +1119,12 @@ function playground(model, job, evaluation, catalog) {
   const tunedOut = h("div", { class: "answer", id: "pg-tuned-answer", "aria-live": "polite" });
   const send = h("button", { type: "submit", text: "Send to both" });
   const baseNote = servable.includes(baseId) ? null
-    : h("p", { class: "notice", text: `This model was tuned from ${baseId}, which the server does not serve by name (only catalog and tuned models are served); the base side uses the catalog model chosen here.` });
+    : h("p", { class: "notice", text: `This model was tuned from ${baseId}, a model directory the server does not serve by name (it serves catalog and tuned models); choose the model to compare with.` });
   const form = h("form", { id: "playground-form", novalidate: true },
     h("div", { class: "field" }, h("label", { for: "pg-prompt", text: "Message (the user's turn)" }), prompt),
     h("div", { class: "side-by-side" },
       h("div", { class: "card" }, h("h3", { text: "Base model with its best prompt" }), baseNote,
-        h("div", { class: "field" }, h("label", { for: "pg-base-model", text: "Base model" }), baseSelect),
+        h("div", { class: "field" }, h("label", { for: "pg-base-model", text: "Model to compare with" }), baseSelect),
         h("div", { class: "field" }, h("label", { for: "pg-base-system", text: "System prompt (the best prompt)" }), bestPrompt),
         h("h4", { text: "Answer" }), baseOut),
       h("div", { class: "card" }, h("h3", { text: "Tuned model with a short prompt" }),

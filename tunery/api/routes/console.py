@@ -42,6 +42,7 @@ HEADERS = {
 }
 MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
 RUN_FILE = "run.json"  # tunery.tuning.prepare.RUN_FILE (that module imports torch)
+MANIFEST_FILE = "tunery.json"  # the tuned model's manifest (tunery.models.tuned)
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or invalid API key"},
     404: {"model": ErrorResponse, "description": "No such job for this tenant"},
@@ -80,14 +81,18 @@ def read_job_run(job_id: JobId, tenant: Tenant, store: StoreDep) -> dict[str, An
     spec = dict(job.spec)
     run_dir = Path(job.output)
     learning_rate = epochs = None
-    record = _read_json(run_dir / RUN_FILE)
+    record = _read_json(run_dir / RUN_FILE)  # while it runs
     if record:
         spec.update(record.get("spec") or {})
         epochs, learning_rate = record.get("epochs"), record.get("learningRate")
     resolved = TuningSpec.from_dict({k: v for k, v in spec.items() if k in TuningSpec.__dataclass_fields__})
-    hyper = resolved.hyper_parameters()
+    hyper: dict[str, Any] = resolved.hyper_parameters()
     if epochs is not None:
         hyper["epochCount"] = epochs
+    manifest = _read_json(run_dir / MANIFEST_FILE)  # once the tuned model is written: what the run used
+    if manifest and isinstance(manifest.get("hyperParameters"), dict):
+        hyper = dict(manifest["hyperParameters"])
+        learning_rate = hyper.pop("learningRate", learning_rate)
     if not resolved.is_lora:
         hyper.pop("adapterSize", None)
     return {
