@@ -57,6 +57,10 @@ class GenerationConfig:
     top_k: int = 0
     stop_sequences: tuple[str, ...] = ()
     seed: int | None = None
+    # controlled output (tunery.serving.constrain): text/plain, application/json or text/x.enum
+    response_mime_type: str = "text/plain"
+    response_schema: dict[str, Any] | None = None  # Gemini's OpenAPI subset
+    response_json_schema: dict[str, Any] | None = None  # plain JSON Schema
 
     def __post_init__(self) -> None:
         for attr in ("max_output_tokens", "temperature", "top_p", "top_k", "seed"):
@@ -105,19 +109,15 @@ _CONFIG_NAMES = {
     "seed": "seed",
     "candidateCount": "candidate_count",
     "candidate_count": "candidate_count",
+    "responseMimeType": "response_mime_type",
+    "response_mime_type": "response_mime_type",
+    "responseSchema": "response_schema",
+    "response_schema": "response_schema",
+    "responseJsonSchema": "response_json_schema",
+    "response_json_schema": "response_json_schema",
 }
+_CONTROLLED = ("response_mime_type", "response_schema", "response_json_schema")  # checked by constrain.py
 _GEMINI_CONFIG_NAMES = [name for name in _CONFIG_NAMES if "_" not in name]
-
-
-def generation_config(
-    value: GenerationConfig | dict[str, Any] | None, field: str = "generationConfig"
-) -> GenerationConfig:
-    """A ``GenerationConfig`` from Gemini's JSON (camelCase or snake_case names); every problem raised at once."""
-    if value is None or isinstance(value, GenerationConfig):
-        return value or GenerationConfig()
-    config, problems = _parse_config(value, field)
-    if config is None:
-        raise request_error(field, problems)
 # generationConfig fields accepted at the one value that leaves the answer as tunery makes it; any other
 # value would change the answer, so it is refused by name.
 _NEUTRAL_CONFIG: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -133,6 +133,17 @@ _NEUTRAL_SNAKE = {
     "response_modalities": "responseModalities",
     "response_logprobs": "responseLogprobs",
 }
+
+
+def generation_config(
+    value: GenerationConfig | dict[str, Any] | None, field: str = "generationConfig"
+) -> GenerationConfig:
+    """A ``GenerationConfig`` from Gemini's JSON (camelCase or snake_case names); every problem raised at once."""
+    if value is None or isinstance(value, GenerationConfig):
+        return value or GenerationConfig()
+    config, problems = _parse_config(value, field)
+    if config is None:
+        raise request_error(field, problems)
     return config
 
 
@@ -149,16 +160,28 @@ def _parse_config(value: Any, field: str) -> tuple[GenerationConfig | None, list
                 problems.append((path, f"{raw!r} is not supported; expected {neutral[1]} or no value"))
         elif attr is None:
             problems.append((path, f"unknown field; expected one of {', '.join(_GEMINI_CONFIG_NAMES)}"))
+        elif attr in _CONTROLLED:
+            kwargs[attr] = raw
         elif raw is not None:  # JSON null leaves the default
             checked = _stop_sequences(raw, path, problems) if attr == "stop_sequences" else _number(attr, raw)
             if isinstance(checked, str):
                 problems.append((path, checked))
             elif checked is not None:
                 kwargs[attr] = checked
+    problems += _controlled_problems(kwargs, field)
     if problems:
         return None, problems
     kwargs.pop("candidate_count", None)  # checked to be 1; one candidate is all the engine makes
     return GenerationConfig(**kwargs), []
+
+
+def _controlled_problems(kwargs: dict[str, Any], field: str) -> list[tuple[str, str]]:
+    from tunery.serving.constrain import config_problems
+
+    if kwargs.get("response_mime_type") is None:
+        kwargs.pop("response_mime_type", None)
+    names = ("response_mime_type", "response_schema", "response_json_schema")
+    return config_problems(*(kwargs.get(name) for name in names), field=field)
 
 
 def _number(attr: str, raw: Any) -> int | float | str:
