@@ -62,7 +62,7 @@ def test_stats_json_is_vertex_shaped(tiny, data_dir):
     assert stats["tuningDatasetExampleCount"] == 10
     assert stats["tuningStepCount"] == 3 * 3
     assert stats["totalBillableTokenCount"] == 3 * stats["exampleTokenDistribution"]["sum"]
-    assert set(stats["userInputTokenDistribution"]) == {"sum", "min", "max", "mean", "median", "p5", "p95"}
+    assert set(stats["userInputTokenDistribution"]) == {"sum", "min", "max", "mean", "median", "p5", "p95", "buckets"}
 
 
 def test_stats_on_an_invalid_file_exits_1_without_traceback(tiny, data_dir):

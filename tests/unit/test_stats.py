@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tunery.data import IGNORE_INDEX, Encoded, distribution, read_examples, tuning_data_stats
+from tunery.data.stats import buckets
 
 
 def example(length: int, trained: int, full_length: int | None = None) -> Encoded:
@@ -23,6 +24,8 @@ DATASET = [example(10, 3), example(20, 5), example(30, 2), example(5, 1, full_le
 
 def test_stats_by_hand():
     stats = tuning_data_stats(DATASET, epochs=3, batch_size=2)
+    histograms = {key: stats[key].pop("buckets") for key in stats if key.endswith("Distribution")}
+    assert histograms["userOutputTokenDistribution"] == [{"count": 1, "left": v, "right": v + 1} for v in range(1, 6)]
     assert stats == {
         "tuningDatasetExampleCount": 5,
         "totalBillableTokenCount": 80 * 3,  # kept tokens (not the 3 truncated away) × epochs
@@ -42,6 +45,16 @@ def test_stats_by_hand():
         "totalTruncatedExampleCount": 1,
         "truncatedExampleIndices": [3],
     }  # fmt: skip
+
+
+def test_buckets_cover_every_value_once_in_at_most_ten_equal_bins():
+    values = [4, 7, 11, 15, 28]  # 25 wide: bins of 3 from 4
+    found = buckets(values)
+    assert [(b["left"], b["right"]) for b in found] == [(4 + 3 * i, 7 + 3 * i) for i in range(9)]
+    assert [b["count"] for b in found] == [1, 1, 1, 1, 0, 0, 0, 0, 1]
+    assert buckets([]) == [] and buckets([7, 7]) == [{"count": 2, "left": 7, "right": 8}]
+    many = buckets(list(range(1000)))
+    assert len(many) == 10 and sum(b["count"] for b in many) == 1000
 
 
 @pytest.mark.parametrize(

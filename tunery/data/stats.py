@@ -9,6 +9,8 @@ from typing import Any
 
 from tunery.data.tokenize import Encoded
 
+BUCKETS = 10  # histogram bins per token distribution
+
 
 def default_epochs(example_count: int) -> int:
     """About 1,000 example passes, 2 to 10 epochs: small datasets need more passes to be learned."""
@@ -31,6 +33,23 @@ def distribution(values: Sequence[int]) -> dict[str, float]:
     }
 
 
+def buckets(values: Sequence[int], most: int = BUCKETS) -> list[dict[str, int]]:
+    """A histogram as Vertex's ``DatasetDistribution.buckets``: at most ``most`` equal whole-number bins
+    ``[left, right)`` from the least value to past the largest, each with its ``count``."""
+    if not values:
+        return []
+    lo, hi = min(values), max(values)
+    width = max(1, math.ceil((hi - lo + 1) / most))
+    counts = [0] * ((hi - lo) // width + 1)
+    for value in values:
+        counts[(value - lo) // width] += 1
+    return [{"count": n, "left": lo + i * width, "right": lo + (i + 1) * width} for i, n in enumerate(counts)]
+
+
+def _histogram(values: Sequence[int]) -> dict[str, Any]:
+    return {**distribution(values), "buckets": buckets(values)}
+
+
 def _percentile(ordered: Sequence[int], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default method)."""
     pos = (len(ordered) - 1) * q / 100
@@ -46,9 +65,9 @@ def tuning_data_stats(encoded: Sequence[Encoded], epochs: int, batch_size: int) 
         "tuningDatasetExampleCount": len(encoded),
         "totalBillableTokenCount": sum(kept) * epochs,
         "tuningStepCount": math.ceil(len(encoded) / batch_size) * epochs if encoded else 0,
-        "userInputTokenDistribution": distribution([e.input_tokens for e in encoded]),
-        "userOutputTokenDistribution": distribution([e.trained_tokens for e in encoded]),
-        "exampleTokenDistribution": distribution(kept),
+        "userInputTokenDistribution": _histogram([e.input_tokens for e in encoded]),
+        "userOutputTokenDistribution": _histogram([e.trained_tokens for e in encoded]),
+        "exampleTokenDistribution": _histogram(kept),
         "totalTruncatedExampleCount": len(truncated),
         "truncatedExampleIndices": truncated,
     }
