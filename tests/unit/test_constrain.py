@@ -196,3 +196,61 @@ def test_bad_controlled_output_fields_are_named(generation, field):
     with pytest.raises(DatasetError) as caught:
         generation_config(generation)
     assert field in [p.field for p in caught.value.problems]
+
+
+# --- evaluation: --constrain and the task of a many-label file ----------------------------------------------
+
+
+def _intent_rows(n_labels: int, per_label: int, offset: int = 0) -> list[dict[str, Any]]:
+    return [
+        {"contents": [{"role": "user", "parts": [{"text": f"question {offset + i} about intent {k}"}]},
+                      {"role": "model", "parts": [{"text": f"intent_{k}"}]}]}
+        for k in range(n_labels)
+        for i in range(per_label)
+    ]  # fmt: skip
+
+
+def test_auto_task_is_classification_for_any_closed_set_the_training_file_covers(tmp_path):
+    from conftest import write_jsonl
+
+    from tunery.evaluation.compare import read_evaluation_data
+    from tunery.evaluation.tasks import resolve_task, training_labels
+
+    train = write_jsonl(tmp_path / "train.jsonl", _intent_rows(77, 10))
+    evaluation = read_evaluation_data(write_jsonl(tmp_path / "eval.jsonl", _intent_rows(77, 1, offset=100)))
+    from tunery.data.validation import read_examples
+
+    assert resolve_task("auto", evaluation).kind == "generation"  # 77 labels and nothing to say they are closed
+    task = resolve_task("auto", evaluation, read_examples(train).examples)
+    assert task.kind == "classification" and len(task.labels) == 77
+    assert resolve_task("auto", evaluation, known_labels=training_labels(train)).kind == "classification"
+    # free text answers (each seen once) are no closed set
+    free = write_jsonl(tmp_path / "free.jsonl", _intent_rows(77, 1, offset=500))
+    assert training_labels(free) is None
+
+
+def test_a_tuned_classifier_records_its_labels(tuned_lora, classify_train):
+    from tunery.data.validation import read_examples
+    from tunery.models.tuned import read_manifest
+
+    expected = sorted({e.target.strip() for e in read_examples(classify_train).examples})
+    assert read_manifest(tuned_lora)["labels"] == expected
+
+
+def test_evaluate_with_constrained_answers(tiny_model, classify_train, data_dir, tmp_path):
+    from tunery.evaluation.compare import Candidate, Options, compare_models
+
+    data = data_dir / "classify_openai.jsonl"
+    run = compare_models(data, [Candidate("base", str(tiny_model))], Options(train=str(classify_train),
+                         constrain="labels", advice=False))  # fmt: skip
+    evaluation = run.evaluations[0]
+    assert run.task.kind == "classification"
+    assert all(p.output in run.task.labels and p.label == p.output for p in evaluation.predictions)
+    schema = {"type": "OBJECT", "properties": {"label": {"type": "STRING", "enum": list(run.task.labels)}},
+              "required": ["label"]}  # fmt: skip
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    options = Options(task="generation", constrain=f"schema={tmp_path / 'schema.json'}", max_output_tokens=40)
+    evaluation = compare_models(data, [Candidate("base", str(tiny_model))], options).evaluations[0]
+    assert all(matches(json.loads(p.output), schema) for p in evaluation.predictions)
+    with pytest.raises(Exception, match="classification"):
+        compare_models(data, [Candidate("base", str(tiny_model))], Options(task="generation", constrain="labels"))

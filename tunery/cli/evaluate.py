@@ -20,6 +20,10 @@ PERTURB_HELP = "Also evaluate on perturbed inputs and report the drop: any of ty
 TRAIN_HELP = "Training file: data advice (duplicates, conflicts, imbalance, coverage) and the label set."
 INPUT_PRICE_HELP = "Dollars per million prompt tokens, for the cost column (default 0.15)."
 OUTPUT_PRICE_HELP = "Dollars per million output tokens, for the cost column (default 0.60)."
+CONSTRAIN_HELP = (
+    "Constrained decoding: 'labels' (answers restricted to the label set seen in training) or 'schema=FILE' "
+    "(a JSON file holding a responseSchema)."
+)
 MAX_TOKENS_HELP = "maxOutputTokens (default: the longest expected answer plus 8 tokens)."
 
 
@@ -94,6 +98,7 @@ def evaluate(
     limit: int = typer.Option(None, "--limit", help="Evaluate the first N examples only."),
     seed: int = typer.Option(0, "--seed", help="Seed of the perturbations."),
     json_output: bool = typer.Option(False, "--json", help="Print the metrics as JSON instead of a table."),
+    constrain: str = typer.Option(None, "--constrain", help=CONSTRAIN_HELP),
 ) -> None:
     """Evaluate one model: task metrics, tokens and latency per request, every prediction in a JSONL."""
     progress = ProgressEvents()
@@ -101,6 +106,7 @@ def evaluate(
         run = run_evaluate(
             model, data, prompt, task=task, output=output, perturb=perturb, train=train, input_price=input_price,
             output_price=output_price, max_output_tokens=max_tokens, limit=limit, seed=seed, events=progress.events(),
+            constrain=constrain,
         )  # fmt: skip
     finally:
         progress.stop()
@@ -126,6 +132,7 @@ def compare(
     max_tokens: int = typer.Option(None, "--max-tokens", help=MAX_TOKENS_HELP),
     limit: int = typer.Option(None, "--limit", help="Evaluate the first N examples only."),
     seed: int = typer.Option(0, "--seed", help="Seed of the perturbations."),
+    constrain: str = typer.Option(None, "--constrain", help=CONSTRAIN_HELP),
 ) -> None:
     """Compare models and prompts on the same examples; writes an HTML and a Markdown report, prints the table."""
     progress = ProgressEvents()
@@ -133,6 +140,7 @@ def compare(
         run = run_compare(
             data, candidate, task=task, output=output, perturb=perturb, train=train, input_price=input_price,
             output_price=output_price, max_output_tokens=max_tokens, limit=limit, seed=seed, events=progress.events(),
+            constrain=constrain,
         )  # fmt: skip
     finally:
         progress.stop()

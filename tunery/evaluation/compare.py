@@ -21,6 +21,7 @@ from tunery.evaluation.perturb import parse_perturbations
 from tunery.evaluation.run import output_budget
 from tunery.evaluation.tasks import Task, resolve_task
 from tunery.models.tuned import is_tuned_dir, read_manifest
+from tunery.serving.constrain import label_config
 from tunery.serving.gemini import GenerationConfig
 
 if TYPE_CHECKING:
@@ -126,9 +127,11 @@ class Options:
     train: str | None = None  # training file for data advice and the label set
     advice: bool = True
     max_length: int = 1024  # for the truncation check of the training file
+    constrain: str | None = None  # "labels" (answers restricted to the label set) or "schema=FILE" (a JSON schema)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "perturb", parse_perturbations(self.perturb))
+        constraint_kind(self.constrain)
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit {self.limit}: expected 1 or more")
 
@@ -181,7 +184,8 @@ def compare_models(
     label_sources = [s for c in candidates for s in c.prompt.shots]
     if train:
         label_sources += read_examples(train).examples
-    task = resolve_task(options.task, examples, label_sources, str(data))
+    known = [label for c in candidates if is_tuned_dir(c.model) for label in read_manifest(c.model).get("labels") or []]
+    task = resolve_task(options.task, examples, label_sources, str(data), known)
     from tunery.serving.engine import Engine  # torch: only when a model runs
 
     evaluations = []
@@ -189,7 +193,7 @@ def compare_models(
     for i, candidate in enumerate(candidates):
         engine = engines.get(candidate.model) or Engine(candidate.model)
         engines[candidate.model] = engine
-        config = _config(engine, examples, options)
+        config = constrained(_config(engine, examples, options), options.constrain, task, engine.tokenizer)
         evaluations.append(
             evaluate_engine(engine, examples, candidate, task, config, options.perturb, options.seed, str(data), events)
         )
@@ -208,6 +212,46 @@ def _config(engine: Engine, examples: Sequence[Example], options: Options) -> Ge
     if options.max_output_tokens:
         return GenerationConfig(max_output_tokens=options.max_output_tokens)
     return output_budget(engine, examples)
+
+
+def constraint_kind(constrain: str | None) -> tuple[str, Path | None] | None:
+    """``--constrain``: ``labels``, or ``schema=FILE`` (also ``schema:FILE``, ``schema FILE``) → (kind, file)."""
+    if constrain is None:
+        return None
+    text = constrain.strip()
+    if text == "labels":
+        return "labels", None
+    for sep in ("=", ":", " "):
+        kind, found, path = text.partition(sep)
+        if found and kind == "schema" and path.strip():
+            return "schema", Path(path.strip())
+    raise ConfigError(f"--constrain {constrain!r}: expected labels or schema=FILE (a JSON file with a responseSchema)")
+
+
+def constrained(config: GenerationConfig, constrain: str | None, task: Task, tokenizer: Any) -> GenerationConfig:
+    """``config`` with the answer restricted as ``--constrain`` asks: to the task's labels, or to a schema."""
+    import dataclasses
+
+    from tunery.serving.gemini import generation_config
+
+    parsed = constraint_kind(constrain)
+    if parsed is None:
+        return config
+    kind, path = parsed
+    fields: dict[str, Any] = {"maxOutputTokens": config.max_output_tokens}
+    if kind == "labels":
+        if task.kind != "classification" or not task.labels:
+            raise ConfigError(f"--constrain labels needs a classification task with labels; this one is {task.kind}")
+        longest = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in task.labels)
+        fields = label_config(task.labels, max(config.max_output_tokens, longest + 2))
+    else:
+        assert path is not None
+        try:
+            schema = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--constrain schema={path}: cannot read a JSON schema: {exc}") from None
+        fields.update({"responseMimeType": "application/json", "responseSchema": schema})
+    return dataclasses.replace(config, **dataclasses.asdict(generation_config(fields, f"--constrain {constrain}")))
 
 
 def _training_tokenizer(candidates: Sequence[Candidate], max_length: int) -> tuple[Any, int]:

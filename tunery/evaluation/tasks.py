@@ -1,13 +1,15 @@
 """Which task an evaluation set is, and how one answer is scored for it.
 
 ``auto`` infers the task from the gold answers: all JSON objects → extraction; all short one-line
-answers from a small closed set → classification; anything else → generation.
+answers from a small closed set, or from the closed set of labels the training file (or a tuned model's
+``tunery.json``) covers, however many there are → classification; anything else → generation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from tunery.data.formats import Example
@@ -20,6 +22,7 @@ TASKS: tuple[str, ...] = ("auto", "classification", "extraction", "generation")
 MAX_LABELS = 50  # a closed set larger than this reads as free text
 MAX_LABEL_WORDS = 4
 MAX_LABEL_CHARS = 64
+MIN_PER_LABEL = 2  # a training file's answers are a closed set when each one recurs (on average) this often
 PRIMARY = {"classification": "accuracy", "extraction": "field_f1", "generation": "rougeL"}
 
 
@@ -59,15 +62,39 @@ class Task:
         return {"kind": self.kind, "labels": list(self.labels)}
 
 
-def infer_kind(targets: Sequence[str]) -> TaskKind:
-    """The task the gold answers look like (see the module docstring)."""
+def infer_kind(targets: Sequence[str], known_labels: Sequence[str] = ()) -> TaskKind:
+    """The task the gold answers look like (see the module docstring); ``known_labels`` is the closed label
+    set of the training data, if it has one (``closed_label_set``)."""
     if targets and all(metrics.parse_json_object(t) is not None for t in targets):
         return "extraction"
     distinct = {t.strip() for t in targets}
     short = all(_is_label_like(t) for t in distinct)
-    if targets and short and len(distinct) <= MAX_LABELS:
+    if targets and short and (len(distinct) <= MAX_LABELS or (known_labels and distinct <= set(known_labels))):
         return "classification"
     return "generation"
+
+
+def closed_label_set(targets: Sequence[str]) -> tuple[str, ...]:
+    """The labels of training answers that form a closed set (short one-line answers, each recurring), sorted;
+    () when they do not (free text, or too few examples per answer to tell)."""
+    distinct = {t.strip() for t in targets}
+    if not targets or not all(_is_label_like(t) for t in distinct) or len(targets) < MIN_PER_LABEL * len(distinct):
+        return ()
+    return tuple(sorted(distinct))
+
+
+def training_labels(path: str | Path | None) -> list[str] | None:
+    """The closed label set of a training file (what a tuned classification model records in ``tunery.json``),
+    or None: no file, not a classification file, or a file that does not read."""
+    if not path or not Path(path).is_file():
+        return None
+    from tunery.data.validation import read_examples
+
+    try:
+        labels = closed_label_set([e.target for e in read_examples(path).examples])
+    except (OSError, ValueError, DatasetError):
+        return None
+    return list(labels) or None
 
 
 def _is_label_like(text: str) -> bool:
@@ -76,18 +103,25 @@ def _is_label_like(text: str) -> bool:
 
 
 def resolve_task(
-    kind: str, examples: Sequence[Example], label_sources: Sequence[Example] = (), path: str = "evaluation data"
+    kind: str,
+    examples: Sequence[Example],
+    label_sources: Sequence[Example] = (),
+    path: str = "evaluation data",
+    known_labels: Sequence[str] = (),
 ) -> Task:
-    """The task of ``examples``; ``label_sources`` (a training file) add labels the evaluation set lacks."""
+    """The task of ``examples``; ``label_sources`` (a training file, prompt shots) and ``known_labels`` (a tuned
+    model's recorded label set) add labels the evaluation set lacks."""
     if kind not in TASKS:
         raise ConfigError(f"--task {kind!r}: expected one of {', '.join(TASKS)}")
     targets = [e.target for e in examples]
-    resolved: TaskKind = infer_kind(targets) if kind == "auto" else kind  # type: ignore[assignment]
+    closed = set(closed_label_set([e.target for e in label_sources])) | set(known_labels)
+    resolved: TaskKind = infer_kind(targets, sorted(closed)) if kind == "auto" else kind  # type: ignore[assignment]
     if resolved == "extraction":
         _check_json_targets(examples, path)
     labels: tuple[str, ...] = ()
     if resolved == "classification":
-        labels = tuple(sorted({t.strip() for t in targets} | {e.target.strip() for e in label_sources}))
+        found = {t.strip() for t in targets} | {e.target.strip() for e in label_sources} | set(known_labels)
+        labels = tuple(sorted(found))
     return Task(resolved, labels)
 
 

@@ -8,6 +8,7 @@ run = compare("test.jsonl", ["base=smollm2-135m-instruct:few-shot.yaml", "tuned=
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,6 +95,7 @@ def evaluate(
     seed: int = 0,
     advice: bool = True,
     events: Events | None = None,
+    constrain: str | None = None,
 ) -> EvaluationRun:
     """Evaluate one model (catalog id, model dir or tuned model) with an optional prompt YAML.
 
@@ -103,6 +105,7 @@ def evaluate(
     name = Path(str(model)).name or str(model)
     candidate = Candidate(name, str(model), load_prompt(prompt) if prompt else Prompt())
     options = _options(task, perturb, train, input_price, output_price, max_output_tokens, limit, seed, advice)
+    options = dataclasses.replace(options, constrain=constrain)  # "labels" or "schema=FILE"
     comparison = compare_models(data, [candidate], options, events)
     files = write_report(
         comparison, _output(output, Path(str(model)).name), title=f"Evaluation of {model}", single=True
@@ -125,6 +128,7 @@ def compare(
     seed: int = 0,
     advice: bool = True,
     events: Events | None = None,
+    constrain: str | None = None,
 ) -> EvaluationRun:
     """Run each candidate (``"NAME=MODEL[:PROMPT.yaml]"`` or a ``Candidate``) over the same examples.
 
@@ -133,6 +137,7 @@ def compare(
     """
     parsed = [c if isinstance(c, Candidate) else parse_candidate(c) for c in candidates]
     options = _options(task, perturb, train, input_price, output_price, max_output_tokens, limit, seed, advice)
+    options = dataclasses.replace(options, constrain=constrain)  # "labels" or "schema=FILE"
     comparison = compare_models(data, parsed, options, events)
     files = write_report(comparison, _output(output, "compare"), title="Comparison")
     return EvaluationRun(comparison, files)

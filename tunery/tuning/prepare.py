@@ -16,6 +16,7 @@ from tunery.data.stats import default_epochs, tuning_data_stats
 from tunery.data.tokenize import Encoded
 from tunery.data.validation import read_examples
 from tunery.errors import JobError
+from tunery.evaluation.tasks import training_labels
 from tunery.evaluation.tuned import evaluate_tuned
 from tunery.models.loading import load_tokenizer
 from tunery.models.sources import BaseModel, resolve_base
@@ -183,6 +184,7 @@ def finish(prep: Prepared, run: Run) -> Path:
             "precision": run.precision,
         },
         "tuningDataStats": {"supervisedTuningDataStats": prep.stats},
+        "labels": training_labels(prep.spec.train),  # a classification file's label set, else null
         "finalMetrics": final,
         "trainingSeconds": round(run.state.seconds, 2),
         "createTime": datetime.now(UTC).isoformat(timespec="seconds"),
