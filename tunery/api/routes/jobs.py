@@ -240,11 +240,19 @@ def _view(job: Job, request: Request) -> dict[str, Any]:
 
 
 def _event_views(events: list[dict[str, Any]], root: Path | None) -> list[dict[str, Any]]:
-    """Events as clients see them: no server paths in their messages."""
-    for event in events:
-        if isinstance(event.get("message"), str):
-            event["message"] = hide_server_paths(event["message"], root)
-    return events
+    """Events as clients see them: no server paths in their messages or data (a state event carries the error)."""
+    return [{**event, **{k: _hidden(event[k], root) for k in ("message", "data") if k in event}} for event in events]
+
+
+def _hidden(value: Any, root: Path | None) -> Any:
+    """``value`` with ``hide_server_paths`` applied to every string in it."""
+    if isinstance(value, str):
+        return hide_server_paths(value, root)
+    if isinstance(value, dict):
+        return {key: _hidden(item, root) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_hidden(item, root) for item in value]
+    return value
 
 
 def _labels(filters: list[str]) -> dict[str, str]:
