@@ -11,6 +11,21 @@ from tunery.errors import ConfigError, TuningCancelled
 from tunery.models.catalog import DEFAULT_MODEL
 from tunery.tuning.spec import TuningSpec
 
+
+def run_as_helper(spec: TuningSpec, resume: bool) -> None:
+    """A launcher's process other than 0: train alongside process 0 in the run directory it creates."""
+    from tunery.tuning import full, lora
+    from tunery.tuning.prepare import saved_spec
+
+    run_dir = Path(spec.output or "").expanduser().resolve()
+    if resume:
+        spec = saved_spec(run_dir).computing_as(spec)
+    try:
+        (lora if spec.is_lora else full).main(spec, run_dir, resume=resume)
+    except TuningCancelled:
+        raise typer.Exit(130) from None
+
+
 _DEFAULT = TuningSpec(train="-")
 
 
@@ -34,12 +49,31 @@ def tune(
     output: Path = typer.Option(None, "--output", "-o", help="Tuned model directory (default under $TUNERY_HOME)."),
     display_name: str = typer.Option(None, "--display-name", help="tunedModelDisplayName."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
+    device: str = typer.Option(_DEFAULT.device, "--device", help="auto (CUDA when present), cpu, cuda, cuda:N, mps."),
+    processes: int = typer.Option(
+        _DEFAULT.processes, "--processes", help="Processes sharing each step (one per GPU; gloo on CPUs)."
+    ),
+    quantize: str = typer.Option(None, "--quantize", help="4bit: QLoRA (NF4 base, bitsandbytes, CUDA only)."),
+    gradient_checkpointing: bool = typer.Option(
+        _DEFAULT.gradient_checkpointing, "--gradient-checkpointing", help="Recompute activations: less memory."
+    ),
+    packing: bool = typer.Option(
+        None, "--packing/--no-packing", help="Padding-free micro-batches (default: on CUDA only)."
+    ),
 ) -> None:
     """Tune a base model with a LoRA adapter or full fine-tuning; Ctrl-C saves a checkpoint."""
+    from tunery.tuning.distributed import launcher_env  # torch: only when it runs
+
+    compute = {
+        "device": device,
+        "processes": launcher_env()[1] if launcher_env() and processes == 1 else processes,
+        "gradient_checkpointing": gradient_checkpointing,
+        "packing": packing,
+    }
     if resume:
         if output is None:
             raise ConfigError("--resume needs --output: the directory of the run to continue")
-        spec = TuningSpec(train="(saved)", output=str(output))
+        spec = TuningSpec(train="(saved)", output=str(output), **compute)
     else:
         if train is None:
             raise ConfigError("--train is required")
@@ -57,7 +91,15 @@ def tune(
             output=str(output) if output else None,
             display_name=display_name,
             precision=precision,
+            quantize=quantize,
+            **compute,
         )
+    launched = launcher_env()
+    if launched is not None and launched[0] != 0:
+        if output is None:
+            raise ConfigError("under torchrun or accelerate launch, --output is required (every process needs it)")
+        run_as_helper(spec, resume)  # process 0 reports progress and the result
+        return
     stop = StopFlag().install()
     try:
         with TrainingProgress() as progress:

@@ -27,7 +27,8 @@ def load_tokenizer(path: str | Path) -> Any:
     return tokenizer
 
 
-def load_model(path: str | Path, dtype: Any = None) -> Any:
+def load_model(path: str | Path, dtype: Any = None, **options: Any) -> Any:
+    """A causal LM from ``path`` (fp32 unless ``dtype``); ``options`` go to ``from_pretrained``."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
@@ -35,7 +36,7 @@ def load_model(path: str | Path, dtype: Any = None) -> Any:
     logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=dtype or torch.float32, trust_remote_code=False, use_safetensors=True
+            str(path), dtype=dtype or torch.float32, trust_remote_code=False, use_safetensors=True, **options
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load a model from {path}: {exc}") from exc

@@ -21,6 +21,7 @@ from tunery.data.tokenize import IGNORE_INDEX, Encoded
 from tunery.errors import TuningCancelled
 from tunery.tuning.batching import collate, micro_batches, plan_epoch
 from tunery.tuning.checkpoint import latest_checkpoint, save_checkpoint
+from tunery.tuning.distributed import Processes
 from tunery.tuning.precision import autocast
 
 
@@ -66,6 +67,17 @@ class Run:
     checkpoint_seconds: float = 600.0
     state: TrainState = field(default_factory=TrainState)
     hooks: Hooks = field(default_factory=Hooks)  # the caller's, set by ``fit``: the save after it stops on request too
+    batcher: Callable[[Sequence[Encoded]], dict[str, torch.Tensor]] | None = None  # default: padded, on the CPU
+    processes: Processes = field(default_factory=Processes)  # the processes sharing each step (distributed.py)
+
+    def batch(self, examples: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+        return self.batcher(examples) if self.batcher else collate(examples, self.pad_id)
+
+    def checkpoint(self) -> Any:
+        """Save a checkpoint (process 0 only: every process holds the same weights); returns its path."""
+        if self.processes.is_main:
+            return save_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.state)
+        return self.run_dir / "checkpoints" / f"step-{self.state.step:06d}"
 
     @property
     def steps_per_epoch(self) -> int:
@@ -78,9 +90,8 @@ class Run:
 
 def token_loss(core: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
     """Summed next-token loss over trained tokens, the count of correct argmax predictions, and the token count."""
-    hidden = core.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).last_hidden_state
+    inputs = {name: t for name, t in batch.items() if name != "labels"}  # attention_mask, or packed position_ids
+    hidden = core.get_decoder()(**inputs, use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
     logits = core.get_output_embeddings()(hidden[:, :-1][keep])
@@ -106,7 +117,8 @@ def evaluate(
     total, correct, count = 0.0, 0, 0
     for group in micro_batches(range(len(examples)), lengths, token_budget):
         with autocast(precision, core.device.type):
-            loss, ok, n = token_loss(core, collate([examples[i] for i in group], pad_id))
+            batch = {name: t.to(core.device) for name, t in collate([examples[i] for i in group], pad_id).items()}
+            loss, ok, n = token_loss(core, batch)
         total, correct, count = total + float(loss), correct + ok, count + n
     core.train(was_training)
     return {"eval_loss": total / max(count, 1), "eval_token_accuracy": correct / max(count, 1)}
@@ -133,22 +145,23 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
     while state.epoch < run.epochs:
         plan = plan_epoch(lengths, run.batch_size, run.seed, state.epoch)
         while state.batch < len(plan):
-            if hooks.should_stop():
+            if run.processes.stop(hooks.should_stop()):
                 state.seconds = time.perf_counter() - started
-                path = save_checkpoint(run.run_dir, model, run.optimizer, run.scheduler, state)
+                path = run.checkpoint()
                 raise TuningCancelled(f"cancelled at step {state.step}; checkpoint saved", str(path))
             hooks.on_phase(f"step {state.step + 1}")
             step_examples = plan[state.batch]
             window_tokens = sum(run.train[i].trained_tokens for i in step_examples)
             step_loss, step_correct, step_tokens = 0.0, 0, 0
-            for group in micro_batches(step_examples, lengths, run.micro_batch_tokens):
-                batch = collate([run.train[i] for i in group], run.pad_id)
+            for group in run.processes.share(micro_batches(step_examples, lengths, run.micro_batch_tokens)):
+                batch = run.batch([run.train[i] for i in group])
                 with autocast(run.precision, run.core.device.type):
                     loss, correct, _ = token_loss(run.core, batch)
                 (loss / window_tokens).backward()
                 step_loss += float(loss.detach())
                 step_correct += correct
-                step_tokens += int(batch["attention_mask"].sum())
+                step_tokens += sum(lengths[i] for i in group)
+            step_loss, step_correct, step_tokens = run.processes.sync(params, step_loss, step_correct, step_tokens)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             run.optimizer.step()
             run.scheduler.step()
@@ -170,13 +183,13 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
             if state.batch < len(plan):
                 hooks.on_metrics(metrics)
                 if state.seconds - checkpointed >= run.checkpoint_seconds:
-                    save_checkpoint(run.run_dir, model, run.optimizer, run.scheduler, state)
+                    run.checkpoint()
                     checkpointed = state.seconds
                 continue
             state.epoch, state.batch = state.epoch + 1, 0
             metrics.update(evaluate(run.core, run.validation, run.pad_id, run.micro_batch_tokens, run.precision))
             hooks.on_metrics(metrics)
-            save_checkpoint(run.run_dir, model, run.optimizer, run.scheduler, state)
+            run.checkpoint()
             break
     stop_point(run, "after the last step")  # a cancel during the last step: the epoch's checkpoint is just saved
     return state

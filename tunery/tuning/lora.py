@@ -12,15 +12,23 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from tunery.models.loading import load_model
+from tunery.tuning.devices import load_options, place, prepare_model, resolve_device
+from tunery.tuning.distributed import Processes, processes
 from tunery.tuning.loop import Hooks, Run, fit
-from tunery.tuning.prepare import Prepared, finish, logging_hooks, make_run, prepare, start_or_resume
+from tunery.tuning.memory import check_fits
+from tunery.tuning.prepare import Prepared, finish, make_run, prepare, run_hooks, start_or_resume
 from tunery.tuning.spec import TuningSpec
 
 
-def setup(spec: TuningSpec, run_dir: Path, resume: bool = False) -> tuple[Prepared, Run]:
+def setup(
+    spec: TuningSpec, run_dir: Path, resume: bool = False, group: Processes | None = None
+) -> tuple[Prepared, Run]:
+    group = group or Processes()
     prep = prepare(spec, run_dir)
+    placement = place(spec, group.local_rank)
+    check_fits(prep, placement, group.count)
     torch.manual_seed(spec.seed)
-    base = load_model(prep.base.path)
+    base = prepare_model(load_model(prep.base.path, **load_options(spec, placement)), spec, placement)
     config = LoraConfig(
         r=spec.adapter_size,
         lora_alpha=2 * spec.adapter_size,
@@ -29,15 +37,16 @@ def setup(spec: TuningSpec, run_dir: Path, resume: bool = False) -> tuple[Prepar
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(base, config)
-    run = make_run(prep, model, core=model.get_base_model())
+    run = make_run(prep, model, core=model.get_base_model(), placement=placement, processes=group)
     start_or_resume(prep, run, resume)
     return prep, run
 
 
 def main(spec: TuningSpec, run_dir: Path, hooks: Hooks | None = None, resume: bool = False) -> Path:
-    prep, run = setup(spec, run_dir, resume)
-    fit(run, logging_hooks(hooks or Hooks(), run_dir))
-    return save(prep, run)
+    with processes(spec, run_dir, resume, lambda rank: resolve_device(spec.device, rank)) as group:
+        prep, run = setup(spec, run_dir, resume, group)
+        fit(run, run_hooks(hooks, run_dir, group))
+        return save(prep, run) if group.is_main else run_dir
 
 
 def save(prep: Prepared, run: Run) -> Path:

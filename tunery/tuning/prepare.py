@@ -23,7 +23,9 @@ from tunery.models.sources import BaseModel, resolve_base
 from tunery.models.tuned import MANIFEST_FILE, METRICS_FILE
 from tunery.settings import tuned_models_dir
 from tunery.tuning.checkpoint import latest_checkpoint, load_checkpoint, write_atomic
+from tunery.tuning.distributed import Processes
 from tunery.tuning.loop import Hooks, Run, TrainState, stop_point
+from tunery.tuning.packing import Batcher
 from tunery.tuning.precision import resolve_precision
 from tunery.tuning.spec import TuningSpec
 
@@ -95,8 +97,9 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
     )
 
 
-def make_run(prep: Prepared, model: Any, core: Any) -> Run:
-    """Optimizer (AdamW), a linear schedule with warm-up, and the loop's inputs."""
+def make_run(prep: Prepared, model: Any, core: Any, placement: Any = None, processes: Any = None) -> Run:
+    """Optimizer (AdamW), a linear schedule with warm-up, and the loop's inputs (on ``placement``'s device,
+    ``processes`` sharing each step: ``tunery.tuning.devices``, ``tunery.tuning.distributed``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=prep.learning_rate, weight_decay=0.0)
     total = max(1, -(-len(prep.train) // prep.spec.batch_size) * prep.epochs)
@@ -116,17 +119,24 @@ def make_run(prep: Prepared, model: Any, core: Any) -> Run:
         epochs=prep.epochs,
         batch_size=prep.spec.batch_size,
         micro_batch_tokens=prep.spec.micro_batch_tokens,
-        precision=resolve_precision(prep.spec.precision),
+        precision=placement.precision if placement else resolve_precision(prep.spec.precision),
         checkpoint_seconds=prep.spec.checkpoint_seconds,
         seed=prep.spec.seed,
         pad_id=prep.tokenizer.pad_token_id,
         run_dir=prep.run_dir,
+        batcher=Batcher(prep.tokenizer.pad_token_id, placement.device, placement.packing) if placement else None,
+        processes=processes or Processes(),
     )
 
 
 def start_or_resume(prep: Prepared, run: Run, resume: bool) -> None:
     """Record the run (new) or restore its newest checkpoint (resume), keeping metrics.jsonl in step."""
     metrics = prep.run_dir / METRICS_FILE
+    if not run.processes.is_main:  # process 0 records the run; the others only load its checkpoint
+        checkpoint = latest_checkpoint(prep.run_dir) if resume else None
+        if checkpoint is not None:
+            run.state = TrainState(**load_checkpoint(checkpoint, run.model, run.optimizer, run.scheduler))
+        return
     if not resume:
         record = {"spec": prep.spec.to_dict(), "epochs": prep.epochs, "learningRate": prep.learning_rate}
         write_atomic(prep.run_dir / RUN_FILE, json.dumps(record, indent=2))
@@ -155,6 +165,15 @@ def logging_hooks(hooks: Hooks, run_dir: Path) -> Hooks:
         hooks.on_metrics(record)
 
     return Hooks(on_metrics=on_metrics, should_stop=hooks.should_stop, on_phase=hooks.on_phase)
+
+
+def run_hooks(hooks: Hooks | None, run_dir: Path, processes: Processes) -> Hooks:
+    """Process 0 logs (``logging_hooks``) and shares its stop requests at each step's sync; the others are quiet."""
+    if not processes.is_main:
+        return Hooks()
+    hooks = logging_hooks(hooks or Hooks(), run_dir)
+    processes.local_stop = hooks.should_stop
+    return hooks
 
 
 def finish(prep: Prepared, run: Run) -> Path:

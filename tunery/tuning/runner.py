@@ -23,7 +23,7 @@ def tune(spec: TuningSpec, hooks: Hooks | None = None, resume: bool = False) -> 
         if not spec.output:
             raise JobError("resume needs the run's output directory")
         run_dir = Path(spec.output).expanduser().resolve()
-        spec = saved_spec(run_dir)
+        spec = saved_spec(run_dir).computing_as(spec)  # the saved run, on this call's devices and processes
     else:
         run_dir = new_run_dir(spec)
         spec.output = str(run_dir)

@@ -1,0 +1,120 @@
+"""One job over two processes, for real: gloo on this CPU, helpers started by tunery, a kill and a resume.
+
+.venv/bin/python -m pytest tests/unit/test_distributed.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunery.tuning import TuningSpec, tune
+from tunery.tuning.checkpoint import latest_checkpoint
+
+WEIGHTS = {"PEFT_ADAPTER": "adapter_model.safetensors", "FULL": "model.safetensors"}
+
+
+def assert_close(a: Path, b: Path, name: str, atol: float = 1e-6) -> None:
+    wa, wb = load_file(str(a / name)), load_file(str(b / name))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=atol, msg=key)
+
+
+def losses(run: Path) -> list[float]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["train_loss"] for line in lines if "train_loss" in json.loads(line)]
+
+
+@pytest.fixture
+def base_spec(tiny_model, make_train) -> dict:
+    # Small micro-batches: every step of 8 examples splits into several, so both processes share each step.
+    return {
+        "train": str(make_train(24)),
+        "base_model": str(tiny_model),
+        "batch_size": 8,
+        "epochs": 2,
+        "precision": "fp32",
+        "device": "cpu",
+        "micro_batch_tokens": 64,
+        "seed": 3,
+    }
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_two_processes_end_with_the_weights_of_one(base_spec, tmp_path, method):
+    """2 processes over gloo, the same global batch: the one-process weights (fp32, within 1e-6) and losses."""
+    one = tune(TuningSpec(**base_spec, method=method, output=str(tmp_path / "one")))
+    two = tune(TuningSpec(**base_spec, method=method, processes=2, output=str(tmp_path / "two")))
+    manifest = json.loads((two / "tunery.json").read_text())
+    assert manifest["spec"]["processes"] == 2
+    assert_close(one, two, WEIGHTS[manifest["tuningMode"]])
+    assert losses(one) == pytest.approx(losses(two), abs=1e-6)
+    assert len(losses(two)) == 6  # 3 steps per epoch, 2 epochs: the global batch did not change
+    assert not (two / "checkpoints").exists()
+
+
+def test_killed_with_two_processes_resumes_with_one(base_spec, tmp_path, tunery_home, repo_root):
+    """SIGKILL a 2-process run (both processes) once its epoch-1 checkpoint exists; resuming it with one
+    process ends at the uninterrupted one-process result."""
+    spec = {**base_spec, "epochs": 3}
+    reference = tune(TuningSpec(**spec, output=str(tmp_path / "reference")))
+    run_dir = tmp_path / "killed"
+    code = "import json, sys; from tunery.tuning import tune, TuningSpec; tune(TuningSpec(**json.loads(sys.argv[1])))"
+    env = {**os.environ, "TUNERY_HOME": str(tunery_home), "PYTHONPATH": str(repo_root), "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "stderr.txt"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, json.dumps({**spec, "processes": 2, "output": str(run_dir)})],
+            cwd=repo_root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,  # its own process group: the kill takes the helper too
+        )
+    deadline = time.monotonic() + 180
+    try:
+        while not (run_dir / "checkpoints" / "latest").exists():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "no checkpoint within 180 s"
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (run_dir / "tunery.json").exists()  # it died mid-run
+    checkpoint = latest_checkpoint(run_dir)
+    assert checkpoint is not None
+    assert json.loads((checkpoint / "state.json").read_text())["epoch"] >= 1
+
+    out = tune(TuningSpec(train=spec["train"], output=str(run_dir)), resume=True)
+    assert json.loads((out / "tunery.json").read_text())["spec"]["processes"] == 1
+    assert_close(reference, out, WEIGHTS["PEFT_ADAPTER"])
+    assert losses(out) == pytest.approx(losses(reference), abs=1e-6)
+
+
+def test_torchrun_runs_the_cli_as_one_job(base_spec, tmp_path, tunery_home, repo_root):
+    """``torchrun --nproc-per-node 2 -m tunery tune``: process 0 writes the tuned model, both train it, and the
+    weights are the one-process weights."""
+    out = tmp_path / "torchrun"
+    env = {**os.environ, "TUNERY_HOME": str(tunery_home), "PYTHONPATH": str(repo_root), "OMP_NUM_THREADS": "1"}
+    options = ["--train", base_spec["train"], "--model", base_spec["base_model"], "--batch-size", "8"]
+    options += ["--epochs", "2", "--precision", "fp32", "--device", "cpu", "--seed", "3", "--output", str(out)]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    # micro_batch_tokens is not a CLI option: the one-process reference uses its default (4096) too
+    reference = tune(TuningSpec(**{**base_spec, "micro_batch_tokens": 4096}, output=str(tmp_path / "cli-one")))
+    done = subprocess.run(
+        [*launcher, "-m", "tunery", "tune", *options], cwd=repo_root, env=env, capture_output=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    manifest = json.loads((out / "tunery.json").read_text())
+    assert manifest["spec"]["processes"] == 2
+    assert_close(reference, out, WEIGHTS["PEFT_ADAPTER"])

@@ -1,0 +1,246 @@
+"""One job over several processes: data parallel, each optimizer step shared by every process.
+
+    tunery tune --processes 2 ...                                   # tunery starts the other processes
+    torchrun --nproc-per-node 2 -m tunery tune --output DIR ...     # or a launcher does
+    accelerate launch --num_processes 2 -m tunery tune --output DIR ...
+
+Every process plans the same epoch (a function of the seed) and the same micro-batches of each step
+(``micro_batches``: they do not depend on the process count); process ``r`` runs micro-batches
+``r, r + N, ...``. Each backward pass divides by the trained tokens of the whole step, as with one
+process; gradients are then summed across processes (one all-reduce per step, gloo on CPUs, NCCL on
+GPUs) so every process holds the one-process gradient and takes the same optimizer step. The global
+batch, the loss normalisation and the checkpoint (written by process 0 alone, in the one-process
+format) do not depend on N, so a run checkpointed with N processes resumes with M.
+
+A stop request (cancel, Ctrl-C, the server going away) seen by process 0 travels with the step's
+all-reduce, so every process stops at the same step boundary. A process that dies fails the next
+all-reduce in the others; the job's retry resumes from the last checkpoint.
+
+With ``--processes N`` the calling process (the CLI, or a job's worker) is process 0, with its
+hooks; it starts N-1 helpers (``python -m tunery.tuning.distributed``) that meet it through a
+TCPStore on 127.0.0.1 whose port the OS picks. Under torchrun or ``accelerate launch`` the
+launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) is used instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunery.errors import JobError
+
+JOIN_TIMEOUT = timedelta(minutes=2)
+PAYLOAD_ENV = "TUNERY_PROCESS_PAYLOAD"
+_helper: tuple[int, int, Any] | None = None  # (rank, count, store) in a helper process of --processes N
+
+
+class Processes:
+    """One process: what the loop asks of its process group, done trivially. ``Group`` shares the work."""
+
+    rank = 0
+    local_rank = 0
+    count = 1
+    stop_requested = False
+
+    def __init__(self) -> None:
+        self.local_stop: Callable[[], bool] = lambda: False  # process 0's own stop request (the caller's hook)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, groups: Sequence[list[int]]) -> Sequence[list[int]]:
+        """This process's micro-batches of a step."""
+        return groups[self.rank :: self.count]
+
+    def sync(self, params: Sequence[torch.Tensor], *stats: float) -> tuple[float, ...]:
+        """Sum gradients and the step's statistics over processes; returns the summed statistics."""
+        return stats
+
+    def stop(self, local: bool) -> bool:
+        """Whether the run stops now: with several processes, the request process 0 shared at the last sync."""
+        return local
+
+
+class Group(Processes):
+    """This process's place in a ``torch.distributed`` group of ``count`` processes."""
+
+    def __init__(self, rank: int, count: int, local_rank: int, device: torch.device) -> None:
+        super().__init__()
+        self.rank, self.count, self.local_rank, self.device = rank, count, local_rank, device
+
+    def sync(self, params: Sequence[torch.Tensor], *stats: float) -> tuple[float, ...]:
+        import torch.distributed as dist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        wanted = self.is_main and bool(self.local_stop())
+        extra = torch.tensor([*stats, float(wanted)], dtype=torch.float64)
+        dist.all_reduce(flat)
+        dist.all_reduce(extra)
+        offset = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+            offset += n
+        *summed, stop = extra.tolist()
+        self.stop_requested = self.stop_requested or stop > 0
+        return tuple(type(mine)(total) for mine, total in zip(stats, summed))
+
+    def stop(self, local: bool) -> bool:
+        return self.stop_requested
+
+
+def launcher_env() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when a launcher (torchrun, accelerate launch) started this process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or "RANK" not in os.environ:
+        return None
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+
+
+def backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+@contextlib.contextmanager
+def joined(rank: int, count: int, local_rank: int, device: torch.device, store: Any = None) -> Iterator[Group]:
+    """Join the process group (the launcher's environment, or ``store``) for the ``with`` block."""
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    options: dict[str, Any] = {"backend": backend(device), "rank": rank, "world_size": count, "timeout": JOIN_TIMEOUT}
+    if store is not None:
+        options["store"] = store
+    else:
+        options["init_method"] = "env://"
+    dist.init_process_group(**options)
+    try:
+        yield Group(rank, count, local_rank, device)
+    finally:
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+class Helpers:
+    """The N-1 helper processes process 0 starts for ``--processes N``, and the store they meet at."""
+
+    def __init__(self, spec: Any, run_dir: Path, resume: bool) -> None:
+        import torch.distributed as dist
+
+        self.count = spec.processes
+        self.store = dist.TCPStore(
+            "127.0.0.1", 0, self.count, is_master=True, timeout=JOIN_TIMEOUT, wait_for_workers=False
+        )
+        payload = json.dumps({"spec": spec.to_dict(), "run_dir": str(run_dir), "resume": resume})
+        threads = max(1, (os.cpu_count() or 1) // self.count)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), PAYLOAD_ENV: payload}
+        log = Path(run_dir) / "processes.log"
+        self.log = log
+        self.procs: list[subprocess.Popen] = []
+        with log.open("ab") as out:
+            for rank in range(1, self.count):
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "tunery.tuning.distributed",
+                    str(rank),
+                    str(self.count),
+                    str(self.store.port),
+                ]
+                self.procs.append(
+                    subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                )
+
+    def finish(self, ok: bool) -> None:
+        """Wait for the helpers (they end with process 0); on failure stop them. Raises if one failed."""
+        for proc in self.procs:
+            if not ok:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60 if ok else 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        failed = [f"process {i + 1} exited with {p.returncode}" for i, p in enumerate(self.procs) if p.returncode]
+        if ok and failed:
+            raise JobError(f"{'; '.join(failed)} (log: {self.log})")
+
+
+@contextlib.contextmanager
+def processes(spec: Any, run_dir: Path, resume: bool, device_for: Any) -> Iterator[Processes]:
+    """The process group a run computes in: one process, a launcher's group, or process 0 of ``--processes N``.
+
+    ``device_for(local_rank)`` resolves this process's device.
+    """
+    if _helper is not None:
+        rank, count, store = _helper
+        with joined(rank, count, rank, device_for(rank), store) as group:
+            yield group
+        return
+    launched = launcher_env()
+    if launched is not None:
+        rank, count, local = launched
+        if count != spec.processes and spec.processes != 1:
+            raise JobError(f"processCount {spec.processes} but the launcher started {count} processes")
+        with joined(rank, count, local, device_for(local)) as group:
+            yield group
+        return
+    if spec.processes == 1:
+        yield Processes()
+        return
+    if PAYLOAD_ENV in os.environ:
+        raise JobError("a helper process of --processes N may not start processes of its own")
+    helpers = Helpers(spec, run_dir, resume)
+    ok = False
+    try:
+        with joined(0, spec.processes, 0, device_for(0), helpers.store) as group:
+            yield group
+        ok = True
+    finally:
+        helpers.finish(ok)
+
+
+def helper_main(rank: int, count: int, port: int) -> int:
+    """A helper process of ``--processes N``: join process 0's group and train alongside it."""
+    import torch.distributed as dist
+
+    from tunery.errors import TuningCancelled
+    from tunery.tuning import full, lora
+    from tunery.tuning.spec import TuningSpec
+
+    global _helper
+    payload = json.loads(os.environ.pop(PAYLOAD_ENV))
+    spec = TuningSpec.from_dict(payload["spec"])
+    _helper = (rank, count, dist.TCPStore("127.0.0.1", port, count, is_master=False, timeout=JOIN_TIMEOUT))
+    method = lora if spec.is_lora else full
+    with contextlib.suppress(TuningCancelled):  # process 0 reports the cancel
+        method.main(spec, Path(payload["run_dir"]), resume=payload["resume"])
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m tunery.tuning.distributed")
+    parser.add_argument("rank", type=int)
+    parser.add_argument("count", type=int)
+    parser.add_argument("port", type=int)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    from tunery.tuning import distributed  # this file runs as __main__: its state must live in the real module
+
+    sys.exit(distributed.helper_main(args.rank, args.count, args.port))
