@@ -208,3 +208,23 @@ def test_two_gpus_end_with_the_weights_of_one(tiny_model, make_train, tmp_path):
     a, b = (load_file(str(p / "adapter_model.safetensors")) for p in (one, two))
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_rest_compute_config_names_every_compute_field_and_checks_types():
+    """``computeConfig`` beside ``hyperParameters``: one REST field per ``COMPUTE_CONFIG`` entry, strict types."""
+    from pydantic import ValidationError
+
+    from tunery.api.schemas import ComputeConfig, CreateTuningJobRequest
+    from tunery.tuning.spec import COMPUTE_CONFIG
+
+    assert set(ComputeConfig.model_json_schema()["properties"]) == set(COMPUTE_CONFIG)
+    body = {"supervisedTuningSpec": {"trainingDatasetUri": "files/x", "computeConfig": {"processCount": 2}}}
+    parsed = CreateTuningJobRequest.model_validate(body).supervised_tuning_spec.compute_config
+    assert parsed is not None and parsed.model_dump(by_alias=True)["processCount"] == 2
+    bad = {"processCount": "2", "quantize": "8bit", "packing": "yes", "gpus": 1}
+    with pytest.raises(ValidationError) as info:
+        CreateTuningJobRequest.model_validate(
+            {"supervisedTuningSpec": {"trainingDatasetUri": "x", "computeConfig": bad}}
+        )
+    fields = {".".join(map(str, e["loc"][-1:])) for e in info.value.errors()}
+    assert fields == {"processCount", "quantize", "packing", "gpus"}

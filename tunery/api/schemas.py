@@ -18,7 +18,7 @@ from pydantic.alias_generators import to_camel
 from tunery.api import limits
 from tunery.jobs.store import STATES
 from tunery.serving.gemini import MAX_OUTPUT_TOKENS, MAX_STOP_SEQUENCES
-from tunery.tuning.spec import ABOVE_LEAST, ADAPTER_SIZES, HYPER_PARAMETERS, RANGES, TuningSpec
+from tunery.tuning.spec import ABOVE_LEAST, ADAPTER_SIZES, HYPER_PARAMETERS, MAX_PROCESSES, RANGES, TuningSpec
 
 LABEL_KEY = r"^[a-z][a-z0-9_-]{0,62}$"
 LABEL_VALUE = r"^[a-z0-9_-]{0,63}$"
@@ -90,6 +90,19 @@ class HyperParameters(Request):
     seed: int | None = _bounded("seed", "Seeds data order and initialisation.")
 
 
+class ComputeConfig(Request):
+    """Where and how a job computes (``TuningSpec``'s ``COMPUTE_CONFIG`` fields): never what it learns, except
+    ``quantize``. Each one left out takes tunery's default; ``TuningSpec`` checks the values."""
+
+    model_config = ConfigDict(strict=True)
+
+    device: str | None = Field(None, max_length=16, description="auto (CUDA when present), cpu, cuda, cuda:N or mps.")
+    process_count: int | None = Field(None, ge=1, le=MAX_PROCESSES, description="Processes sharing each step.")
+    quantize: Literal["4bit"] | None = Field(None, description="4bit: QLoRA on a CUDA GPU; PEFT_ADAPTER only.")
+    gradient_checkpointing: bool | None = Field(None, description="Recompute activations: less memory.")
+    packing: bool | None = Field(None, description="Padding-free micro-batches; default on CUDA only.")
+
+
 class SupervisedTuningSpec(Request):
     model_config = ConfigDict(strict=True)
 
@@ -98,6 +111,7 @@ class SupervisedTuningSpec(Request):
     )
     validation_dataset_uri: Uri | None = Field(None, description="Same forms as trainingDatasetUri.")
     hyper_parameters: HyperParameters = Field(default_factory=lambda: HyperParameters.model_validate({}))
+    compute_config: ComputeConfig | None = Field(None, description="Where the job computes (default: tunery's).")
 
 
 class CreateTuningJobRequest(Request):

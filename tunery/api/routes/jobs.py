@@ -28,6 +28,7 @@ from tunery.api.limits import ApiSettings
 from tunery.api.paths import hide_server_paths, resolve_base_model, resolve_dataset
 from tunery.api.schemas import (
     LABEL_KEY,
+    ComputeConfig,
     CreateTuningJobRequest,
     ErrorResponse,
     JobId,
@@ -41,7 +42,7 @@ from tunery.errors import ConfigError, NotFoundError, TuneryError
 from tunery.jobs import inputs
 from tunery.jobs.store import Job, Store, StoredFile, new_id
 from tunery.models.catalog import PEFT_ADAPTER
-from tunery.tuning.spec import HYPER_PARAMETERS, PEFT_ADAPTER_ONLY, REST_NAMES, TuningSpec
+from tunery.tuning.spec import COMPUTE_CONFIG, HYPER_PARAMETERS, PEFT_ADAPTER_ONLY, REST_NAMES, TuningSpec
 
 router = APIRouter(prefix="/v1/tuningJobs", tags=["tuningJobs"])
 
@@ -168,6 +169,10 @@ def _spec(
         "method": body.tuning_mode,
         "display_name": body.tuned_model_display_name,
         **{HYPER_PARAMETERS[name]: value for name, value in hp.model_dump(by_alias=True).items()},
+        **{
+            COMPUTE_CONFIG[rest]: v
+            for rest, v in (tuning.compute_config or ComputeConfig()).model_dump(by_alias=True).items()
+        },
     }
     if (body.tuning_mode or PEFT_ADAPTER) != PEFT_ADAPTER:
         given = {HYPER_PARAMETERS[rest]: v for rest, v in hp.model_dump(by_alias=True, exclude_unset=True).items()}
