@@ -173,6 +173,10 @@ function component(doc, name) {
 }
 
 // A property's own schema: the non-null branch of an optional field's anyOf.
+function plain(text) {
+  return String(text || "").replace(/`/g, "");
+}
+
 function inner(prop) {
   return ((prop && prop.anyOf) || [prop || {}]).find((s) => s.type && s.type !== "null") || {};
 }
@@ -592,7 +596,7 @@ async function pageNewJob(main) {
       h("datalist", { id: "base-models" }, base.map((m) => h("option", { value: idOf(m.name), label: m.description || idOf(m.name) }))),
       h("datalist", { id: "dataset-files" }, fileOptions),
       h("div", { class: "fields" },
-        field("supervisedTuningSpec.trainingDatasetUri", "Training dataset", train, (spec.trainingDatasetUri || {}).description),
+        field("supervisedTuningSpec.trainingDatasetUri", "Training dataset", train, plain((spec.trainingDatasetUri || {}).description)),
         field("supervisedTuningSpec.validationDatasetUri", "Validation dataset (optional)", validation, "Evaluated at each epoch end, and after tuning (metrics, per-class F1)."))),
     h("section", { class: "card", "aria-labelledby": "hp-h" }, h("h2", { id: "hp-h", text: "Hyperparameters" }),
       h("p", { class: "muted", text: "Defaults and ranges come from the API's schema; a field left empty takes its default." }),
@@ -725,7 +729,7 @@ async function pageJobs(main, signal) {
     if (jobs.some((j) => ["JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING"].includes(j.state))) timer = setTimeout(load, 3000);
   }
 
-  main.append(h("div", { class: "row" }, h("h1", { text: "Jobs" }), h("a", { class: "button", href: "#/new", text: "New job" })),
+  main.append(h("div", { class: "row title-row" }, h("h1", { text: "Jobs" }), h("a", { class: "button", href: "#/new", text: "New job" })),
     filters, h("section", { class: "card", "aria-label": "Jobs" }, body, pager));
   await load();
 }
@@ -801,6 +805,7 @@ async function pageJob(main, signal, id) {
   const timeline = h("ol", { class: "timeline", id: "timeline" });
   const live = h("div", { id: "live" });
   const header = h("div", {});
+  const about = h("section", { class: "card", "aria-label": "About this job" });
   const settings = h("div", {}, h("p", { class: "muted", text: "Loading…" }));
   const dataStats = h("div", {});
   const lossBox = h("div", { class: "chart", id: "loss-chart", role: "img", "aria-label": "Training and validation loss by step" });
@@ -809,7 +814,8 @@ async function pageJob(main, signal, id) {
   let latest = {};
 
   main.append(header,
-    h("section", { class: "card", "aria-labelledby": "progress-h" }, h("h2", { id: "progress-h", text: "Progress" }), live),
+    h("div", { class: "grid" }, about,
+      h("section", { class: "card", "aria-labelledby": "progress-h" }, h("h2", { id: "progress-h", text: "Progress" }), live)),
     h("section", { class: "card", "aria-labelledby": "curves-h" }, h("h2", { id: "curves-h", text: "Training curves" }),
       h("div", { class: "grid" }, lossBox, accBox), pointCount),
     h("div", { class: "grid" },
@@ -844,9 +850,10 @@ async function pageJob(main, signal, id) {
     });
     const tuned = job.tunedModel && job.tunedModel.model;
     append(header, [
-      h("div", { class: "row" }, h("h1", { text: job.tunedModelDisplayName || idOf(job.name) }), h("span", { id: "job-state" }, badge(job.state)), cancel),
+      h("div", { class: "row title-row" }, h("h1", { text: job.tunedModelDisplayName || idOf(job.name) }), h("span", { id: "job-state" }, badge(job.state)), cancel),
       job.error ? h("div", { class: "alert", role: "alert", id: "job-error" }, h("strong", { text: `Error ${job.error.code}: ` }), job.error.message) : null,
-      h("section", { class: "card" }, facts([
+      ]);
+    clear(about).append(facts([
         ["Job", job.name],
         ["Base model", job.baseModel],
         ["Method", job.tuningMode],
@@ -857,7 +864,7 @@ async function pageJob(main, signal, id) {
         ["Ended", job.endTime],
         ["Labels", Object.entries(job.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ")],
         ["Tuned model", tuned ? modelLink(tuned, `${tuned} — evaluation and playground`) : null],
-      ]))]);
+      ]));
   }
 
   function renderLive() {
@@ -1035,7 +1042,7 @@ async function pageModel(main, signal, id) {
     }
   });
   main.append(
-    h("div", { class: "row" }, h("h1", { text: model.displayName || model.name }), del),
+    h("div", { class: "row title-row" }, h("h1", { text: model.displayName || model.name }), del),
     h("section", { class: "card" }, facts([
       ["Model", model.name],
       ["Tuned from", job ? job.baseModel : idOf(model.baseModel)],
@@ -1056,9 +1063,9 @@ function evaluationView(evaluation) {
   }
   const metrics = evaluation.metrics || {};
   const task = evaluation.task || {};
-  const scalar = Object.entries(metrics).filter(([, v]) => typeof v === "number" || typeof v === "string");
+  const scalar = Object.entries(metrics).filter(([k, v]) => k !== "task" && (typeof v === "number" || typeof v === "string"));
   box.append(h("p", { class: "muted", text: `Task: ${task.kind || "?"}${task.labels && task.labels.length ? ` (${task.labels.length} labels)` : ""}; measured on the job's validation set after tuning.` }),
-    tableWrap("Metrics", simpleTable("Metrics", ["Metric", "Value"], scalar.map(([k, v]) => [k.replace(/_/g, " "), typeof v === "number" && v <= 1 && v >= 0 && /accuracy|f1|precision|recall|rate|match/.test(k) ? pct(v) : fmt(v, 3)]), [1])));
+    tableWrap("Metrics", simpleTable("", ["Metric", "Value"], scalar.map(([k, v]) => [k.replace(/_/g, " "), typeof v === "number" && v <= 1 && v >= 0 && /accuracy|f1|precision|recall|rate|match/.test(k) ? pct(v) : fmt(v, 3)]), [1])));
   const perClass = metrics.per_class || {};
   const labels = Object.keys(perClass);
   if (labels.length) {
