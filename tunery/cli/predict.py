@@ -1,4 +1,8 @@
-"""``tunery predict``: ask a base or tuned model."""
+"""``tunery predict``: ask a base or tuned model; with ``--output``, a batch prediction of a whole file.
+
+tunery predict MODEL "my card never arrived"
+tunery predict MODEL --input requests.jsonl --output results.jsonl    # Vertex or OpenAI batch lines
+"""
 
 from __future__ import annotations
 
@@ -24,11 +28,23 @@ def predict(
     input_file: Path = typer.Option(
         None, "--input", help="JSONL of requests (dataset form); prints one JSON line each."
     ),
+    output: Path = typer.Option(
+        None,
+        "--output",
+        help="Batch prediction: --input holds Vertex ({request}) or OpenAI ({custom_id, method, url, body}) lines; "
+        "results go here, resuming where an interrupted run stopped.",
+    ),
 ) -> None:
     """Generate with the template the model was trained with; greedy by default."""
     if (text is None) == (input_file is None):
         err_console.print("give either TEXT or --input FILE")
         raise typer.Exit(2)
+    if output is not None:
+        if input_file is None:
+            err_console.print("--output needs --input FILE")
+            raise typer.Exit(2)
+        predict_file(model, input_file, output)
+        return
     from tunery.serving.engine import Engine  # torch: loaded by the command, not by `tunery --help`
 
     engine = Engine(model)
@@ -53,3 +69,29 @@ def predict(
         if example.target:
             record["target"] = example.target
         sys.stdout.write(json.dumps(record) + "\n")
+
+
+def predict_file(model: str, input_file: Path, output: Path) -> None:
+    """A batch prediction of ``input_file`` into ``output`` (``tunery.jobs.batch``), on the model host, with a
+    progress bar; OpenAI lines that fail go to ``<output stem>.errors.jsonl``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tunery.jobs.batch import BatchSpec, count_lines, host_generate, run_batch
+    from tunery.serving.process import ModelHost
+
+    names = {"results": output.name, "errors": f"{output.stem}.errors.jsonl", "done": f"{output.name}.done.json"}
+    spec = BatchSpec(model=model, input=str(input_file), output=str(output.parent or Path(".")))
+    bar = Progress(TextColumn("[bold]predicting[/bold]"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[speed]}"), TimeRemainingColumn(), console=err_console)  # fmt: skip
+    with ModelHost() as host, bar:
+        task = bar.add_task("lines", total=count_lines(input_file), speed="")
+        result = run_batch(
+            spec,
+            host_generate(host, model),
+            lambda p: bar.update(task, completed=p.done, speed=f"{p.tokens_per_second:.1f} tokens/s"),
+            names=names,
+        )
+        bar.update(task, completed=result.done)
+    console.print(
+        f"{result.succeeded} of {result.total} lines answered, {result.failed} failed: {output}", highlight=False
+    )

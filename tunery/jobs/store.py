@@ -394,9 +394,13 @@ class Store:
         labels: dict[str, str] | None = None,
         page_size: int = 50,
         page_token: str | None = None,
+        batch: bool = False,
     ) -> tuple[list[Job], str | None]:
-        """Newest first; ``labels`` must all match. The page token is the last job's sequence number."""
+        """Newest first; ``labels`` must all match. The page token is the last job's sequence number.
+        Tuning jobs, or with ``batch`` batch prediction jobs (``tunery.jobs.batch``)."""
         query = select(jobs_t).where(jobs_t.c.tenant == tenant)
+        mode = jobs_t.c.tuning_mode
+        query = query.where(mode == "BATCH_PREDICTION" if batch else mode != "BATCH_PREDICTION")
         if state:
             if state not in STATES:
                 raise JobError(f"state {state!r}: expected one of {', '.join(STATES)}")

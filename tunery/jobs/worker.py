@@ -118,6 +118,10 @@ def main(job_id: str, watch_parent: bool = False) -> int:
     job = record(lambda: store.get_job(None, job_id), "reading the job")
     if job.has_ended:
         return 0
+    if job.tuning_mode == "BATCH_PREDICTION":  # a batch prediction job (tunery.jobs.batch)
+        from tunery.jobs.batch import run_job
+
+        return run_job(store, job, watch_parent)
     stop = StopRequests(store, job_id, watch_parent)
     spec = TuningSpec.from_dict(job.spec)
     try:
