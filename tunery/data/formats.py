@@ -238,7 +238,11 @@ def _parse_openai(obj: dict, problems: _Problems, line: int) -> tuple[Example | 
 def _openai_content(content: Any, field: str, problems: _Problems) -> str | None:
     if isinstance(content, list):
         texts = [c.get("text") for c in content if isinstance(c, dict) and c.get("type") == "text"]
-        others = [c.get("type") for c in content if not (isinstance(c, dict) and c.get("type") == "text")]
+        others = [
+            c.get("type") if isinstance(c, dict) else type(c).__name__
+            for c in content
+            if not (isinstance(c, dict) and c.get("type") == "text")
+        ]
         if others:
             problems.add(field, f"unsupported content part type(s) {others}; this form takes text parts")
             return None
