@@ -96,7 +96,7 @@ def test_models(client, job) -> None:
     listed = {m.id: m for m in client.models.list()}
     assert "smollm2-135m-instruct" in listed and job.fine_tuned_model in listed
     assert listed[job.fine_tuned_model].object == "model"
-    assert client.models.retrieve(job.fine_tuned_model).owned_by == "clients"
+    assert client.models.retrieve(job.fine_tuned_model).owned_by == "clients-openai"
 
 
 MESSAGES = [

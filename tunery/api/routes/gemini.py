@@ -152,6 +152,7 @@ async def stream_generate_content(
     "/{version}/models/{model_id}:generateContent",
     response_model=None,
     summary="Generate a response (v1beta, v1beta1)",
+    include_in_schema=False,  # the same handler as a documented path: fuzzed there
     responses=GENERATE_RESPONSES,
 )
 async def generate_content_beta(
@@ -164,6 +165,7 @@ async def generate_content_beta(
     "/{version}/models/{model_id}:streamGenerateContent",
     response_model=None,
     summary="Stream a response (v1beta, v1beta1)",
+    include_in_schema=False,  # the same handler as a documented path: fuzzed there
     responses=STREAM_RESPONSES,
 )
 async def stream_generate_content_beta(
@@ -181,6 +183,7 @@ async def stream_generate_content_beta(
     "/{version}/models/{model_id}:countTokens",
     response_model=None,
     summary="Count a prompt's tokens (v1beta, v1beta1)",
+    include_in_schema=False,  # the same handler as a documented path: fuzzed there
     responses=COUNT_RESPONSES,
 )
 async def count_tokens_beta(
@@ -385,6 +388,7 @@ async def generate_tuned(
     "/{version}/tunedModels/{job_id}:streamGenerateContent",
     response_model=None,
     summary="Stream from a tuned model",
+    include_in_schema=False,  # the same handler as a documented path: fuzzed there
     responses=STREAM_RESPONSES,
 )
 async def stream_tuned(
@@ -404,6 +408,7 @@ async def stream_tuned(
     "/{version}/tunedModels/{job_id}:countTokens",
     response_model=None,
     summary="Count tokens for a tuned model",
+    include_in_schema=False,  # the same handler as a documented path: fuzzed there
     responses=COUNT_RESPONSES,
 )
 async def count_tokens_tuned(

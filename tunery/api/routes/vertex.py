@@ -259,7 +259,11 @@ async def create_job(
 
 
 @router.post(
-    "/v1beta1/tuningJobs", response_model=None, summary="Create a tuning job (express mode)", responses=JOB_RESPONSES
+    "/v1beta1/tuningJobs",
+    response_model=None,
+    summary="Create a tuning job (express mode)",
+    responses=JOB_RESPONSES,
+    include_in_schema=False,  # the same handler as a documented path: fuzzed there
 )
 async def create_job_express(
     body: VertexCreateTuningJobRequest,
@@ -303,6 +307,7 @@ def read_jobs(
     "/v1beta1/tuningJobs/{job_id}",
     response_model=None,
     summary="Read a tuning job (express mode)",
+    include_in_schema=False,  # the same handler as a documented path: fuzzed there
     responses=JOB_RESPONSES,
 )
 def read_job_express(job_id: JobId, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
@@ -408,6 +413,7 @@ async def count_tokens_content(
     ENDPOINT + ":generateContent",
     response_model=None,
     summary="Generate with a tuned model's endpoint",
+    include_in_schema=False,  # the same handler as a documented path: fuzzed there
     responses=GENERATE_RESPONSES,
 )
 async def generate_endpoint(
@@ -426,6 +432,7 @@ async def generate_endpoint(
     ENDPOINT + ":streamGenerateContent",
     response_model=None,
     summary="Stream from a tuned model's endpoint",
+    include_in_schema=False,  # the same handler as a documented path: fuzzed there
     responses=STREAM_RESPONSES,
 )
 async def stream_endpoint(
@@ -445,6 +452,7 @@ async def stream_endpoint(
     ENDPOINT + ":countTokens",
     response_model=None,
     summary="Count tokens for a tuned model's endpoint",
+    include_in_schema=False,  # the same handler as a documented path: fuzzed there
     responses=COUNT_RESPONSES,
 )
 async def count_tokens_endpoint(
@@ -463,6 +471,7 @@ async def count_tokens_endpoint(
     PUBLISHER + ":generateContent",
     response_model=None,
     summary="Generate (Vertex AI express mode)",
+    include_in_schema=False,  # the same handler as a documented path: fuzzed there
     responses=GENERATE_RESPONSES,
 )
 async def generate_publisher(
@@ -475,6 +484,7 @@ async def generate_publisher(
     PUBLISHER + ":streamGenerateContent",
     response_model=None,
     summary="Stream (Vertex AI express mode)",
+    include_in_schema=False,  # the same handler as a documented path: fuzzed there
     responses=STREAM_RESPONSES,
 )
 async def stream_publisher(
@@ -492,6 +502,7 @@ async def stream_publisher(
     PUBLISHER + ":countTokens",
     response_model=None,
     summary="Count tokens (Vertex AI express mode)",
+    include_in_schema=False,  # the same handler as a documented path: fuzzed there
     responses=COUNT_RESPONSES,
 )
 async def count_tokens_publisher(
