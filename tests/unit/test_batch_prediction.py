@@ -36,9 +36,18 @@ def _fake(requests):
         if "fail" in text:
             out.append(RuntimeError("the model failed"))
         else:
-            out.append({"candidates": [{"content": {"role": "model", "parts": [{"text": text.upper()}]},
-                                        "finishReason": "STOP", "index": 0}],
-                        "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2, "totalTokenCount": 5}})  # fmt: skip
+            out.append(
+                {
+                    "candidates": [
+                        {
+                            "content": {"role": "model", "parts": [{"text": text.upper()}]},
+                            "finishReason": "STOP",
+                            "index": 0,
+                        }
+                    ],
+                    "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2, "totalTokenCount": 5},
+                }
+            )
     return out
 
 
@@ -55,8 +64,17 @@ def test_bad_lines_fail_alone_with_their_line_and_field():
     openai = parse_line(json.dumps({"custom_id": "b", "method": "POST", "url": "/v1/chat/completions",
                                     "body": {"model": "m", "messages": []}}), 8)  # fmt: skip
     assert openai.key == "b" and "body.messages" in openai.error
-    good = parse_line(json.dumps({"custom_id": "c", "method": "POST", "url": "/v1/chat/completions",
-                                  "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}}), 9)  # fmt: skip
+    good = parse_line(
+        json.dumps(
+            {
+                "custom_id": "c",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            }
+        ),
+        9,
+    )
     assert good.error is None and good.request["contents"][0]["parts"][0]["text"] == "hi"
 
 
