@@ -422,6 +422,8 @@ class Host:
         with self.cancel_lock:
             if self._scheduler is not None and self._scheduler.cancel(target):
                 return {"cancelled": True}
+            if len(self.cancelled) > 10_000:  # cancels of requests long answered: forget them
+                self.cancelled.clear()
             self.cancelled.add(target)  # not in the decode loop yet: refused when it gets there
         return {"cancelled": False}
 
