@@ -60,7 +60,9 @@ def _spec_defaults(schema: dict[str, Any]) -> None:
 def _bounded(name: str, description: str) -> Any:
     """A hyperparameter field with ``TuningSpec``'s bounds (``RANGES``) and, in the schema, its default."""
     least, most = RANGES[name]
-    return Field(None, **({"gt": least} if name in ABOVE_LEAST else {"ge": least}), le=most, description=description)
+    if name in ABOVE_LEAST:
+        return Field(None, gt=least, le=most, description=description)
+    return Field(None, ge=least, le=most, description=description)
 
 
 def _adapter_size(value: int) -> int:
