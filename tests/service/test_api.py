@@ -29,6 +29,7 @@ from tunery.api.limits import ApiSettings
 from tunery.api.schemas import File, ListTuningJobsResponse, Model, TuningJob
 from tunery.errors import DatasetError, ServingError
 from tunery.jobs.store import Store, TunedModel, new_id, now
+from tunery.models.catalog import CATALOG
 from tunery.tuning.spec import HYPER_PARAMETERS
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -640,7 +641,9 @@ def test_models_list_the_catalog_and_the_tenants_tuned_models(api: Api) -> None:
     for model in models:
         Model.model_validate(model)
     names = [m["name"] for m in models]
-    assert names[:2] == ["models/smollm2-135m-instruct", "models/gemma-3-270m"] and names[2] == f"models/{tuned.id}"
+    catalog = [f"models/{model_id}" for model_id in CATALOG]
+    assert names[:2] == ["models/smollm2-135m-instruct", "models/gemma-3-270m"] and names[: len(catalog)] == catalog
+    assert names[len(catalog)] == f"models/{tuned.id}"
     resource = api.client.get(f"/v1/models/{tuned.id}").json()
     assert resource["endpoint"] == f"http://testserver/v1/models/{tuned.id}:generateContent"
     assert api.client.get("/v1/models/smollm2-135m-instruct").json()["contextLength"] == 8192

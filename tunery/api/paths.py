@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 from tunery.errors import ConfigError, NotFoundError
 from tunery.jobs.store import Store, StoredFile
 from tunery.models.catalog import CATALOG
+from tunery.models.sources import is_hub_id
 from tunery.settings import tunery_home
 
 FILE_ID = re.compile(r"[0-9]{14}[0-9a-f]{12}")
@@ -56,6 +57,8 @@ def resolve_base_model(ref: str, root: Path | None, field: str = "baseModel") ->
     """A catalog id as it is, or the model directory ``ref`` names under the data root."""
     if ref in CATALOG:
         return ref
+    if is_hub_id(ref) and (root is None or not _is_file(root / ref.partition("@")[0] / "config.json")):
+        return ref  # a Hugging Face Hub id (org/name[@revision]): the job's worker fetches it (safetensors only)
     if root is None:
         raise ConfigError(f"{field}: {ref!r} is not a catalog model (one of {', '.join(CATALOG)})")
     path = resolve_under(root, ref, field)

@@ -16,19 +16,40 @@ FULL = "FULL"
 
 @dataclass(frozen=True)
 class CatalogEntry:
-    """A base model tunery can tune. ``gguf`` returns the path of its weights file, installing nothing."""
+    """A base model tunery can tune. ``gguf`` returns the path of its weights file, installing nothing; ``hub``
+    names a Hugging Face Hub repo (safetensors, its own chat template) fetched on first use."""
 
     id: str
     description: str
     source: str
-    template: str
+    template: str | None
     context_length: int
     learning_rates: dict[str, float]
     modalities: tuple[str, ...] = ("text",)
     gguf: Callable[[], Path] | None = field(default=None, repr=False, compare=False)
+    hub: str | None = None
+    parameters: float | None = None  # billions
+    role: str = "text"  # what the seed uses it for: a text-only model (multimodal ones come with #9)
+
+    @property
+    def memory_gib(self) -> dict[str, float] | None:
+        """Rough memory per method at batch 8 × 1024 tokens, packed, bf16 on a GPU: the weights and AdamW state
+        (LoRA: bf16 base; QLoRA: NF4 base; full: fp32 weights, gradients and two moments, 16 bytes a
+        parameter) plus about 0.25 GiB of activations per billion parameters. ``tunery.tuning.memory``
+        estimates a run's own need before it starts."""
+        if self.parameters is None:
+            return None
+        n = self.parameters
+        return {
+            PEFT_ADAPTER: round(2.0 * n + 0.25 * n + 1, 1),
+            "QLORA": round(0.6 * n + 0.25 * n + 1, 1),
+            FULL: round(16.0 * n + 0.25 * n + 1, 1),
+        }
 
     @property
     def chat_template(self) -> str:
+        if self.template is None:
+            raise ModelError(f"{self.id} carries its own chat template (from {self.hub})")
         return TEMPLATES[self.template]
 
     def to_dict(self) -> dict:
@@ -39,6 +60,9 @@ class CatalogEntry:
             "modalities": list(self.modalities),
             "contextLength": self.context_length,
             "defaultLearningRates": dict(self.learning_rates),
+            **({"hubRepo": self.hub} if self.hub else {}),
+            **({"parameters": f"{self.parameters}B", "memoryGiB": self.memory_gib} if self.parameters else {}),
+            "role": self.role,
         }
 
 
@@ -69,6 +93,38 @@ def _gemma3_gguf() -> Path:
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
+
+def _hub(
+    id: str, repo: str, parameters: float, context: int, rates: tuple[float, float], modalities: tuple[str, ...]
+) -> CatalogEntry:
+    return CatalogEntry(
+        id=id,
+        description=f"{repo.split('/')[1]} from the Hugging Face Hub (safetensors); best on a GPU",
+        source=f"hf:{repo}",
+        template=None,
+        context_length=context,
+        learning_rates={PEFT_ADAPTER: rates[0], FULL: rates[1]},
+        modalities=modalities,
+        hub=repo,
+        parameters=parameters,
+        role="text" if modalities == ("text",) else "text (images with #9)",
+    )
+
+
+# The models teams tune on GPUs. Context lengths are the models' own (config max_position_embeddings); learning
+# rates are the common LoRA / full defaults for their size. Llama and Gemma are gated: set HF_TOKEN.
+HUB_MODELS = [
+    _hub("qwen2.5-0.5b-instruct", "Qwen/Qwen2.5-0.5B-Instruct", 0.49, 32768, (2e-4, 1e-5), ("text",)),
+    _hub("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct", 1.54, 32768, (2e-4, 1e-5), ("text",)),
+    _hub("qwen2.5-7b-instruct", "Qwen/Qwen2.5-7B-Instruct", 7.62, 32768, (1e-4, 5e-6), ("text",)),
+    _hub("llama-3.2-1b-instruct", "meta-llama/Llama-3.2-1B-Instruct", 1.24, 131072, (2e-4, 1e-5), ("text",)),
+    _hub("llama-3.2-3b-instruct", "meta-llama/Llama-3.2-3B-Instruct", 3.21, 131072, (2e-4, 1e-5), ("text",)),
+    _hub("gemma-3-1b-it", "google/gemma-3-1b-it", 1.0, 32768, (2e-4, 1e-5), ("text",)),
+    _hub("gemma-3-4b-it", "google/gemma-3-4b-it", 4.3, 131072, (2e-4, 1e-5), ("text", "image")),
+    _hub("smollm2-360m-instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", 0.36, 8192, (5e-4, 2e-5), ("text",)),
+    _hub("smollm2-1.7b-instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct", 1.71, 8192, (2e-4, 1e-5), ("text",)),
+]
+
 CATALOG: dict[str, CatalogEntry] = {
     entry.id: entry
     for entry in [
@@ -90,6 +146,7 @@ CATALOG: dict[str, CatalogEntry] = {
             learning_rates={PEFT_ADAPTER: 1e-3, FULL: 5e-5},
             gguf=_gemma3_gguf,
         ),
+        *HUB_MODELS,
     ]
 }
 

@@ -1,10 +1,19 @@
-"""Find a base model's weights: a catalog id (converted once from its GGUF) or a local HF directory."""
+"""Find a base model's weights: a catalog id (converted once from its GGUF, or from the Hub), a local Hugging Face
+directory, or a Hugging Face Hub id ``org/name[@revision]``.
+
+Hub models come through ``huggingface_hub`` into its cache (``$HF_HOME/hub``): safetensors weights only (a repo
+that has only pickled weights is refused, naming them), never remote code, ``HF_TOKEN`` for gated models and
+``HF_HUB_OFFLINE=1`` for the cache alone. The commit and each file's hash (the Hub's etag: sha256 for LFS
+files) are recorded with the tuned model.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import json
+import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -29,10 +38,14 @@ class BaseModel:
     context_length: int
     learning_rates: dict[str, float]
     sha256: str | None = None
+    revision: str | None = None  # the Hub commit, for a Hub model
+    files: dict[str, str] | None = None  # file name → Hub etag (sha256 for LFS files), for a Hub model
 
 
 def resolve_base(name: str | Path) -> BaseModel:
     """A catalog id (converted on first use) or the path of a local Hugging Face model directory."""
+    if str(name) in CATALOG and CATALOG[str(name)].hub:
+        return resolve_hub(CATALOG[str(name)].hub or "", CATALOG[str(name)])
     if str(name) in CATALOG:
         entry = CATALOG[str(name)]
         path = ensure_converted(entry)
@@ -43,10 +56,96 @@ def resolve_base(name: str | Path) -> BaseModel:
         config = json.loads((path / "config.json").read_text())
         context = int(config.get("max_position_embeddings") or 2048)
         return BaseModel(str(path.resolve()), path.resolve(), ("text",), context, dict(LOCAL_LEARNING_RATES))
+    if is_hub_id(str(name)):
+        return resolve_hub(str(name))
     known = ", ".join(CATALOG)
     raise ModelError(
-        f"unknown base model {str(name)!r}: not a catalog id ({known}) nor a model directory with config.json"
+        f"unknown base model {str(name)!r}: not a catalog id ({known}), a model directory with config.json, "
+        "nor a Hugging Face Hub id (org/name[@revision])"
     )
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}(@[A-Za-z0-9._/-]{1,128})?$")
+HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt", "*.tiktoken"]
+PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def is_hub_id(name: str) -> bool:
+    """``org/name`` or ``org/name@revision`` (not a path: no leading ``.``, ``/`` or ``~``, no ``..``)."""
+    return bool(HUB_ID.match(name)) and ".." not in name and not Path(name).expanduser().exists()
+
+
+def hub_cache() -> Path:
+    """The Hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub`` (read at each call, not at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    return Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser() / "hub"
+
+
+def resolve_hub(name: str, entry: CatalogEntry | None = None) -> BaseModel:
+    """Download (or, offline, find in the cache) ``org/name[@revision]``'s safetensors snapshot."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    from tunery.settings import hf_offline
+
+    repo, _, revision = name.partition("@")
+    offline = hf_offline()
+    token = os.environ.get("HF_TOKEN") or None
+    if not offline:
+        _refuse_pickled(repo, revision or None, token)
+    try:
+        snapshot = Path(
+            snapshot_download(
+                repo,
+                revision=revision or None,
+                cache_dir=hub_cache(),
+                allow_patterns=HUB_FILES,
+                local_files_only=offline,
+                token=token,
+            )
+        )
+    except LocalEntryNotFoundError as exc:
+        where = f"the Hub cache {hub_cache()}" + (" (HF_HUB_OFFLINE is set)" if offline else "")
+        raise ModelError(f"{name}: not in {where}: {exc}") from exc
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelError(f"{name}: cannot fetch it from the Hugging Face Hub: {exc}") from exc
+    names = [str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file()]
+    _refuse_unsafe(name, names)
+    if not (snapshot / "config.json").is_file():
+        raise ModelError(f"{name}: the snapshot has no config.json")
+    config = json.loads((snapshot / "config.json").read_text())
+    config = {**config, **config.get("text_config", {})}
+    context = int(config.get("max_position_embeddings") or 2048)
+    files = {n: Path(os.path.realpath(snapshot / n)).name for n in sorted(names)}
+    return BaseModel(
+        entry.id if entry else name,
+        snapshot,
+        entry.modalities if entry else ("text",),
+        min(context, entry.context_length) if entry else context,
+        dict(entry.learning_rates) if entry else dict(LOCAL_LEARNING_RATES),
+        revision=snapshot.name,
+        files=files,
+    )
+
+
+def _refuse_pickled(repo: str, revision: str | None, token: str | None) -> None:
+    """Online: refuse a repo without safetensors before downloading anything, naming its weight files."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        files = HfApi(token=token).list_repo_files(repo, revision=revision)
+    except HfHubHTTPError as exc:
+        raise ModelError(f"{repo}: cannot read it on the Hugging Face Hub: {exc}") from exc
+    _refuse_unsafe(repo, files)
+
+
+def _refuse_unsafe(name: str, files: list[str]) -> None:
+    if not any(f.endswith(".safetensors") for f in files):
+        pickled = sorted(f for f in files if f.endswith(PICKLED))
+        why = f"it has only pickled weights ({', '.join(pickled)})" if pickled else "it has no safetensors weights"
+        raise ModelError(f"{name}: {why}; tunery loads safetensors only (pickle files can run code)")
 
 
 def cached_path(entry: CatalogEntry) -> Path:

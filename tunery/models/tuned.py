@@ -37,6 +37,8 @@ def base_path(manifest: dict[str, Any]) -> Path:
         return path
     if manifest["baseModel"]["id"] in CATALOG:
         return resolve_base(manifest["baseModel"]["id"]).path
+    if manifest["baseModel"].get("revision"):  # a Hub model: its recorded commit, from the cache or the Hub
+        return resolve_base(f"{manifest['baseModel']['id'].split('@')[0]}@{manifest['baseModel']['revision']}").path
     raise ModelError(f"the base model of this tuned model is gone: {path}")
 
 

@@ -190,7 +190,12 @@ def finish(prep: Prepared, run: Run) -> Path:
         "id": prep.run_dir.name,
         "displayName": prep.spec.display_name or prep.run_dir.name,
         "tuningMode": prep.spec.method,
-        "baseModel": {"id": prep.base.id, "path": str(prep.base.path), "sha256": prep.base.sha256},
+        "baseModel": {
+            "id": prep.base.id,
+            "path": str(prep.base.path),
+            "sha256": prep.base.sha256,
+            **({"revision": prep.base.revision, "files": prep.base.files} if prep.base.revision else {}),
+        },
         "spec": prep.spec.to_dict(),
         "hyperParameters": {
             "epochCount": prep.epochs,
