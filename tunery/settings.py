@@ -218,3 +218,10 @@ def _serving_int(name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigError(f"{name}={raw!r}: expected a whole number, at least 1")
     return int(raw)
+
+
+def vllm_server() -> tuple[str, str] | None:
+    """``$TUNERY_VLLM_URL`` and ``$TUNERY_VLLM_BASE``: the vLLM server ``tunery serve --engine vllm`` started and
+    its base model, which batch prediction workers send their lines to; None when generation is tunery's own."""
+    url, base = os.environ.get("TUNERY_VLLM_URL", "").strip(), os.environ.get("TUNERY_VLLM_BASE", "").strip()
+    return (url, base) if url and base else None

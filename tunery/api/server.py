@@ -76,8 +76,9 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 
 
-def serve(host: str = "127.0.0.1", port: int = 8080, workers: int = 1) -> None:
-    """Serve until SIGTERM/SIGINT. Exits 2 when a non-loopback host has no API key to protect it."""
+def serve(host: str = "127.0.0.1", port: int = 8080, workers: int = 1, vllm: dict | None = None) -> None:
+    """Serve until SIGTERM/SIGINT. Exits 2 when a non-loopback host has no API key to protect it. ``vllm``
+    (``{base, max_lora_rank, max_loras}``): generation on vLLM (``tunery.serving.vllm``), not tunery's host."""
     from tunery.api.app import create_app
     from tunery.jobs.scheduler import Scheduler
     from tunery.jobs.store import Store
@@ -96,7 +97,13 @@ def serve(host: str = "127.0.0.1", port: int = 8080, workers: int = 1) -> None:
         store.close()
         sys.stderr.write(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}\n")
         raise SystemExit(1) from None
-    app = create_app(store=store, scheduler=Scheduler(store, workers))
+    model_host = None
+    if vllm is not None:  # --engine vllm: checks the adapters, starts vLLM, tells batch workers where it is
+        from tunery.serving.vllm import start_for_service
+        from tunery.settings import tunery_home
+
+        model_host = start_for_service(store, log_path=str(tunery_home() / "vllm.log"), **vllm)
+    app = create_app(store=store, scheduler=Scheduler(store, workers), host=model_host)
     app.state.owns_store = True
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SECONDS)
     _Server(config, url_of(sock), app.state.draining).run(sockets=[sock])

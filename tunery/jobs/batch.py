@@ -372,7 +372,7 @@ def run_job(store: Any, job: Any, watch_parent: bool = False) -> int:
     from tunery.jobs.store import CANCELLED, CODE_CANCELLED, CODE_INVALID_ARGUMENT, EXIT_INTERRUPTED, FAILED, SUCCEEDED
     from tunery.jobs.worker import StopRequests
     from tunery.serving.process import ModelHost
-    from tunery.settings import jobs_dir
+    from tunery.settings import jobs_dir, vllm_server
 
     spec = BatchSpec.from_dict(job.spec)
     stop = StopRequests(store, job.id, watch_parent)
@@ -383,7 +383,13 @@ def run_job(store: Any, job: Any, watch_parent: bool = False) -> int:
         store.update_job(job.id, stats=stats)
         store.add_event(job.id, "metrics", None, stats)
 
-    host = ModelHost(log_path=jobs_dir() / job.id / "host.log")
+    vllm = vllm_server()
+    if vllm is not None:  # tunery serve --engine vllm: the lines go to its vLLM server
+        from tunery.serving.vllm import VllmHost
+
+        host: Any = VllmHost.connect(*vllm)
+    else:
+        host = ModelHost(log_path=jobs_dir() / job.id / "host.log")
     try:
         progress = run_batch(spec, host_generate(host, spec.model, spec.model_version), on_progress, stop)
     except TuneryError as exc:
