@@ -172,6 +172,37 @@ def test_a_50_mb_line_is_a_400_at_its_line_quickly_and_the_checker_stays_small(a
     assert peak < CHECKER_CEILING, peak
 
 
+def multipart(*parts: tuple[str, bytes]) -> bytes:
+    """A ``multipart/form-data`` body (boundary ``b0undary``) of ``(headers, content)`` parts, written by hand."""
+    body = b"".join(
+        b"--b0undary\r\n" + headers.encode() + b"\r\n\r\n" + content + b"\r\n" for headers, content in parts
+    )
+    return body + b"--b0undary--\r\n"
+
+
+@pytest.mark.parametrize(
+    ("parts", "message"),
+    [
+        (
+            [('Content-Disposition: form-data; name="file"; filename="' + "x" * 2**20 + '"', b"{}")],
+            "header size",
+        ),
+        ([(f'Content-Disposition: form-data; name="f{i}"', b"x") for i in range(5000)], "too many form parts"),
+        ([('Content-Disposition: form-data; name="model"', b"x" * 5000)], "form field 'model' too large"),
+    ],
+    ids=["long-header", "many-parts", "long-field"],
+)
+def test_hostile_multipart_forms_are_a_4xx(app: App, parts: list[tuple[str, bytes]], message: str) -> None:
+    started = time.monotonic()
+    response = app.client.post(
+        "/v1/files", content=multipart(*parts), headers={"content-type": "multipart/form-data; boundary=b0undary"}
+    )
+    assert_clean(response)
+    assert response.status_code in (400, 413) and message in response.json()["error"]["message"], response.text[:300]
+    assert time.monotonic() - started < 5
+    assert not [p for p in app.settings.files_dir.iterdir() if p.name.startswith(".upload-")]  # nothing left behind
+
+
 # --- tuning-job requests -------------------------------------------------------------------------------------
 
 

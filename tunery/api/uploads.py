@@ -3,7 +3,8 @@
     upload = await receive_upload(request, directory, max_bytes=100 * 2**20, fields=("model", "maxLength"))
 
 The one file part (``file``) goes to a temporary file in ``directory`` as it arrives; past ``max_bytes``
-the read stops with 413 and the partial file is removed. Text fields are small (1 KiB) and named.
+the read stops with 413 and the partial file is removed. Text fields are small (1 KiB) and named; a form has
+at most 16 parts (413 past that; python-multipart bounds each part's headers).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 MAX_FIELD_BYTES = 1024
+MAX_PARTS = 16
 MAX_FILENAME = 255
 FILE_FIELD = "file"
 
@@ -66,6 +68,7 @@ class _Form:
         self._name: str | None = None
         self._is_file = False
         self._value = bytearray()
+        self.parts = 0
 
     def callbacks(self) -> MultipartCallbacks:
         return cast(
@@ -82,6 +85,9 @@ class _Form:
         )
 
     def on_part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise HTTPException(413, f"too many form parts: the limit is {MAX_PARTS}")
         self._disposition, self._name, self._is_file, self._value = b"", None, False, bytearray()
 
     def _grow_header(self, name: bytes, value: bytes) -> None:
