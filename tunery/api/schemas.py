@@ -163,7 +163,7 @@ class ListTuningJobsResponse(Response):
 
 
 class JobEvent(Response):
-    id: int = Field(description="Sequence number; pass it as `after` (or Last-Event-ID) to read what follows.")
+    id: int = Field(description="Its number within its job (1, 2, ...); pass it as `after` or Last-Event-ID.")
     create_time: str
     type: str = Field(description="state, metrics, log, ...")
     message: str | None = None
