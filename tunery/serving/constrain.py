@@ -154,12 +154,12 @@ def _check_object(schema: dict, path: str, depth: int, problems: list[tuple[str,
 
 
 def _check_bounds(schema: dict, path: str, keys: tuple[str, str], kinds: tuple[type, ...], problems: list) -> None:
-    values = {}
+    values: dict[str, float] = {}
     for key in keys:
         if key in schema:
-            value = schema[key]
-            whole = float not in kinds
-            if isinstance(value, bool) or not isinstance(value, kinds) or (whole and value < 0):
+            value: Any = schema[key]
+            ok = not isinstance(value, bool) and isinstance(value, kinds)
+            if not ok or (float not in kinds and value < 0):
                 problems.append((f"{path}.{key}", "expected " + ("a number" if float in kinds else "a whole number")))
             else:
                 values[key] = value
@@ -230,7 +230,8 @@ def json_grammar(schema: dict[str, Any] | bool) -> Grammar:
     """Compact JSON (no spaces between tokens) matching a JSON Schema."""
     from llguidance import LLMatcher
 
-    text = LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+    as_dict = schema if isinstance(schema, dict) else ({} if schema else {"not": {}})  # JSON Schema's true / false
+    text = LLMatcher.grammar_from_json_schema(as_dict, defaults={"whitespace_flexible": False})
     return Grammar(text, "json", schema)
 
 
