@@ -283,6 +283,7 @@ def test_the_playground_answers_side_by_side_with_tokens_latency_and_cost(tab: T
     }
     baseline = tab.server.client.post("/v1/tuningJobs", headers=key, json=body).json()["name"]
     tab.server.wait_job(baseline, tab.server.keys["acme"])
+    JOB["baseline"] = baseline.split("/")[1]
     page = play(tab, baseline.split("/")[1])
     snippets = page.locator("#snippets").inner_text()
     for name in ("curl", "Python SDK", "google-genai", "openai", f"models/{JOB['model']}"):
@@ -424,4 +425,17 @@ def test_every_page_fits_a_phone_and_passes_axe(tab: Tab) -> None:
         tab.axe(f"{hash_} at phone width")
         width = page.evaluate("() => document.documentElement.scrollWidth")
         assert width <= PHONE["width"] + 1, f"{hash_} is {width} px wide on a {PHONE['width']} px phone"
+    tab.assert_clean()
+
+
+def test_a_tuned_model_is_deleted_from_its_page(tab: Tab) -> None:
+    page = tab.sign_in()
+    tab.go(f"#/models/{JOB['baseline']}")
+    page.get_by_role("button", name="Delete model").click()  # the confirm dialog is accepted
+    page.wait_for_url(re.compile(r"#/models$"))
+    expect(page, "main", "Tuned models")
+    key = tab.server.headers(tab.server.keys["acme"])
+    assert tab.server.client.get(f"/v1/models/{JOB['baseline']}", headers=key).status_code == 404
+    assert page.get_by_role("link", name="baseline").count() == 0
+    assert page.get_by_role("link", name="console tickets").count() == 1
     tab.assert_clean()
