@@ -1,7 +1,7 @@
 """Serving on this machine: today's path against the new engine and model host, each row measured in one run.
 
     python benchmarks/serving.py                     # all rows (about 10-20 minutes on 2 busy cores)
-    python benchmarks/serving.py --only single       # one row: single, adapters, arrivals or agreement
+    python benchmarks/serving.py --only single       # one row: single, adapters, arrivals, agreement or batch
     python benchmarks/serving.py --requests 3 --callers 16
 
 Rows (``smollm2-135m-instruct``; ``OMP_NUM_THREADS`` as set, else torch's default):
@@ -15,7 +15,9 @@ Rows (``smollm2-135m-instruct``; ``OMP_NUM_THREADS`` as set, else torch's defaul
 - **adapters**: 8 concurrent callers, each on its own LoRA adapter (rank 8, all linear layers, random
   weights) of the one base, through a real model host, against the same load on one merged model: output
   tokens/s of each, their ratio, and each host's resident memory (``VmRSS``) beside 8 merged copies.
-- **arrivals**: ``--callers`` (32) requests arriving at random times (Poisson, seeded; 8 to 64 output
+- **batch**: the demo's 80 held-out tickets as one batch prediction file (``tunery.jobs.batch``, chunks of 8
+  sent to the host together) against a loop of generateContent calls one after another: wall time.
+- **arrivals**: ``--callers`` (32) requests arriving at random times (Poisson, ``--rate`` 1 a second, seeded; 8 to 64 output
   tokens each) on a model host with continuous batching, against batch-at-once (today's host: the calls
   that wait go together as one ``generate`` and the next batch starts when it ends, here run in process
   with the same weights): p50/p99 latency from arrival to answer.
@@ -138,6 +140,49 @@ def agreement(limit: int | None) -> list[list[str]]:
     return rows
 
 
+# --- batch prediction vs a loop of generateContent calls (tunery.jobs.batch) --------------------------------
+
+
+def batch_prediction(limit: int | None) -> list[list[str]]:
+    """The demo's held-out tickets (base, zero-shot, the demo's output budget) as one batch prediction file
+    against a loop of generateContent calls, one after another, on the same warm model host: wall time."""
+    from tunery.data.validation import read_examples
+    from tunery.demo import dataset_paths, label_set, zero_shot_prompt
+    from tunery.evaluation.run import output_budget
+    from tunery.jobs.batch import BatchSpec, host_generate, run_batch
+
+    _, test_path = dataset_paths()
+    engine = Engine(DEFAULT_MODEL)
+    test = read_examples(test_path, tokenizer=engine.tokenizer, model_id=DEFAULT_MODEL).examples[:limit]
+    prompt, budget = zero_shot_prompt(label_set()), output_budget(engine, test).max_output_tokens
+    del engine
+    requests = []
+    for example in (prompt.apply(e) for e in test):
+        body: dict[str, Any] = {"contents": [{"role": t.role, "parts": [{"text": t.text}]} for t in example.turns],
+                                "generationConfig": {"maxOutputTokens": budget}}  # fmt: skip
+        if example.system:
+            body["systemInstruction"] = {"parts": [{"text": example.system}]}
+        requests.append(body)
+    with ModelHost() as host, tempfile.TemporaryDirectory() as tmp:
+        host.generate(DEFAULT_MODEL, requests[0])  # load the model first: neither path pays for it
+        started = time.perf_counter()
+        looped = [host.generate(DEFAULT_MODEL, r)["candidates"][0]["content"]["parts"][0]["text"] for r in requests]
+        loop_s = time.perf_counter() - started
+        source = Path(tmp) / "requests.jsonl"
+        source.write_text("".join(json.dumps({"request": r}) + "\n" for r in requests))
+        started = time.perf_counter()
+        run_batch(BatchSpec(model=DEFAULT_MODEL, input=str(source), output=tmp), host_generate(host, DEFAULT_MODEL))
+        batch_s = time.perf_counter() - started
+        lines = (Path(tmp) / "predictions.jsonl").read_text().splitlines()
+        batched = [json.loads(x)["response"]["candidates"][0]["content"]["parts"][0]["text"] for x in lines]
+    same = sum(a == b for a, b in zip(looped, batched, strict=True))
+    return [
+        [f"{len(test)} demo tickets: a loop of generateContent calls", f"{loop_s:.1f} s", "", "1.00x"],
+        [f"{len(test)} demo tickets: batch prediction (tunery.jobs.batch)", f"{batch_s:.1f} s",
+         f"{same}/{len(test)} answers identical", f"{loop_s / batch_s:.2f}x faster"],
+    ]  # fmt: skip
+
+
 # --- many adapters on one base vs one merged model ----------------------------------------------------------
 
 
@@ -232,11 +277,11 @@ def adapters(requests: int, tokens: int) -> list[list[str]]:
 # --- random arrivals: continuous batching vs batch-at-once -------------------------------------------------
 
 
-def arrivals_plan(callers: int, seed: int = 0) -> list[tuple[float, int, str]]:
+def arrivals_plan(callers: int, rate: float, seed: int = 0) -> list[tuple[float, int, str]]:
     rng = random.Random(seed)
     at, plan = 0.0, []
     for i in range(callers):
-        at += rng.expovariate(4.0)  # 4 arrivals a second on average
+        at += rng.expovariate(rate)  # ``rate`` arrivals a second on average
         plan.append((at, rng.randint(8, 64), f"ticket {i}: my card payment failed twice, what now?"))
     return plan
 
@@ -291,8 +336,8 @@ def arrivals_batch_at_once(plan: list[tuple[float, int, str]], max_batch: int = 
     return latencies
 
 
-def arrivals(callers: int) -> list[list[str]]:
-    plan = arrivals_plan(callers)
+def arrivals(callers: int, rate: float) -> list[list[str]]:
+    plan = arrivals_plan(callers, rate)
     at_once = arrivals_batch_at_once(plan)
     continuous = arrivals_host(plan)
     return [
@@ -305,13 +350,14 @@ def arrivals(callers: int) -> list[list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["single", "agreement", "adapters", "arrivals"], action="append")
+    parser.add_argument("--only", choices=["single", "agreement", "adapters", "arrivals", "batch"], action="append")
     parser.add_argument("--requests", type=int, default=5, help="requests per path (single) or per caller (adapters)")
     parser.add_argument("--tokens", type=int, default=32, help="output tokens per request in the adapters row")
     parser.add_argument("--callers", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=1.0, help="arrivals per second in the arrivals row")
     parser.add_argument("--tickets", type=int, default=None, help="held-out tickets for agreement (default: all 80)")
     args = parser.parse_args()
-    parts = args.only or ["single", "agreement", "adapters", "arrivals"]
+    parts = args.only or ["single", "agreement", "adapters", "arrivals", "batch"]
     print(f"# {DEFAULT_MODEL}, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}",
           file=sys.stderr)  # fmt: skip
     rows: list[list[str]] = []
@@ -321,10 +367,12 @@ def main() -> None:
             rows += single(args.requests)
         elif part == "agreement":
             rows += agreement(args.tickets)
+        elif part == "batch":
+            rows += batch_prediction(args.tickets)
         elif part == "adapters":
             rows += adapters(max(1, args.requests // 2), args.tokens)
         else:
-            rows += arrivals(args.callers)
+            rows += arrivals(args.callers, args.rate)
         print(f"# {part}: {time.perf_counter() - started:.0f} s: {rows}", file=sys.stderr, flush=True)
     header = ["case", "rate / p50", "latency / memory", "vs today"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]

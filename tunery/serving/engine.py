@@ -125,42 +125,65 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 class _Selection:
-    """Which adapter slot each row of the running forward uses (None: every row is the base's)."""
+    """Which adapter slot each row of the running forward uses (None: every row is the base's), and per stack
+    width the row mask that keeps each row's own slot (made once per forward, shared by the layers)."""
 
-    rows: torch.Tensor | None = None
+    def __init__(self) -> None:
+        self.rows: torch.Tensor | None = None
+        self.masks: dict[int, torch.Tensor] = {}
+
+    def mask(self, slots: int, rank: int) -> torch.Tensor:
+        """[rows, slots * rank]: 1 in the columns of each row's slot, else 0."""
+        found = self.masks.get(rank)
+        if found is None:
+            assert self.rows is not None
+            owner = torch.arange(slots).repeat_interleave(rank)
+            found = self.masks[rank] = (owner[None, :] == self.rows[:, None]).float()
+        return found
+
+    def select(self, rows: torch.Tensor | None) -> None:
+        self.rows, self.masks = rows, {}
 
 
 class MultiLoraLinear(nn.Module):
-    """A base linear layer plus the LoRA deltas of every loaded adapter, one slot each, chosen per row."""
+    """A base linear layer plus the LoRA deltas of every loaded adapter, one slot each, chosen per row.
 
-    def __init__(self, base: nn.Module, selection: _Selection, slots: int, dtype: torch.dtype) -> None:
+    The slots' A matrices are stacked as one [slots * rank, in] matrix and their (scaled) B matrices as one
+    [slots * rank, out], in fp32: ``x @ A.T``, masked to each row's own slot, ``@ B`` gives every row its own
+    adapter's delta in two small matrix products, however many adapters the batch mixes (punica's BGMV as two
+    GEMMs; the stacks are small: rank times slots).
+    """
+
+    def __init__(self, base: nn.Module, selection: _Selection, slots: int) -> None:
         super().__init__()
-        self.base, self.selection = base, selection
+        self.base, self.selection, self.slots = base, selection, slots
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.A = torch.zeros(slots, 0, self.in_features, dtype=dtype)  # [slot, rank, in]
-        self.B = torch.zeros(slots, self.out_features, 0, dtype=dtype)  # [slot, out, rank], scaling folded in
+        self.rank = 0
+        self.A = torch.zeros(slots, 0, self.in_features)  # [slot, rank, in]
+        self.B = torch.zeros(slots, 0, self.out_features)  # [slot, rank, out], scaling folded in
 
     def set(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
         """Put one adapter's ``a`` [r, in] and scaled ``b`` [out, r] in ``slot`` (None: zeros, this layer untouched)."""
         rank = 0 if a is None else a.shape[0]
-        if rank > self.A.shape[1]:  # pad every slot to the largest rank
-            grow = rank - self.A.shape[1]
-            self.A = torch.cat([self.A, self.A.new_zeros(self.A.shape[0], grow, self.in_features)], dim=1)
-            self.B = torch.cat([self.B, self.B.new_zeros(self.B.shape[0], self.out_features, grow)], dim=2)
+        if rank > self.rank:  # pad every slot to the largest rank
+            grow = rank - self.rank
+            self.A = torch.cat([self.A, self.A.new_zeros(self.slots, grow, self.in_features)], dim=1)
+            self.B = torch.cat([self.B, self.B.new_zeros(self.slots, grow, self.out_features)], dim=1)
+            self.rank = rank
         self.A[slot].zero_()
         self.B[slot].zero_()
         if a is not None and b is not None:
-            self.A[slot, :rank] = a.to(self.A.dtype)
-            self.B[slot, :, :rank] = b.to(self.B.dtype)
+            self.A[slot, :rank] = a.float()
+            self.B[slot, :rank] = b.float().T
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        rows = self.selection.rows
-        if rows is None or self.A.shape[1] == 0:
+        if self.selection.rows is None or self.rank == 0:
             return out
-        a, b = self.A[rows], self.B[rows]  # [batch, r, in], [batch, out, r]
-        flat = x.reshape(x.shape[0], -1, self.in_features).to(a.dtype)
-        delta = torch.bmm(torch.bmm(flat, a.transpose(1, 2)), b.transpose(1, 2))
+        mask = self.selection.mask(self.slots, self.rank)  # [batch, slots * rank]
+        flat = x.reshape(x.shape[0], -1, self.in_features).float()
+        low = torch.matmul(flat, self.A.reshape(-1, self.in_features).T) * mask[:, None, :]
+        delta = torch.matmul(low, self.B.reshape(-1, self.out_features))
         return out + delta.reshape(out.shape).to(out.dtype)
 
 
@@ -279,7 +302,7 @@ class Base:
             return module
         if not isinstance(module, nn.Linear | Int8Linear):
             raise ModelError(f"the adapter targets {name!r}, a {type(module).__name__}; only linear layers are served")
-        wrapped = MultiLoraLinear(module, self.selection, self.max_adapters + 1, self.dtype)
+        wrapped = MultiLoraLinear(module, self.selection, self.max_adapters + 1)
         _replace(self.model, name, wrapped)
         return wrapped
 
@@ -289,7 +312,7 @@ class Base:
     ) -> torch.Tensor:
         """The last position's logits [batch, vocab] (fp32), the cache updated in place."""
         with self.lock:
-            self.selection.rows = slots if bool((slots > 0).any()) else None
+            self.selection.select(slots if bool((slots > 0).any()) else None)
             try:
                 out = self.model(
                     input_ids=ids,
@@ -300,7 +323,7 @@ class Base:
                     logits_to_keep=1,
                 )
             finally:
-                self.selection.rows = None
+                self.selection.select(None)
         return out.logits[:, -1, :].float()
 
 
