@@ -3,6 +3,12 @@
 Nothing here imports torch: the API process checks a request with these functions, and the model host
 (``tunery.serving.host``) runs it. A bad request raises one ``DatasetError`` whose ``problems`` name
 every field at fault (``contents[1].role``, ``generationConfig.maxOutputTokens``), never just the first.
+
+Requests are read as the official clients and Google's REST examples send them: camelCase or snake_case
+names (``canonical_request``), ``systemInstruction`` with any role. Fields that change nothing here are
+accepted (``safetySettings``, ``labels``, zero penalties, ``responseModalities: ["TEXT"]``); fields that would
+change the answer and that tunery cannot honour (``tools``, ``toolConfig``, ``cachedContent``, a non-zero
+penalty, ``candidateCount`` > 1) are problems that say so, never ignored.
 """
 
 from __future__ import annotations
