@@ -28,9 +28,11 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from tunery.api.app import create_app
 from tunery.api.limits import ApiSettings
+from tunery.cli import app as cli
 from tunery.jobs.store import FAILED, Store, TunedModel, new_id, now
 from tunery.serving.process import ModelHost
 from tunery.settings import tunery_home
@@ -397,10 +399,17 @@ def test_the_cli_reads_the_corpus_from_stdin_and_names_each_line(tiny_model: Pat
     assert elapsed < 60 and peak < CHECKER_CEILING, (elapsed, peak)
 
 
-def test_the_cli_reads_a_pipe_path_like_a_file(tiny_model: Path, tmp_path: Path) -> None:
-    good = tmp_path / "good.jsonl"
-    good.write_text(f"{GOOD}\n" * 3)
-    command = " ".join([*tunery_command(), "datasets", "stats", "--model", str(tiny_model), "--json"])
-    code, output, _ = run_measured(["bash", "-c", f"{command} <(cat {good})"])
-    assert code == 0, output
-    assert json.loads(output[output.index("{") :])["supervisedTuningDataStats"]["tuningDatasetExampleCount"] == 3
+def test_the_cli_reads_a_pipe_path_like_a_file(tiny_model: Path) -> None:
+    """What ``tunery datasets stats <(cat good.jsonl)`` gets: a ``/dev/fd/N`` path of a pipe (in-process)."""
+    read, write = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write, f"{GOOD}\n".encode() * 3), os.close(write)))
+    writer.start()
+    try:
+        args = ["datasets", "stats", "--model", str(tiny_model), "--json", f"/dev/fd/{read}"]
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    finally:
+        writer.join(timeout=10)
+        os.close(read)
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output[result.output.index("{") :])["supervisedTuningDataStats"]
+    assert stats["tuningDatasetExampleCount"] == 3
