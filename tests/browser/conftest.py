@@ -81,9 +81,7 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, make_train: Callable[..., Path], browser_context: Any
-) -> Iterator[Any]:
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, make_train: Callable[..., Path]) -> Iterator:
     """A real ``tunery serve`` (one worker) with keys for tenants ``acme`` and ``rival``."""
     svc = Service(tmp_path_factory.mktemp("console"), tiny_model, make_train(400, words=6), 1, None)
     svc.start()
