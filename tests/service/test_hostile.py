@@ -314,6 +314,15 @@ def test_job_errors_and_events_show_no_server_paths(app: App) -> None:
     assert shown == f"OSError: sets/a.jsonl and TUNERY_HOME/jobs/{job_id}/worker.log and …/secret.py failed"
 
 
+def test_an_error_about_a_server_file_names_no_server_path(app: App) -> None:
+    broken = app.root / "broken-model"
+    broken.mkdir(exist_ok=True)
+    (broken / "config.json").write_text('{"model_type": "llama"}')
+    response = app.upload(f"{GOOD}\n".encode(), model="broken-model")
+    assert_clean(response, app.root, tunery_home())
+    assert "broken-model" in response.json()["error"]["message"], response.text
+
+
 def test_page_tokens_and_event_ids_are_opaque_and_per_tenant(app: App, tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'tenants.db'}")
     client = TestClient(create_app(store=store, host=app.checker, checker=app.checker, settings=app.settings))

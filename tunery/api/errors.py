@@ -198,14 +198,23 @@ async def tunery_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, DatasetError):
         violations = [_problem(p) for p in exc.problems]
         details = [*(bad_request(violations) if violations else []), error_info(exc)]
-        return error_response(code, exc.args[0] if exc.args else str(exc), details)
+        return error_response(code, _no_server_paths(request, exc.args[0] if exc.args else str(exc)), details)
     headers = {"Retry-After": retry_after(exc.retry_after)} if isinstance(exc, ResourceExhaustedError) else None
-    return error_response(code, str(exc), [error_info(exc)], headers)
+    return error_response(code, _no_server_paths(request, str(exc)), [error_info(exc)], headers)
 
 
 def retry_after(seconds: float) -> str:
     """``Retry-After``'s value: whole seconds, at least 1."""
     return str(max(1, math.ceil(seconds)))
+
+
+def _no_server_paths(request: Request, message: str) -> str:
+    """``message`` without the server's own directories: ``TUNERY_HOME/...`` and paths under the data root as the
+    client names them (a model that cannot be loaded, say); paths a request named elsewhere are left as sent."""
+    from tunery.api.paths import hide_server_paths
+
+    root = getattr(getattr(request.app.state, "settings", None), "data_root", None)
+    return hide_server_paths(message, root, others=False)
 
 
 def _problem(problem: Any) -> dict[str, Any]:

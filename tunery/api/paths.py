@@ -138,10 +138,11 @@ def _path_of(ref: str, field: str) -> str:
 _ABSOLUTE = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"()\[\]{}<>,;:|]+/)*[^\s'\"()\[\]{}<>,;:|/]*")
 
 
-def hide_server_paths(text: str, root: Path | None) -> str:
+def hide_server_paths(text: str, root: Path | None, others: bool = True) -> str:
     """``text`` (a job's error, an event's message) as a client may see it: a path under the data root as the
     client names it (relative to the root), one under ``TUNERY_HOME`` by its place there, any other absolute
-    path by its file name only. The full paths stay in the server's logs."""
+    path by its file name only (left as it is with ``others=False``: an error that quotes the request). The
+    full paths stay in the server's logs."""
     roots = [(base, "") for base in {root, root.resolve()}] if root is not None else []
     roots += [(base, "TUNERY_HOME/") for base in {tunery_home(), tunery_home().resolve()}]
 
@@ -150,6 +151,8 @@ def hide_server_paths(text: str, root: Path | None) -> str:
         for base, prefix in roots:
             if path.is_relative_to(base):
                 return prefix + path.relative_to(base).as_posix()
+        if not others:
+            return match.group(0)
         return f"…/{path.name}" if path.name else "…"
 
     return _ABSOLUTE.sub(shown, text)
