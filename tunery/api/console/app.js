@@ -9,7 +9,7 @@ const KEY_STORE = "tunery.key";
 const EVENTS_STORE = "tunery.events.";
 const MAX_CACHED_EVENTS = 20000;
 const PAGE_SIZE = 20;
-const state = { key: null, schema: null, models: null, page: null };
+const state = { key: null, signedIn: false, schema: null, models: null, page: null };
 
 // --- DOM helpers -----------------------------------------------------------------------------------------
 
@@ -153,7 +153,7 @@ async function api(path, { method = "GET", json, headers = {}, signal } = {}) {
   } catch {
     body = null;
   }
-  if (response.status === 401 && state.key !== null) {
+  if (response.status === 401 && state.signedIn) {
     signOut("The server refused the API key; sign in again.");
   }
   if (!response.ok) throw new ApiError(response.status, body);
@@ -244,6 +244,7 @@ async function readEvents(path, lastId, onEvent, signal) {
 
 function signOut(message) {
   state.key = null;
+  state.signedIn = false;
   state.models = null;
   for (const name of Object.keys(sessionStorage)) if (name.startsWith("tunery.")) sessionStorage.removeItem(name);
   leavePage();
@@ -290,6 +291,7 @@ function renderSignIn(message) {
 }
 
 function signedIn() {
+  state.signedIn = true;
   $("#nav").hidden = false;
   $("#signout").hidden = false;
   $("#who").textContent = state.key ? `key …${state.key.slice(-4)}` : "no key (local)";
