@@ -260,7 +260,9 @@ class Content(GeminiRequest):
 
 
 class SystemInstruction(Content):
-    role: Literal["user", "model", "system"] | None = Field(None, description="Ignored: any role, or none.")
+    role: Literal["user", "model", "system"] | None = Field(  # type: ignore[assignment]
+        None, description="Ignored: any role, or none."
+    )
 
 
 class GenerationConfig(GeminiRequest):

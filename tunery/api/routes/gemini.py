@@ -312,7 +312,7 @@ async def create_tuned_model(
 ) -> dict[str, Any]:
     """Gemini's ``tunedModels.create``: the examples become an upload, then a tuning job like any other
     (``tuningJobs/{id}``, the same id)."""
-    hyper = body.tuning_task.hyperparameters or TuningHyperparameters()
+    hyper = body.tuning_task.hyperparameters or TuningHyperparameters.model_validate({})
     if hyper.learning_rate is not None:
         raise invalid([("tuningTask.hyperparameters.learningRate", "not supported: give learningRateMultiplier")])
     base_model = translate.base_model_id(body.base_model)

@@ -202,7 +202,7 @@ async def _start(
         problems.append(("X-Goog-Upload-Protocol", "expected 'resumable' (or upload with POST /v1/files)"))
     if commands != {"start"}:
         problems.append(("X-Goog-Upload-Command", "expected 'start' (or an upload_id to send bytes to)"))
-    metadata = (body.file if body else None) or FileMetadata()
+    metadata = (body.file if body else None) or FileMetadata.model_validate({})
     size_text = declared if declared is not None else metadata.size_bytes
     size = (
         int(size_text) if isinstance(size_text, int) or (isinstance(size_text, str) and size_text.isdigit()) else None

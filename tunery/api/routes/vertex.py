@@ -124,7 +124,7 @@ def native_body(body: VertexCreateTuningJobRequest) -> dict[str, Any]:
     """The native ``POST /v1/tuningJobs`` body; 400 names every proto form that has no tunery meaning."""
     problems: list[tuple[str, str]] = []
     spec = body.supervised_tuning_spec
-    hp = spec.hyper_parameters or VertexHyperParameters()
+    hp = spec.hyper_parameters or VertexHyperParameters.model_validate({})
     hyper: dict[str, Any] = {}
     field = "supervisedTuningSpec.hyperParameters"
     for name in ("epoch_count", "batch_size", "max_length", "seed"):
@@ -136,13 +136,14 @@ def native_body(body: VertexCreateTuningJobRequest) -> dict[str, Any]:
             value = int(value)
         if value is not None:
             hyper[_camel(name)] = value
-    rate = hp.learning_rate_multiplier
-    if isinstance(rate, str):
+    sent, rate = hp.learning_rate_multiplier, None
+    if isinstance(sent, str):
         try:
-            rate = float(rate)
+            rate = float(sent)
         except ValueError:
-            problems.append((f"{field}.learningRateMultiplier", f"{rate[:40]!r}: expected a number"))
-            rate = None
+            problems.append((f"{field}.learningRateMultiplier", f"{sent[:40]!r}: expected a number"))
+    else:
+        rate = sent
     if rate is not None:
         hyper["learningRateMultiplier"] = rate
     size = hp.adapter_size
