@@ -342,8 +342,9 @@ def test_page_tokens_and_event_ids_are_opaque_and_per_tenant(app: App, tmp_path:
         assert [j["name"] for j in page["tuningJobs"] + rest["tuningJobs"]] == [mine[1]["name"], mine[0]["name"]]
         theirs = client.get("/v1/tuningJobs", params={"pageToken": token}, headers=keys["acme"])
         assert theirs.status_code == 400 and "pageToken" in theirs.text
-        forged = base64.urlsafe_b64encode(b"after:nope").decode().rstrip("=")
-        assert client.get("/v1/tuningJobs", params={"pageToken": forged}, headers=keys["other"]).status_code == 400
+        for forged in (b"after:nope", b"after:\x00", b"\xff\xfe", b"before:" + mine[0]["name"].split("/")[1].encode()):
+            token = base64.urlsafe_b64encode(forged).decode().rstrip("=")
+            assert client.get("/v1/tuningJobs", params={"pageToken": token}, headers=keys["other"]).status_code == 400
         events = client.get(f"/v1/{mine[0]['name']}/events", headers=keys["other"]).json()["events"]
         assert [e["id"] for e in events] == [1]  # its own first event, whatever the other tenant did
         client.post(f"/v1/{mine[1]['name']}:cancel", headers=keys["other"])

@@ -228,9 +228,10 @@ def _page_start(token: str, tenant: str, store: Store) -> str:
     """The store's page token for a client's ``pageToken``; 400 for one this server did not give this tenant."""
     try:
         text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        if not text.startswith("after:"):
+        job_id = text.removeprefix("after:")
+        if not text.startswith("after:") or not re.fullmatch(r"[0-9A-Za-z_-]{1,128}", job_id):
             raise ValueError(text)
-        return str(store.get_job(tenant, text.removeprefix("after:")).seq)
+        return str(store.get_job(tenant, job_id).seq)
     except (ValueError, NotFoundError):
         raise invalid([("pageToken (query)", "not a page token this server gave you")]) from None
 
