@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -291,35 +292,42 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         as_user = [runuser, "-u", "postgres", "--"]
     run = lambda *args: subprocess.run([*as_user, *args], check=True, capture_output=True)  # noqa: E731
     run(str(bin_dir / "initdb"), "-D", str(data), "-U", "tunery", "--auth=trust", "-E", "UTF8")
-    server = subprocess.Popen(
-        [
-            *as_user,
-            str(bin_dir / "postgres"),
-            "-D",
-            str(data),
-            "-k",
-            str(sockets),
-            "-c",
-            "listen_addresses=",
-            "-c",
-            "fsync=off",
-            "-p",
-            "5432",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    command = [*as_user, str(bin_dir / "postgres"), "-D", str(data), "-k", str(sockets)]
+    command += ["-c", "listen_addresses=", "-c", "fsync=off", "-p", "5432"]
+    servers: list[subprocess.Popen] = []
+
+    def start() -> None:
+        servers.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         deadline = time.monotonic() + 30
         while not (sockets / ".s.PGSQL.5432").exists():
-            if time.monotonic() > deadline or server.poll() is not None:
+            if time.monotonic() > deadline or servers[-1].poll() is not None:
                 raise RuntimeError("PostgreSQL did not start")
             time.sleep(0.1)
+
+    def stop() -> None:
+        """A fast shutdown (SIGINT to the postmaster): every client's connection is closed at once."""
+        os.kill(int((data / "postmaster.pid").read_text().split()[0]), signal.SIGINT)
+        servers[-1].wait(30)
+
+    try:
+        start()
+        POSTGRES_CONTROL[str(sockets)] = (stop, start)
         yield str(sockets)
     finally:
-        server.terminate()
-        server.wait(30)
+        POSTGRES_CONTROL.pop(str(sockets), None)
+        if servers[-1].poll() is None:
+            servers[-1].terminate()
+            servers[-1].wait(30)
         shutil.rmtree(root, ignore_errors=True)
+
+
+POSTGRES_CONTROL: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {}
+
+
+@pytest.fixture
+def postgres_control(postgres_server: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    """``(stop, start)`` of the session's PostgreSQL cluster, to take it away and bring it back mid-test."""
+    return POSTGRES_CONTROL[postgres_server]
 
 
 @pytest.fixture

@@ -199,3 +199,51 @@ def test_an_ended_jobs_links_to_its_uploads_are_removed(store, scheduler, tiny_m
     wait_for(lambda: not train.parent.exists(), timeout=10, what="the job's inputs removed")
     assert being_created.is_file() and make_train(6).is_file()
     inputs.release(creating)
+
+
+def test_the_run_count_is_stored_so_a_job_that_never_ends_is_not_run_again_after_restarts(
+    store, scheduler, tiny_model, make_train, tmp_path
+):
+    """Each run is counted before its worker starts: a job whose runs all died without a word (its server killed
+    each time) is FAILED by the next server once it has run ``max_attempts`` times, not started again."""
+    from tunery.jobs.scheduler import Scheduler
+
+    job = submit(store, tiny_model, make_train(6), tmp_path / "out", epochs=1)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    owner = Scheduler(store).owner
+    for _ in range(3):  # three servers each started a worker for it and were killed before recording anything
+        store.claim_job(job.id, owner, None, attempt=True)
+        store.update_job(job.id, worker_pid=gone.pid)
+    assert store.get_job("acme", job.id).attempts == 3
+    scheduler(workers=1, max_attempts=3)
+    wait_for(lambda: store.get_job("acme", job.id).has_ended, timeout=30, what="the job's end")
+    ended = store.get_job("acme", job.id)
+    assert ended.state == FAILED and ended.attempts == 3 and ended.worker_pid is None
+    assert "ran 3 times without ending; giving up" in ended.error["message"], ended.error
+    assert not any(m.startswith("attempt ") for m in messages(store, job.id))  # no worker was started
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_cancel_requested_before_the_end_wins_over_succeeded_and_failed(store, tmp_path):
+    """``Store.end_job`` is one transaction: a worker that finished after the cancel was accepted records CANCELLED,
+    and its tuned model is not recorded; a job that has ended is not ended again."""
+    from tunery.jobs.store import CODE_CANCELLED, TunedModel, now
+
+    spec = TuningSpec(train="t.jsonl", base_model="tiny", output=str(tmp_path / "out"))
+    jobs = [store.create_job("acme", spec, {})[0] for _ in range(3)]
+    for job in jobs:
+        store.claim_job(job.id, "server@x", 4242, attempt=True)
+    for job in jobs[:2]:
+        assert store.request_cancel("acme", job.id).cancel_requested
+    model = TunedModel(jobs[0].id, "acme", jobs[0].id, "m", "tiny", "PEFT_ADAPTER", str(tmp_path), now())
+    ended = store.end_job(jobs[0].id, SUCCEEDED, message="tuned model ready", tuned=model, stats={"x": 1})
+    assert ended.state == CANCELLED and ended.error["code"] == CODE_CANCELLED and ended.tuned_model_id is None
+    assert store.list_tuned_models("acme") == []
+    failed = store.end_job(jobs[1].id, FAILED, message="boom", error={"code": 13, "message": "boom"})
+    assert failed.state == CANCELLED and "boom" in messages(store, jobs[1].id)[-1]
+    done = store.end_job(jobs[2].id, SUCCEEDED, message="tuned model ready")
+    assert done.state == SUCCEEDED and done.end_time and done.worker_pid is None
+    assert store.request_cancel("acme", jobs[2].id).state == SUCCEEDED  # too late: the end stands
+    assert store.end_job(jobs[2].id, FAILED, message="late").state == SUCCEEDED
+    assert all(store.get_job("acme", job.id).has_ended for job in jobs)

@@ -8,7 +8,8 @@ class: ``NotFoundError`` 404, ``ConflictError`` 409, ``ResourceExhaustedError`` 
 ``ServingError`` its ``code`` (503 unavailable, 504 timed out), every other one (``ConfigError``,
 ``DatasetError``, ``ModelError``, ``JobError``) 400.
 A full disk (``DiskFullError``, or an ``OSError`` ENOSPC / SQLite's "database or disk is full" from anywhere) is
-507 ``RESOURCE_EXHAUSTED`` naming the disk and its free space. Anything else is a bug: 500 with a generic message,
+507 ``RESOURCE_EXHAUSTED`` naming the disk and its free space; a job store that cannot be reached (the database
+restarting) is 503 with ``Retry-After``. Anything else is a bug: 500 with a generic message,
 the traceback logged.
 """
 
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -120,10 +122,10 @@ def status_for(exc: TuneryError) -> int:
         return 404
     if isinstance(exc, ConflictError):
         return 409
-    if isinstance(exc, ResourceExhaustedError):
-        return 429
     if isinstance(exc, DiskFullError):
         return 507
+    if isinstance(exc, ResourceExhaustedError):
+        return 429
     if isinstance(exc, ServingError):
         return exc.code
     return 400
@@ -239,6 +241,9 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     if full is not None:  # an upload or a create that ran out of disk: the client is told, not a bare 500
         log.warning("%s %s: %s", request.method, request.url.path, full)
         return await tunery_error(request, full)
+    if isinstance(exc, OperationalError | InterfaceError):  # the database is down or restarting
+        log.warning("%s %s: the job store is unavailable: %s", request.method, request.url.path, exc)
+        return error_response(503, "the job store is unavailable; try again shortly", headers={"Retry-After": "2"})
     log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal error; the server log has the details")
 
@@ -248,4 +253,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(TuneryError, tunery_error)
     app.add_exception_handler(HTTPException, http_error)
+    # the machine's errors (a full disk, the database away) by class too, so they are answered without the
+    # traceback the catch-all handler's middleware logs for a bug
+    for machine_error in (OSError, OperationalError, InterfaceError):
+        app.add_exception_handler(machine_error, unexpected_error)
     app.add_exception_handler(Exception, unexpected_error)

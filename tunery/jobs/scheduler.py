@@ -45,7 +45,6 @@ from tunery.jobs.store import (
     Store,
     short_error,
 )
-from tunery.jobs.worker import disk_full_after_exit
 from tunery.settings import jobs_dir
 
 MAX_BACKOFF_SECONDS = 30.0
@@ -181,6 +180,8 @@ class Scheduler:
         elif code == EXIT_INTERRUPTED:
             self.store.update_job(job_id, worker_pid=None)
         elif code == EXIT_DISK_FULL:  # the job failed, and its worker could not say so: not retried
+            from tunery.jobs.worker import disk_full_after_exit  # here: ``python -m tunery.jobs.worker`` runs it
+
             message = disk_full_after_exit(job)
             self.store.end_job(job_id, FAILED, error={"code": CODE_INTERNAL, "message": message}, message=message)
         elif job.attempts < self.max_attempts:

@@ -260,7 +260,8 @@ def retrying(call: Callable[[], T], seconds: float, what: str) -> T:
         except TRANSIENT as exc:
             if time.monotonic() + delay > deadline:
                 raise
-            print(f"tunery: {what} failed ({short_error(exc)}); retrying in {delay:g} s", file=sys.stderr, flush=True)
+            with contextlib.suppress(OSError):  # stderr may be a log on the full disk
+                print(f"tunery: {what} failed ({short_error(exc)}); retry in {delay:g} s", file=sys.stderr, flush=True)
             time.sleep(delay)
             delay = min(delay * 2, 8.0)
 

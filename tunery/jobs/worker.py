@@ -67,7 +67,7 @@ class StopRequests:
         self.parent = os.getppid() if watch_parent else None
         self.signalled = False
         self._checked = 0.0
-        self._paused = False
+        self._paused: set[str] = set()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
 
@@ -91,9 +91,10 @@ class StopRequests:
             self._checked = 0.0
             what = "saving the tuned model" if phase == "save" else "evaluating the tuned model on the validation file"
             record(lambda: self.store.add_event(self.job_id, "state", what), "recording the phase")
-        if phase == fault_pause_at() and not self._paused:
-            self._paused = True
+        if phase in (fault_pause_at() or "").split(",") and phase not in self._paused:
+            self._paused.add(phase)
             pause_for_fault_test(self.job_id, phase)
+            self._checked = 0.0  # what the test did while the run was held is seen at the next check
 
 
 def pause_for_fault_test(job_id: str, phase: str) -> None:
@@ -140,7 +141,8 @@ def main(job_id: str, watch_parent: bool = False) -> int:
     except TuneryError as exc:
         return end(store, job_id, FAILED, message=str(exc), error={"code": CODE_INVALID_ARGUMENT, "message": str(exc)})
     except Exception as exc:  # a bug, or the machine (disk full): the job must still end
-        traceback.print_exc()
+        with contextlib.suppress(OSError):  # the log may be on the full disk
+            traceback.print_exc()
         message = describe_error(exc, Path(spec.output or job.output))
         return end(store, job_id, FAILED, message=message, error={"code": CODE_INTERNAL, "message": message})
     return succeed(store, job, tuned)
