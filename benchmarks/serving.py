@@ -17,10 +17,10 @@ Rows (``smollm2-135m-instruct``; ``OMP_NUM_THREADS`` as set, else torch's defaul
   tokens/s of each, their ratio, and each host's resident memory (``VmRSS``) beside 8 merged copies.
 - **batch**: the demo's 80 held-out tickets as one batch prediction file (``tunery.jobs.batch``, chunks of 8
   sent to the host together) against a loop of generateContent calls one after another: wall time.
-- **arrivals**: ``--callers`` (32) requests arriving at random times (Poisson, ``--rate`` 1 a second, seeded; 8 to 64 output
-  tokens each) on a model host with continuous batching, against batch-at-once (today's host: the calls
-  that wait go together as one ``generate`` and the next batch starts when it ends, here run in process
-  with the same weights): p50/p99 latency from arrival to answer.
+- **arrivals**: ``--callers`` (32) requests arriving at random times (Poisson, ``--rate`` 1 a second,
+  seeded; 8 to 64 output tokens each) on a model host with continuous batching, against batch-at-once
+  (today's host: the calls that wait go together as one ``generate`` and the next batch starts when it
+  ends, here run in process with the same weights): p50/p99 latency from arrival to answer.
 """
 
 from __future__ import annotations
