@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,6 +29,14 @@ def assert_close(a: Path, b: Path, name: str, atol: float = 1e-6) -> None:
     assert wa.keys() == wb.keys()
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=atol, msg=key)
+
+
+def stat(pid: int) -> str:
+    """The process state letter of ``pid`` (``Z`` for a zombie), or ``Z`` once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
 
 
 def losses(run: Path) -> list[float]:
@@ -87,8 +96,17 @@ def test_killed_with_two_processes_resumes_with_one(base_spec, tmp_path, tunery_
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "no checkpoint within 180 s"
             time.sleep(0.002)
-        os.killpg(proc.pid, signal.SIGKILL)
+        helpers = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert len(helpers) == 1
+        proc.send_signal(signal.SIGKILL)  # process 0 only: its helper sees its parent gone and ends too
+        proc.wait()
+        gone = time.monotonic() + 15
+        while any(Path(f"/proc/{pid}").exists() and "Z" not in stat(pid) for pid in helpers):
+            assert time.monotonic() < gone, "the helper outlived process 0 by 15 s"
+            time.sleep(0.1)
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (run_dir / "tunery.json").exists()  # it died mid-run
     checkpoint = latest_checkpoint(run_dir)

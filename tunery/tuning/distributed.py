@@ -215,6 +215,21 @@ def processes(spec: Any, run_dir: Path, resume: bool, device_for: Any) -> Iterat
         helpers.finish(ok)
 
 
+def watch_parent(every: float = 1.0) -> None:
+    """End this helper at once if process 0 (its parent) is gone, rather than wait for a collective's timeout."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="tunery-watch-parent", daemon=True).start()
+
+
 def helper_main(rank: int, count: int, port: int) -> int:
     """A helper process of ``--processes N``: join process 0's group and train alongside it."""
     import torch.distributed as dist
@@ -224,6 +239,7 @@ def helper_main(rank: int, count: int, port: int) -> int:
     from tunery.tuning.spec import TuningSpec
 
     global _helper
+    watch_parent()
     payload = json.loads(os.environ.pop(PAYLOAD_ENV))
     spec = TuningSpec.from_dict(payload["spec"])
     _helper = (rank, count, dist.TCPStore("127.0.0.1", port, count, is_master=False, timeout=JOIN_TIMEOUT))
