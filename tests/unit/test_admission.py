@@ -270,3 +270,31 @@ def test_a_tenant_past_its_tuning_job_limit_gets_429_with_retry_after(tmp_path: 
             assert client.post("/v1/tuningJobs", json=job).status_code == 201
     finally:
         store.close()
+
+
+def test_the_remote_sdk_waits_out_a_429_sends_its_timeout_and_gives_up_after_its_retries(monkeypatch) -> None:
+    import httpx
+
+    from tunery.sdk import client as remote
+
+    slept: list[float] = []
+    monkeypatch.setattr(remote.time, "sleep", slept.append)
+    seen: list[httpx.Request] = []
+    answers = [429, 429, 200]
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        status = answers.pop(0) if answers else 429
+        if status == 429:
+            error = {"error": {"code": 429, "message": "queue is full", "status": "RESOURCE_EXHAUSTED"}}
+            return httpx.Response(429, json=error, headers={"Retry-After": "2"})
+        return httpx.Response(200, json={"totalTokens": 3})
+
+    sdk = remote.Client("http://tunery.test", timeout=7.5, retries=2, transport=httpx.MockTransport(reply))
+    assert sdk.count_tokens("tiny", body()) == 3
+    assert slept == [2.0, 2.0] and len(seen) == 3
+    assert {r.headers["X-Request-Timeout"] for r in seen} == {"7.5"}
+    slept.clear()
+    with pytest.raises(ResourceExhaustedError, match="queue is full") as refused:
+        sdk.generate_content("tiny", body())
+    assert refused.value.retry_after == 2 and slept == [2.0, 2.0]  # 1 + 2 retries, then the error

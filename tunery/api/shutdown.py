@@ -139,13 +139,13 @@ async def stop_background(
 
 
 async def _close_host(host: Any, seconds: float) -> None:
+    pid = getattr(host, "pid", None)  # before close(), which forgets it
     closing = _in_thread(host.close, "a model host")
     try:
         await asyncio.wait_for(asyncio.shield(closing), seconds)
         return
     except TimeoutError:
         pass
-    pid = getattr(host, "pid", None)
     log.warning("the model host (pid %s) did not stop within %g s; killing it", pid, seconds)
     if pid is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):

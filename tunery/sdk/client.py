@@ -34,6 +34,7 @@ from tunery.errors import (
     JobError,
     ModelError,
     NotFoundError,
+    ResourceExhaustedError,
     ServingError,
     TuneryError,
 )
@@ -45,7 +46,11 @@ TIMEOUT = 60.0
 UPLOAD_TIMEOUT = 600.0
 """Seconds to wait for an upload's answer: the server validates and tokenizes the whole file first."""
 RETRIES = 3
-"""Further attempts, after a connection error, of a request that is safe to repeat."""
+"""Further attempts, after a connection error, of a request that is safe to repeat (and of any request the
+server refused with 429, which started nothing)."""
+MAX_RETRY_AFTER = 30.0
+"""The longest the client waits, per refusal, for a 429's ``Retry-After`` before asking again."""
+TIMEOUT_HEADER = "X-Request-Timeout"
 STREAM_READ_TIMEOUT = 30.0
 """Seconds of silence on an event stream before the client checks the job and reconnects."""
 RECONNECT_SECONDS = 60.0
@@ -150,7 +155,9 @@ class Client:
 
     Requests that are safe to repeat (reads, cancel, generation, and a job create with its
     ``Idempotency-Key``) are retried after a connection error; an unreachable server raises
-    ``APIConnectionError`` naming the endpoint.
+    ``APIConnectionError`` naming the endpoint. A request the server refused with 429 (it started nothing) is
+    sent again after its ``Retry-After``, up to ``retries`` times, then raises ``ResourceExhaustedError``.
+    Generation calls tell the server the client's ``timeout`` (``X-Request-Timeout``).
     """
 
     def __init__(
@@ -212,21 +219,28 @@ class Client:
         invalid: type[TuneryError] = ConfigError,
         **kwargs: Any,
     ) -> Any:
-        """Send a request and return its JSON body; ``retry`` repeats it after connection errors. A 400 is
-        ``invalid`` (or a ``DatasetError`` naming lines of ``source``, the local file uploaded)."""
+        """Send a request and return its JSON body; ``retry`` repeats it after connection errors. A 429 (the
+        server started nothing) is sent again after its ``Retry-After``, at most ``retries`` times and
+        ``MAX_RETRY_AFTER`` s a wait, then raises ``ResourceExhaustedError``. A 400 is ``invalid`` (or a
+        ``DatasetError`` naming lines of ``source``, the local file uploaded)."""
         attempts = 1 + (self.retries if retry else 0)
-        for attempt in range(attempts):
+        failures = refusals = 0
+        while True:
             try:
                 response = self.http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                if attempt + 1 >= attempts:
+                failures += 1
+                if failures >= attempts:
                     raise self._unreachable(exc) from None
-                time.sleep(_backoff(attempt))
+                time.sleep(_backoff(failures - 1))
+                continue
+            if response.status_code == 429 and refusals < self.retries and "files" not in kwargs:
+                refusals += 1
+                time.sleep(retry_after(response, _backoff(refusals)))
                 continue
             if response.is_error:
                 raise error_from_response(response, self.endpoint, source, invalid)
             return response.json() if response.content else {}
-        raise AssertionError("unreachable")
 
     def _unreachable(self, exc: Exception) -> APIConnectionError:
         reason = str(exc) or type(exc).__name__
@@ -337,14 +351,21 @@ class Client:
     # -- models -----------------------------------------------------------------------------------------
 
     def generate_content(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Gemini's ``generateContent`` on a tuned model (``models/ID``) or a catalog base model."""
+        """Gemini's ``generateContent`` on a tuned model (``models/ID``) or a catalog base model; the server
+        is told the client's timeout (``X-Request-Timeout``), so it gives up when the client would."""
         path = f"/v1/models/{model_id(model)}:generateContent"
-        return self._request("POST", path, json=body, retry=True, invalid=DatasetError)
+        return self._request(
+            "POST", path, json=body, retry=True, invalid=DatasetError, headers=self._deadline_headers()
+        )
 
     def count_tokens(self, model: str, body: dict[str, Any]) -> int:
         path = f"/v1/models/{model_id(model)}:countTokens"
-        answer = self._request("POST", path, json=body, retry=True, invalid=DatasetError)
+        headers = self._deadline_headers()
+        answer = self._request("POST", path, json=body, retry=True, invalid=DatasetError, headers=headers)
         return int(answer["totalTokens"])
+
+    def _deadline_headers(self) -> dict[str, str]:
+        return {TIMEOUT_HEADER: f"{self.timeout:g}"}
 
     def list_models(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
@@ -369,6 +390,17 @@ def _token(token: str | None) -> list[tuple[str, str | int]]:
 
 def _backoff(attempt: int) -> float:
     return min(0.25 * 2**attempt, 4.0)
+
+
+def retry_after(response: httpx.Response, default: float) -> float:
+    """Seconds to wait before sending a refused (429) request again: its ``Retry-After`` (seconds), at most
+    ``MAX_RETRY_AFTER``; ``default`` when it has none the client can read."""
+    raw = response.headers.get("Retry-After", "").strip()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        return default
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER) if seconds == seconds else default
 
 
 # --- server-sent events ------------------------------------------------------------------------------
@@ -428,6 +460,8 @@ def error_from_response(
         return ConflictError(message)
     if status == 413:
         return ConfigError(message)
+    if status == 429:
+        return ResourceExhaustedError(message, retry_after(response, 1.0))
     if status in (502, 503, 504):
         return ServingError(message, status)
     return TuneryError(f"the tunery server at {endpoint} answered {status}: {message}")
