@@ -136,3 +136,39 @@ def test_torchrun_runs_the_cli_as_one_job(base_spec, tmp_path, tunery_home, repo
     manifest = json.loads((out / "tunery.json").read_text())
     assert manifest["spec"]["processes"] == 2
     assert_close(reference, out, WEIGHTS["PEFT_ADAPTER"])
+
+
+def test_a_job_with_two_processes_runs_through_the_worker_and_cancels_everywhere(base_spec, tmp_path):
+    """An embedded job (the SDK's path: store, detached worker) with processCount 2 ends SUCCEEDED with the
+    one-process weights; a cancelled one ends CANCELLED with its helper process gone."""
+    from tunery.jobs import CANCELLED, ENDED, SUCCEEDED, Store, local
+
+    store = Store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    reference = tune(TuningSpec(**base_spec, output=str(tmp_path / "one")))
+    job = local.submit(TuningSpec(**base_spec, processes=2, output=str(tmp_path / "two")), store)
+    job_id = job["name"].split("/")[-1]
+    deadline = time.monotonic() + 240
+    while local.read(job_id, store)["state"] not in ENDED:
+        assert time.monotonic() < deadline, "the job did not end within 240 s"
+        time.sleep(0.2)
+    assert local.read(job_id, store)["state"] == SUCCEEDED, local.read(job_id, store)
+    assert_close(reference, tmp_path / "two", WEIGHTS["PEFT_ADAPTER"])
+
+    long = {**base_spec, "epochs": 50}
+    job = local.submit(TuningSpec(**long, processes=2, output=str(tmp_path / "cancelled")), store)
+    job_id = job["name"].split("/")[-1]
+    worker = store.get_job(None, job_id).worker_pid
+    while not (tmp_path / "cancelled" / "metrics.jsonl").is_file() or not losses(tmp_path / "cancelled"):
+        assert time.monotonic() < deadline + 240, "no step within the time allowed"
+        time.sleep(0.1)
+    helpers = [int(pid) for pid in Path(f"/proc/{worker}/task/{worker}/children").read_text().split()]
+    local.cancel(job_id, store)
+    while local.read(job_id, store)["state"] not in ENDED:
+        assert time.monotonic() < deadline + 360, "the cancel did not end the job"
+        time.sleep(0.2)
+    assert local.read(job_id, store)["state"] == CANCELLED, local.read(job_id, store)
+    store.close()
+    gone = time.monotonic() + 30
+    while any(stat(pid) != "Z" for pid in helpers):
+        assert time.monotonic() < gone, "a helper process outlived the cancelled job"
+        time.sleep(0.1)
