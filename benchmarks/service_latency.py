@@ -16,16 +16,27 @@ model first), against the same requests run in this process by ``tunery.serving.
 difference is what the HTTP hop and the model host subprocess cost. tokens/s is output tokens per
 second of a request's wall time.
 
-Last, ``POST /v1/files`` (the demo training file, checked and counted) on an idle server against the
+Then ``POST /v1/files`` (the demo training file, checked and counted) on an idle server against the
 same upload sent while a ``--busy-tokens`` generation runs: uploads are checked in a host process of
 their own, so they should not wait for the generation to end.
+
+Last, the flood (``--flood-only`` runs just this part), on a second server with two tenants' keys: a
+process of its own polls ``GET /healthz`` (and tenant B's job list) every 20 ms while the server is idle
+(the baseline), while tenant A sends ``--flood`` concurrent ``:generateContent`` calls (maxOutputTokens
+``--flood-tokens``) and tenant B one, and while the same flood meets a model host stopped with SIGSTOP
+for ``--stopped-seconds`` (then SIGCONT). The table shows healthz p50/p99 in each phase and how many flood
+calls were answered (200) or refused (429 with Retry-After), and anything else (there should be none).
+
+    python benchmarks/service_latency.py --flood-only --flood 64
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -93,7 +104,14 @@ def main() -> None:
     parser.add_argument("--max-output-tokens", type=int, default=64)
     parser.add_argument("--uploads", type=int, default=5, help="uploads idle and during a generation")
     parser.add_argument("--busy-tokens", type=int, default=128, help="maxOutputTokens of the generation")
+    parser.add_argument("--flood", type=int, default=64, help="concurrent generateContent calls from one tenant")
+    parser.add_argument("--flood-tokens", type=int, default=48, help="maxOutputTokens of each flood call")
+    parser.add_argument("--stopped-seconds", type=float, default=35.0, help="how long the host stays stopped")
+    parser.add_argument("--flood-only", action="store_true", help="run only the flood part")
     args = parser.parse_args()
+    if args.flood_only:
+        flood_run(args)
+        return
 
     from tunery.demo import dataset_paths
 
@@ -181,6 +199,7 @@ def main() -> None:
         print(f"{name:34} {len(times):8d} {statistics.median(times):8.1f} {max(times):8.1f} {busy}")
     ratio = statistics.median(uploads[1][0]) / statistics.median(uploads[0][0])
     print(f"\nupload p50 generating / idle: {ratio:.2f}x")
+    flood_run(args)
 
 
 def request_body(prompt: str, max_output_tokens: int) -> dict:
@@ -245,6 +264,151 @@ def generate_in_process(n: int, max_output_tokens: int) -> tuple[list[float], li
         times.append((time.perf_counter() - started) * 1000)
         tokens.append(result.output_tokens)
     return times, tokens
+
+
+POLLER = """
+import json, sys, time, httpx
+url, key = sys.argv[1], sys.argv[2]
+healthz, reads = [], []
+with httpx.Client(base_url=url, timeout=30) as client:
+    print("ready", flush=True)
+    i = 0
+    while not sys.stdin.readline().startswith("stop"):
+        started = time.perf_counter()
+        client.get("/healthz").raise_for_status()
+        healthz.append((time.perf_counter() - started) * 1000)
+        if i % 10 == 0:
+            started = time.perf_counter()
+            client.get("/v1/tuningJobs", headers={"Authorization": f"Bearer {key}"}).raise_for_status()
+            reads.append((time.perf_counter() - started) * 1000)
+        i += 1
+print(json.dumps({"healthz": healthz, "reads": reads}), flush=True)
+"""
+
+
+class Poller:
+    """``GET /healthz`` every 20 ms (and tenant B's job list every tenth time) from a process of its own."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", POLLER, url, key], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None and self.process.stdout.readline().strip() == "ready"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._feed, daemon=True)
+        self.thread.start()
+
+    def _feed(self) -> None:
+        assert self.process.stdin is not None
+        while not self.stop.is_set():
+            self.process.stdin.write("poll\n")
+            self.process.stdin.flush()
+            self.stop.wait(0.02)
+
+    def result(self) -> tuple[list[float], list[float]]:
+        self.stop.set()
+        self.thread.join()
+        out, _ = self.process.communicate("stop\n", timeout=120)
+        found = json.loads(out.strip().splitlines()[-1])
+        return found["healthz"], found["reads"]
+
+
+def model_host_pid(parent: int) -> int:
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent and b"tunery.serving.host" in (proc / "cmdline").read_bytes():
+                return int(proc.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    raise RuntimeError("no model host found")
+
+
+def flood_run(args: argparse.Namespace) -> None:
+    """The flood table (see the module docstring), on a server of its own with tenants A and B."""
+    home = Path(tempfile.mkdtemp(prefix="tunery-bench-flood-"))
+    cache = models_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to(cache)
+    env = {**os.environ, "TUNERY_HOME": str(home)}
+    env.pop("TUNERY_DATABASE_URL", None)
+    keys = []
+    for tenant in ("flood-a", "single-b"):
+        made = subprocess.run(
+            [sys.executable, "-m", "tunery", "keys", "create", "--tenant", tenant],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        keys.append(made.stdout.strip().splitlines()[-1])
+    a, b = ({"Authorization": f"Bearer {key}"} for key in keys)
+    server, url = start_server(home)
+    path = f"/v1/models/{DEFAULT_MODEL}:generateContent"
+    rows = []
+    try:
+        with httpx.Client(base_url=url, timeout=600) as client:
+            client.post(path, json=request_body("Hello", 4), headers=a).raise_for_status()  # loads the model
+            poller = Poller(url, keys[1])
+            time.sleep(5)
+            rows.append(("idle (baseline)", *poller.result(), {}, None))
+            for phase in ("flood", "flood, model host stopped"):
+                poller = Poller(url, keys[1])
+                stopped = model_host_pid(server.pid) if "stopped" in phase else None
+                if stopped:
+                    os.kill(stopped, signal.SIGSTOP)
+                counts, single = flood(url, path, a, b, args, stopped, args.stopped_seconds)
+                rows.append((phase, *poller.result(), counts, single))
+    finally:
+        server.terminate()
+        server.wait(60)
+    floor = statistics.median(rows[0][1])
+    print(
+        f"\n{args.flood} concurrent generateContent calls from tenant A (maxOutputTokens {args.flood_tokens}) and one"
+    )
+    print(f"from tenant B, on {DEFAULT_MODEL}; healthz polled every 20 ms by a process of its own\n")
+    print(
+        f"{'phase':28} {'polls':>6} {'p50 ms':>7} {'p99 ms':>7} {'p50 / idle':>10} {'B reads p99':>11} "
+        f"{'answered':>10} {'429':>10} {'other':>5} {'B':>4}"
+    )
+    for phase, healthz, reads, counts, single in rows:
+        total = sum(counts.values())
+        answered, refused = counts.get(200, 0), counts.get(429, 0)
+        print(
+            f"{phase:28} {len(healthz):6d} {statistics.median(healthz):7.1f} {percentile(healthz, 0.99):7.1f} "
+            f"{statistics.median(healthz) / floor:9.1f}x {percentile(reads, 0.99):11.1f} "
+            f"{share(answered, total):>10} {share(refused, total):>10} {total - answered - refused:5d} "
+            f"{single or '-':>4}"
+        )
+
+
+def share(n: int, total: int) -> str:
+    return f"{n} ({n / total:.0%})" if total else "-"
+
+
+def flood(
+    url: str, path: str, a: dict, b: dict, args: argparse.Namespace, stopped: int | None, stopped_seconds: float
+) -> tuple[dict[int, int], int]:
+    """``{status: count}`` of the flood's answers, and tenant B's single call's status."""
+    limits = httpx.Limits(max_connections=args.flood + 1, max_keepalive_connections=args.flood + 1)
+    with httpx.Client(base_url=url, timeout=600, limits=limits) as client, ThreadPoolExecutor(args.flood + 1) as pool:
+
+        def call(headers: dict, i: int) -> int:
+            return client.post(
+                path, json=request_body(PROMPTS[i % len(PROMPTS)], args.flood_tokens), headers=headers
+            ).status_code
+
+        futures = [pool.submit(call, a, i) for i in range(args.flood)]
+        time.sleep(0.3)
+        single = pool.submit(call, b, 0)
+        if stopped:
+            time.sleep(stopped_seconds)  # past the queue's wait (30 s): those not in a slot have been refused
+            os.kill(stopped, signal.SIGCONT)
+        counts: dict[int, int] = {}
+        for future in futures:
+            status = future.result()
+            counts[status] = counts.get(status, 0) + 1
+        return counts, single.result()
 
 
 if __name__ == "__main__":

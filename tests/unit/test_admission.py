@@ -298,3 +298,39 @@ def test_the_remote_sdk_waits_out_a_429_sends_its_timeout_and_gives_up_after_its
     with pytest.raises(ResourceExhaustedError, match="queue is full") as refused:
         sdk.generate_content("tiny", body())
     assert refused.value.retry_after == 2 and slept == [2.0, 2.0]  # 1 + 2 retries, then the error
+
+
+def test_a_stream_holds_its_slot_until_its_last_chunk_and_is_refused_before_its_first() -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from tunery.api import generation
+    from tunery.models.catalog import DEFAULT_MODEL
+
+    class StreamingHost:
+        async def astream(self, model: str, request: dict, **_: Any):
+            for word in ("a", "b", "c"):
+                yield {"candidates": [{"content": {"parts": [{"text": word}]}}]}
+
+    admission = Admission(AdmissionLimits(host_slots=1, tenant_requests=1))
+    host = StreamingHost()
+    state = SimpleNamespace(
+        admission=admission, host=host, host_lock=threading.Lock(), settings=ApiSettings(), store=None
+    )
+    request = FakeRequest()
+    request.app = SimpleNamespace(state=state)  # type: ignore[attr-defined]
+
+    async def run() -> None:
+        chunks = generation.stream(request, "a", DEFAULT_MODEL, body())  # type: ignore[arg-type]
+        first = await anext(chunks)  # admitted here, before any answer would go out
+        assert first["candidates"][0]["content"]["parts"][0]["text"] == "a"
+        assert admission.queue(host).running == 1
+        with pytest.raises(ResourceExhaustedError):  # the tenant's one call is in flight
+            await anext(generation.stream(request, "a", DEFAULT_MODEL, body()))  # type: ignore[arg-type]
+        assert [c["candidates"][0]["content"]["parts"][0]["text"] async for c in chunks] == ["b", "c"]
+        assert admission.queue(host).running == 0 and admission.load("a") == (0, 0)
+        dropped = await generation.stream(request, "a", DEFAULT_MODEL, body())  # type: ignore[arg-type]
+        await dropped.aclose()  # closed early: the slot is free again
+        assert admission.queue(host).running == 0
+
+    asyncio.run(run())
