@@ -376,7 +376,7 @@ def run_job(store: Any, job: Any, watch_parent: bool = False) -> int:
 
     spec = BatchSpec.from_dict(job.spec)
     stop = StopRequests(store, job.id, watch_parent)
-    store.add_event(job.id, "state", f"attempt {job.attempts + 1}: predicting", None)
+    store.add_event(job.id, "state", f"attempt {max(job.attempts, 1)}: predicting", None)  # counted at its start
 
     def on_progress(progress: Progress) -> None:
         stats = progress.to_dict()
@@ -406,7 +406,8 @@ def run_job(store: Any, job: Any, watch_parent: bool = False) -> int:
         message = f"cancelled after {progress.done} of {progress.total} lines"
         store.update_job(job.id, state=CANCELLED, error={"code": CODE_CANCELLED, "message": message}, message=message)
         return 0
-    store.add_event(job.id, "state", f"interrupted after {progress.done} of {progress.total} lines; to resume")
+    # stopped by its server: not a failed run (the scheduler counts runs before they start)
+    store.give_back_attempt(job.id, f"interrupted after {progress.done} of {progress.total} lines; to resume")
     return EXIT_INTERRUPTED
 
 
