@@ -172,3 +172,39 @@ def test_a_job_with_two_processes_runs_through_the_worker_and_cancels_everywhere
     while any(stat(pid) != "Z" for pid in helpers):
         assert time.monotonic() < gone, "a helper process outlived the cancelled job"
         time.sleep(0.1)
+
+
+def test_a_lost_helper_fails_the_step_and_the_run_resumes(base_spec, tmp_path, tunery_home, repo_root):
+    """SIGKILL the helper mid-run: process 0 exits with status 75 (not a job error: the scheduler retries
+    such a worker) naming the lost peer, and the run resumes from its checkpoint to the end."""
+    from tunery.tuning.distributed import EXIT_PROCESS_LOST
+
+    spec = {**base_spec, "epochs": 8, "processes": 2, "output": str(tmp_path / "run")}
+    code = "import json, sys; from tunery.tuning import tune, TuningSpec; tune(TuningSpec(**json.loads(sys.argv[1])))"
+    env = {**os.environ, "TUNERY_HOME": str(tunery_home), "PYTHONPATH": str(repo_root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(spec)],
+        cwd=repo_root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    run_dir = tmp_path / "run"
+    deadline = time.monotonic() + 180
+    try:
+        while not (run_dir / "checkpoints" / "latest").exists():
+            assert proc.poll() is None
+            assert time.monotonic() < deadline, "no checkpoint within 180 s"
+            time.sleep(0.005)
+        helper = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+        os.kill(helper, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == EXIT_PROCESS_LOST, stderr.decode()[-2000:]
+    assert b"lost a peer process of this run" in stderr
+    assert not (run_dir / "tunery.json").exists()
+    out = tune(TuningSpec(train=spec["train"], output=str(run_dir)), resume=True)
+    assert json.loads((out / "tunery.json").read_text())["finalMetrics"]["step"] == 24

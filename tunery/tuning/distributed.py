@@ -14,7 +14,8 @@ format) do not depend on N, so a run checkpointed with N processes resumes with 
 
 A stop request (cancel, Ctrl-C, the server going away) seen by process 0 travels with the step's
 all-reduce, so every process stops at the same step boundary. A process that dies fails the next
-all-reduce in the others; the job's retry resumes from the last checkpoint.
+all-reduce in the others, which exit with status 75 (``ProcessLost``) without ending the job: the
+scheduler's retry resumes it from the last checkpoint. Helpers end with process 0.
 
 With ``--processes N`` the calling process (the CLI, or a job's worker) is process 0, with its
 hooks; it starts N-1 helpers (``python -m tunery.tuning.distributed``) that meet it through a
@@ -74,6 +75,23 @@ class Processes:
         return local
 
 
+EXIT_PROCESS_LOST = 75  # EX_TEMPFAIL: the job's worker exits with it, unended, so the scheduler retries it
+
+
+class ProcessLost(SystemExit):
+    """Another process of the run is gone mid-step. Not a job error: the process exits (status 75) without
+    ending the job, and the scheduler's retry resumes it from the last checkpoint (with ``--resume`` by hand)."""
+
+    def __init__(self, rank: int, cause: Exception) -> None:
+        print(
+            f"tunery: process {rank} lost a peer process of this run ({type(cause).__name__}: {cause}); "
+            "resume from the last checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
+        super().__init__(EXIT_PROCESS_LOST)
+
+
 class Group(Processes):
     """This process's place in a ``torch.distributed`` group of ``count`` processes."""
 
@@ -88,8 +106,11 @@ class Group(Processes):
         flat = torch.cat([g.reshape(-1).float() for g in grads])
         wanted = self.is_main and bool(self.local_stop())
         extra = torch.tensor([*stats, float(wanted)], dtype=torch.float64)
-        dist.all_reduce(flat)
-        dist.all_reduce(extra)
+        try:
+            dist.all_reduce(flat)
+            dist.all_reduce(extra)
+        except RuntimeError as exc:  # gloo/NCCL: a peer died or its connection broke
+            raise ProcessLost(self.rank, exc) from exc
         offset = 0
         for p, g in zip(params, grads):
             n = g.numel()
