@@ -247,7 +247,8 @@ def estimate_tokens(body: dict[str, Any]) -> int:
     text parts (``contents`` and ``systemInstruction``) over ``CHARS_PER_TOKEN``, plus ``maxOutputTokens`` (the
     model's default when unset) for each candidate."""
     chars = _text_chars(body.get("contents")) + _text_chars(body.get("systemInstruction"))
-    config = body.get("generationConfig") if isinstance(body.get("generationConfig"), dict) else {}
+    found = body.get("generationConfig")
+    config: dict[str, Any] = found if isinstance(found, dict) else {}
     output = config.get("maxOutputTokens", DEFAULT_OUTPUT_TOKENS)
     candidates = config.get("candidateCount", 1)
     output = output if isinstance(output, int) and output > 0 else DEFAULT_OUTPUT_TOKENS

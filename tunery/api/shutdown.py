@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,7 +130,7 @@ async def stop_background(
     state: Any, worker_seconds: float = WORKER_SECONDS, host_seconds: float = HOST_SECONDS
 ) -> None:
     """Stop the scheduler (``state.scheduler``) and the model hosts (``state.host``, ``state.checker``) together."""
-    stops = []
+    stops: list[Awaitable[None]] = []
     if state.scheduler is not None:
         stops.append(_in_thread(lambda: state.scheduler.stop(timeout=worker_seconds), "the scheduler"))
     for host in (state.host, state.checker):
@@ -154,6 +155,11 @@ async def _close_host(host: Any, seconds: float) -> None:
         await asyncio.wait_for(closing, seconds)
 
 
+def _finish(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
 def _in_thread(work: Any, what: str) -> asyncio.Future[None]:
     """Run ``work`` in a daemon thread of its own (never a pool another shutdown step waits on)."""
     loop = asyncio.get_running_loop()
@@ -166,7 +172,7 @@ def _in_thread(work: Any, what: str) -> asyncio.Future[None]:
             log.warning("stopping %s failed: %s: %s", what, type(exc).__name__, exc)
         finally:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                loop.call_soon_threadsafe(_finish, done)
 
     threading.Thread(target=run, name=f"tunery-stop-{what}", daemon=True).start()
     return done
