@@ -5,7 +5,8 @@
 
 Two ``ModelHost``s run side by side in this process, each with its own host subprocess and the
 default model: one with ``max_batch=1`` (one row decodes at a time, the others wait), one with the
-default (``$TUNERY_SERVING_MAX_BATCH`` rows decode together, joining and leaving the running batch). The API's ``:generateContent`` calls the same
+default (``$TUNERY_SERVING_MAX_BATCH`` rows decode together, joining and leaving the running batch).
+The API's ``:generateContent`` calls the same
 ``ModelHost.generate``, one thread per request. ``--callers`` threads each send ``--requests``
 greedy requests at once; the table gives each request's latency, the wall time for all of them
 and output tokens per second of wall time, and checks that both hosts gave every request the
