@@ -211,7 +211,9 @@ def _intent_rows(n_labels: int, per_label: int, offset: int = 0) -> list[dict[st
 
 
 def test_auto_task_is_classification_for_any_closed_set_the_training_file_covers(tmp_path):
-    from conftest import write_jsonl
+    def write_jsonl(path, rows):
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return path
 
     from tunery.evaluation.compare import read_evaluation_data
     from tunery.evaluation.tasks import resolve_task, training_labels

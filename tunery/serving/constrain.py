@@ -47,6 +47,8 @@ MAX_COMPLETION = 4096
 # The order in which a closing completion prefers characters: end strings, objects and arrays first,
 # then the smallest values; any other allowed token after these, shortest first.
 CLOSING = ('"', '}]",:0f[')  # inside a JSON string, and outside one
+MAX_SIMULATED = 512  # structural tokens checked per step near the budget's end
+BAN_WINDOW = 32  # ... once what is left is within this many tokens of the shortest completion
 REPEATS = 8  # a completion that chose one token this many times running tries another (digits, say)
 
 
@@ -277,8 +279,11 @@ class _Vocabulary:
         self.ll = LLTokenizer(backend.to_str(), eos_token=self.stops)
         self.size = self.ll.vocab_size
         self.ranks = []
+        self.structural = np.zeros(self.size, dtype=bool)
         special = self.ll.is_special_token
         self.pieces = pieces = [b"" if special(i) else self.ll.decode_bytes([i]) for i in range(self.size)]
+        for i, raw in enumerate(pieces):
+            self.structural[i] = any(byte in raw for byte in b',[{:"')
         for order in CLOSING:
             rank = np.full(self.size, 10**9, dtype=np.int64)
             for i, raw in enumerate(pieces):
@@ -315,6 +320,7 @@ class Constraint:
         self.used = 0
         self.plan: list[int] = []  # the closing completion being written, once the budget calls for it
         self.quotes = _Quotes()
+        self.closing = 0  # the length of the shortest completion, as last computed
         self.finished = False
 
     def mask(self, vocab_size: int) -> torch.Tensor:
@@ -329,7 +335,11 @@ class Constraint:
         if step is not None:
             allowed[step if step >= 0 else self.vocabulary.stops] = True
             return allowed
-        bits = torch.from_numpy(self._bits(self.matcher).copy())
+        found = self._bits(self.matcher).copy()
+        left = self.budget - self.used
+        if left <= WRAP_UP_WINDOW and left <= self.closing + BAN_WINDOW:
+            self._ban_overruns(found, left)
+        bits = torch.from_numpy(found)
         n = min(vocab_size, bits.numel())
         allowed[:n] = bits[:n]
         return allowed
@@ -369,20 +379,40 @@ class Constraint:
         if left > WRAP_UP_WINDOW:
             return None
         completion = self._completion()
+        self.closing = len(completion)
         if len(completion) + WRAP_UP_MARGIN < left:
             return None
         self.plan = completion
         return self.plan[0] if self.plan else -1
 
-    def _completion(self) -> list[int]:
+    def _ban_overruns(self, bits: Any, left: int) -> None:
+        """Near the budget's end, disallow the structural tokens (a comma, a bracket, a quote...) after which the
+        shortest completion no longer fits what is left (a comma in an array asks for a whole new item)."""
+        import numpy as np
+
+        stops = set(self.vocabulary.stops)
+        for token in np.nonzero(bits & self.vocabulary.structural)[0][:MAX_SIMULATED]:
+            token = int(token)
+            if token in stops:
+                continue
+            matcher = self.matcher.deep_copy()
+            quoted = _Quotes(self.quotes.inside, self.quotes.escaped)
+            quoted.read(self.vocabulary.pieces[token])
+            if not matcher.consume_token(token) or 1 + len(self._completion(matcher, quoted)) + 1 > left:
+                bits[token] = False
+        if not bits.any():  # nothing fits any more: the completion from here is the best there is
+            plan = self._completion()
+            bits[plan[0] if plan else self.vocabulary.stops] = True
+
+    def _completion(self, matcher: Any = None, quoted: _Quotes | None = None) -> list[int]:
         """A short way to a complete answer from here: the tokens the grammar forces, else the allowed token
         that ranks first (a stop token as soon as the answer may end; no token more than ``REPEATS`` times
         running)."""
         import numpy as np
 
-        matcher = self.matcher.deep_copy()
+        matcher = matcher.deep_copy() if matcher is not None else self.matcher.deep_copy()
         tokens: list[int] = []
-        quoted = _Quotes(self.quotes.inside, self.quotes.escaped)
+        quoted = quoted or _Quotes(self.quotes.inside, self.quotes.escaped)
         while len(tokens) < MAX_COMPLETION:
             if matcher.is_stopped():
                 break
