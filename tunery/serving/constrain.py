@@ -42,13 +42,13 @@ SCHEMA_FIELDS = (
 MAX_DEPTH = 16
 MAX_NODES = 1000
 WRAP_UP_WINDOW = 96  # tokens before the budget's end from which a constraint checks it can still close
-WRAP_UP_MARGIN = 12  # close when the shortest completion plus this many tokens no longer fits
+WRAP_UP_MARGIN = 24  # close when the shortest completion plus this many tokens no longer fits
 MAX_COMPLETION = 4096
 # The order in which a closing completion prefers characters: end strings, objects and arrays first,
 # then the smallest values; any other allowed token after these, shortest first.
 CLOSING = ('"', '}]",:0f[')  # inside a JSON string, and outside one
 MAX_SIMULATED = 512  # structural tokens checked per step near the budget's end
-BAN_WINDOW = 32  # ... once what is left is within this many tokens of the shortest completion
+BAN_WINDOW = 48  # ... once what is left is within this many tokens of the shortest completion
 REPEATS = 8  # a completion that chose one token this many times running tries another (digits, say)
 
 
