@@ -86,17 +86,6 @@ class ServingError(TuneryError):
         self.code = code
 
 
-class ResourceExhaustedError(TuneryError):
-    """A limit on waiting work was reached (a model host's queue, a tenant's requests, tokens or tuning jobs).
-
-    Nothing was started; the same request may succeed after ``retry_after`` seconds (HTTP 429 with ``Retry-After``).
-    """
-
-    def __init__(self, message: str, retry_after: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
 class DiskFullError(TuneryError):
     """A disk tunery writes to is full (``ENOSPC``, SQLite's ``database or disk is full``); the service answers 507.
 
@@ -139,6 +128,17 @@ def disk_full(exc: BaseException, where: Path | None, what: str) -> DiskFullErro
         f"the disk holding {what} is full ({usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB): "
         "free some space, then try again"
     )
+
+
+class ResourceExhaustedError(TuneryError):
+    """A limit on waiting work was reached (a model host's queue, a tenant's requests, tokens or tuning jobs).
+
+    Nothing was started; the same request may succeed after ``retry_after`` seconds (HTTP 429 with ``Retry-After``).
+    """
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class AuthenticationError(TuneryError):

@@ -60,9 +60,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
 FAILED = pytest.StashKey[bool]()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One headless Chromium (a fresh profile) for the session; skipped with a reason when it is missing."""
+    """One headless Chromium (a fresh profile) per module; skipped with a reason when it is missing. Not per
+    session: Playwright's sync API keeps an asyncio loop running in this thread while it is open, and later
+    tests that call ``asyncio.run`` would find it."""
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no Chromium at {CHROMIUM}: 'bash scripts/install.sh test' installs Debian's chromium")
     sync_api = pytest.importorskip(

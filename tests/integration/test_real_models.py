@@ -61,8 +61,8 @@ def test_short_lora_run_lowers_validation_loss_and_reloads_with_plain_peft(smoll
     tokenizer = load_tokenizer(out)
     ids = torch.tensor([encode(tokenizer, read_examples(validation).examples[0], 512).input_ids])
     with torch.no_grad():
-        # 30 fp32 layers, merged vs unmerged: differences up to ~2e-4 on logits of order 10 (seen here).
-        torch.testing.assert_close(plain(ids).logits, engine.model(ids).logits, atol=1e-3, rtol=1e-3)
+        # 30 fp32 layers, PEFT vs the served adapter slot: differences up to ~2e-4 on logits of order 10 (seen here).
+        torch.testing.assert_close(plain(ids).logits, engine.logits(ids), atol=1e-3, rtol=1e-3)
     answer = engine.generate(
         user_example("I left my wallet in a taxi last night", "Route the ticket."),
         GenerationConfig(max_output_tokens=12),

@@ -509,6 +509,29 @@ def test_jobs_list_newest_first_by_page_state_and_label(api: Api) -> None:
     assert [job["name"] for job in cancelled] == [names[0]]
 
 
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [("/v1/tuningJobs", "tuningJobs"), ("/v1/projects/p/locations/l/tuningJobs", "tuningJobs"),
+     ("/v1beta/tunedModels", "tunedModels")],
+)  # fmt: skip
+def test_every_list_of_jobs_pages_with_opaque_tokens(api: Api, path: str, key: str) -> None:
+    """The Vertex and Gemini shapes page like the native list: every job once, newest first, and a token that
+    is no store sequence number (those count every tenant's jobs)."""
+    ids = [api.create().json()["name"].rsplit("/", 1)[1] for _ in range(5)]
+    seen, token, tokens = [], None, []
+    while True:
+        body = api.client.get(path, params={"pageSize": 2, **({"pageToken": token} if token else {})}).json()
+        seen += [item["name"].rsplit("/", 1)[1] for item in body[key]]
+        token = body.get("nextPageToken")
+        if not token:
+            break
+        tokens.append(token)
+    assert seen == ids[::-1] and len(tokens) == 2
+    assert not any(t.isdigit() for t in tokens)
+    refused = api.client.get(path, params={"pageToken": "1"})
+    assert refused.status_code == 400 and "pageToken" in refused.text
+
+
 def test_cancel_returns_the_job_and_wakes_the_scheduler(api: Api) -> None:
     job = api.create().json()
     response = api.client.post(f"/v1/{job['name']}:cancel")

@@ -377,12 +377,33 @@ def run_measured(args: list[str], stdin: bytes | None = None, timeout: float = 1
         pass
     timer = threading.Timer(timeout, process.kill)
     timer.start()
-    _, status, usage = os.wait4(process.pid, 0)
+    # The peak is read from /proc (VmHWM, this program's own pages since its exec), not from wait4's ru_maxrss:
+    # Linux folds the pre-exec copy of this (large) pytest process into the child's ru_maxrss.
+    peak = [0]
+    watcher = threading.Thread(target=_watch_peak, args=(process.pid, peak))
+    watcher.start()
+    status = os.waitpid(process.pid, 0)[1]
     timer.cancel()
+    watcher.join(timeout=10)
     process.returncode = os.waitstatus_to_exitcode(status)
     reader.join(timeout=10)
     process.stdout.close()  # type: ignore[union-attr]
-    return process.returncode, b"".join(output).decode("utf-8", "replace"), usage.ru_maxrss * 1024
+    return process.returncode, b"".join(output).decode("utf-8", "replace"), peak[0]
+
+
+def _watch_peak(pid: int, peak: list[int]) -> None:
+    """Keep ``peak[0]`` at the process's high-water resident memory in bytes until it exits."""
+    status = Path(f"/proc/{pid}/status")
+    while True:
+        try:
+            text = status.read_text()
+        except OSError:
+            return
+        found = [line.split()[1] for line in text.splitlines() if line.startswith("VmHWM:")]
+        if not found:  # a zombie: it has exited
+            return
+        peak[0] = max(peak[0], int(found[0]) * 1024)
+        time.sleep(0.02)
 
 
 def tunery_command() -> list[str]:

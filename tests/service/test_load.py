@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +158,9 @@ def flood(svc: Any, headers: dict[str, str], model: str, n: int = FLOOD) -> tupl
     def call(i: int) -> httpx.Response:
         return client.post(path, json=prompt(f"ticket {i}: card lost", FLOOD_TOKENS), headers=headers)
 
-    return pool, [pool.submit(call, i) for i in range(n)]
+    futures = [pool.submit(call, i) for i in range(n)]
+    pool.submit(lambda: (wait(futures), client.close()))  # the connections close once every call has its answer
+    return pool, futures
 
 
 def check_answers(responses: list[httpx.Response]) -> dict[int, int]:

@@ -230,7 +230,7 @@ def test_streaming_chunks_join_to_the_answer_and_cancel_frees_the_row(host, tune
         assert (await anext(stream))["candidates"]
         await stream.aclose()
         with pytest.raises(ServingError) as caught:
-            await model_host.agenerate(str(tiny_model), _long(450), timeout=0.5)
+            await model_host.agenerate(str(tiny_model), _long(450), timeout=0.05)  # 450 tokens take longer than 50 ms
         assert caught.value.code == 504
         deadline = time.monotonic() + 10
         while (await asyncio.to_thread(model_host.ping))["running"] and time.monotonic() < deadline:

@@ -393,18 +393,17 @@ def run_job(store: Any, job: Any, watch_parent: bool = False) -> int:
     try:
         progress = run_batch(spec, host_generate(host, spec.model, spec.model_version), on_progress, stop)
     except TuneryError as exc:
-        store.update_job(job.id, state=FAILED, error={"code": CODE_INVALID_ARGUMENT, "message": str(exc)},
-                         message=str(exc))  # fmt: skip
+        store.end_job(job.id, FAILED, error={"code": CODE_INVALID_ARGUMENT, "message": str(exc)}, message=str(exc))
         return 1
     finally:
         host.close()
     if progress.done >= progress.total:
         message = f"{progress.succeeded} of {progress.total} lines answered, {progress.failed} failed"
-        store.update_job(job.id, state=SUCCEEDED, stats=progress.to_dict(), message=message)
+        store.end_job(job.id, SUCCEEDED, stats=progress.to_dict(), message=message)
         return 0
     if store.get_job(None, job.id).cancel_requested:
         message = f"cancelled after {progress.done} of {progress.total} lines"
-        store.update_job(job.id, state=CANCELLED, error={"code": CODE_CANCELLED, "message": message}, message=message)
+        store.end_job(job.id, CANCELLED, error={"code": CODE_CANCELLED, "message": message}, message=message)
         return 0
     # stopped by its server: not a failed run (the scheduler counts runs before they start)
     store.give_back_attempt(job.id, f"interrupted after {progress.done} of {progress.total} lines; to resume")

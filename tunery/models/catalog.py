@@ -136,6 +136,7 @@ CATALOG: dict[str, CatalogEntry] = {
             context_length=8192,
             learning_rates={PEFT_ADAPTER: 1e-3, FULL: 5e-5},
             gguf=_smollm2_gguf,
+            parameters=0.135,
         ),
         CatalogEntry(
             id="gemma-3-270m",
@@ -145,6 +146,7 @@ CATALOG: dict[str, CatalogEntry] = {
             context_length=32768,
             learning_rates={PEFT_ADAPTER: 1e-3, FULL: 5e-5},
             gguf=_gemma3_gguf,
+            parameters=0.27,
         ),
         *HUB_MODELS,
     ]

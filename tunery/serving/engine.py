@@ -711,6 +711,21 @@ class Engine:
     def count_tokens(self, example: Example) -> int:
         return self.served.count_tokens(example)
 
+    @torch.inference_mode()
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Every position's logits [batch, length, vocab] for token ids [batch, length], as this model serves them
+        (a tuned adapter through its slot on the shared base; ``self.model`` alone is the base)."""
+        slot = self.served.slot()
+        if slot is None:
+            raise ModelError(f"{self.name}: no free adapter slot on its base")
+        base = self.served.base
+        with base.lock:
+            base.selection.select(torch.full((ids.shape[0],), slot) if slot else None)
+            try:
+                return base.model(input_ids=ids).logits.float()
+            finally:
+                base.selection.select(None)
+
     def prompt(self, example: Example, config: GenerationConfig, limit: int | None = None) -> list[int]:
         return self.served.prompt(example, config, limit)
 

@@ -547,12 +547,17 @@ async function pageNewJob(main) {
     return h("div", { class: "field" }, h("label", { for: id, text: label }), input, hintEl, error);
   }
 
+  const memoryNeed = (m) => {
+    const need = m.memoryGiB || {};
+    const parts = Object.entries(need).map(([method, gib]) => `${method} about ${fmt(gib, 1)} GiB`);
+    return parts.length ? `; rough memory need on a GPU: ${parts.join(", ")}` : "";
+  };
   const modelInfo = h("p", { class: "hint", id: "base-model-info" });
   const baseModel = h("input", { id: "base-model", type: "text", list: "base-models", autocomplete: "off", "aria-describedby": "base-model-info" });
   const describeModel = () => {
     const found = base.find((m) => idOf(m.name) === baseModel.value.trim());
     modelInfo.textContent = found
-      ? `${found.description || ""} Modalities: ${(found.modalities || []).join(", ")}; context ${fmt(found.contextLength)} tokens${found.memoryBytes ? `; needs about ${fmt(found.memoryBytes / 2 ** 30, 1)} GiB` : ""}.`
+      ? `${found.description || ""} Modalities: ${(found.modalities || []).join(", ")}; context ${fmt(found.contextLength)} tokens${memoryNeed(found)}.`
       : baseModel.value.trim() ? "Not in the catalog: the server looks for a model directory under its data root." : `Empty: the catalog default.`;
   };
   baseModel.addEventListener("input", describeModel);
@@ -1014,9 +1019,10 @@ async function pageModels(main) {
         modelLink(m.name, m.displayName || m.name), idOf(m.baseModel), m.tuningMode, h("time", { datetime: m.createTime, text: age(m.createTime) }),
       ]))) : h("p", { class: "muted", text: "None yet: a job that succeeds adds its tuned model here." })),
     h("section", { class: "card", "aria-labelledby": "base-h" }, h("h2", { id: "base-h", text: "Base models (catalog)" }),
-      tableWrap("Base models", simpleTable("", ["Model", "Modalities", "Context", "About"], base.map((m) => [
-        idOf(m.name), (m.modalities || []).join(", "), fmt(m.contextLength), m.description || "",
-      ]), [2]))));
+      tableWrap("Base models", simpleTable("", ["Model", "Modalities", "Context", "GPU memory, LoRA / full (GiB)", "About"], base.map((m) => [
+        idOf(m.name), (m.modalities || []).join(", "), fmt(m.contextLength),
+        m.memoryGiB ? `${fmt(m.memoryGiB.PEFT_ADAPTER, 1)} / ${fmt(m.memoryGiB.FULL, 1)}` : "", m.description || "",
+      ]), [2, 3]))));
 }
 
 async function pageModel(main, signal, id) {

@@ -28,6 +28,7 @@ from tunery.api import generation, limits, translate
 from tunery.api.deps import CheckerDep, SchedulerDep, SettingsDep, StoreDep, Tenant
 from tunery.api.errors import error_body, invalid, status_for
 from tunery.api.routes import files as files_route
+from tunery.api.routes import jobs as jobs_route
 from tunery.api.routes.models import SERVING_ERRORS
 from tunery.api.schemas import (
     CountTokensRequest,
@@ -349,9 +350,11 @@ def read_tuned_models(
     tenant: Tenant,
     store: StoreDep,
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=limits.MAX_PAGE_SIZE)] = limits.DEFAULT_PAGE_SIZE,
-    page_token: Annotated[str | None, Query(alias="pageToken", pattern=r"^[0-9]{1,18}$")] = None,
+    page_token: Annotated[str | None, Query(alias="pageToken", pattern=r"^[A-Za-z0-9_-]{1,64}$")] = None,
 ) -> dict[str, Any]:
-    jobs, token = store.list_jobs(tenant, page_size=page_size, page_token=page_token)
+    after = jobs_route.page_start(page_token, tenant, store) if page_token else None
+    jobs, more = store.list_jobs(tenant, page_size=page_size, page_token=after)
+    token = jobs_route.page_token_for(jobs[-1]) if more and jobs else None
     return {"tunedModels": [tuned_model(job) for job in jobs], "nextPageToken": token}
 
 

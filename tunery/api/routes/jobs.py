@@ -210,21 +210,21 @@ def read_jobs(
     page_token: Annotated[str | None, Query(alias="pageToken", pattern=r"^[A-Za-z0-9_-]{1,64}$")] = None,
 ) -> dict[str, Any]:
     """The tenant's jobs, newest first, ``pageSize`` at a time; ``nextPageToken`` reads the next page."""
-    after = _page_start(page_token, tenant, store) if page_token else None
+    after = page_start(page_token, tenant, store) if page_token else None
     jobs, more = store.list_jobs(
         tenant, state=state, labels=_labels(label or []), page_size=page_size, page_token=after
     )
     views = [_view(job, request) for job in jobs]
-    return {"tuningJobs": views, "nextPageToken": _page_token(jobs[-1]) if more and jobs else None}
+    return {"tuningJobs": views, "nextPageToken": page_token_for(jobs[-1]) if more and jobs else None}
 
 
-def _page_token(job: Job) -> str:
+def page_token_for(job: Job) -> str:
     """The token of the page after ``job``: its id, opaque to clients, meaningful to its own tenant only (the
     store's sequence numbers, which count every tenant's jobs, never leave the server)."""
     return base64.urlsafe_b64encode(f"after:{job.id}".encode()).decode().rstrip("=")
 
 
-def _page_start(token: str, tenant: str, store: Store) -> str:
+def page_start(token: str, tenant: str, store: Store) -> str:
     """The store's page token for a client's ``pageToken``; 400 for one this server did not give this tenant."""
     try:
         text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()

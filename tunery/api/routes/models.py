@@ -55,6 +55,7 @@ def base_resource(entry: CatalogEntry) -> dict[str, Any]:
         "modalities": list(entry.modalities),
         "contextLength": entry.context_length,
         "defaultLearningRates": dict(entry.learning_rates),
+        **({"memoryGiB": entry.memory_gib} if entry.memory_gib else {}),
     }
 
 

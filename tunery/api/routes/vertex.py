@@ -279,12 +279,14 @@ async def create_job_express(
 
 
 def _list(tenant: str, store: Any, parent: str, page_size: int, page_token: str | None) -> dict[str, Any]:
-    jobs, token = store.list_jobs(tenant, page_size=page_size, page_token=page_token)
+    after = jobs_route.page_start(page_token, tenant, store) if page_token else None
+    jobs, more = store.list_jobs(tenant, page_size=page_size, page_token=after)
+    token = jobs_route.page_token_for(jobs[-1]) if more and jobs else None
     return {"tuningJobs": [vertex_job(job, parent) for job in jobs], "nextPageToken": token}
 
 
 PageSize = Annotated[int, Query(alias="pageSize", ge=1, le=limits.MAX_PAGE_SIZE)]
-PageToken = Annotated[str | None, Query(alias="pageToken", pattern=r"^[0-9]{0,18}$")]
+PageToken = Annotated[str | None, Query(alias="pageToken", pattern=r"^[A-Za-z0-9_-]{0,64}$")]
 Filter = Annotated[str | None, Query(max_length=1024, description="Accepted; not applied")]
 
 
