@@ -21,6 +21,8 @@ class Part:
     kind: Literal["text", "inlineData", "fileData"]
     text: str = ""
     mime_type: str = ""
+    data: str = ""  # inlineData: the base64 payload as given
+    uri: str = ""  # fileData: the fileUri as given (files/{id}, a relative path, file://, http(s)://)
 
     @property
     def modality(self) -> Modality:
@@ -197,7 +199,10 @@ def _parse_parts(container: Any, field: str, problems: _Problems) -> list[Part] 
                 f"expected a MIME type such as image/png (at most {MAX_MIME_TYPE} characters)",
             )
             continue
-        parts.append(Part(kind, mime_type=mime_type))  # type: ignore[arg-type]
+        if kind == "inlineData":
+            parts.append(Part("inlineData", mime_type=mime_type, data=str(media["data"])))
+        else:
+            parts.append(Part("fileData", mime_type=mime_type, uri=str(media["fileUri"])))
     return parts
 
 
