@@ -96,6 +96,8 @@ def test_gpu_catalog_entries_describe_context_modalities_rates_and_memory():
         "google/gemma-3-4b-it",
         "HuggingFaceTB/SmolLM2-360M-Instruct",
         "HuggingFaceTB/SmolLM2-1.7B-Instruct",
+        "HuggingFaceTB/SmolVLM-256M-Instruct",  # #15: the multimodal small and large roles
+        "Qwen/Qwen2.5-VL-3B-Instruct",
     }
     entries = [e for e in CATALOG.values() if e.hub]
     assert {e.hub for e in entries} == wanted
@@ -106,4 +108,7 @@ def test_gpu_catalog_entries_describe_context_modalities_rates_and_memory():
         memory = info["memoryGiB"]
         assert memory["QLORA"] < memory[PEFT_ADAPTER] < memory[FULL]  # what each method needs, in order
     assert CATALOG["gemma-3-4b-it"].modalities == ("text", "image")
+    assert CATALOG["smolvlm-256m-instruct"].role == "multimodal small"
+    assert CATALOG["qwen2.5-vl-3b-instruct"].role == "multimodal large"
+    assert CATALOG["qwen2.5-vl-3b-instruct"].modalities == ("text", "image")
     assert CATALOG["smollm2-135m-instruct"].role == "text"

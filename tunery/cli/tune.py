@@ -60,6 +60,12 @@ def tune(
     packing: bool = typer.Option(
         None, "--packing/--no-packing", help="Padding-free micro-batches (default: on CUDA only)."
     ),
+    train_projector: bool = typer.Option(
+        False, "--train-projector", help="Vision-language models: train the projector too (frozen by default)."
+    ),
+    train_vision: bool = typer.Option(
+        False, "--train-vision", help="Vision-language models: train the vision tower too (frozen by default)."
+    ),
 ) -> None:
     """Tune a base model with a LoRA adapter or full fine-tuning; Ctrl-C saves a checkpoint."""
     from tunery.tuning.distributed import launcher_env  # torch: only when it runs
@@ -92,6 +98,8 @@ def tune(
             display_name=display_name,
             precision=precision,
             quantize=quantize,
+            train_projector=train_projector,
+            train_vision=train_vision,
             **compute,
         )
     launched = launcher_env()

@@ -94,6 +94,10 @@ def _gemma3_gguf() -> Path:
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
+MULTIMODAL_ROLES = {"smolvlm-256m-instruct": "multimodal small", "qwen2.5-vl-3b-instruct": "multimodal large"}
+"""The seed's multimodal roles (#15): a small vision-language model for CPUs and tests, a large one for GPUs."""
+
+
 def _hub(
     id: str, repo: str, parameters: float, context: int, rates: tuple[float, float], modalities: tuple[str, ...]
 ) -> CatalogEntry:
@@ -107,7 +111,7 @@ def _hub(
         modalities=modalities,
         hub=repo,
         parameters=parameters,
-        role="text" if modalities == ("text",) else "text (images with #9)",
+        role=MULTIMODAL_ROLES.get(id, "text" if modalities == ("text",) else "multimodal"),
     )
 
 
@@ -121,6 +125,8 @@ HUB_MODELS = [
     _hub("llama-3.2-3b-instruct", "meta-llama/Llama-3.2-3B-Instruct", 3.21, 131072, (2e-4, 1e-5), ("text",)),
     _hub("gemma-3-1b-it", "google/gemma-3-1b-it", 1.0, 32768, (2e-4, 1e-5), ("text",)),
     _hub("gemma-3-4b-it", "google/gemma-3-4b-it", 4.3, 131072, (2e-4, 1e-5), ("text", "image")),
+    _hub("smolvlm-256m-instruct", "HuggingFaceTB/SmolVLM-256M-Instruct", 0.26, 8192, (5e-4, 2e-5), ("text", "image")),
+    _hub("qwen2.5-vl-3b-instruct", "Qwen/Qwen2.5-VL-3B-Instruct", 3.75, 128000, (2e-4, 1e-5), ("text", "image")),
     _hub("smollm2-360m-instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", 0.36, 8192, (5e-4, 2e-5), ("text",)),
     _hub("smollm2-1.7b-instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct", 1.71, 8192, (2e-4, 1e-5), ("text",)),
 ]

@@ -54,8 +54,10 @@ def resolve_base(name: str | Path) -> BaseModel:
     path = Path(name).expanduser()
     if (path / "config.json").is_file():
         config = json.loads((path / "config.json").read_text())
-        context = int(config.get("max_position_embeddings") or 2048)
-        return BaseModel(str(path.resolve()), path.resolve(), ("text",), context, dict(LOCAL_LEARNING_RATES))
+        text = config.get("text_config") or {}
+        context = int(config.get("max_position_embeddings") or text.get("max_position_embeddings") or 2048)
+        modalities = ("text", "image") if "vision_config" in config else ("text",)  # a vision-language model
+        return BaseModel(str(path.resolve()), path.resolve(), modalities, context, dict(LOCAL_LEARNING_RATES))
     if is_hub_id(str(name)):
         return resolve_hub(str(name))
     known = ", ".join(CATALOG)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from tunery.models.loading import load_model
+from tunery.tuning import multimodal
 from tunery.tuning.devices import load_options, place, prepare_model, resolve_device
 from tunery.tuning.distributed import Processes, processes
 from tunery.tuning.loop import Hooks, Run, fit
@@ -29,6 +30,8 @@ def setup(
     torch.manual_seed(spec.seed)
     model = prepare_model(load_model(prep.base.path, **load_options(spec, placement)), spec, placement)
     model.requires_grad_(True)
+    if prep.family is not None:  # a vision-language model: its media tower and projector frozen unless opened
+        multimodal.freeze_media(model, prep.family, spec.train_projector, spec.train_vision)
     run = make_run(prep, model, core=model, placement=placement, processes=group)
     start_or_resume(prep, run, resume)
     return prep, run

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from tunery.data.tokenize import IGNORE_INDEX, Encoded
 from tunery.errors import TuningCancelled
+from tunery.tuning import multimodal
 from tunery.tuning.batching import collate, micro_batches, plan_epoch
 from tunery.tuning.checkpoint import latest_checkpoint, save_checkpoint
 from tunery.tuning.distributed import Processes
@@ -69,6 +70,7 @@ class Run:
     hooks: Hooks = field(default_factory=Hooks)  # the caller's, set by ``fit``: the save after it stops on request too
     batcher: Callable[[Sequence[Encoded]], dict[str, torch.Tensor]] | None = None  # default: padded, on the CPU
     processes: Processes = field(default_factory=Processes)  # the processes sharing each step (distributed.py)
+    eval_batcher: Callable[[Sequence[Encoded]], dict[str, torch.Tensor]] | None = None  # multimodal: media per batch
 
     def batch(self, examples: Sequence[Encoded]) -> dict[str, torch.Tensor]:
         return self.batcher(examples) if self.batcher else collate(examples, self.pad_id)
@@ -91,11 +93,11 @@ class Run:
 def token_loss(core: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
     """Summed next-token loss over trained tokens, the count of correct argmax predictions, and the token count."""
     inputs = {name: t for name, t in batch.items() if name != "labels"}  # attention_mask, or packed position_ids
-    hidden = core.get_decoder()(**inputs, use_cache=False).last_hidden_state
+    hidden = multimodal.body(core)(**inputs, use_cache=False).last_hidden_state  # a VLM's takes pixels too
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
     logits = core.get_output_embeddings()(hidden[:, :-1][keep])
-    cap = getattr(core.config, "final_logit_softcapping", None)
+    cap = getattr(core.config.get_text_config(), "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     wanted = targets[keep]
@@ -106,7 +108,12 @@ def token_loss(core: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def evaluate(
-    core: Any, examples: Sequence[Encoded], pad_id: int, token_budget: int, precision: str = "fp32"
+    core: Any,
+    examples: Sequence[Encoded],
+    pad_id: int,
+    token_budget: int,
+    precision: str = "fp32",
+    batcher: Callable[[Sequence[Encoded]], dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
     """Mean loss per trained token and next-token accuracy over ``examples``."""
     if not examples:
@@ -117,7 +124,9 @@ def evaluate(
     total, correct, count = 0.0, 0, 0
     for group in micro_batches(range(len(examples)), lengths, token_budget):
         with autocast(precision, core.device.type):
-            batch = {name: t.to(core.device) for name, t in collate([examples[i] for i in group], pad_id).items()}
+            group_examples = [examples[i] for i in group]
+            found = batcher(group_examples) if batcher else collate(group_examples, pad_id)
+            batch = {name: t.to(core.device) for name, t in found.items()}
             loss, ok, n = token_loss(core, batch)
         total, correct, count = total + float(loss), correct + ok, count + n
     core.train(was_training)
@@ -137,7 +146,9 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
             {
                 "step": 0,
                 "epoch": 0,
-                **evaluate(run.core, run.validation, run.pad_id, run.micro_batch_tokens, run.precision),
+                **evaluate(
+                    run.core, run.validation, run.pad_id, run.micro_batch_tokens, run.precision, run.eval_batcher
+                ),
             }
         )
     started = time.perf_counter() - state.seconds
@@ -187,7 +198,9 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
                     checkpointed = state.seconds
                 continue
             state.epoch, state.batch = state.epoch + 1, 0
-            metrics.update(evaluate(run.core, run.validation, run.pad_id, run.micro_batch_tokens, run.precision))
+            metrics.update(
+                evaluate(run.core, run.validation, run.pad_id, run.micro_batch_tokens, run.precision, run.eval_batcher)
+            )
             hooks.on_metrics(metrics)
             run.checkpoint()
             break

@@ -12,6 +12,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from tunery.models.loading import load_model
+from tunery.tuning import multimodal
 from tunery.tuning.devices import load_options, place, prepare_model, resolve_device
 from tunery.tuning.distributed import Processes, processes
 from tunery.tuning.loop import Hooks, Run, fit
@@ -29,11 +30,17 @@ def setup(
     check_fits(prep, placement, group.count)
     torch.manual_seed(spec.seed)
     base = prepare_model(load_model(prep.base.path, **load_options(spec, placement)), spec, placement)
+    targets: str | list[str] = "all-linear"
+    projector = None
+    if prep.family is not None:  # a vision-language model: the language model's linear layers (multimodal.py)
+        targets = multimodal.lora_targets(base, prep.family, spec.train_vision)
+        projector = multimodal.projector_modules(prep.family, spec.train_projector)
     config = LoraConfig(
         r=spec.adapter_size,
         lora_alpha=2 * spec.adapter_size,
         lora_dropout=0.0,
-        target_modules="all-linear",
+        target_modules=targets,
+        modules_to_save=projector,
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(base, config)

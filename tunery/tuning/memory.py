@@ -65,11 +65,12 @@ def gib(n: float) -> str:
 
 def parameter_counts(model_dir: Path, lora_rank: int | None) -> tuple[int, int]:
     """(all parameters, trainable parameters) of the model in ``model_dir``, with LoRA adapters of ``lora_rank``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
+    auto = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM  # a VLM
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        model = auto.from_config(config, trust_remote_code=False)
     total = sum(p.numel() for p in model.parameters())
     if lora_rank is None:
         return total, total

@@ -354,3 +354,40 @@ def body(core: Any) -> Any:
     if family_of(core.config) is not None:
         return core.model
     return core.get_decoder()
+
+
+# What trains ------------------------------------------------------------------------------------------------------
+
+
+def _under(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def lora_targets(model: Any, family: Family, train_vision: bool = False) -> list[str]:
+    """Full names of the linear layers LoRA goes on: the language model's (not its output layer), plus the media
+    tower's with ``train_vision``; never the projector (``projector_modules`` trains it whole)."""
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or name.split(".")[-1] == "lm_head":
+            continue
+        if _under(name, family.projector) or (_under(name, family.tower) and not train_vision):
+            continue
+        names.append(name)
+    if not names:
+        raise ModelError(f"{family.name}: no linear layers found for LoRA outside the media tower and projector")
+    return names
+
+
+def projector_modules(family: Family, train_projector: bool) -> list[str] | None:
+    """PEFT ``modules_to_save``: the projector, trained whole and saved with the adapter, when asked for."""
+    return list(family.projector) if train_projector else None
+
+
+def freeze_media(model: Any, family: Family, train_projector: bool = False, train_vision: bool = False) -> None:
+    """Full tuning: the media tower and the projector stay frozen unless opened (``--train-vision``,
+    ``--train-projector``); every other weight trains."""
+    for name, parameter in model.named_parameters():
+        if _under(name, family.projector):
+            parameter.requires_grad_(train_projector)
+        elif _under(name, family.tower):
+            parameter.requires_grad_(train_vision)

@@ -18,10 +18,11 @@ from tunery.data.validation import read_examples
 from tunery.errors import JobError
 from tunery.evaluation.tasks import training_labels
 from tunery.evaluation.tuned import evaluate_tuned
-from tunery.models.loading import load_tokenizer
+from tunery.models.loading import is_multimodal, load_processor, load_tokenizer
 from tunery.models.sources import BaseModel, resolve_base
 from tunery.models.tuned import MANIFEST_FILE, METRICS_FILE
 from tunery.settings import tuned_models_dir
+from tunery.tuning import multimodal
 from tunery.tuning.checkpoint import latest_checkpoint, load_checkpoint, write_atomic
 from tunery.tuning.distributed import Processes
 from tunery.tuning.loop import Hooks, Run, TrainState, stop_point
@@ -45,6 +46,9 @@ class Prepared:
     learning_rate: float
     run_dir: Path
     stats: dict[str, Any]
+    processor: Any = None  # a vision-language model's processor (its tokenizer is ``tokenizer``)
+    family: multimodal.Family | None = None  # the model's multimodal family (tunery.tuning.multimodal)
+    media_source: Any = None  # where the training file's media parts resolve
 
 
 def new_run_dir(spec: TuningSpec) -> Path:
@@ -72,28 +76,46 @@ def saved_spec(run_dir: str | Path) -> TuningSpec:
 def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
     """Resolve the base model and read both datasets; raises DatasetError listing every problem."""
     base = resolve_base(spec.base_model)
-    tokenizer = load_tokenizer(base.path)
+    processor = load_processor(base.path) if is_multimodal(base.path) else None
+    tokenizer = processor.tokenizer if processor is not None else load_tokenizer(base.path)
     max_length = min(spec.max_length, base.context_length)
     model_id = base.id if base.id == spec.base_model else spec.base_model
     options = {"tokenizer": tokenizer, "max_length": max_length, "model_id": model_id, "modalities": base.modalities}
+    if processor is not None:
+        options["tokenizer"] = None  # the processor encodes (media tokens included), below
     train = read_examples(spec.train, **options)
     validation = read_examples(spec.validation, **options) if spec.validation else None
     for report in (train, validation):
         if report is not None:
             report.raise_for_errors()
-    epochs = spec.epochs or default_epochs(len(train.encoded))
+    train_encoded, validation_encoded = train.encoded, validation.encoded if validation else []
+    family, source = None, None
+    if processor is not None:
+        config = json.loads((Path(base.path) / "config.json").read_text())
+        family = multimodal.require_family(config, model_id)
+        source = Path(spec.train).expanduser().resolve().parent
+        train_encoded = multimodal.encode_all(family, processor, train.examples, source, max_length, spec.train)
+        if validation is not None and spec.validation:
+            validation_source = Path(spec.validation).expanduser().resolve().parent
+            validation_encoded = multimodal.encode_all(
+                family, processor, validation.examples, validation_source, max_length, spec.validation
+            )
+    epochs = spec.epochs or default_epochs(len(train_encoded))
     learning_rate = base.learning_rates[spec.method] * spec.learning_rate_multiplier
-    stats = tuning_data_stats(train.encoded, epochs, spec.batch_size)
+    stats = tuning_data_stats(train_encoded, epochs, spec.batch_size)
     return Prepared(
         spec,
         base,
         tokenizer,
-        train.encoded,
-        validation.encoded if validation else [],
+        train_encoded,
+        validation_encoded,
         epochs,
         learning_rate,
         run_dir,
         stats,
+        processor,
+        family,
+        source,
     )
 
 
@@ -109,6 +131,11 @@ def make_run(prep: Prepared, model: Any, core: Any, placement: Any = None, proce
         return (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    text_batcher = Batcher(prep.tokenizer.pad_token_id, placement.device, placement.packing) if placement else None
+    media = None
+    if prep.processor is not None and prep.family is not None:  # media decoded per batch, on the run's device
+        device = placement.device if placement else None
+        media = multimodal.MultimodalCollator(prep.family, prep.processor, prep.media_source, device)
     return Run(
         model=model,
         core=core,
@@ -124,8 +151,9 @@ def make_run(prep: Prepared, model: Any, core: Any, placement: Any = None, proce
         seed=prep.spec.seed,
         pad_id=prep.tokenizer.pad_token_id,
         run_dir=prep.run_dir,
-        batcher=Batcher(prep.tokenizer.pad_token_id, placement.device, placement.packing) if placement else None,
+        batcher=media or text_batcher,
         processes=processes or Processes(),
+        eval_batcher=media,
     )
 
 
@@ -181,7 +209,7 @@ def finish(prep: Prepared, run: Run) -> Path:
     (``evaluation.json`` + ``predictions.jsonl``) of the finished model; drop checkpoints last, so a run stopped
     during the save or the evaluation (``stop_point``) resumes from its last checkpoint."""
     run.hooks.on_phase("save")
-    prep.tokenizer.save_pretrained(prep.run_dir)
+    (prep.processor or prep.tokenizer).save_pretrained(prep.run_dir)
     final = {}
     for line in (prep.run_dir / METRICS_FILE).read_text().splitlines():
         final.update({k: v for k, v in json.loads(line).items() if k not in ("learning_rate", "eta_seconds")})

@@ -32,9 +32,12 @@ COMPUTE_CONFIG = {
     "quantize": "quantize",
     "gradientCheckpointing": "gradient_checkpointing",
     "packing": "packing",
+    "trainProjector": "train_projector",
+    "trainVision": "train_vision",
 }
 """REST ``computeConfig`` names (beside ``hyperParameters``) → ``TuningSpec`` fields: where and how a run computes.
-All but ``quantize`` leave what it learns alone, so a run may resume with others (``RESUMABLE_COMPUTE``)."""
+All but ``quantize``, ``trainProjector`` and ``trainVision`` leave what it learns alone, so a run may
+resume with others (``RESUMABLE_COMPUTE``)."""
 RESUMABLE_COMPUTE = ("device", "processes", "gradient_checkpointing", "packing")
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]{1,2})?)$")
 QUANTIZE = ("4bit",)
@@ -117,6 +120,12 @@ class TuningSpec:
     packing: bool | None = None
     """Padding-free micro-batches: examples end to end with their own position ids, no attention across
     examples, the same loss; None packs on CUDA only."""
+    train_projector: bool = False
+    """Vision-language models: train the projector between the media tower and the language model (frozen by
+    default); LoRA keeps it whole in the adapter."""
+    train_vision: bool = False
+    """Vision-language models: train the media (vision) tower too (frozen by default): LoRA on its linear layers,
+    every weight under FULL."""
 
     def __post_init__(self) -> None:
         problems = []

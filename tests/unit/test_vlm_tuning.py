@@ -1,0 +1,388 @@
+"""Vision-language tuning (#15): loss masks per family and a tiny model that learns from pixels alone.
+
+Every model here is built from a config (random weights, hidden 32, one layer, 32-pixel images) with a
+tokenizer trained in memory and the family's own image processor and processor classes: nothing from the
+Hub. The chat templates below render each family's conversation format (turn markers, image items).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunery.data.formats import Example, Part, Turn
+from tunery.data.tokenize import IGNORE_INDEX
+from tunery.tuning import multimodal
+
+pytest.importorskip("PIL")
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+WORDS = (
+    "system user assistant model Assistant User what colour is this square answer with one word red green blue yellow"
+)
+IMAGE = 32
+
+
+def tokenizer(specials, **named):
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([WORDS] * 3 + WORDS.split(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **named)
+
+
+def text_dims(vocab, **extra):
+    return dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        **extra,
+    )
+
+
+QWEN_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def qwen2_vl():
+    from transformers import AutoModelForImageTextToText, Qwen2VLConfig, Qwen2VLImageProcessor, Qwen2VLProcessor
+
+    from tunery.models.loading import processor_class
+
+    t = tokenizer(
+        [
+            "<|endoftext|>",
+            "<|im_start|>",
+            "<|im_end|>",
+            "<|vision_start|>",
+            "<|vision_end|>",
+            "<|image_pad|>",
+            "<|video_pad|>",
+        ],
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+    ip = Qwen2VLImageProcessor(
+        min_pixels=IMAGE * IMAGE, max_pixels=IMAGE * IMAGE, patch_size=8, merge_size=2, temporal_patch_size=2
+    )
+    p = processor_class(Qwen2VLProcessor)(image_processor=ip, tokenizer=t, chat_template=QWEN_TEMPLATE)
+    ids = t.convert_tokens_to_ids
+    config = Qwen2VLConfig(
+        text_config=text_dims(
+            len(t),
+            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+            pad_token_id=t.pad_token_id,
+            bos_token_id=None,
+            eos_token_id=t.eos_token_id,
+        ),
+        vision_config=dict(
+            depth=1,
+            embed_dim=32,
+            hidden_size=32,
+            num_heads=2,
+            patch_size=8,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            mlp_ratio=2,
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        bos_token_id=None,
+        eos_token_id=t.eos_token_id,
+        pad_token_id=t.pad_token_id,
+    )
+    torch.manual_seed(0)
+    return AutoModelForImageTextToText.from_config(config), p
+
+
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def gemma3():
+    from transformers import AutoModelForImageTextToText, Gemma3Config, Gemma3ImageProcessor, Gemma3Processor
+
+    t = tokenizer(
+        [
+            "<pad>",
+            "<eos>",
+            "<bos>",
+            "<start_of_turn>",
+            "<end_of_turn>",
+            "<start_of_image>",
+            "<end_of_image>",
+            "<image_soft_token>",
+        ],
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        extra_special_tokens={
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+            "image_token": "<image_soft_token>",
+        },
+    )
+    ip = Gemma3ImageProcessor(size={"height": IMAGE, "width": IMAGE})
+    p = Gemma3Processor(image_processor=ip, tokenizer=t, chat_template=GEMMA_TEMPLATE, image_seq_length=4)
+    ids = t.convert_tokens_to_ids
+    config = Gemma3Config(
+        text_config=text_dims(
+            len(t),
+            head_dim=16,
+            pad_token_id=t.pad_token_id,
+            bos_token_id=t.bos_token_id,
+            eos_token_id=ids("<end_of_turn>"),
+            sliding_window=64,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=IMAGE,
+            patch_size=8,
+        ),
+        mm_tokens_per_image=4,
+        boi_token_index=ids("<start_of_image>"),
+        eoi_token_index=ids("<end_of_image>"),
+        image_token_index=ids("<image_soft_token>"),
+    )
+    torch.manual_seed(0)
+    return AutoModelForImageTextToText.from_config(config), p
+
+
+IDEFICS_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
+    "{% elif item['type'] == 'image' %}<image>{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def idefics3():
+    from transformers import AutoModelForImageTextToText, Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
+
+    t = tokenizer(
+        ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>", "<global-img>"],
+        eos_token="<end_of_utterance>",
+        pad_token="<|endoftext|>",
+        bos_token="<|im_start|>",
+    )
+    ip = Idefics3ImageProcessor(
+        do_image_splitting=False, size={"longest_edge": IMAGE}, max_image_size={"longest_edge": IMAGE}
+    )
+    p = Idefics3Processor(image_processor=ip, tokenizer=t, image_seq_len=4, chat_template=IDEFICS_TEMPLATE)
+    ids = t.convert_tokens_to_ids
+    config = Idefics3Config(
+        text_config=dict(
+            model_type="llama",
+            **text_dims(len(t), pad_token_id=t.pad_token_id, bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id),
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=IMAGE,
+            patch_size=8,
+        ),
+        scale_factor=2,
+        image_token_id=ids("<image>"),
+    )
+    torch.manual_seed(0)
+    return AutoModelForImageTextToText.from_config(config), p
+
+
+BUILDERS = {"qwen2_vl": qwen2_vl, "gemma3": gemma3, "idefics3": idefics3}
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
+PROMPT = "what colour is this square"
+
+
+def png(rgb: tuple[int, int, int]) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (IMAGE, IMAGE), rgb).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def image_part(rgb: tuple[int, int, int]) -> Part:
+    return Part("inlineData", mime_type="image/png", data=png(rgb))
+
+
+def shade(rgb: tuple[int, int, int], rng: random.Random, spread: int = 25) -> tuple[int, int, int]:
+    return tuple(min(255, max(0, c + rng.randint(-spread, spread))) for c in rgb)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_loss_mask_is_model_turns_and_end_of_turn(name: str) -> None:
+    model, processor = BUILDERS[name]()
+    family = multimodal.require_family(model.config)
+    example = Example(
+        turns=(
+            Turn("user", (image_part(COLOURS["red"]), Part("text", PROMPT))),
+            Turn("model", (Part("text", "red"),)),
+            Turn("user", (Part("text", "and this one"), image_part(COLOURS["blue"]))),
+            Turn("model", (Part("text", "blue"),)),
+        ),
+        system="answer with one word",
+        line=7,
+    )
+    short = Example(
+        turns=(Turn("user", (image_part(COLOURS["green"]), Part("text", PROMPT))),)
+        + (Turn("model", (Part("text", "green"),)),)
+    )
+    batch, _ = multimodal.process(family, processor, [example, short], None)  # padded: rows of unequal length
+    tokenizer = processor.tokenizer
+    placeholders = family.placeholder_ids(processor)
+    assert placeholders, "the family names its media placeholder tokens"
+    end = tokenizer.convert_tokens_to_ids(family.end_of_turn)
+    for row, answers in enumerate((["red", "blue"], ["green"])):
+        ids, labels = batch["input_ids"][row].tolist(), batch["labels"][row].tolist()
+        trained = [k for k, label in enumerate(labels) if label != IGNORE_INDEX]
+        assert all(labels[k] == ids[k] for k in trained)
+        assert not placeholders & {ids[k] for k in trained}
+        assert any(i in placeholders for i in ids), "the processor expanded the image placeholders"
+        # Exactly the answers, each followed by its end-of-turn token, and nothing of the prompt.
+        pieces, current = [], []
+        for k in trained:
+            current.append(ids[k])
+            if ids[k] == end:
+                pieces.append(current)
+                current = []
+        assert not current
+        assert [tokenizer.decode(p[:-1]).strip() for p in pieces] == answers
+        for piece, answer in zip(pieces, answers, strict=True):
+            assert (
+                piece[:-1] == tokenizer(answer, add_special_tokens=False)["input_ids"]
+                or tokenizer.decode(piece[:-1]) == " " + answer
+            )  # Idefics3 renders "Assistant: answer": the model writes the space
+        # Every end-of-turn token after a model-turn opener is trained; the user turns' ones are not.
+        assert sum(1 for k in trained if ids[k] == end) == len(answers) < ids.count(end)
+    # The forward pass takes the processor's tensors: pixels reach the hidden states.
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    hidden = multimodal.body(model)(**inputs, use_cache=False).last_hidden_state
+    assert hidden.shape[:2] == batch["input_ids"].shape
+
+
+def test_unsupported_media_names_the_line_and_part() -> None:
+    model, processor = qwen2_vl()
+    family = multimodal.require_family(model.config)
+    audio = Example(
+        turns=(
+            Turn("user", (Part("text", PROMPT), Part("inlineData", mime_type="audio/wav", data="AAAA"))),
+            Turn("model", (Part("text", "red"),)),
+        ),
+        line=3,
+    )
+    with pytest.raises(Exception, match=r"line 3: contents\[0\]\.parts\[1\]: Qwen2-VL models take text, image"):
+        multimodal.process(family, processor, [audio], None)
+
+
+def write_rows(path: Path, items: list[tuple[str, tuple[int, int, int]]]) -> Path:
+    rows = [
+        {
+            "contents": [
+                {
+                    "role": "user",
+                    "parts": [{"inlineData": {"mimeType": "image/png", "data": png(rgb)}}, {"text": PROMPT}],
+                },
+                {"role": "model", "parts": [{"text": label}]},
+            ]
+        }
+        for label, rgb in items
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@torch.no_grad()
+def exact_match(model: torch.nn.Module, processor, items: list[tuple[str, tuple[int, int, int]]]) -> float:
+    """Greedy answers to the same prompt on each image, compared whole with the label."""
+    family = multimodal.require_family(model.config)
+    model.eval()
+    right = 0
+    for label, rgb in items:
+        prompt = Example(turns=(Turn("user", (image_part(rgb), Part("text", PROMPT))),))
+        messages = multimodal.chat_messages(prompt, family)
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs = processor(
+            text=[text], images=[[multimodal.decode_image(prompt.turns[0].parts[0], None)]], return_tensors="pt"
+        )
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+        answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        right += answer.strip() == label
+    return right / len(items)
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl"])
+def test_tiny_vlm_learns_colours_from_pixels(name: str, tmp_path: Path) -> None:
+    """Only the pixels carry the answer (one prompt for every example): tuned, held-out images are named."""
+    from transformers import AutoModelForImageTextToText
+
+    from tunery.models.loading import load_processor
+    from tunery.tuning import TuningSpec, tune
+
+    model, processor = BUILDERS[name]()
+    base = tmp_path / "base"
+    model.save_pretrained(base, safe_serialization=True)
+    processor.save_pretrained(base)
+    rng = random.Random(0)
+    train = [(label, shade(rgb, rng)) for _ in range(6) for label, rgb in COLOURS.items()]
+    held_out = [(label, shade(rgb, rng)) for _ in range(3) for label, rgb in COLOURS.items()]
+    rng.shuffle(train)
+    before = exact_match(model, processor, held_out)
+    started = time.perf_counter()
+    spec = TuningSpec(
+        train=str(write_rows(tmp_path / "train.jsonl", train)),
+        base_model=str(base),
+        method="FULL",
+        epochs=40,
+        batch_size=4,
+        learning_rate_multiplier=100,
+        output=str(tmp_path / "tuned"),
+        device="cpu",
+    )
+    tuned = tune(spec)
+    seconds = time.perf_counter() - started
+    after = exact_match(AutoModelForImageTextToText.from_pretrained(tuned), load_processor(tuned), held_out)
+    print(
+        f"{name}: exact match {before:.0%} -> {after:.0%} on {len(held_out)} held-out images, tuned in {seconds:.1f} s"
+    )
+    assert before <= 0.5
+    assert after >= 0.95
+    frozen = AutoModelForImageTextToText.from_pretrained(base).state_dict()
+    for key, value in AutoModelForImageTextToText.from_pretrained(tuned).state_dict().items():
+        if key.startswith(("model.visual.", "model.vision_tower.", "model.vision_model.")):
+            assert torch.equal(value, frozen[key]), f"{key}: the vision tower is frozen by default"
