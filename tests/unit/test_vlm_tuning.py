@@ -340,15 +340,28 @@ def exact_match(model: torch.nn.Module, processor, items: list[tuple[str, tuple[
         inputs = processor(
             text=[text], images=[[multimodal.decode_image(prompt.turns[0].parts[0], None)]], return_tensors="pt"
         )
-        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+        out = model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
         answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         right += answer.strip() == label
     return right / len(items)
 
 
-@pytest.mark.parametrize("name", ["qwen2_vl"])
-def test_tiny_vlm_learns_colours_from_pixels(name: str, tmp_path: Path) -> None:
+TOWERS = ("model.visual.", "model.vision_tower.", "model.vision_model.")
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "train_projector"),
+    [
+        ("qwen2_vl", "FULL", False),
+        ("qwen2_vl", "PEFT_ADAPTER", False),
+        ("gemma3", "FULL", True),  # Gemma 3's projector starts at zero: frozen, it passes no pixels on
+        ("idefics3", "FULL", True),
+    ],
+)
+def test_tiny_vlm_learns_colours_from_pixels(name: str, method: str, train_projector: bool, tmp_path: Path) -> None:
     """Only the pixels carry the answer (one prompt for every example): tuned, held-out images are named."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
     from tunery.models.loading import load_processor
@@ -367,22 +380,36 @@ def test_tiny_vlm_learns_colours_from_pixels(name: str, tmp_path: Path) -> None:
     spec = TuningSpec(
         train=str(write_rows(tmp_path / "train.jsonl", train)),
         base_model=str(base),
-        method="FULL",
+        method=method,
         epochs=40,
         batch_size=4,
-        learning_rate_multiplier=100,
+        learning_rate_multiplier=100 if method == "FULL" else 10,
+        adapter_size=8,
+        train_projector=train_projector,
         output=str(tmp_path / "tuned"),
         device="cpu",
     )
     tuned = tune(spec)
     seconds = time.perf_counter() - started
-    after = exact_match(AutoModelForImageTextToText.from_pretrained(tuned), load_processor(tuned), held_out)
+    if method == "FULL":
+        tuned_model = AutoModelForImageTextToText.from_pretrained(tuned)
+    else:
+        tuned_model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), tuned)
+    after = exact_match(tuned_model, load_processor(tuned), held_out)
     print(
         f"{name}: exact match {before:.0%} -> {after:.0%} on {len(held_out)} held-out images, tuned in {seconds:.1f} s"
     )
     assert before <= 0.5
     assert after >= 0.95
+    family = multimodal.require_family(model.config)
+    if method != "FULL":  # adapters on the language model only: none in the vision tower or the projector
+        keys = list(load_file(tuned / "adapter_model.safetensors"))
+        assert any(".language_model." in k and "lora_A" in k for k in keys)
+        assert not [k for k in keys if any(t in k for t in TOWERS)]
+        return
     frozen = AutoModelForImageTextToText.from_pretrained(base).state_dict()
-    for key, value in AutoModelForImageTextToText.from_pretrained(tuned).state_dict().items():
-        if key.startswith(("model.visual.", "model.vision_tower.", "model.vision_model.")):
-            assert torch.equal(value, frozen[key]), f"{key}: the vision tower is frozen by default"
+    changed = {k for k, v in tuned_model.state_dict().items() if not torch.equal(v, frozen[k])}
+    projector = {k for k in frozen if k.startswith(tuple(p + "." for p in family.projector))}
+    tower = {k for k in frozen if k.startswith(TOWERS)} - projector
+    assert changed and not changed & tower, "the vision tower is frozen by default"
+    assert bool(changed & projector) == train_projector, "the projector trains only with --train-projector"
