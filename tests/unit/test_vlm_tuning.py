@@ -310,6 +310,10 @@ def test_unsupported_media_names_the_line_and_part() -> None:
         multimodal.process(family, processor, [audio], None)
 
 
+def model_turn(label: str) -> dict:
+    return {"role": "model", "parts": [{"text": label}]}
+
+
 def write_rows(path: Path, items: list[tuple[str, tuple[int, int, int]]]) -> Path:
     rows = [
         {
@@ -318,7 +322,7 @@ def write_rows(path: Path, items: list[tuple[str, tuple[int, int, int]]]) -> Pat
                     "role": "user",
                     "parts": [{"inlineData": {"mimeType": "image/png", "data": png(rgb)}}, {"text": PROMPT}],
                 },
-                {"role": "model", "parts": [{"text": label}]},
+                model_turn(label),
             ]
         }
         for label, rgb in items
@@ -376,8 +380,20 @@ def test_tiny_vlm_learns_colours_from_pixels(name: str, method: str, train_proje
     held_out = [(label, shade(rgb, rng)) for _ in range(3) for label, rgb in COLOURS.items()]
     rng.shuffle(train)
     before = exact_match(model, processor, held_out)
+    validation = None
+    if method != "FULL":  # a validation file elsewhere, its images as files beside it (fileData, relative)
+        folder = tmp_path / "validation"
+        folder.mkdir()
+        rows = []
+        for k, (label, rgb) in enumerate(held_out[:4]):
+            (folder / f"{k}.png").write_bytes(base64.b64decode(png(rgb)))
+            image = {"fileData": {"mimeType": "image/png", "fileUri": f"{k}.png"}}
+            rows.append({"contents": [{"role": "user", "parts": [image, {"text": PROMPT}]}, model_turn(label)]})
+        validation = folder / "validation.jsonl"
+        validation.write_text("".join(json.dumps(r) + "\n" for r in rows))
     started = time.perf_counter()
     spec = TuningSpec(
+        validation=str(validation) if validation else None,
         train=str(write_rows(tmp_path / "train.jsonl", train)),
         base_model=str(base),
         method=method,
@@ -402,6 +418,12 @@ def test_tiny_vlm_learns_colours_from_pixels(name: str, method: str, train_proje
     assert before <= 0.5
     assert after >= 0.95
     family = multimodal.require_family(model.config)
+    if validation is not None:  # evaluated in the loop, media decoded from the validation file's folder
+        records = [json.loads(line) for line in (tuned / "metrics.jsonl").read_text().splitlines()]
+        evaluated = [r for r in records if "eval_loss" in r]
+        assert len(evaluated) == 41  # before the first step and at each epoch's end
+        assert evaluated[-1]["eval_loss"] < evaluated[0]["eval_loss"]
+        assert evaluated[0]["eval_token_accuracy"] <= 0.5 and evaluated[-1]["eval_token_accuracy"] >= 0.95
     if method != "FULL":  # adapters on the language model only: none in the vision tower or the projector
         keys = list(load_file(tuned / "adapter_model.safetensors"))
         assert any(".language_model." in k and "lora_A" in k for k in keys)

@@ -49,6 +49,7 @@ class Prepared:
     processor: Any = None  # a vision-language model's processor (its tokenizer is ``tokenizer``)
     family: multimodal.Family | None = None  # the model's multimodal family (tunery.tuning.multimodal)
     media_source: Any = None  # where the training file's media parts resolve
+    validation_media_source: Any = None  # and the validation file's
 
 
 def new_run_dir(spec: TuningSpec) -> Path:
@@ -89,17 +90,19 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
         if report is not None:
             report.raise_for_errors()
     train_encoded, validation_encoded = train.encoded, validation.encoded if validation else []
-    family, source = None, None
+    family, source, validation_source = None, None, None
     if processor is not None:
         config = json.loads((Path(base.path) / "config.json").read_text())
         family = multimodal.require_family(config, model_id)
         source = Path(spec.train).expanduser().resolve().parent
-        train_encoded = multimodal.encode_all(family, processor, train.examples, source, max_length, spec.train)
+        train_encoded = [*multimodal.encode_all(family, processor, train.examples, source, max_length, spec.train)]
         if validation is not None and spec.validation:
             validation_source = Path(spec.validation).expanduser().resolve().parent
-            validation_encoded = multimodal.encode_all(
-                family, processor, validation.examples, validation_source, max_length, spec.validation
-            )
+            validation_encoded = [
+                *multimodal.encode_all(
+                    family, processor, validation.examples, validation_source, max_length, spec.validation
+                )
+            ]
     epochs = spec.epochs or default_epochs(len(train_encoded))
     learning_rate = base.learning_rates[spec.method] * spec.learning_rate_multiplier
     stats = tuning_data_stats(train_encoded, epochs, spec.batch_size)
@@ -116,6 +119,7 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
         processor,
         family,
         source,
+        validation_source,
     )
 
 
@@ -132,10 +136,12 @@ def make_run(prep: Prepared, model: Any, core: Any, placement: Any = None, proce
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     text_batcher = Batcher(prep.tokenizer.pad_token_id, placement.device, placement.packing) if placement else None
-    media = None
+    media = eval_media = None
     if prep.processor is not None and prep.family is not None:  # media decoded per batch, on the run's device
         device = placement.device if placement else None
         media = multimodal.MultimodalCollator(prep.family, prep.processor, prep.media_source, device)
+        eval_source = prep.validation_media_source or prep.media_source
+        eval_media = multimodal.MultimodalCollator(prep.family, prep.processor, eval_source, device)
     return Run(
         model=model,
         core=core,
@@ -153,7 +159,7 @@ def make_run(prep: Prepared, model: Any, core: Any, placement: Any = None, proce
         run_dir=prep.run_dir,
         batcher=media or text_batcher,
         processes=processes or Processes(),
-        eval_batcher=media,
+        eval_batcher=eval_media,
     )
 
 
