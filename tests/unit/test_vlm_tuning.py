@@ -435,3 +435,50 @@ def test_tiny_vlm_learns_colours_from_pixels(name: str, method: str, train_proje
     tower = {k for k in frozen if k.startswith(TOWERS)} - projector
     assert changed and not changed & tower, "the vision tower is frozen by default"
     assert bool(changed & projector) == train_projector, "the projector trains only with --train-projector"
+
+
+def test_media_is_decoded_per_batch_not_kept() -> None:
+    """``encode_all`` decodes each image once to count its tokens and keeps only ids; every batch decodes again."""
+    import dataclasses
+
+    model, processor = qwen2_vl()
+    calls: list[str] = []
+
+    def counting(part: Part, source: object, proc: object) -> object:
+        calls.append(part.data[-12:])
+        return multimodal.decode_image(part, source, proc)
+
+    family = dataclasses.replace(
+        multimodal.require_family(model.config), media={"image": multimodal.MediaKind("image", "images", counting)}
+    )
+    examples = [
+        Example(turns=(Turn("user", (image_part(rgb), Part("text", PROMPT))), Turn("model", (Part("text", label),))))
+        for label, rgb in COLOURS.items()
+    ]
+    encoded = multimodal.encode_all(family, processor, examples, None, max_length=256)
+    assert len(calls) == 4 and all(isinstance(e.input_ids, list) for e in encoded)
+    assert not [v for e in encoded for v in vars(e).values() if isinstance(v, torch.Tensor)]
+    collate = multimodal.MultimodalCollator(family, processor, None)
+    batch = collate(encoded[:2])
+    assert len(calls) == 6  # two more: this batch's images only
+    assert batch["input_ids"][0].tolist()[: len(encoded[0].input_ids)] == encoded[0].input_ids
+    assert batch["labels"][1].tolist()[: len(encoded[1].labels)] == encoded[1].labels
+    with pytest.raises(Exception, match=r"over the maximum 8"):
+        multimodal.encode_all(family, processor, examples[:1], None, max_length=8)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_lora_targets_the_language_model_and_opens_the_tower_on_request(name: str) -> None:
+    model, _ = BUILDERS[name]()
+    family = multimodal.require_family(model.config)
+    in_tower = lambda n: n.startswith(TOWERS) and not n.startswith(tuple(p + "." for p in family.projector))  # noqa: E731
+    in_projector = lambda n: n.startswith(tuple(p + "." for p in family.projector))  # noqa: E731
+    language = multimodal.lora_targets(model, family)
+    assert language and all(".language_model." in n or ".text_model." in n for n in language)
+    assert "lm_head" not in language
+    with_vision = multimodal.lora_targets(model, family, train_vision=True)
+    assert set(language) < set(with_vision) and any(in_tower(n) for n in with_vision)
+    assert not any(in_projector(n) for n in with_vision)
+    multimodal.freeze_media(model, family, train_projector=True)
+    for n, p in model.named_parameters():
+        assert p.requires_grad == (not in_tower(n)), n
