@@ -94,7 +94,8 @@ class HyperParameters(Request):
 
 class ComputeConfig(Request):
     """Where and how a job computes (``TuningSpec``'s ``COMPUTE_CONFIG`` fields): never what it learns, except
-    ``quantize``. Each one left out takes tunery's default; ``TuningSpec`` checks the values."""
+    ``quantize``, ``trainProjector`` and ``trainVision``. Each one left out takes tunery's default; ``TuningSpec``
+    checks the values."""
 
     model_config = ConfigDict(strict=True)
 
@@ -103,6 +104,8 @@ class ComputeConfig(Request):
     quantize: Literal["4bit"] | None = Field(None, description="4bit: QLoRA on a CUDA GPU; PEFT_ADAPTER only.")
     gradient_checkpointing: bool | None = Field(None, description="Recompute activations: less memory.")
     packing: bool | None = Field(None, description="Padding-free micro-batches; default on CUDA only.")
+    train_projector: bool | None = Field(None, description="Vision-language models: train the projector too.")
+    train_vision: bool | None = Field(None, description="Vision-language models: train the vision tower too.")
 
 
 class SupervisedTuningSpec(Request):
