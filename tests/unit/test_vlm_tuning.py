@@ -482,3 +482,30 @@ def test_lora_targets_the_language_model_and_opens_the_tower_on_request(name: st
     multimodal.freeze_media(model, family, train_projector=True)
     for n, p in model.named_parameters():
         assert p.requires_grad == (not in_tower(n)), n
+
+
+def test_cli_tunes_a_vlm_dir_with_the_projector_open(tmp_path: Path) -> None:
+    """``tunery tune`` on a vision-language model directory and a JSONL with image parts; LoRA with
+    ``--train-projector`` keeps the projector whole in the adapter."""
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from tunery.cli import app
+
+    model, processor = qwen2_vl()
+    base = tmp_path / "base"
+    model.save_pretrained(base, safe_serialization=True)
+    processor.save_pretrained(base)
+    rng = random.Random(1)
+    train = write_rows(tmp_path / "train.jsonl", [(label, shade(rgb, rng)) for label, rgb in COLOURS.items()])
+    output = tmp_path / "tuned"
+    args = ["tune", "--model", str(base), "--train", str(train), "--output", str(output), "--epochs", "1"]
+    result = CliRunner().invoke(app, [*args, "--batch-size", "2", "--device", "cpu", "--train-projector"])
+    assert result.exit_code == 0, result.output
+    keys = list(load_file(output / "adapter_model.safetensors"))
+    assert any("visual.merger" in k and "lora" not in k for k in keys), "the projector, whole"
+    assert any(".language_model." in k and "lora_A" in k for k in keys)
+    assert not [k for k in keys if "visual.blocks" in k], "the vision tower stays frozen"
+    manifest = json.loads((output / "tunery.json").read_text())
+    assert manifest["spec"]["train_projector"] is True
+    assert (output / "processor_config.json").is_file()
