@@ -224,7 +224,43 @@ def idefics3():
     return AutoModelForImageTextToText.from_config(config), p
 
 
-BUILDERS = {"qwen2_vl": qwen2_vl, "gemma3": gemma3, "idefics3": idefics3}
+def qwen2_5_vl():
+    """Qwen2.5-VL: Qwen2-VL's processor and template, a windowed vision tower."""
+    from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen2_5_VLProcessor
+
+    from tunery.models.loading import processor_class
+
+    _, base = qwen2_vl()
+    t = base.tokenizer
+    p = processor_class(Qwen2_5_VLProcessor)(
+        image_processor=base.image_processor, tokenizer=t, chat_template=QWEN_TEMPLATE
+    )
+    ids = t.convert_tokens_to_ids
+    rope = {"type": "mrope", "mrope_section": [2, 3, 3]}
+    config = Qwen2_5_VLConfig(
+        text_config=text_dims(len(t), rope_scaling=rope, pad_token_id=t.pad_token_id, eos_token_id=t.eos_token_id),
+        vision_config=dict(
+            depth=1,
+            hidden_size=32,
+            out_hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            patch_size=8,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=16,
+            fullatt_block_indexes=[0],
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    torch.manual_seed(0)
+    return AutoModelForImageTextToText.from_config(config), p
+
+
+BUILDERS = {"qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl, "gemma3": gemma3, "idefics3": idefics3}
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 PROMPT = "what colour is this square"
 
@@ -358,6 +394,7 @@ TOWERS = ("model.visual.", "model.vision_tower.", "model.vision_model.")
     [
         ("qwen2_vl", "FULL", False),
         ("qwen2_vl", "PEFT_ADAPTER", False),
+        ("qwen2_5_vl", "FULL", False),
         ("gemma3", "FULL", True),  # Gemma 3's projector starts at zero: frozen, it passes no pixels on
         ("idefics3", "FULL", True),
     ],
