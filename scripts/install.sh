@@ -18,6 +18,7 @@ python3 -m venv .venv
 if [ "$extras" = "test" ]; then
     # The official API clients for tests/clients; google-cloud-aiplatform without its google-genai<3 pin.
     .venv/bin/python -m pip install --quiet -e ".[clients]"
+    .venv/bin/python -m pip install --quiet -e ".[ray]"  # tests/integration/test_ray.py: a local Ray cluster
     .venv/bin/python -m pip install --quiet --no-deps google-cloud-aiplatform==2.7.0
     # The integration tier renders an evaluation report in headless Chromium; the service tests run
     # the job store on a throwaway PostgreSQL cluster too. Both are Debian packages.

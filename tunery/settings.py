@@ -20,8 +20,9 @@ def models_cache() -> Path:
 
 
 def tuned_models_dir() -> Path:
-    """Default parent of tuned model directories."""
-    return tunery_home() / "tuned-models"
+    """Default parent of tuned model directories: ``TUNERY_ARTIFACTS`` (a path every Ray node reaches) if set."""
+    artifacts = os.environ.get("TUNERY_ARTIFACTS")
+    return Path(artifacts).expanduser() if artifacts else tunery_home() / "tuned-models"
 
 
 def jobs_dir() -> Path:

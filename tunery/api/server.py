@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from typing import Any
 
 import uvicorn
 
@@ -76,7 +77,9 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 
 
-def serve(host: str = "127.0.0.1", port: int = 8080, workers: int = 1, vllm: dict | None = None) -> None:
+def serve(
+    host: str = "127.0.0.1", port: int = 8080, workers: int = 1, vllm: dict | None = None, executor: Any = None
+) -> None:
     """Serve until SIGTERM/SIGINT. Exits 2 when a non-loopback host has no API key to protect it. ``vllm``
     (``{base, max_lora_rank, max_loras}``): generation on vLLM (``tunery.serving.vllm``), not tunery's host."""
     from tunery.api.app import create_app
@@ -103,7 +106,7 @@ def serve(host: str = "127.0.0.1", port: int = 8080, workers: int = 1, vllm: dic
         from tunery.settings import tunery_home
 
         model_host = start_for_service(store, log_path=str(tunery_home() / "vllm.log"), **vllm)
-    app = create_app(store=store, scheduler=Scheduler(store, workers), host=model_host)
+    app = create_app(store=store, scheduler=Scheduler(store, workers, executor=executor), host=model_host)
     app.state.owns_store = True
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SECONDS)
     _Server(config, url_of(sock), app.state.draining).run(sockets=[sock])

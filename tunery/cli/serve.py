@@ -16,6 +16,9 @@ def serve(
     vllm_base: str = typer.Option(None, "--vllm-base", help="--engine vllm: the base model (HF directory or id)."),
     max_lora_rank: int = typer.Option(16, "--max-lora-rank", help="--engine vllm: the largest adapter rank served."),
     max_loras: int = typer.Option(4, "--max-loras", help="--engine vllm: adapters in one batch at once."),
+    executor: str = typer.Option(
+        "local", "--executor", help="Where job workers run: local (processes here) or ray (RAY_ADDRESS's cluster)."
+    ),
 ) -> None:
     """Serve the REST API (tuning jobs, files, models, generateContent) until Ctrl-C or SIGTERM."""
     from tunery.api.server import serve as run
@@ -28,4 +31,6 @@ def serve(
         if not vllm_base:
             raise ConfigError("--engine vllm needs --vllm-base MODEL: the base model its adapters were tuned from")
         vllm = {"base": vllm_base, "max_lora_rank": max_lora_rank, "max_loras": max_loras}
-    run(host=host, port=port, workers=workers, vllm=vllm)
+    from tunery.jobs.executor import make_executor
+
+    run(host=host, port=port, workers=workers, vllm=vllm, executor=make_executor(executor))

@@ -11,15 +11,16 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 from typing import Any
 
+from tunery.jobs.executor import LocalExecutor
 from tunery.jobs.scheduler import worker_alive
 from tunery.jobs.store import CANCELLED, CODE_CANCELLED, CODE_INTERNAL, EMBEDDED, FAILED, Job, Store, new_id
 from tunery.settings import jobs_dir, tuned_models_dir
 from tunery.tuning.spec import TuningSpec
 
 TENANT = "default"
+EXECUTOR = LocalExecutor()  # the embedded path: the same executor interface the server's scheduler uses
 _workers: dict[int, subprocess.Popen] = {}  # workers this process started, kept so they can be reaped
 
 
@@ -31,17 +32,7 @@ def submit(spec: TuningSpec, store: Store | None = None) -> dict[str, Any]:
         spec.output = str(tuned_models_dir() / job_id)
     store.create_job(TENANT, spec, spec.to_request(), job_id=job_id, owner=EMBEDDED)
     store.claim_job(job_id, EMBEDDED, None, attempt=True)  # counted before the worker reads it
-    log_dir = jobs_dir() / job_id
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with (log_dir / "worker.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tunery.jobs.worker", job_id],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "TUNERY_DATABASE_URL": store.url},
-            start_new_session=True,
-        )
+    process = EXECUTOR.submit(store.get_job(TENANT, job_id), store.url)
     _workers[process.pid] = process
     return store.update_job(job_id, worker_pid=process.pid).resource()
 

@@ -23,16 +23,15 @@ resumes their jobs. ``stop()`` (server shutdown) does the same on purpose.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
 from tunery.jobs import inputs
+from tunery.jobs.executor import EXIT_LOST, Executor, Handle, LocalExecutor
 from tunery.jobs.store import (
     CANCELLED,
     CODE_CANCELLED,
@@ -45,7 +44,6 @@ from tunery.jobs.store import (
     Store,
     short_error,
 )
-from tunery.settings import jobs_dir
 
 MAX_BACKOFF_SECONDS = 30.0
 
@@ -53,12 +51,21 @@ MAX_BACKOFF_SECONDS = 30.0
 class Scheduler:
     """Runs the store's queued jobs in worker processes (see the module docstring)."""
 
-    def __init__(self, store: Store, workers: int = 1, *, poll_seconds: float = 0.5, max_attempts: int = 3) -> None:
+    def __init__(
+        self,
+        store: Store,
+        workers: int = 1,
+        *,
+        poll_seconds: float = 0.5,
+        max_attempts: int = 3,
+        executor: Executor | None = None,
+    ) -> None:
         if workers < 1:
             raise ValueError(f"workers {workers}: expected at least 1")
         self.store, self.workers, self.poll_seconds, self.max_attempts = store, workers, poll_seconds, max_attempts
         self.owner = f"server@{socket.gethostname()}"  # any server on this host may resume another's jobs
-        self.running: dict[str, subprocess.Popen] = {}
+        self.executor: Executor = executor or LocalExecutor()
+        self.running: dict[str, Handle] = {}
         self.exited: dict[str, int] = {}  # workers gone whose job's end is still to be recorded (the store failed)
         self._terminated: set[str] = set()
         self.failures = 0  # ticks in a row that failed
@@ -80,15 +87,13 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join()
         for process in self.running.values():
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
+            self.executor.cancel(process)
         for job_id, process in list(self.running.items()):
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            self.exited[job_id] = process.returncode
+            code = self.executor.wait(process, timeout)
+            if code is None:
+                self.executor.kill(process)
+                code = process.poll()
+            self.exited[job_id] = code if code is not None else EXIT_LOST
         self.running.clear()
         try:
             self._record_exits()
@@ -113,13 +118,14 @@ class Scheduler:
 
     def tick(self) -> None:
         for job_id, process in list(self.running.items()):
-            if process.poll() is not None:
+            code = process.poll()
+            if code is not None:
                 del self.running[job_id]
                 self._terminated.discard(job_id)
-                self.exited[job_id] = process.returncode
+                self.exited[job_id] = code
         for job_id, process in self.running.items():
             if job_id not in self._terminated and self.store.get_job(None, job_id).cancel_requested:
-                process.send_signal(signal.SIGTERM)
+                self.executor.cancel(process)
                 self._terminated.add(job_id)
         self._record_exits()
         if self._stopping.is_set():
@@ -156,20 +162,9 @@ class Scheduler:
     def _launch(self, job: Job) -> None:
         if self.store.claim_job(job.id, self.owner, None, attempt=True).has_ended:  # the run counts before it starts
             return  # cancelled since it was read
-        log_dir = jobs_dir() / job.id
-        log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "TUNERY_DATABASE_URL": self.store.url}
-        with (log_dir / "worker.log").open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "tunery.jobs.worker", job.id, "--watch-parent"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,  # a Ctrl-C at the server's terminal reaches workers through stop() only
-            )
+        process = self.executor.submit(job, self.store.url, watch_parent=True)
         self.running[job.id] = process
-        self.store.update_job(job.id, worker_pid=process.pid)
+        self.store.update_job(job.id, worker_pid=self.executor.pid(process))
 
     def _after_exit(self, job_id: str, code: int) -> None:
         job = self.store.get_job(None, job_id)
