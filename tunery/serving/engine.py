@@ -700,6 +700,15 @@ class Engine:
 
     def __init__(self, name: str | Path, weights: str = "fp32") -> None:
         self.name = str(name)
+        from tunery.serving.multimodal import VisionLanguageModel, is_vision_language
+
+        self.vlm: VisionLanguageModel | None = None
+        if is_vision_language(self.name):  # a VLM dir: processor + generate, one row at a time
+            self.vlm = VisionLanguageModel(self.name)
+            self.manifest, self.tokenizer, self.model = None, self.vlm.tokenizer, self.vlm.model
+            self.context_length = int(getattr(self.model.config.get_text_config(), "max_position_embeddings", 2048))
+            self.stop_ids = [self.tokenizer.eos_token_id]
+            return
         self.models = Models(max_bases=1, max_adapters=1, weights=weights)
         self.served = self.models.get(self.name)
         self.manifest = self.served.manifest
@@ -709,6 +718,8 @@ class Engine:
         self.model = self.served.base.model
 
     def count_tokens(self, example: Example) -> int:
+        if self.vlm is not None:
+            return self.vlm.count_tokens(example)
         return self.served.count_tokens(example)
 
     @torch.inference_mode()
@@ -731,6 +742,8 @@ class Engine:
 
     def generate(self, example: Example, config: GenerationConfig | None = None) -> Generation:
         config = config or GenerationConfig()
+        if self.vlm is not None:
+            return self.vlm.generate(example, config)
         return self.generate_batch([self.prompt(example, config)], [config])[0]
 
     def generate_batch(self, prompts: list[list[int]], configs: list[GenerationConfig]) -> list[Generation]:

@@ -241,6 +241,7 @@ class Host:
         self.max_batch = max_batch
         self._models: Models | None = None  # made on first use, so torch loads off the reader thread
         self._scheduler: Scheduler | None = None
+        self._vlms: dict[str, Any] = {}  # vision-language models (tunery.serving.multimodal), by name
         self._start_lock = threading.Lock()
         self.tokenizers: OrderedDict[str, Any] = OrderedDict()
         self.tokenizers_lock = threading.Lock()
@@ -327,6 +328,9 @@ class Host:
 
     def _generate(self, request: dict[str, Any]) -> None:
         request_id, stream = request.get("id"), bool(request.get("stream"))
+        if _is_vlm(request):  # a vision-language model: processor + generate on this thread, one row at a time
+            self._answer(request, _outcome_of(lambda: self._vlm_generate(request)))
+            return
         try:
             job = self._job(request, lambda outcome: self._answer(request, outcome), stream)
         except Exception as exc:
@@ -374,6 +378,19 @@ class Host:
         job = Job(request.get("id"), row, done)
         row.job = job  # type: ignore[attr-defined]
         return job
+
+    def _vlm(self, model: str) -> Any:
+        from tunery.serving.multimodal import VisionLanguageModel
+
+        with self._start_lock:
+            if model not in self._vlms:
+                self._vlms[model] = VisionLanguageModel(model)
+            return self._vlms[model]
+
+    def _vlm_generate(self, request: dict[str, Any]) -> Generation:
+        model = _model(request)
+        example, config = parse_generate_request(request.get("request"))
+        return self._vlm(model).generate(example, config)
 
     def _generate_batch(self, request: dict[str, Any]) -> None:
         """``{items: [generate request, ...]}`` → ``{replies: [{ok, result} | {ok: false, error}, ...]}``, in order;
@@ -435,6 +452,8 @@ class Host:
 
         model = _model(request)
         example = parse_count_tokens_request(request.get("request"))
+        if _is_vlm(request):
+            return count_tokens_response(self._vlm(model).count_tokens(example))
         _check_text_only(example, model, "countTokens request")
         return count_tokens_response(len(prompt_ids(self._tokenizer(model), example)))
 
@@ -554,13 +573,29 @@ def _version(model: str) -> str:
 def _check_text_only(example: Example, model: str, what: str) -> None:
     """The engine generates from text; media parts are refused by field, all at once."""
     problems = [
-        (f"contents[{i}].parts[{j}].{part.kind}", f"{_version(model)} takes text only, not {part.modality}")
+        (
+            f"contents[{i}].parts[{j}].{part.kind}",
+            f"model {_version(model)} takes text only (modalities: text), not {part.modality}",
+        )
         for i, turn in enumerate(example.turns)
         for j, part in enumerate(turn.parts)
         if part.kind != "text"
     ]
     if problems:
         raise request_error(what, problems)
+
+
+def _is_vlm(request: dict[str, Any]) -> bool:
+    from tunery.serving.multimodal import is_vision_language
+
+    return is_vision_language(str(request.get("model") or ""))
+
+
+def _outcome_of(work: Callable[[], Generation]) -> Generation | BaseException:
+    try:
+        return work()
+    except Exception as exc:
+        return exc
 
 
 def outcome(work: Callable[[], Any]) -> dict[str, Any]:
