@@ -89,3 +89,11 @@ def test_model_host_serves_an_image_request_and_a_text_model_refuses_it(vlm_dir:
     refused = _host_call({"op": "generate", "model": DEFAULT_MODEL, "request": body})
     assert refused["error"]["code"] == 400
     assert DEFAULT_MODEL in json.dumps(refused["error"]) and "text only" in json.dumps(refused["error"])
+
+
+def test_a_streamed_image_request_ends_with_the_whole_answer(vlm_dir: Path) -> None:
+    body = {"contents": [{"role": "user", "parts": [{"text": vlm.PROMPT}]}], "generationConfig": {"maxOutputTokens": 4}}
+    plain = _host_call({"op": "generate", "model": str(vlm_dir), "request": body})
+    streamed = _host_call({"op": "generate", "model": str(vlm_dir), "request": body, "stream": True})
+    assert streamed["ok"], streamed
+    assert streamed["result"]["candidates"][0]["content"] == plain["result"]["candidates"][0]["content"]

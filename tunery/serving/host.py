@@ -329,6 +329,7 @@ class Host:
     def _generate(self, request: dict[str, Any]) -> None:
         request_id, stream = request.get("id"), bool(request.get("stream"))
         if _is_vlm(request):  # a vision-language model: processor + generate on this thread, one row at a time
+            request["_left"] = lambda text: text  # a stream gets the whole answer as its one, last chunk
             self._answer(request, _outcome_of(lambda: self._vlm_generate(request)))
             return
         try:
