@@ -115,15 +115,15 @@ class RayExecutor:
         actor = self._actor.options(**options).remote(job.id, env)
         return RayHandle(job.id, actor, actor.run.remote())
 
-    def cancel(self, handle: RayHandle) -> None:
+    def cancel(self, handle: Any) -> None:
         handle.cancelled = True
         if handle.poll() is None:
             handle.actor.terminate.remote()
 
-    def alive(self, handle: RayHandle) -> bool:
+    def alive(self, handle: Any) -> bool:
         return handle.poll() is None
 
-    def pid(self, handle: RayHandle) -> int | None:
+    def pid(self, handle: Any) -> int | None:
         return None  # it runs on a node of the cluster: the store records no local pid
 
     def wait(self, handle: RayHandle, timeout: float) -> int | None:
@@ -132,6 +132,6 @@ class RayExecutor:
             time.sleep(0.1)
         return handle.poll()
 
-    def kill(self, handle: RayHandle) -> None:
+    def kill(self, handle: Any) -> None:
         _ray().kill(handle.actor, no_restart=True)
         handle.code = handle.code if handle.code is not None else EXIT_LOST
