@@ -126,7 +126,7 @@ class RayExecutor:
     def pid(self, handle: Any) -> int | None:
         return None  # it runs on a node of the cluster: the store records no local pid
 
-    def wait(self, handle: RayHandle, timeout: float) -> int | None:
+    def wait(self, handle: Any, timeout: float) -> int | None:
         deadline = time.monotonic() + timeout
         while handle.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
