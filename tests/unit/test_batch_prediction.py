@@ -181,3 +181,36 @@ def test_cli_predict_writes_results_with_a_progress_bar(tmp_path, tiny_model, fo
     again = CliRunner().invoke(app, ["predict", str(tiny_model), "--input", str(source), "--output", str(output)])
     assert again.exit_code == 0 and len(output.read_text().splitlines()) == 10  # done already: nothing redone
     assert Path(str(output) + ".done.json").is_file()
+
+
+def test_cancelled_job_ends_cancelled_keeping_the_answered_lines_once(tmp_path, tiny_model):
+    """A cancel mid-file (the store's flag and the scheduler's SIGTERM): CANCELLED, the lines answered before it
+    kept in order, none twice, and nothing past what ``done.json`` vouches for."""
+    from tunery.jobs.store import CANCELLED, Store
+
+    source = tmp_path / "requests.jsonl"
+    source.write_text("\n".join(_vertex_lines(40)) + "\n")
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    store = Store(url)
+    job = batch.create(store, "default", BatchSpec(model=str(tiny_model), input=str(source), output=str(tmp_path)))
+    env = {**os.environ, "TUNERY_DATABASE_URL": url, "TUNERY_HOME": str(tmp_path / "home")}
+    worker = subprocess.Popen([sys.executable, "-m", "tunery.jobs.worker", job.id], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    store.claim_job(job.id, "test", worker.pid)
+    done_file = tmp_path / "done.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and worker.poll() is None:
+        if done_file.is_file() and json.loads(done_file.read_text())["progress"]["done"] >= batch.CHUNK_LINES:
+            break
+        time.sleep(0.01)
+    store.request_cancel("default", job.id)
+    worker.send_signal(signal.SIGTERM)  # what the scheduler does to a cancelled job's worker
+    assert worker.wait(120) == 0
+    ended = store.get_job(None, job.id)
+    assert ended.state == CANCELLED, (ended.state, ended.error)
+    done = json.loads(done_file.read_text())["progress"]["done"]
+    assert batch.CHUNK_LINES <= done < 40 and "cancelled after" in ended.error["message"]
+    records = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    texts = [r["request"]["contents"][0]["parts"][0]["text"] for r in records]
+    assert texts == [f"hello world #{i}" for i in range(done)]  # in order, each once, none past done.json
+    assert all(r["response"]["candidates"][0]["finishReason"] in ("STOP", "MAX_TOKENS") for r in records)
