@@ -25,6 +25,7 @@ Needs the bench extra: pip install -e '.[bench]'.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import tempfile
 import time
@@ -165,6 +166,9 @@ def main() -> None:
         help="TRL's bf16 default row: auto runs it only where the probe finds bf16 matmuls fast.",
     )
     args = parser.parse_args()
+    missing = [m for m in ("trl", "datasets") if importlib.util.find_spec(m) is None]
+    if missing:  # the TRL rows are the baseline: fail before minutes of tunery runs, not after them
+        raise SystemExit(f"not installed: {', '.join(missing)} (the TRL baseline); pip install -e '.[bench]'")
     torch.manual_seed(0)
     base = resolve_base(DEFAULT_MODEL)
     n_params = sum(p.numel() for p in load_model(base.path).parameters())
