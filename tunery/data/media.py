@@ -24,7 +24,7 @@ import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from tunery.data.formats import Part, modality_of
@@ -86,7 +86,7 @@ class Media:
         with self._open() as fh:
             return fh.read()
 
-    def stream(self) -> io.BufferedIOBase:
+    def stream(self) -> IO[bytes]:
         if self.payload is not None:
             return io.BytesIO(self.payload)
         return self._open()
