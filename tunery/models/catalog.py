@@ -94,7 +94,11 @@ def _gemma3_gguf() -> Path:
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-MULTIMODAL_ROLES = {"smolvlm-256m-instruct": "multimodal small", "qwen2.5-vl-3b-instruct": "multimodal large"}
+MULTIMODAL_ROLES = {
+    "smolvlm-256m-instruct": "multimodal small",
+    "qwen2.5-vl-3b-instruct": "multimodal large",
+    "qwen2-audio-7b-instruct": "audio",
+}
 """The seed's multimodal roles (#15): a small vision-language model for CPUs and tests, a large one for GPUs."""
 
 
@@ -127,6 +131,7 @@ HUB_MODELS = [
     _hub("gemma-3-4b-it", "google/gemma-3-4b-it", 4.3, 131072, (2e-4, 1e-5), ("text", "image")),
     _hub("smolvlm-256m-instruct", "HuggingFaceTB/SmolVLM-256M-Instruct", 0.26, 8192, (5e-4, 2e-5), ("text", "image")),
     _hub("qwen2.5-vl-3b-instruct", "Qwen/Qwen2.5-VL-3B-Instruct", 3.75, 128000, (2e-4, 1e-5), ("text", "image")),
+    _hub("qwen2-audio-7b-instruct", "Qwen/Qwen2-Audio-7B-Instruct", 8.4, 8192, (1e-4, 5e-6), ("text", "audio")),
     _hub("smollm2-360m-instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", 0.36, 8192, (5e-4, 2e-5), ("text",)),
     _hub("smollm2-1.7b-instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct", 1.71, 8192, (2e-4, 1e-5), ("text",)),
 ]

@@ -391,3 +391,7 @@ def freeze_media(model: Any, family: Family, train_projector: bool = False, trai
             parameter.requires_grad_(train_projector)
         elif _under(name, family.tower):
             parameter.requires_grad_(train_vision)
+
+
+# Audio-language families register themselves on import (Qwen2-Audio); imported last, after what they use.
+from tunery.tuning import multimodal_audio as _audio  # noqa: E402, F401
