@@ -98,6 +98,7 @@ def test_gpu_catalog_entries_describe_context_modalities_rates_and_memory():
         "HuggingFaceTB/SmolLM2-1.7B-Instruct",
         "HuggingFaceTB/SmolVLM-256M-Instruct",  # #15: the multimodal small and large roles
         "Qwen/Qwen2.5-VL-3B-Instruct",
+        "Qwen/Qwen2-Audio-7B-Instruct",  # the audio role
     }
     entries = [e for e in CATALOG.values() if e.hub]
     assert {e.hub for e in entries} == wanted
@@ -111,4 +112,6 @@ def test_gpu_catalog_entries_describe_context_modalities_rates_and_memory():
     assert CATALOG["smolvlm-256m-instruct"].role == "multimodal small"
     assert CATALOG["qwen2.5-vl-3b-instruct"].role == "multimodal large"
     assert CATALOG["qwen2.5-vl-3b-instruct"].modalities == ("text", "image")
+    assert CATALOG["qwen2-audio-7b-instruct"].modalities == ("text", "audio")
+    assert CATALOG["qwen2-audio-7b-instruct"].role == "audio"
     assert CATALOG["smollm2-135m-instruct"].role == "text"
