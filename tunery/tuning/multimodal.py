@@ -32,8 +32,6 @@ Other modalities register their own family (the audio work of #15 does)::
 
 from __future__ import annotations
 
-import base64
-import io
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +41,7 @@ from typing import Any
 import torch
 
 from tunery.data.formats import Example, Part
+from tunery.data.media import MediaSource, load_image, open_media
 from tunery.data.tokenize import IGNORE_INDEX, Encoded
 from tunery.errors import DatasetError, ModelError
 
@@ -119,34 +118,16 @@ def require_family(config: Any, where: str = "the model") -> Family:
 # Media decoding -------------------------------------------------------------------------------------------------
 
 
-def _raw_bytes(part: Part, source: Any) -> bytes:
-    """Private fallback while ``tunery.data.media`` is being written: inline base64, or a path under ``source``."""
-    if part.kind == "inlineData":
-        return base64.b64decode(part.data, validate=False)
-    uri = part.uri.removeprefix("file://")
-    path = Path(uri)
-    if not path.is_absolute() and source is not None:
-        path = Path(source) / path
-    return path.read_bytes()
+def media_source(source: Any) -> MediaSource:
+    """``source`` as a ``MediaSource``: given as one, or as the dataset's folder (a path), or None (inline only)."""
+    if isinstance(source, MediaSource):
+        return source
+    return MediaSource(base=Path(source) if source is not None else None)
 
 
 def decode_image(part: Part, source: Any, processor: Any = None) -> Any:
-    """One image part as an RGB PIL image (through ``tunery.data.media`` when it has the helpers)."""
-    try:
-        from tunery.data import media as media_module
-
-        open_media = getattr(media_module, "open_media", None)
-        load_image = getattr(media_module, "load_image", None)
-        media_source = getattr(media_module, "MediaSource", None)
-        if open_media and load_image and media_source and not isinstance(source, (str, Path, type(None))):
-            return load_image(open_media(part, source))
-    except ImportError:
-        pass
-    from PIL import Image
-
-    with Image.open(io.BytesIO(_raw_bytes(part, source))) as image:
-        image.seek(0)
-        return image.convert("RGB")
+    """One image part as an RGB PIL image."""
+    return load_image(open_media(part, media_source(source)))
 
 
 IMAGE = MediaKind("image", "images", decode_image)
