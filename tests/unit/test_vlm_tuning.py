@@ -129,6 +129,12 @@ GEMMA_TEMPLATE = (
 )
 
 
+# A SigLIP-shaped vision tower for Gemma 3 and Idefics3: one layer, 8 px patches.
+SIGLIP_DIMS = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=IMAGE, patch_size=8
+)
+
+
 def gemma3():
     from transformers import AutoModelForImageTextToText, Gemma3Config, Gemma3ImageProcessor, Gemma3Processor
 
@@ -164,14 +170,7 @@ def gemma3():
             eos_token_id=ids("<end_of_turn>"),
             sliding_window=64,
         ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=IMAGE,
-            patch_size=8,
-        ),
+        vision_config=dict(SIGLIP_DIMS),
         mm_tokens_per_image=4,
         boi_token_index=ids("<start_of_image>"),
         eoi_token_index=ids("<end_of_image>"),
@@ -209,14 +208,7 @@ def idefics3():
             model_type="llama",
             **text_dims(len(t), pad_token_id=t.pad_token_id, bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id),
         ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=IMAGE,
-            patch_size=8,
-        ),
+        vision_config=dict(SIGLIP_DIMS),
         scale_factor=2,
         image_token_id=ids("<image>"),
     )
