@@ -223,14 +223,16 @@ def chat_body(body: ChatCompletionRequest) -> tuple[dict[str, Any], dict[int, in
         if message.role in ("tool", "function") or message.tool_calls or message.function_call:
             problems.append((field, "function calling is not supported (tool messages and tool_calls)"))
             continue
-        text = _text(message.content, field, problems)
-        if text is None:
-            continue
         if message.role in ("system", "developer"):
-            system.append(text)
+            text = _text(message.content, field, problems)
+            if text is not None:
+                system.append(text)
+            continue
+        parts = translate.chat_parts(message.content, field, problems)  # text, image_url, input_audio, file
+        if parts is None:
             continue
         origin[len(contents)] = i
-        contents.append({"role": "model" if message.role == "assistant" else "user", "parts": [{"text": text}]})
+        contents.append({"role": "model" if message.role == "assistant" else "user", "parts": parts})
     if problems:
         raise invalid(problems)
     raw: dict[str, Any] = {"contents": contents}
@@ -251,7 +253,7 @@ def _text(content: str | list[ContentPart] | None, field: str, problems: list[tu
     texts = []
     for j, part in enumerate(content):
         if part.type != "text" or part.text is None:
-            problems.append((f"{field}.content[{j}]", f"{part.type}: only text parts are supported by text models"))
+            problems.append((f"{field}.content[{j}]", f"{part.type}: a system message takes text parts only"))
         else:
             texts.append(part.text)
     return "".join(texts)
