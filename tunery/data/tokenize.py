@@ -5,6 +5,10 @@ tokens a model trains on are the tokens it sees at prediction time. Which charac
 found by rendering the conversation turn by turn: the text a model turn adds after the generation
 prompt is its answer followed by the template's end-of-turn marker. Loss covers the answer and the
 end-of-turn token, nothing else (not the newline some templates put after it).
+
+A PDF part reaches a text-only model as its extracted text, page by page under ``--- page N ---`` markers
+(``tunery.data.documents``); ``source`` says where a ``fileData`` PDF resolves (the dataset's folder or a
+``MediaSource``; None: inline data only).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from tunery.data.documents import text_example
 from tunery.data.formats import Example
 
 IGNORE_INDEX = -100
@@ -48,9 +53,9 @@ def render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def prompt_ids(tokenizer: Any, example: Example) -> list[int]:
-    """Token ids of the prompt for the model's next turn, exactly as in training."""
-    text = render(tokenizer, example.prompt().messages(), add_generation_prompt=True)
+def prompt_ids(tokenizer: Any, example: Example, source: Any = None) -> list[int]:
+    """Token ids of the prompt for the model's next turn, exactly as in training (PDF parts as their text)."""
+    text = render(tokenizer, text_example(example.prompt(), source).messages(), add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -114,9 +119,10 @@ def end_of_turn_token(tokenizer: Any) -> str | None:
     return tail or None
 
 
-def encode(tokenizer: Any, example: Example, max_length: int) -> Encoded:
-    """Tokenize ``example``; tokens that start inside a trained span carry labels, the rest are masked."""
-    text, spans = trained_spans(tokenizer, example.messages())
+def encode(tokenizer: Any, example: Example, max_length: int, source: Any = None) -> Encoded:
+    """Tokenize ``example`` (PDF parts as their text, resolved against ``source``); tokens that start inside a
+    trained span carry labels, the rest are masked."""
+    text, spans = trained_spans(tokenizer, text_example(example, source).messages())
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     labels = [IGNORE_INDEX] * len(ids)
