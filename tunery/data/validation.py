@@ -19,6 +19,7 @@ from typing import IO, Any, Literal
 
 from tunery import settings
 from tunery.data.formats import Example, parse_example
+from tunery.data.media import MediaSource
 from tunery.data.tokenize import Encoded, TemplateError, encode
 from tunery.errors import DatasetError
 
@@ -90,9 +91,12 @@ def read_examples(
     name: str | None = None,
     max_line_bytes: int | None = None,
     max_example_chars: int | None = None,
+    media_source: MediaSource | None = None,
 ) -> ValidationReport:
     """Parse and check every line of ``path`` (a file, a FIFO, or an open binary stream named ``name``); with a
-    tokenizer, also encode and check lengths. The bounds default to the settings."""
+    tokenizer, also encode and check lengths. The bounds default to the settings. ``media_source`` says where
+    ``fileData`` URIs resolve (the server passes one whose ``resolve_file`` knows the uploader's ``files/{id}``);
+    None: the file's own folder."""
     line_limit = max_line_bytes or settings.max_line_bytes()
     char_limit = max_example_chars or settings.max_example_chars()
     if isinstance(path, (str, Path)):
@@ -114,6 +118,7 @@ def read_examples(
                     name=name,
                     max_line_bytes=line_limit,
                     max_example_chars=char_limit,
+                    media_source=media_source,
                 )
         except OSError as exc:
             raise DatasetError(f"{name}: cannot be read ({exc.strerror or type(exc).__name__})") from None
