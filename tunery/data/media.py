@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import struct
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
@@ -37,7 +38,14 @@ MAX_REMOTE_BYTES = 100 * 2**20
 
 
 class MediaError(ValueError):
-    """A media part that cannot be used; the message names the problem (no path outside the roots)."""
+    """A media part that cannot be used; the message names the problem (no path outside the roots).
+
+    ``field`` is the part's key at fault when it is not the media itself: ``"mimeType"`` for a declared type
+    that is unsupported or wrong; None for the bytes or where they are (``fileUri`` / ``data``)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -112,65 +120,71 @@ class MediaInfo:
     seconds: float = 0.0
     pages: int = 0
     pages_without_text: int = 0
+    textless_pages: tuple[int, ...] = ()
+    """PDF pages (1-based) without a text layer: a text-only model sees nothing of them."""
 
 
 def open_media(part: Part, source: MediaSource) -> Media:
     """The media of an ``inlineData``/``fileData`` part; MediaError when it cannot be found or reached."""
     if part.kind == "inlineData":
         try:
-            payload = base64.b64decode(part.data, validate=True)
+            payload = base64.b64decode("".join(part.data.split()), validate=True)
         except (binascii.Error, ValueError):
-            raise MediaError("inlineData.data is not valid base64") from None
+            raise MediaError("not valid base64") from None
         if not payload:
-            raise MediaError("inlineData.data is empty")
+            raise MediaError("empty: no bytes after base64 decoding")
         return Media(part.mime_type, payload=payload, name="inline data")
     if part.kind != "fileData":
         raise MediaError("a text part has no media")
     uri = part.uri
     if uri.startswith("files/"):
         if source.resolve_file is None:
-            raise MediaError(f"{uri!r}: uploaded file ids are only known to the server (upload with POST /v1/files)")
+            raise MediaError(f"uploaded file ids are only known to the server (upload with POST /v1/files): {uri}")
         try:
             path = Path(source.resolve_file(uri.removeprefix("files/")))
         except MediaError:
             raise
         except Exception:
-            raise MediaError(f"{uri!r} not found (upload it with POST /v1/files)") from None
+            raise MediaError(f"uploaded file not found (upload it with POST /v1/files): {uri}") from None
         if not path.is_file():
-            raise MediaError(f"{uri!r} not found")
+            raise MediaError(f"uploaded file not found: {uri}")
         return Media(part.mime_type, path=path, name=uri)
     scheme = urlsplit(uri).scheme.lower() if "://" in uri else ""
     if scheme in ("http", "https"):
         if not source.allow_remote:
-            raise MediaError(f"{uri!r}: remote media is not fetched unless allowed (--allow-remote-media)")
+            raise MediaError(f"remote media is not fetched unless allowed (--allow-remote-media): {uri}")
         return Media(part.mime_type, payload=_fetch(uri, source.max_remote_bytes), name=uri)
     if scheme and scheme != "file":
-        raise MediaError(f"{uri!r}: unsupported URI scheme {scheme!r}; use files/{{id}}, a path, file:// or http(s)")
+        raise MediaError(f"unsupported URI scheme {scheme!r}; use files/{{id}}, a path, file:// or http(s): {uri}")
     raw = unquote(urlsplit(uri).path) if scheme == "file" or uri.startswith("file:") else uri
     return Media(part.mime_type, path=_under_roots(raw, uri, source), name=uri)
 
 
 def _under_roots(raw: str, uri: str, source: MediaSource) -> Path:
+    """``raw`` as a file inside one of the roots (relative: resolved in each root in turn); a path with ``..``,
+    or one that leaves the roots (itself or through a symbolic link), is refused, naming only the URI given."""
     roots = source.roots()
     if not roots:
-        raise MediaError(f"{uri!r}: no folder to resolve paths in (no dataset folder or TUNERY_DATA_ROOT)")
+        raise MediaError(f"no folder to resolve paths in (no dataset folder or TUNERY_DATA_ROOT): {uri}")
     if "\x00" in raw or not raw.strip():
-        raise MediaError(f"{uri!r} is not a path")
+        raise MediaError(f"not a path: {uri!r}")
     if ".." in PurePosixPath(raw).parts:
-        raise MediaError(f"{uri!r}: '..' is not allowed")
+        raise MediaError(f"'..' is not allowed in a path: {uri}")
+    inside = False  # some root holds the resolved path (only a missing file, then)
     for root in roots:
         candidate = Path(raw) if Path(raw).is_absolute() else root / raw
         try:
             resolved = candidate.resolve()
         except (OSError, RuntimeError, ValueError):
             continue
-        if not resolved.is_relative_to(root):
+        if not resolved.is_relative_to(root):  # absolute elsewhere, or (no '..') through a symbolic link
             continue
+        inside = True
         if resolved.is_file():
             return resolved
-    if Path(raw).is_absolute() and not any(Path(raw).resolve().is_relative_to(r) for r in roots):
-        raise MediaError(f"{uri!r} is outside the dataset folder and the data root")
-    raise MediaError(f"{uri!r}: file not found")
+    if not inside:
+        raise MediaError(f"outside the dataset folder and the data root: {uri}")
+    raise MediaError(f"file not found: {uri}")
 
 
 def _fetch(uri: str, limit: int) -> bytes:
@@ -180,9 +194,9 @@ def _fetch(uri: str, limit: int) -> bytes:
         with urllib.request.urlopen(uri, timeout=30) as resp:  # noqa: S310 - scheme checked by the caller
             data = resp.read(limit + 1)
     except OSError as exc:
-        raise MediaError(f"{uri!r}: cannot be fetched ({exc})") from None
+        raise MediaError(f"cannot be fetched ({exc}): {uri}") from None
     if len(data) > limit:
-        raise MediaError(f"{uri!r}: larger than {limit} bytes")
+        raise MediaError(f"larger than {limit} bytes: {uri}")
     return data
 
 
@@ -239,16 +253,18 @@ def normalize_mime(mime_type: str) -> str:
 
 
 def probe(media: Media) -> MediaInfo:
-    """The real type and size from the header; MediaError for unknown, mislabelled or truncated media."""
+    """The real type and size from the header; MediaError for unknown, mislabelled or truncated media.
+
+    Nothing is decoded: an image's size is its header's, a PNG or JPEG is checked complete by its last bytes,
+    a WAV's length is its header's (checked against the file's size), a PDF's pages are its page tree's."""
     declared = normalize_mime(media.mime_type)
     if declared not in SUPPORTED:
-        raise MediaError(f"unsupported MIME type {media.mime_type!r}; supported: {', '.join(SUPPORTED)}")
-    head = media.head(64)
-    real = sniff(head)
+        raise MediaError(f"unsupported MIME type {media.mime_type!r}; supported: {', '.join(SUPPORTED)}", "mimeType")
+    real = sniff(media.head(64))
     if real is None:
-        raise MediaError(f"{media.name}: the bytes are not a known media type (declared {media.mime_type})")
+        raise MediaError(f"the bytes are not a known media type (declared {media.mime_type}): {media.name}")
     if real != declared:
-        raise MediaError(f"{media.name}: declared {media.mime_type} but the bytes are {real}")
+        raise MediaError(f"declared {media.mime_type} but the bytes are {real}: {media.name}", "mimeType")
     size = media.size
     modality = modality_of(real)
     if modality == "image":
@@ -256,8 +272,8 @@ def probe(media: Media) -> MediaInfo:
     if modality == "audio":
         return MediaInfo(real, "audio", size, seconds=_audio_seconds(media, real))
     if modality == "pdf":
-        pages, no_text = _pdf_pages(media)
-        return MediaInfo(real, "pdf", size, pages=pages, pages_without_text=no_text)
+        pages, textless = _pdf_pages(media)
+        return MediaInfo(real, "pdf", size, pages=pages, pages_without_text=len(textless), textless_pages=textless)
     return MediaInfo(real, "video", size)
 
 
@@ -268,13 +284,19 @@ def _probe_image(media: Media, real: str, size: int) -> MediaInfo:
         with media.stream() as fh, Image.open(fh) as img:
             width, height = img.size
             frames = int(getattr(img, "n_frames", 1)) if real == "image/gif" else 1
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as exc:
-        raise MediaError(f"{media.name}: unreadable {real} ({exc})") from None
-    if real == "image/png":
-        _png_complete(media)
-    if real == "image/jpeg" and not _tail(media).rstrip(b"\x00").endswith(b"\xff\xd9"):
-        raise MediaError(f"{media.name}: truncated image/jpeg (no end-of-image marker)")
+    except Image.DecompressionBombError as exc:
+        raise MediaError(f"image too large to decode ({exc}): {media.name}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+        raise MediaError(f"unreadable {real} ({exc}): {media.name}") from None
+    if real == "image/png" and b"IEND" not in _tail(media, 16):
+        raise MediaError(f"truncated image/png (no IEND chunk at the end): {media.name}")
+    if real == "image/jpeg" and b"\xff\xd9" not in _tail(media, JPEG_TAIL):
+        raise MediaError(f"truncated image/jpeg (no end-of-image marker): {media.name}")
     return MediaInfo(real, "image", size, width=width, height=height, frames=frames)
+
+
+JPEG_TAIL = 1024
+"""A JPEG's end-of-image marker is looked for in its last bytes: some writers pad or append a little after it."""
 
 
 def _tail(media: Media, n: int = 32) -> bytes:
@@ -285,59 +307,78 @@ def _tail(media: Media, n: int = 32) -> bytes:
         return fh.read()
 
 
-def _png_complete(media: Media) -> None:
-    """A PNG ends with its IEND chunk; checked from the file's tail (cheap, no decoding)."""
-    if b"IEND" not in _tail(media, 16):
-        raise MediaError(f"{media.name}: truncated image/png (no IEND chunk)")
-
-
 def _audio_seconds(media: Media, real: str) -> float:
     if real == "audio/wav":
-        try:
-            with media.stream() as fh, wave.open(fh) as w:
-                rate, frames = w.getframerate(), w.getnframes()
-        except (wave.Error, EOFError, OSError) as exc:
-            raise MediaError(f"{media.name}: unreadable audio/wav ({exc})") from None
-        return frames / rate if rate else 0.0
+        seconds = _wav_seconds(media)
+        if seconds is not None:
+            return seconds
     try:
         import soundfile
     except ImportError:
-        raise MediaError(f"{media.name}: {real} needs soundfile (pip install soundfile)") from None
+        raise MediaError(f"{real} needs soundfile (pip install soundfile): {media.name}") from None
     try:
         with media.stream() as fh:
             meta = soundfile.info(fh)
     except (RuntimeError, OSError, soundfile.LibsndfileError) as exc:
-        raise MediaError(f"{media.name}: unreadable {real} ({exc})") from None
+        raise MediaError(f"unreadable {real} ({exc}): {media.name}") from None
     return float(meta.duration)
 
 
-def _pdf_reader(media: Media) -> Any:
+def _wav_seconds(media: Media) -> float | None:
+    """A PCM WAV's length from its header, refused when the file holds fewer frames than the header says; None
+    for a WAV the stdlib cannot read (float or extensible format: soundfile reads it)."""
+    try:
+        with media.stream() as fh, wave.open(fh) as w:
+            rate, frames, frame_bytes = w.getframerate(), w.getnframes(), w.getnchannels() * w.getsampwidth()
+            data_start = fh.tell()  # wave stops at the start of the data chunk
+    except wave.Error:
+        return None
+    except (EOFError, OSError, struct.error) as exc:
+        raise MediaError(f"unreadable audio/wav ({exc or 'the header is cut short'}): {media.name}") from None
+    held = (media.size - data_start) // frame_bytes if frame_bytes else 0
+    if not rate:
+        raise MediaError(f"unreadable audio/wav (a sampling rate of 0): {media.name}")
+    if held < frames:
+        raise MediaError(
+            f"truncated audio/wav: the header says {frames / rate:.2f} s, the file holds {held / rate:.2f} s: "
+            f"{media.name}"
+        )
+    return frames / rate
+
+
+@contextlib.contextmanager
+def _pdf_reader(media: Media) -> Iterator[Any]:
+    """A pypdf reader on the media (the file closed after), its errors as MediaError."""
     try:
         from pypdf import PdfReader
-        from pypdf.errors import PyPdfError
     except ImportError:
-        raise MediaError(f"{media.name}: PDF parts need pypdf (pip install pypdf)") from None
-    try:
-        return PdfReader(media.stream())
-    except (PyPdfError, OSError, ValueError, KeyError, struct.error) as exc:
-        raise MediaError(f"{media.name}: unreadable application/pdf ({exc})") from None
-
-
-def _pdf_pages(media: Media) -> tuple[int, int]:
-    reader = _pdf_reader(media)
-    try:
-        pages = len(reader.pages)
-    except Exception as exc:  # pypdf raises many kinds on a broken file
-        raise MediaError(f"{media.name}: unreadable application/pdf ({exc})") from None
-    no_text = 0
-    for page in reader.pages[:300]:
+        raise MediaError(f"PDF parts need pypdf (pip install pypdf): {media.name}") from None
+    with media.stream() as fh:
         try:
-            fonts = page.get("/Resources", {}).get("/Font")
-        except Exception:
-            fonts = None
-        if not fonts:
-            no_text += 1
-    return pages, no_text
+            yield PdfReader(fh)
+        except MediaError:
+            raise
+        except Exception as exc:  # pypdf raises many kinds on a broken file
+            raise MediaError(f"unreadable application/pdf ({exc}): {media.name}") from None
+
+
+def _pdf_pages(media: Media) -> tuple[int, tuple[int, ...]]:
+    """The page count and the pages (1-based, of the first MAX_TEXT_CHECKED_PAGES) that have no text layer: no
+    font in their resources. Reads the page tree, not the pages' content."""
+    with _pdf_reader(media) as reader:
+        pages = len(reader.pages)
+        textless = []
+        for number, page in enumerate(reader.pages[:MAX_TEXT_CHECKED_PAGES], start=1):
+            resources: Any = page.get("/Resources")
+            resources = resources.get_object() if resources is not None else None
+            fonts: Any = resources.get("/Font") if hasattr(resources, "get") else None
+            if fonts is None or not fonts.get_object():
+                textless.append(number)
+    return pages, tuple(textless)
+
+
+MAX_TEXT_CHECKED_PAGES = 1000
+"""Pages whose text layer is looked for (past a document limit's 300 pages, the count alone matters)."""
 
 
 def load_image(media: Media) -> Image.Image:
@@ -348,55 +389,64 @@ def load_image(media: Media) -> Image.Image:
         with media.stream() as fh, Image.open(fh) as img:
             img.seek(0)
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise MediaError(f"{media.name}: cannot decode image ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise MediaError(f"cannot decode image ({exc}): {media.name}") from None
 
 
 def load_audio(media: Media, sampling_rate: int) -> np.ndarray:
-    """The audio as float32 mono at ``sampling_rate`` (linear resampling)."""
+    """The audio as float32 mono at ``sampling_rate`` (linear resampling). PCM WAV through the stdlib; other
+    WAVs (float, 24-bit, extensible) and FLAC/MP3/OGG through soundfile."""
     import numpy as np
 
     real = sniff(media.head(64))
-    if real == "audio/wav":
-        try:
-            with media.stream() as fh, wave.open(fh) as w:
-                rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
-                raw = w.readframes(w.getnframes())
-        except (wave.Error, EOFError, OSError) as exc:
-            raise MediaError(f"{media.name}: cannot decode audio/wav ({exc})") from None
-        if width == 1:
-            data = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
-        elif width == 2:
-            data = np.frombuffer(raw, "<i2").astype(np.float32) / 32768
-        elif width == 4:
-            data = np.frombuffer(raw, "<i4").astype(np.float32) / 2**31
-        else:
-            raise MediaError(f"{media.name}: {8 * width}-bit wav is not supported")
-        data = data.reshape(-1, channels).mean(axis=1)
-    else:
+    decoded = _wav_pcm(media) if real == "audio/wav" else None
+    if decoded is None:
         try:
             import soundfile
-
+        except ImportError:
+            raise MediaError(f"{real} needs soundfile (pip install soundfile): {media.name}") from None
+        try:
             with media.stream() as fh:
                 arr, rate = soundfile.read(fh, dtype="float32", always_2d=True)
-        except ImportError:
-            raise MediaError(f"{media.name}: {real} needs soundfile (pip install soundfile)") from None
         except (RuntimeError, OSError) as exc:
-            raise MediaError(f"{media.name}: cannot decode {real} ({exc})") from None
+            raise MediaError(f"cannot decode {real} ({exc}): {media.name}") from None
         data = arr.mean(axis=1)
+    else:
+        data, rate = decoded
     if rate != sampling_rate and len(data):
         n = max(1, round(len(data) * sampling_rate / rate))
         data = np.interp(np.linspace(0, len(data) - 1, n), np.arange(len(data)), data)
     return np.asarray(data, dtype=np.float32)
 
 
+def _wav_pcm(media: Media) -> tuple[np.ndarray, int] | None:
+    """8/16/32-bit PCM WAV decoded by the stdlib, mono; None for a WAV it does not read (soundfile does)."""
+    import numpy as np
+
+    try:
+        with media.stream() as fh, wave.open(fh) as w:
+            rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+            raw = w.readframes(w.getnframes())
+    except wave.Error:
+        return None
+    except (EOFError, OSError, struct.error) as exc:
+        raise MediaError(f"cannot decode audio/wav ({exc}): {media.name}") from None
+    if width not in (1, 2, 4) or not channels:
+        return None
+    dtype = {1: "u1", 2: "<i2", 4: "<i4"}[width]
+    samples = np.frombuffer(raw, dtype).astype(np.float32)
+    data = (samples - 128) / 128 if width == 1 else samples / float(2 ** (8 * width - 1))
+    usable = len(data) - len(data) % channels
+    return data[:usable].reshape(-1, channels).mean(axis=1), rate
+
+
 def pdf_text(media: Media) -> list[str]:
     """The text layer, one string per page, in page order ("" for a page without text)."""
-    reader = _pdf_reader(media)
-    try:
-        return [(page.extract_text() or "").strip() for page in reader.pages]
-    except Exception as exc:
-        raise MediaError(f"{media.name}: cannot extract PDF text ({exc})") from None
+    with _pdf_reader(media) as reader:
+        try:
+            return [(page.extract_text() or "").strip() for page in reader.pages]
+        except Exception as exc:
+            raise MediaError(f"cannot extract PDF text ({exc}): {media.name}") from None
 
 
 def pdf_images(media: Media, dpi: int = 96) -> list[Image.Image]:
@@ -404,11 +454,11 @@ def pdf_images(media: Media, dpi: int = 96) -> list[Image.Image]:
     try:
         import pypdfium2 as pdfium
     except ImportError:
-        raise MediaError(f"{media.name}: rendering PDF pages needs pypdfium2 (pip install pypdfium2)") from None
+        raise MediaError(f"rendering PDF pages needs pypdfium2 (pip install pypdfium2): {media.name}") from None
     try:
         doc = pdfium.PdfDocument(media.read())
     except Exception as exc:
-        raise MediaError(f"{media.name}: unreadable application/pdf ({exc})") from None
+        raise MediaError(f"unreadable application/pdf ({exc}): {media.name}") from None
     try:
         return [doc[i].render(scale=dpi / 72).to_pil().convert("RGB") for i in range(len(doc))]
     finally:
