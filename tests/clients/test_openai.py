@@ -66,7 +66,7 @@ def test_upload_with_problems_or_another_purpose_is_refused(client) -> None:
         )
     assert "line 1" in str(caught.value) or "1 problem" in str(caught.value)
     with pytest.raises(openai.BadRequestError) as caught:
-        client.files.create(file=("x.jsonl", b"{}\n"), purpose="batch")
+        client.files.create(file=("x.jsonl", b"{}\n"), purpose="assistants")  # batch: test_openai_batch.py
     assert "purpose" in str(caught.value)
 
 

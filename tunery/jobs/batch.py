@@ -8,7 +8,8 @@ Two input forms, told apart per line:
 Vertex results (``predictions.jsonl``): each line is the input line plus ``response`` (a
 GenerateContentResponse) or ``status`` (why that line failed). OpenAI results: ``output.jsonl`` lines
 ``{id, custom_id, response: {status_code, request_id, body}, error: null}`` and, for the lines that
-failed, ``errors.jsonl`` lines with ``error {code, message}``. A bad line fails that line, never the job.
+failed, ``errors.jsonl`` lines with ``error {code, message}`` (and the ``response`` an HTTP call would have
+got: its 4xx/5xx ``status_code`` and ``body.error``). A bad line fails that line, never the job.
 
 A batch prediction job is a row of the job store like a tuning job (``tuning_mode`` ``BATCH_PREDICTION``),
 run by the same scheduler and worker (``python -m tunery.jobs.worker ID`` hands it to ``run_job``): states,
@@ -170,7 +171,10 @@ def answer(line: Line, outcome: dict[str, Any] | BaseException | None, model: st
         status = int(code) if isinstance(code, int) and code >= 400 else (400 if line.error else 500)
         message = line.error or str(outcome)
         error = {"code": "invalid_request" if status == 400 else "server_error", "message": message}
-        return {"id": ident, "custom_id": line.key, "response": None, "error": error}, False
+        kind = "invalid_request_error" if status < 500 else "server_error"  # the body an HTTP call would get
+        body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        response = {"status_code": status, "request_id": ident, "body": body}
+        return {"id": ident, "custom_id": line.key, "response": response, "error": error}, False
     assert isinstance(outcome, dict)
     body = openai_body(outcome, model, line.chat)
     response = {"status_code": 200, "request_id": ident, "body": body}

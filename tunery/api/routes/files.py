@@ -79,7 +79,12 @@ def _both(record: StoredFile) -> dict[str, Any]:
 
 def _check_and_keep(upload: Upload, tenant: str, store: Any, settings: ApiSettings, checker: Any) -> StoredFile:
     model_ref, model, max_length = _options(upload, settings)
-    report = checker.validate(str(upload.path), model, max_length, TuningSpec.batch_size)
+    if upload.fields.get("purpose") == "batch":  # OpenAI batch requests: each line's envelope, no tokenizer
+        from tunery.api.routes.batches import check_batch_file
+
+        report, model_ref = check_batch_file(upload.path), ""
+    else:
+        report = checker.validate(str(upload.path), model, max_length, TuningSpec.batch_size)
     problems = [
         Problem(upload.filename, p.get("line", 0), p.get("field", ""), p.get("message", ""), p.get("severity", "error"))
         for p in report.get("problems", [])
@@ -87,7 +92,8 @@ def _check_and_keep(upload: Upload, tenant: str, store: Any, settings: ApiSettin
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         n = len(errors)
-        raise DatasetError(f"{upload.filename}: {n} problem{'s' * (n != 1)}; the file was not kept", errors)
+        first = "; ".join(f"line {p.line}: {p.field or 'line'}: {p.message}" for p in errors[:5])  # clients show this
+        raise DatasetError(f"{upload.filename}: {n} problem{'s' * (n != 1)}; the file was not kept: {first}", errors)
     file_id = new_id()
     path = settings.files_dir / f"{file_id}.jsonl"
     os.replace(upload.path, path)
@@ -119,8 +125,8 @@ def _options(upload: Upload, settings: ApiSettings) -> tuple[str, str, int]:
         model = resolve_base_model(model_ref, settings.data_root, "model")
     except ConfigError as exc:
         problems.append(("model", str(exc).removeprefix("model: ")))
-    if fields.get("purpose", "fine-tune") != "fine-tune":  # OpenAI's client names what the file is for
-        problems.append(("purpose", f"{fields['purpose'][:40]!r}: tunery keeps fine-tuning datasets only: 'fine-tune'"))
+    if fields.get("purpose", "fine-tune") not in ("fine-tune", "batch"):  # OpenAI's client names what it is for
+        problems.append(("purpose", f"{fields['purpose'][:40]!r}: expected 'fine-tune' (a tuning dataset) or 'batch'"))
     raw = fields.get("maxLength", "").strip()
     max_length = DEFAULT_MAX_LENGTH
     if raw:

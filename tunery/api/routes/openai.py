@@ -2,6 +2,7 @@
 
     POST /v1/chat/completions (stream: chat.completion.chunk events, then data: [DONE])   POST /v1/completions
     POST /v1/fine_tuning/jobs   GET /v1/fine_tuning/jobs[/{id}[/events|/checkpoints]]   POST .../{id}/cancel
+    GET /v1/files/{id}/content (an upload's bytes, or a batch's output or error file; /v1/batches: batches.py)
 
 A chat request becomes a Gemini generateContent body (system messages → ``systemInstruction``, ``assistant``
 → ``model``, ``response_format`` json_schema → ``responseMimeType``/``responseJsonSchema``) and goes through
@@ -15,6 +16,7 @@ would change the answer and that tunery cannot honour (``n`` > 1, tools, penalti
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import time
@@ -23,16 +25,17 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from tunery.api import generation, limits, translate
 from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, wake_scheduler
 from tunery.api.errors import error_body, invalid, status_for
+from tunery.api.routes import batches
 from tunery.api.routes.models import SERVING_ERRORS
-from tunery.api.schemas import ErrorResponse, Text
-from tunery.errors import DatasetError, TuneryError
+from tunery.api.schemas import ErrorResponse, FileId, Text
+from tunery.errors import DatasetError, NotFoundError, TuneryError
 from tunery.jobs.store import CANCELLED, CANCELLING, FAILED, PENDING, RUNNING, SUCCEEDED, Job, StoredFile
 from tunery.serving import gemini
 
@@ -450,9 +453,27 @@ def openai_file(record: StoredFile) -> dict[str, Any]:
         "bytes": record.size_bytes,
         "created_at": unix(record.create_time) or 0,
         "filename": record.display_name,
-        "purpose": "fine-tune",
+        "purpose": record.stats.get("purpose", "fine-tune"),
         "status": "processed",
     }
+
+
+@router.get(
+    "/v1/files/{file_id}/content",
+    response_model=None,
+    summary="A file's content (OpenAI): an upload, or a batch's output or error file (JSONL)",
+    responses={200: {"content": {"application/jsonl": {"schema": {"type": "string"}}}}, **ERRORS},
+)
+async def read_file_content(file_id: FileId, tenant: Tenant, store: StoreDep) -> Response:
+    """``output_file_id`` and ``error_file_id`` of a batch (its result lines so far), or an uploaded file's bytes."""
+    found = batches.output_file(file_id)
+    if found is not None:
+        return await batches.results(store, tenant, *found)
+    record = await run_in_threadpool(store.get_file, tenant, file_id)
+    if not os.path.isfile(record.path):
+        raise NotFoundError(f"files/{file_id}: its content is gone")
+    mime = record.stats.get("mimeType", "application/jsonl")  # a media upload keeps its type
+    return FileResponse(record.path, media_type=mime, filename=record.display_name)
 
 
 # --- fine-tuning jobs -------------------------------------------------------------------------------------
