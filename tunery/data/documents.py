@@ -60,9 +60,11 @@ def _source(source: Any) -> MediaSource:
 
 
 def _media(part: Part, source: Any) -> Media:
+    """The PDF's bytes, read once (text and pages are both read from them; no file is left open)."""
     if not is_pdf(part):
         raise MediaError(f"not a PDF part (mimeType {part.mime_type or 'text'!r})")
-    return open_media(part, _source(source))
+    media = open_media(part, _source(source))
+    return media if media.payload is not None else Media(media.mime_type, payload=media.read(), name=media.name)
 
 
 def join_pages(pages: list[str]) -> str:

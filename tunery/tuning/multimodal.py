@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from tunery.data import documents
 from tunery.data.formats import Example, Part
 from tunery.data.media import MediaSource, load_image, open_media
 from tunery.data.tokenize import IGNORE_INDEX, Encoded
@@ -184,32 +185,57 @@ IDEFICS3 = register_family(
 # Examples → processor inputs and labels ---------------------------------------------------------------------------
 
 
-def chat_messages(example: Example, family: Family) -> list[dict[str, Any]]:
-    """``example`` as processor chat-template messages: each media part becomes its content item, in place."""
-    out: list[dict[str, Any]] = []
-    if example.system:
-        content: Any = [{"type": "text", "text": example.system}] if family.system_as_list else example.system
-        out.append({"role": "system", "content": content})
+def check_media(example: Example, family: Family) -> None:
+    """Raise ``DatasetError`` naming the line and part of the first media part ``family`` does not take (a PDF part
+    is taken by every family: as page images and text where it takes images, else as its text)."""
     for i, turn in enumerate(example.turns):
-        items: list[dict[str, Any]] = []
         for j, part in enumerate(turn.parts):
-            if part.kind == "text":
-                items.append({"type": "text", "text": part.text})
-                continue
-            kind = family.media.get(part.modality)
-            if kind is None:
+            if part.kind != "text" and part.modality not in family.media and not documents.is_pdf(part):
                 takes = ", ".join(family.modalities)
                 raise DatasetError(
                     f"line {example.line}: contents[{i}].parts[{j}]: {family.name} models take {takes}, "
                     f"not {part.modality} ({part.mime_type})"
                 )
+
+
+def expand_documents(example: Example, family: Family, source: Any) -> Example:
+    """``example`` with each PDF part replaced by what ``family`` reads: its rendered pages as image parts (page
+    order kept) plus its text layer where the family takes images, else its page-marked text
+    (``tunery.data.documents``). Unchanged when it holds no PDF; rendering is the costly step, so call it once
+    per request or batch and pass the result on."""
+    if not documents.has_documents(example):
+        return example
+    check_media(example, family)  # named by the parts as given, before pages shift their indices
+    if "image" in family.media:
+        return documents.vlm_example(example, media_source(source))
+    return documents.text_example(example, media_source(source))
+
+
+def chat_messages(example: Example, family: Family, source: Any = None) -> list[dict[str, Any]]:
+    """``example`` as processor chat-template messages: each media part becomes its content item, in place (a
+    PDF part, its pages and text: ``expand_documents``, its ``fileUri`` resolved against ``source``)."""
+    check_media(example, family)
+    example = expand_documents(example, family, source)
+    out: list[dict[str, Any]] = []
+    if example.system:
+        content: Any = [{"type": "text", "text": example.system}] if family.system_as_list else example.system
+        out.append({"role": "system", "content": content})
+    for turn in example.turns:
+        items: list[dict[str, Any]] = []
+        for part in turn.parts:
+            if part.kind == "text":
+                items.append({"type": "text", "text": part.text})
+                continue
+            kind = family.media[part.modality]
             items.append({"type": kind.content_type})
         out.append({"role": "assistant" if turn.role == "model" else "user", "content": items})
     return out
 
 
 def decoded_media(example: Example, family: Family, source: Any, processor: Any) -> dict[str, list[Any]]:
-    """The example's media, decoded, by processor argument (``{"images": [PIL, ...]}``), in part order."""
+    """The example's media, decoded, by processor argument (``{"images": [PIL, ...]}``), in part order (a PDF
+    part's pages as images: ``expand_documents``)."""
+    example = expand_documents(example, family, source)
     found: dict[str, list[Any]] = {}
     for i, turn in enumerate(example.turns):
         for j, part in enumerate(turn.parts):
@@ -269,6 +295,7 @@ def process(
     """Run the processor on ``examples`` (chat template, media decoded now) → its tensors plus ``labels``."""
     texts, media = [], []
     for example in examples:
+        example = expand_documents(example, family, source)  # PDF pages rendered once per batch, then dropped
         texts.append(processor.apply_chat_template(chat_messages(example, family), tokenize=False))
         media.append(decoded_media(example, family, source, processor))
     arguments: dict[str, Any] = {}
