@@ -55,7 +55,7 @@ class FakeHost:
         if self.fail is not None:
             raise self.fail
 
-    def validate(self, path: str, model: str, max_length: int, batch_size: int) -> dict[str, Any]:
+    def validate(self, path: str, model: str, max_length: int, batch_size: int, media_dir: Any = None) -> dict:
         self._call("validate", Path(path).read_bytes(), model, max_length)
         return {
             "exampleCount": 2,

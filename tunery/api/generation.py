@@ -15,12 +15,19 @@ its deadline is the client's ``X-Request-Timeout`` (bounded by the server); a cl
 cancels it and frees its slot. ``stream`` admits when awaited, so that a refusal is an HTTP status rather
 than a broken stream; iterating it without ``await`` (``async for chunk in generation.stream(...)``) works
 too and admits at the first chunk.
+
+A ``fileData`` part is read here, before the model host sees it (``with_media``): ``files/{id}`` names one of
+the caller's media uploads (never another tenant's, never a dataset), any other URI a file under the data
+root; a remote URL is not fetched. Its bytes go to the host as the part's ``inlineData``, typed by their magic
+bytes, so the host never opens a path a request names.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import AsyncIterator, Generator
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -28,8 +35,19 @@ from starlette.concurrency import run_in_threadpool
 
 from tunery.api import admission
 from tunery.api.deps import get_host
+from tunery.api.errors import invalid
+from tunery.api.limits import ApiSettings
+from tunery.api.paths import resolve_under
+from tunery.api.translate import STORED_TYPE
+from tunery.api.uploads import MEDIA_BYTES
+from tunery.data.formats import modality_of
+from tunery.data.media import normalize_mime, sniff
+from tunery.errors import ConfigError, NotFoundError
 from tunery.jobs.store import Store
 from tunery.models.catalog import CATALOG
+
+MAX_REQUEST_MEDIA_BYTES = 64 * 2**20
+"""Most bytes of ``fileData`` media one request may name, all parts together."""
 
 
 def servable(model_id: str, tenant: str, store: Store) -> str:
@@ -50,6 +68,7 @@ async def generate(request: Request, tenant: str, model_id: str, body: dict[str,
     state = request.app.state
     until = admission.deadline(request, state.admission.limits)
     model = await _servable(request, tenant, model_id)
+    body = await _with_media(request, tenant, body)
     host = get_host(request)
 
     async def admitted() -> dict[str, Any]:
@@ -66,6 +85,7 @@ async def count_tokens(request: Request, tenant: str, model_id: str, body: dict[
     state = request.app.state
     until = admission.deadline(request, state.admission.limits)
     model = await _servable(request, tenant, model_id)
+    body = await _with_media(request, tenant, body)
     host = get_host(request)
 
     async def admitted() -> dict[str, Any]:
@@ -73,6 +93,91 @@ async def count_tokens(request: Request, tenant: str, model_id: str, body: dict[
             return await host.acount_tokens(model, body, timeout=left)
 
     return await admission.until_disconnected(request, admitted())
+
+
+async def _with_media(request: Request, tenant: str, body: dict[str, Any]) -> dict[str, Any]:
+    if not any(_file_data(part) for _, _, part in _parts(body)):
+        return body
+    state = request.app.state
+    return await run_in_threadpool(with_media, body, tenant, state.store, state.settings)
+
+
+def _parts(body: dict[str, Any]) -> list[tuple[int, int, Any]]:
+    contents = body.get("contents")
+    return [
+        (i, j, part)
+        for i, turn in enumerate(contents if isinstance(contents, list) else [])
+        if isinstance(turn, dict) and isinstance(turn.get("parts"), list)
+        for j, part in enumerate(turn["parts"])
+    ]
+
+
+def _file_data(part: Any) -> dict[str, Any] | None:
+    found = (part.get("fileData") or part.get("file_data")) if isinstance(part, dict) else None
+    return found if isinstance(found, dict) else None
+
+
+def with_media(body: dict[str, Any], tenant: str, store: Store, settings: ApiSettings) -> dict[str, Any]:
+    """``body`` with each ``fileData`` part read into an ``inlineData`` part (see the module doc); 400 naming
+    every part that names no readable media of its declared type."""
+    problems: list[tuple[str, str]] = []
+    contents = [dict(turn) if isinstance(turn, dict) else turn for turn in body["contents"]]
+    total = 0
+    for i, j, part in _parts(body):
+        data = _file_data(part)
+        if data is None:
+            continue
+        field = f"contents[{i}].parts[{j}].fileData"
+        uri = str(data.get("fileUri") or data.get("file_uri") or "")
+        declared = normalize_mime(str(data.get("mimeType") or data.get("mime_type") or STORED_TYPE))
+        try:
+            path, stored = _media_path(uri, tenant, store, settings, field)
+        except ConfigError as exc:
+            problems.append((f"{field}.fileUri", str(exc).removeprefix("fileUri: ")))
+            continue
+        with path.open("rb") as fh:
+            real = stored or sniff(fh.read(64))
+        size = path.stat().st_size
+        most = MEDIA_BYTES.get(modality_of(real or ""), 0)
+        if real is None or not most:
+            problems.append((f"{field}.fileUri", f"{uri[:80]}: not an image, audio or PDF file"))
+        elif declared not in (STORED_TYPE, real):
+            problems.append((f"{field}.mimeType", f"declared {declared} but {uri[:80]} is {real}"))
+        elif size > most:
+            problems.append(
+                (f"{field}.fileUri", f"{uri[:80]}: {size} bytes; a {modality_of(real)} takes at most {most}")
+            )
+        elif total + size > MAX_REQUEST_MEDIA_BYTES:
+            problems.append((f"{field}.fileUri", f"the request names over {MAX_REQUEST_MEDIA_BYTES} bytes of media"))
+        else:
+            total += size
+            turn = contents[i]
+            turn["parts"] = list(turn["parts"])
+            turn["parts"][j] = {"inlineData": {"mimeType": real, "data": base64.b64encode(path.read_bytes()).decode()}}
+    if problems:
+        raise invalid(problems)
+    return {**body, "contents": contents}
+
+
+def _media_path(uri: str, tenant: str, store: Store, settings: ApiSettings, field: str) -> tuple[Path, str | None]:
+    """The file a ``fileUri`` names, and its sniffed type when it is an upload; ConfigError when there is none."""
+    if uri.startswith("files/"):
+        try:
+            record = store.get_file(tenant, uri.removeprefix("files/"))
+        except NotFoundError:
+            raise ConfigError(f"{uri[:80]} not found (upload it with POST /v1/files)") from None
+        if "mimeType" not in record.stats:
+            raise ConfigError(f"{uri[:80]} is a JSONL dataset, not an image, audio or PDF file")
+        path = Path(record.path)
+        if not path.is_file():
+            raise ConfigError(f"{uri[:80]}: its bytes are gone")
+        return path, str(record.stats["mimeType"])
+    if uri.split("://", 1)[0].lower() in ("http", "https"):
+        raise ConfigError(f"{uri[:80]}: remote media is not fetched; upload it (POST /v1/files) and send files/{{id}}")
+    path = resolve_under(settings.data_root, uri, "fileUri")
+    if not path.is_file():
+        raise ConfigError(f"{uri[:80]!r} is not a file under the data root")
+    return path, None
 
 
 def stream(request: Request, tenant: str, model_id: str, body: dict[str, Any]) -> Stream:
@@ -102,6 +207,7 @@ class Stream:
         state = self.request.app.state
         until = admission.deadline(self.request, state.admission.limits)
         model = await _servable(self.request, self.tenant, self.model_id)
+        self.body = await _with_media(self.request, self.tenant, self.body)
         host = get_host(self.request)
         ticket = await state.admission.enter(host, self.tenant, admission.estimate_tokens(self.body), until)
         self._ticket = ticket

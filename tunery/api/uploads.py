@@ -5,6 +5,13 @@
 The one file part (``file``) goes to a temporary file in ``directory`` as it arrives; past ``max_bytes``
 the read stops with 413 and the partial file is removed. Text fields are small (1 KiB) and named; a form has
 at most 16 parts (413 past that; python-multipart bounds each part's headers).
+
+    real = media_type(upload.path)          # "image/png" from the magic bytes, or None (a JSONL dataset)
+    info = check_media(upload, real)        # header-only probe + per-file limits, else 400 naming the file
+
+A media upload (image, audio, PDF) is typed by its bytes, never by its name or a declared type, and held to
+the per-file limits of managed tuning: an image or a PDF at most 20 MiB (a PDF at most 300 pages), audio at
+most 100 MiB and 60 minutes. Video is refused (no served model takes it).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from tunery.api.errors import invalid
+from tunery.data.formats import modality_of
+from tunery.data.media import Media, MediaError, MediaInfo, probe, sniff
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -32,6 +41,11 @@ MAX_FIELD_BYTES = 1024
 MAX_PARTS = 16
 MAX_FILENAME = 255
 FILE_FIELD = "file"
+MIB = 2**20
+MEDIA_BYTES = {"image": 20 * MIB, "audio": 100 * MIB, "pdf": 20 * MIB}
+"""Largest media upload per modality (managed tuning's per-file limits)."""
+MAX_AUDIO_SECONDS = 60 * 60
+MAX_PDF_PAGES = 300
 
 
 @dataclass
@@ -164,7 +178,13 @@ async def receive_upload(request: Request, directory: Path, *, max_bytes: int, f
         raise
     if form.filename is None:
         _remove(path)
-        raise invalid([(FILE_FIELD, "required: the JSONL file to upload"), *form.problems], "upload")
+        raise invalid(
+            [
+                (FILE_FIELD, "required: the file to upload (a JSONL dataset, or an image, audio or PDF file)"),
+                *form.problems,
+            ],
+            "upload",
+        )
     return Upload(path, form.filename, form.size, form.digest.hexdigest(), form.fields, form.problems)
 
 
@@ -177,3 +197,34 @@ async def _flush(form: _Form, fh: IO[bytes]) -> None:
 def _remove(path: Path) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def media_type(path: Path) -> str | None:
+    """The media type the file's magic bytes say (image, audio, PDF, video), or None for anything else."""
+    with path.open("rb") as fh:
+        return sniff(fh.read(64))
+
+
+def check_media(upload: Upload, real: str) -> MediaInfo:
+    """The upload's header facts (dimensions, seconds, pages); 400 naming ``file`` when it is unreadable,
+    truncated, video, or over its modality's limit."""
+    modality = modality_of(real)
+    name = upload.filename
+    if modality not in MEDIA_BYTES:
+        raise invalid(
+            [(FILE_FIELD, f"{name}: {real} uploads are not supported; upload an image, audio or PDF")], "upload"
+        )
+    most = MEDIA_BYTES[modality]
+    if upload.size > most:
+        raise invalid(
+            [(FILE_FIELD, f"{name}: {upload.size} bytes; a {modality} file takes at most {most} bytes")], "upload"
+        )
+    try:
+        info = probe(Media(real, path=upload.path, name=name))
+    except MediaError as exc:
+        raise invalid([(FILE_FIELD, str(exc))], "upload") from None
+    if info.seconds > MAX_AUDIO_SECONDS:
+        raise invalid([(FILE_FIELD, f"{name}: {info.seconds / 60:.1f} minutes of audio; at most 60")], "upload")
+    if info.pages > MAX_PDF_PAGES:
+        raise invalid([(FILE_FIELD, f"{name}: {info.pages} pages; a PDF takes at most {MAX_PDF_PAGES}")], "upload")
+    return info

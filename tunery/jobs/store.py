@@ -161,7 +161,7 @@ class StoredFile:
         return {
             "name": f"files/{self.id}",
             "displayName": self.display_name,
-            "mimeType": "application/jsonl",
+            "mimeType": self.stats.get("mimeType", "application/jsonl"),  # a media upload's type, sniffed
             "sizeBytes": str(self.size_bytes),
             "sha256Hash": self.sha256,
             "createTime": self.create_time,

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import traceback
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from tunery.serving.engine import Batch, Models, Row
 
 MAX_TOKENIZERS = 8
+FILE_ID = re.compile(r"[0-9]{14}[0-9a-f]{12}")  # tunery.jobs.store.new_id's form
 CANCELLED = 499
 
 
@@ -459,11 +461,13 @@ class Host:
         return count_tokens_response(len(prompt_ids(self._tokenizer(model), example)))
 
     def validate(self, request: dict[str, Any]) -> dict[str, Any]:
-        """``{path, model?, maxLength, batchSize}`` → ``{exampleCount, problems, supervisedTuningDataStats}``.
+        """``{path, model?, maxLength, batchSize, mediaDir?}`` → ``{exampleCount, problems, ...DataStats}``.
 
         Checks and counts as ``tunery datasets validate``/``stats`` do, with the automatic epoch count.
         Problems are returned, not raised; the statistics are null when there is any error (tuning
-        refuses such a file).
+        refuses such a file). Media parts resolve as a server's do (``upload_media_source``): ``files/{id}``
+        in ``mediaDir`` (the uploader's media uploads), paths under ``TUNERY_DATA_ROOT``, never next to the
+        upload itself.
         """
         from tunery.data.stats import default_epochs, tuning_data_stats
         from tunery.data.validation import read_examples
@@ -478,6 +482,7 @@ class Host:
             max_length=min(int(_required(request, "maxLength")), base.context_length),
             model_id=model,
             modalities=base.modalities,
+            media_source=upload_media_source(request.get("mediaDir")),
         )
         stats = None
         if report.ok:
@@ -532,6 +537,19 @@ class Host:
             while len(self.tokenizers) > MAX_TOKENIZERS:
                 self.tokenizers.popitem(last=False)
         return tokenizer
+
+
+def upload_media_source(media_dir: str | None) -> Any:
+    """Where an uploaded dataset's media parts resolve: ``files/{id}`` in ``media_dir`` (one tenant's media
+    uploads; an id is a name in it, never a path), other paths under ``TUNERY_DATA_ROOT``; nothing is fetched."""
+    from tunery.data.media import MediaError, MediaSource
+
+    def resolve(file_id: str) -> Path:
+        if media_dir is None or not FILE_ID.fullmatch(file_id):
+            raise MediaError(f"uploaded file not found (upload it with POST /v1/files): files/{file_id[:40]}")
+        return Path(media_dir) / file_id
+
+    return MediaSource(root=settings.data_root(), resolve_file=resolve)
 
 
 def _chunk(text: str, version: str) -> dict[str, Any]:

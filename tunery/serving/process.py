@@ -148,10 +148,15 @@ class ModelHost:
         """Gemini's ``CountTokensResponse`` (``{"totalTokens": n}``) for a countTokens body."""
         return self.call("countTokens", model=model, request=request)
 
-    def validate(self, path: str | Path, model: str, max_length: int, batch_size: int) -> dict[str, Any]:
+    def validate(
+        self, path: str | Path, model: str, max_length: int, batch_size: int, media_dir: str | None = None
+    ) -> dict[str, Any]:
         """``{exampleCount, problems, supervisedTuningDataStats}`` for a JSONL file, tokenized for ``model``;
-        the statistics count steps for ``batch_size`` and the automatic epoch count."""
-        return self.call("validate", path=str(path), model=model, maxLength=max_length, batchSize=batch_size)
+        the statistics count steps for ``batch_size`` and the automatic epoch count. ``files/{id}`` media parts
+        resolve in ``media_dir`` (the uploader's media uploads) only."""
+        return self.call(
+            "validate", path=str(path), model=model, maxLength=max_length, batchSize=batch_size, mediaDir=media_dir
+        )
 
     def evict(self, model: str) -> bool:
         """Drop a loaded model (its directory was deleted), once its running rows finish; whether it was loaded.

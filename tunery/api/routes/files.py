@@ -1,15 +1,22 @@
-"""``/v1/files``: upload a JSONL dataset (checked and counted on the way in), list, read and delete uploads.
+"""``/v1/files``: upload a JSONL dataset (checked and counted on the way in) or a media file (image, audio, PDF),
+list, read and delete uploads.
 
 An upload streams to disk under ``$TUNERY_HOME/files``; the dataset checker (a model host process of its
 own, so an upload never waits behind a generation) then parses every line and counts its tokens with the
 ``model`` form field's tokenizer (no training). A file with problems is not kept: the
 400 lists every one by line and field. A kept file is named ``files/{id}`` in a tuning job's
 ``trainingDatasetUri``.
+
+A media upload is typed by its magic bytes (``tunery.api.uploads.check_media``: header-only, per-file limits)
+and kept under ``files/media/<tenant>/``; a dataset line or a generateContent request names it by
+``fileData.fileUri: files/{id}``. The OpenAI client's ``purpose`` says what a file is for: ``fine-tune`` (a
+dataset), ``vision`` (an image) or ``user_data`` (image, audio or PDF); without one, the bytes decide.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -23,7 +30,8 @@ from tunery.api.errors import invalid
 from tunery.api.limits import ApiSettings
 from tunery.api.paths import resolve_base_model
 from tunery.api.schemas import Empty, ErrorResponse, File, FileId, FileUploadForm, ListFilesResponse
-from tunery.api.uploads import Upload, receive_upload
+from tunery.api.uploads import Upload, check_media, media_type, receive_upload
+from tunery.data.formats import modality_of
 from tunery.data.validation import Problem
 from tunery.errors import ConfigError, DatasetError
 from tunery.jobs.store import StoredFile, new_id, now
@@ -45,6 +53,7 @@ UPLOAD_BODY = {
     }
 }
 DEFAULT_MAX_LENGTH: int = TuningSpec.__dataclass_fields__["max_length"].default  # type: ignore[assignment]
+MEDIA_PURPOSES = ("vision", "user_data")
 
 
 @router.post(
@@ -79,12 +88,23 @@ def _both(record: StoredFile) -> dict[str, Any]:
 
 def _check_and_keep(upload: Upload, tenant: str, store: Any, settings: ApiSettings, checker: Any) -> StoredFile:
     model_ref, model, max_length = _options(upload, settings)
+    real, purpose = media_type(upload.path), upload.fields.get("purpose")
+    if real is not None and purpose in (None, *MEDIA_PURPOSES):
+        return _keep_media(upload, real, purpose, tenant, store, settings)
+    if real is not None or purpose in MEDIA_PURPOSES:
+        wanted = "an image" if purpose == "vision" else "an image, audio or PDF file"
+        reason = (
+            f"the bytes are {real}; upload media with purpose vision or user_data" if real else f"expected {wanted}"
+        )
+        raise invalid([("purpose" if real else "file", f"{purpose!r}: {reason}")], "upload")
     if upload.fields.get("purpose") == "batch":  # OpenAI batch requests: each line's envelope, no tokenizer
         from tunery.api.routes.batches import check_batch_file
 
         report, model_ref = check_batch_file(upload.path), ""
     else:
-        report = checker.validate(str(upload.path), model, max_length, TuningSpec.batch_size)
+        report = checker.validate(
+            str(upload.path), model, max_length, TuningSpec.batch_size, media_dir=str(media_dir(settings, tenant))
+        )
     problems = [
         Problem(upload.filename, p.get("line", 0), p.get("field", ""), p.get("message", ""), p.get("severity", "error"))
         for p in report.get("problems", [])
@@ -116,6 +136,48 @@ def _check_and_keep(upload: Upload, tenant: str, store: Any, settings: ApiSettin
         raise
 
 
+def media_dir(settings: ApiSettings, tenant: str) -> Path:
+    """Where ``tenant``'s media uploads are kept: ``files/{id}`` in a dataset line resolves in here only."""
+    return settings.files_dir / "media" / hashlib.sha256(tenant.encode()).hexdigest()[:24]
+
+
+def _keep_media(
+    upload: Upload, real: str, purpose: str | None, tenant: str, store: Any, settings: ApiSettings
+) -> StoredFile:
+    if purpose == "vision" and modality_of(real) != "image":
+        raise invalid(
+            [("purpose", f"'vision' takes an image; the bytes are {real} (send purpose=user_data)")], "upload"
+        )
+    info = check_media(upload, real)
+    file_id = new_id()
+    folder = media_dir(settings, tenant)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / file_id
+    os.replace(upload.path, path)
+    facts = {k: v for k, v in vars(info).items() if v and k not in ("mime_type", "size_bytes", "textless_pages")}
+    record = StoredFile(
+        id=file_id,
+        tenant=tenant,
+        display_name=upload.filename,
+        path=str(path),
+        size_bytes=upload.size,
+        sha256=upload.sha256,
+        example_count=0,
+        model="",
+        stats={
+            "mimeType": real,
+            "purpose": purpose or ("vision" if info.modality == "image" else "user_data"),
+            **facts,
+        },
+        create_time=now(),
+    )
+    try:
+        return store.add_file(record)
+    except BaseException:
+        _remove(path)
+        raise
+
+
 def _options(upload: Upload, settings: ApiSettings) -> tuple[str, str, int]:
     """The form's ``model`` (as given, and resolved) and ``maxLength``; 400 names each bad field."""
     fields, problems = upload.fields, list(upload.problems)
@@ -125,8 +187,13 @@ def _options(upload: Upload, settings: ApiSettings) -> tuple[str, str, int]:
         model = resolve_base_model(model_ref, settings.data_root, "model")
     except ConfigError as exc:
         problems.append(("model", str(exc).removeprefix("model: ")))
-    if fields.get("purpose", "fine-tune") not in ("fine-tune", "batch"):  # OpenAI's client names what it is for
-        problems.append(("purpose", f"{fields['purpose'][:40]!r}: expected 'fine-tune' (a tuning dataset) or 'batch'"))
+    if fields.get("purpose", "fine-tune") not in ("fine-tune", "batch", *MEDIA_PURPOSES):  # what the file is for
+        problems.append(
+            (
+                "purpose",
+                f"{fields['purpose'][:40]!r}: expected 'fine-tune' (a dataset), 'batch', 'vision' or 'user_data'",
+            )
+        )
     raw = fields.get("maxLength", "").strip()
     max_length = DEFAULT_MAX_LENGTH
     if raw:
