@@ -106,6 +106,8 @@ class ComputeConfig(Request):
     packing: bool | None = Field(None, description="Padding-free micro-batches; default on CUDA only.")
     train_projector: bool | None = Field(None, description="Vision-language models: train the projector too.")
     train_vision: bool | None = Field(None, description="Vision-language models: train the vision tower too.")
+    fsdp: bool | None = Field(None, description="FULL over several processes: shard weights and optimizer (FSDP).")
+    cpu_offload: bool | None = Field(None, description="With fsdp: the shards and optimizer step in CPU memory.")
 
 
 class SupervisedTuningSpec(Request):

@@ -7,6 +7,10 @@ Layout under the run directory::
 
 A checkpoint is built in a temporary folder and renamed into place, then ``latest`` is replaced
 atomically, so a kill at any moment leaves the previous checkpoint readable.
+
+The format does not depend on the processes that wrote it: weights sharded across processes (FSDP) are
+gathered into whole tensors, and the optimizer state with them, by every process (a collective), and process
+0 writes them; loading gives each process its own shard again.
 """
 
 from __future__ import annotations
@@ -23,21 +27,39 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunery.errors import JobError
+from tunery.tuning.distributed import full_tensor, like_param
 
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
-    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    """The trainable weights by name, whole (gathered when sharded: every process calls it)."""
+    return {name: full_tensor(p).contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(run_dir: str | Path, model: Any, optimizer: Any, scheduler: Any, state: Any) -> Path:
+def optimizer_state(optimizer: Any) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with whole tensors (gathered when sharded: every process calls it)."""
+    saved = optimizer.state_dict()
+    saved["state"] = {
+        index: {key: full_tensor(v) if isinstance(v, torch.Tensor) else v for key, v in values.items()}
+        for index, values in saved["state"].items()
+    }
+    return saved
+
+
+def save_checkpoint(
+    run_dir: str | Path, model: Any, optimizer: Any, scheduler: Any, state: Any, write: bool = True
+) -> Path:
+    """Checkpoint the run; with several processes each calls it (sharded state is gathered), ``write`` on one."""
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state.step:06d}"
+    weights, optimizer_saved = trainable_state(model), optimizer_state(optimizer)
+    if not write:
+        return root / name
+    root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
-        save_file(trainable_state(model), str(staging / "weights.safetensors"))
+        save_file(weights, str(staging / "weights.safetensors"))
         torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
+            {"optimizer": optimizer_saved, "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
             staging / "optimizer.pt",
         )
         (staging / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
@@ -72,9 +94,13 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> d
         raise JobError(f"{path}: checkpoint does not match the model (unknown weights such as {missing[0]})")
     with torch.no_grad():
         for name, tensor in weights.items():
-            params[name].copy_(tensor)
+            params[name].copy_(like_param(params[name], tensor))
     saved = torch.load(path / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
+    for param, values in optimizer.state.items():  # sharded weights: this process's shard of their state
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                values[key] = like_param(param, value)
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"])
     return json.loads((path / "state.json").read_text())

@@ -14,7 +14,7 @@ from tunery.models.loading import load_model
 from tunery.tuning import multimodal
 from tunery.tuning.devices import load_options, place, prepare_model, resolve_device
 from tunery.tuning.distributed import Processes, processes
-from tunery.tuning.loop import Hooks, Run, fit
+from tunery.tuning.loop import Hooks, Run, fit, token_loss
 from tunery.tuning.memory import check_fits
 from tunery.tuning.prepare import Prepared, finish, make_run, prepare, run_hooks, start_or_resume
 from tunery.tuning.spec import TuningSpec
@@ -32,7 +32,9 @@ def setup(
     model.requires_grad_(True)
     if prep.family is not None:  # a vision-language model: its media tower and projector frozen unless opened
         multimodal.freeze_media(model, prep.family, spec.train_projector, spec.train_vision)
+    forward = group.shard(model, token_loss)  # with --fsdp (else None): before the optimizer sees the weights
     run = make_run(prep, model, core=model, placement=placement, processes=group)
+    run.forward = forward
     start_or_resume(prep, run, resume)
     return prep, run
 
@@ -41,10 +43,11 @@ def main(spec: TuningSpec, run_dir: Path, hooks: Hooks | None = None, resume: bo
     with processes(spec, run_dir, resume, lambda rank: resolve_device(spec.device, rank)) as group:
         prep, run = setup(spec, run_dir, resume, group)
         fit(run, run_hooks(hooks, run_dir, group))
-        return save(prep, run) if group.is_main else run_dir
+        weights = group.full_state(run.model)  # sharded: gathered whole by every process
+        return save(prep, run, weights) if group.is_main else run_dir
 
 
-def save(prep: Prepared, run: Run) -> Path:
+def save(prep: Prepared, run: Run, weights: dict | None = None) -> Path:
     run.model.config._name_or_path = str(prep.run_dir)
-    run.model.save_pretrained(prep.run_dir, safe_serialization=True)
+    run.model.save_pretrained(prep.run_dir, safe_serialization=True, state_dict=weights)
     return finish(prep, run)

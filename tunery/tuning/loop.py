@@ -22,7 +22,7 @@ from tunery.errors import TuningCancelled
 from tunery.tuning import multimodal
 from tunery.tuning.batching import collate, micro_batches, plan_epoch
 from tunery.tuning.checkpoint import latest_checkpoint, save_checkpoint
-from tunery.tuning.distributed import Processes
+from tunery.tuning.distributed import Processes, kill_point
 from tunery.tuning.precision import autocast
 
 
@@ -71,15 +71,20 @@ class Run:
     batcher: Callable[[Sequence[Encoded]], dict[str, torch.Tensor]] | None = None  # default: padded, on the CPU
     processes: Processes = field(default_factory=Processes)  # the processes sharing each step (distributed.py)
     eval_batcher: Callable[[Sequence[Encoded]], dict[str, torch.Tensor]] | None = None  # multimodal: media per batch
+    forward: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, int, int]] | None = None  # sharded: FSDP's root
 
     def batch(self, examples: Sequence[Encoded]) -> dict[str, torch.Tensor]:
         return self.batcher(examples) if self.batcher else collate(examples, self.pad_id)
 
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
+        """``token_loss`` of ``batch``, through the sharded module when the weights are sharded."""
+        return self.forward(batch) if self.forward else token_loss(self.core, batch)
+
     def checkpoint(self) -> Any:
-        """Save a checkpoint (process 0 only: every process holds the same weights); returns its path."""
-        if self.processes.is_main:
-            return save_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.state)
-        return self.run_dir / "checkpoints" / f"step-{self.state.step:06d}"
+        """Save a checkpoint (every process gathers sharded state; process 0 writes); returns its path."""
+        return save_checkpoint(
+            self.run_dir, self.model, self.optimizer, self.scheduler, self.state, write=self.processes.is_main
+        )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -114,8 +119,9 @@ def evaluate(
     token_budget: int,
     precision: str = "fp32",
     batcher: Callable[[Sequence[Encoded]], dict[str, torch.Tensor]] | None = None,
+    forward: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, int, int]] | None = None,
 ) -> dict[str, float]:
-    """Mean loss per trained token and next-token accuracy over ``examples``."""
+    """Mean loss per trained token and next-token accuracy over ``examples`` (``forward``: ``Run.loss``)."""
     if not examples:
         return {}
     was_training = core.training
@@ -127,7 +133,7 @@ def evaluate(
             group_examples = [examples[i] for i in group]
             found = batcher(group_examples) if batcher else collate(group_examples, pad_id)
             batch = {name: t.to(core.device) for name, t in found.items()}
-            loss, ok, n = token_loss(core, batch)
+            loss, ok, n = forward(batch) if forward else token_loss(core, batch)
         total, correct, count = total + float(loss), correct + ok, count + n
     core.train(was_training)
     return {"eval_loss": total / max(count, 1), "eval_token_accuracy": correct / max(count, 1)}
@@ -147,7 +153,13 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
                 "step": 0,
                 "epoch": 0,
                 **evaluate(
-                    run.core, run.validation, run.pad_id, run.micro_batch_tokens, run.precision, run.eval_batcher
+                    run.core,
+                    run.validation,
+                    run.pad_id,
+                    run.micro_batch_tokens,
+                    run.precision,
+                    run.eval_batcher,
+                    run.forward,
                 ),
             }
         )
@@ -164,10 +176,13 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
             step_examples = plan[state.batch]
             window_tokens = sum(run.train[i].trained_tokens for i in step_examples)
             step_loss, step_correct, step_tokens = 0.0, 0, 0
-            for group in run.processes.share(micro_batches(step_examples, lengths, run.micro_batch_tokens)):
+            for group, counted in run.processes.share(micro_batches(step_examples, lengths, run.micro_batch_tokens)):
                 batch = run.batch([run.train[i] for i in group])
                 with autocast(run.precision, run.core.device.type):
-                    loss, correct, _ = token_loss(run.core, batch)
+                    loss, correct, _ = run.loss(batch)
+                if not counted:  # sharded: a pass in step with the other processes, adding nothing
+                    (loss * 0.0).backward()
+                    continue
                 (loss / window_tokens).backward()
                 step_loss += float(loss.detach())
                 step_correct += correct
@@ -196,13 +211,23 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
                 if state.seconds - checkpointed >= run.checkpoint_seconds:
                     run.checkpoint()
                     checkpointed = state.seconds
+                kill_point(state.step, run.processes.rank)
                 continue
             state.epoch, state.batch = state.epoch + 1, 0
             metrics.update(
-                evaluate(run.core, run.validation, run.pad_id, run.micro_batch_tokens, run.precision, run.eval_batcher)
+                evaluate(
+                    run.core,
+                    run.validation,
+                    run.pad_id,
+                    run.micro_batch_tokens,
+                    run.precision,
+                    run.eval_batcher,
+                    run.forward,
+                )
             )
             hooks.on_metrics(metrics)
             run.checkpoint()
+            kill_point(state.step, run.processes.rank)
             break
     stop_point(run, "after the last step")  # a cancel during the last step: the epoch's checkpoint is just saved
     return state

@@ -34,11 +34,13 @@ COMPUTE_CONFIG = {
     "packing": "packing",
     "trainProjector": "train_projector",
     "trainVision": "train_vision",
+    "fsdp": "fsdp",
+    "cpuOffload": "cpu_offload",
 }
 """REST ``computeConfig`` names (beside ``hyperParameters``) → ``TuningSpec`` fields: where and how a run computes.
 All but ``quantize``, ``trainProjector`` and ``trainVision`` leave what it learns alone, so a run may
 resume with others (``RESUMABLE_COMPUTE``)."""
-RESUMABLE_COMPUTE = ("device", "processes", "gradient_checkpointing", "packing")
+RESUMABLE_COMPUTE = ("device", "processes", "gradient_checkpointing", "packing", "fsdp", "cpu_offload")
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]{1,2})?)$")
 QUANTIZE = ("4bit",)
 MAX_PROCESSES = 64
@@ -126,6 +128,12 @@ class TuningSpec:
     train_vision: bool = False
     """Vision-language models: train the media (vision) tower too (frozen by default): LoRA on its linear layers,
     every weight under FULL."""
+    fsdp: bool = False
+    """``FULL`` over several processes: shard the weights, gradients and optimizer state across them (torch FSDP,
+    full shard) rather than hold a copy in each, for a model that does not fit one device; the same result.
+    (A run resumed from its directory gets its method there, so the FULL-only check is the run's, not here.)"""
+    cpu_offload: bool = False
+    """With ``fsdp``: keep the shards and the optimizer step in CPU memory, on the GPU only while used."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -153,6 +161,8 @@ class TuningSpec:
             problems.append(f"quantize {self.quantize!r}: expected 4bit or none")
         elif self.quantize and method == FULL:
             problems.append("quantize 4bit: quantized weights cannot be tuned in full; use PEFT_ADAPTER (QLoRA)")
+        if self.cpu_offload and not self.fsdp:
+            problems.append("cpuOffload: offloads FSDP shards; set fsdp too")
         if problems:
             raise ConfigError("invalid tuning spec: " + "; ".join(problems))
 
