@@ -95,7 +95,8 @@ EXPECTED = {
     "image_part.jsonl": (
         [
             (1, "contents[0].parts[1].inlineData", "smollm2-135m-instruct takes text only, not image (image/png)"),
-            (2, "contents[0].parts[0].fileData", "smollm2-135m-instruct takes text only, not pdf (application/pdf)"),
+            # a text model reads a PDF as its text; this one is outside the dataset folder
+            (2, "contents[0].parts[0].fileData.fileUri", "outside the dataset folder and the data root: file:///"),
         ],
         [3],
     ),

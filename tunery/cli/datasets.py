@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from tunery.cli._common import console, err_console, handle_errors, print_json
-from tunery.data.stats import default_epochs, tuning_data_stats
+from tunery.data.media import MediaSource
+from tunery.data.stats import default_epochs, describe_media, tuning_data_stats
 from tunery.data.validation import ValidationReport, read_examples
 from tunery.models.catalog import DEFAULT_MODEL
 from tunery.models.loading import load_tokenizer
@@ -32,6 +33,7 @@ def _read(path: Path, model: str, max_length: int) -> ValidationReport:
     return read_examples(
         sys.stdin.buffer if stdin else path,
         name="<stdin>" if stdin else None,
+        media_source=MediaSource(base=Path.cwd()) if stdin else None,  # standard input: paths from here
         tokenizer=load_tokenizer(base.path),
         max_length=min(max_length, base.context_length),
         model_id=model,
@@ -96,3 +98,5 @@ def show_stats(name: str, data: dict[str, Any], epochs: int | None) -> None:
         d = data[key]
         table.add_row(label, *(f"{d[k]:g}" for k in ("sum", "min", "p5", "median", "mean", "p95", "max")))
     console.print(table)
+    for line in describe_media(data.get("mediaStats") or {}):
+        console.print(line, highlight=False)

@@ -1,15 +1,72 @@
-"""Dataset statistics in the shape of Vertex's ``supervisedTuningDataStats``."""
+"""Dataset statistics in the shape of Vertex's ``supervisedTuningDataStats``.
+
+Media parts (#15) add ``mediaStats`` (only to a dataset that has media, so a text dataset's statistics are
+unchanged): per modality the examples and parts that hold it, their bytes, image sizes, audio seconds and PDF
+pages, and the media tokens estimated for them. Where no processor counted the media tokens (``tunery datasets
+validate/stats`` reads with the tokenizer alone), each part costs a constant per kind, as the Gemini API counts
+them; these estimated tokens are added to the example's (prompt) tokens in the distributions and in the
+length check. A processor's exact count (tuning a vision-language model) replaces the estimate.
+"""
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from tunery.data.media import MediaInfo
 from tunery.data.tokenize import Encoded
 
 BUCKETS = 10  # histogram bins per token distribution
+
+IMAGE_TOKENS = 258
+"""Tokens one image is estimated to take (Gemini: 258 per image; Gemma 3: 256 image tokens plus its two
+boundary tokens). Families that tile or resize (Qwen2-VL, Idefics3) vary with the size: an estimate."""
+AUDIO_TOKENS_PER_SECOND = 32
+"""Tokens per second of audio (Gemini: 32; Qwen2-Audio's encoder gives 25 per second)."""
+PDF_PAGE_TOKENS = 258
+"""Tokens per PDF page for a model that sees pages as images (one image per page). A text-only model reads
+the page's text instead, which the tokenizer counts exactly."""
+
+
+@dataclass(frozen=True)
+class ExampleMedia:
+    """What one example's media parts hold, from their headers (``tunery.data.media.probe``), in part order."""
+
+    parts: tuple[MediaInfo, ...] = ()
+
+    def of(self, modality: str) -> list[MediaInfo]:
+        return [p for p in self.parts if p.modality == modality]
+
+    def estimated_tokens(self, modalities: Collection[str]) -> int:
+        """Media tokens for a model of ``modalities``: IMAGE_TOKENS per image, AUDIO_TOKENS_PER_SECOND per
+        second of audio (rounded up), PDF_PAGE_TOKENS per page where the model sees pages as images."""
+        tokens = IMAGE_TOKENS * len(self.of("image"))
+        tokens += sum(math.ceil(a.seconds * AUDIO_TOKENS_PER_SECOND) for a in self.of("audio"))
+        if "image" in modalities:
+            tokens += PDF_PAGE_TOKENS * sum(p.pages for p in self.of("pdf"))
+        return tokens
+
+
+@dataclass(frozen=True)
+class EncodedWithMedia(Encoded):
+    """An example's text tokens (``input_ids``, from the tokenizer) plus what its media holds and the tokens
+    estimated for it (``media_tokens``, not in ``input_ids``; prompt tokens, as media parts are in user turns)."""
+
+    media: ExampleMedia = field(default_factory=ExampleMedia)
+    media_tokens: int = 0
+    over_budget: bool = False  # text plus estimated media tokens are more than maxLength
+
+    @property
+    def truncated(self) -> bool:
+        return super().truncated or self.over_budget
+
+
+def media_tokens(encoded: Encoded) -> int:
+    """The estimated media tokens of an encoded example (0 for a text example or a processor's exact count)."""
+    return encoded.media_tokens if isinstance(encoded, EncodedWithMedia) else 0
 
 
 def default_epochs(example_count: int) -> int:
@@ -59,15 +116,106 @@ def _percentile(ordered: Sequence[int], q: float) -> float:
 
 def tuning_data_stats(encoded: Sequence[Encoded], epochs: int, batch_size: int) -> dict[str, Any]:
     """``supervisedTuningDataStats`` for a tokenized dataset tuned for ``epochs`` at ``batch_size``."""
-    kept = [len(e.input_ids) for e in encoded]
+    kept = [len(e.input_ids) + media_tokens(e) for e in encoded]
     truncated = [i for i, e in enumerate(encoded) if e.truncated]
-    return {
+    stats: dict[str, Any] = {
         "tuningDatasetExampleCount": len(encoded),
         "totalBillableTokenCount": sum(kept) * epochs,
         "tuningStepCount": math.ceil(len(encoded) / batch_size) * epochs if encoded else 0,
-        "userInputTokenDistribution": _histogram([e.input_tokens for e in encoded]),
+        "userInputTokenDistribution": _histogram([e.input_tokens + media_tokens(e) for e in encoded]),
         "userOutputTokenDistribution": _histogram([e.trained_tokens for e in encoded]),
         "exampleTokenDistribution": _histogram(kept),
         "totalTruncatedExampleCount": len(truncated),
         "truncatedExampleIndices": truncated,
     }
+    with_media = [e for e in encoded if isinstance(e, EncodedWithMedia)]
+    if with_media:
+        stats["mediaStats"] = media_stats([e.media for e in with_media], [e.media_tokens for e in with_media])
+    return stats
+
+
+MODALITIES = ("image", "audio", "pdf", "video")
+
+
+def media_stats(media: Sequence[ExampleMedia], tokens: Sequence[int] | None = None) -> dict[str, Any]:
+    """Per modality: ``exampleCount`` (examples with at least one such part), ``partCount``, ``totalBytes``, and
+    image ``width``/``height``, audio ``seconds``, PDF ``pages`` (sum, min, max, mean per part); with ``tokens``
+    (each example's estimated media tokens), ``mediaTokens``: their distribution and the constants used."""
+    out: dict[str, Any] = {}
+    for modality in MODALITIES:
+        per_example = [m.of(modality) for m in media]
+        parts = [p for ps in per_example for p in ps]
+        if not parts:
+            continue
+        entry: dict[str, Any] = {
+            "exampleCount": sum(1 for ps in per_example if ps),
+            "partCount": len(parts),
+            "totalBytes": sum(p.size_bytes for p in parts),
+            "partsPerExample": _range([len(ps) for ps in per_example if ps]),
+        }
+        if modality == "image":
+            entry["width"] = _range([p.width for p in parts])
+            entry["height"] = _range([p.height for p in parts])
+        elif modality == "audio":
+            entry["seconds"] = _range([round(p.seconds, 3) for p in parts])
+        elif modality == "pdf":
+            entry["pages"] = _range([p.pages for p in parts])
+            entry["pagesWithoutText"] = sum(p.pages_without_text for p in parts)
+        out[modality] = entry
+    if tokens is not None:
+        out["mediaTokens"] = {
+            **distribution(list(tokens)),
+            "estimated": True,
+            "perImage": IMAGE_TOKENS,
+            "perAudioSecond": AUDIO_TOKENS_PER_SECOND,
+            "perPdfPage": PDF_PAGE_TOKENS,
+        }
+    return out
+
+
+def _range(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "sum": round(sum(values), 3),
+        "min": min(values),
+        "max": max(values),
+        "mean": round(statistics.fmean(values), 2),
+    }
+
+
+def describe_media(media: dict[str, Any]) -> list[str]:
+    """``mediaStats`` as lines for a terminal: ``images: 3 in 2 examples, 12.5 KiB, 16-40 x 8-30 px``."""
+    lines = []
+    if image := media.get("image"):
+        w, h = image["width"], image["height"]
+        lines.append(
+            f"images: {image['partCount']} in {_examples(image)}, {_bytes(image['totalBytes'])}, "
+            f"{w['min']}-{w['max']} x {h['min']}-{h['max']} px"
+        )
+    if audio := media.get("audio"):
+        lines.append(
+            f"audio: {audio['partCount']} file(s) in {_examples(audio)}, {_bytes(audio['totalBytes'])}, "
+            f"{audio['seconds']['sum']:g} s in all (longest {audio['seconds']['max']:g} s)"
+        )
+    if pdf := media.get("pdf"):
+        lines.append(
+            f"PDFs: {pdf['partCount']} in {_examples(pdf)}, {_bytes(pdf['totalBytes'])}, {pdf['pages']['sum']} pages "
+            f"({pdf['pagesWithoutText']} without a text layer)"
+        )
+    if tokens := media.get("mediaTokens"):
+        lines.append(
+            f"media tokens: {tokens['sum']} (estimated: {tokens['perImage']} per image, {tokens['perAudioSecond']} "
+            f"per second of audio, {tokens['perPdfPage']} per PDF page seen as an image)"
+        )
+    return lines
+
+
+def _examples(entry: dict[str, Any]) -> str:
+    n = entry["exampleCount"]
+    return f"{n} example{'s' * (n != 1)}"
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("MiB", 2**20), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"

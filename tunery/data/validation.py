@@ -6,20 +6,29 @@ skipped unread, JSON nested deeper than ``MAX_DEPTH`` is refused before parsing,
 ``MAX_NUMBER_DIGITS`` and ``NaN``/``Infinity`` are invalid JSON, lone surrogates are invalid text, and an
 example with more than ``TUNERY_MAX_EXAMPLE_CHARS`` characters of text is refused before the tokenizer sees
 it. A file may be a path, a FIFO or a pipe (``tunery datasets validate -`` reads standard input).
+
+Media parts (#15) are each opened and probed — headers only, nothing decoded — where they resolve
+(``media_source``: by default the JSONL file's folder): a missing, unreadable, truncated or mislabelled file is a
+problem at its part's field (``contents[0].parts[1].fileData.fileUri: file not found: img/cat.png``), as is a
+modality the model does not take (PDFs are taken by every model: as text, or as page images). Each example is
+held to the managed-service limits below; a PDF page without a text layer is a warning for a model that reads
+PDFs as text.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
 from tunery import settings
-from tunery.data.formats import Example, parse_example
-from tunery.data.media import MediaSource
+from tunery.data.documents import takes_pdf
+from tunery.data.formats import Example, Part, parse_example
+from tunery.data.media import MediaError, MediaInfo, MediaSource, open_media, probe
+from tunery.data.stats import EncodedWithMedia, ExampleMedia
 from tunery.data.tokenize import Encoded, TemplateError, encode
 from tunery.errors import DatasetError
 
@@ -32,6 +41,21 @@ MAX_MESSAGE_CHARS = 300
 MAX_PROBLEMS = 1000
 """Errors after which the check stops (the file is refused anyway), and most warnings a report lists."""
 SKIP_CHUNK = 2**20
+MIB = 2**20
+# Per-example media limits, as managed tuning documents them (Vertex AI supervised tuning for Gemini):
+MAX_IMAGES_PER_EXAMPLE = 30
+MAX_IMAGE_BYTES = 20 * MIB
+"""Each image."""
+MAX_AUDIO_PER_EXAMPLE = 1
+MAX_AUDIO_SECONDS = 60 * 60
+MAX_AUDIO_BYTES = 100 * MIB
+MAX_PDFS_PER_EXAMPLE = 4
+MAX_PDF_PAGES = 300
+"""Each PDF."""
+MAX_PDF_BYTES = 20 * MIB
+"""Each PDF."""
+PER_EXAMPLE = {"image": MAX_IMAGES_PER_EXAMPLE, "audio": MAX_AUDIO_PER_EXAMPLE, "pdf": MAX_PDFS_PER_EXAMPLE}
+NOUNS = {"image": ("image", "images"), "audio": ("audio file", "audio files"), "pdf": ("PDF", "PDFs")}
 TOO_DEEP = f"JSON nested more than {MAX_DEPTH} deep (arrays and objects inside each other); at most {MAX_DEPTH}"
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
@@ -61,6 +85,8 @@ class ValidationReport:
     examples: list[Example] = field(default_factory=list)
     encoded: list[Encoded] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    media: list[ExampleMedia] = field(default_factory=list)
+    """What each valid example's media parts hold (from their headers), in the order of ``examples``."""
 
     @property
     def errors(self) -> list[Problem]:
@@ -106,6 +132,8 @@ def read_examples(
             raise DatasetError(f"{name}: no such file")
         if source.is_dir():
             raise DatasetError(f"{name}: is a directory, not a JSONL file")
+        if media_source is None:
+            media_source = MediaSource(base=source.resolve().parent)
         try:
             with source.open("rb") as fh:
                 return read_examples(
@@ -123,6 +151,7 @@ def read_examples(
         except OSError as exc:
             raise DatasetError(f"{name}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     name = name or getattr(path, "name", None) or "<stream>"
+    media = media_source or MediaSource()  # a stream has no folder: inline data, files/{id} and roots only
     report = ValidationReport(path=name)
     errors = unlisted = 0
     for number, raw, size in _lines(path, line_limit):
@@ -136,7 +165,7 @@ def read_examples(
             ]
         else:
             problems = _check_line(
-                raw, number, report, tokenizer, max_length, model_id, modalities, require_model_turn, char_limit
+                raw, number, report, tokenizer, max_length, model_id, modalities, require_model_turn, char_limit, media
             )
         for f, m, severity in problems:
             if severity == "error" or len(report.problems) < MAX_PROBLEMS:
@@ -231,6 +260,7 @@ def _check_line(
     modalities: Collection[str],
     require_model_turn: bool,
     max_chars: int,
+    source: MediaSource,
 ) -> Found:
     try:
         text = raw.decode("utf-8")
@@ -252,15 +282,8 @@ def _check_line(
     found: Found = [(f, m, "error") for f, m in problems]
     if example is None:
         return found
-    for field_name, part in _media_parts(example, obj):
-        if part.modality not in modalities:
-            found.append(
-                (
-                    field_name,
-                    f"{model_id} takes {', '.join(modalities)} only, not {part.modality} ({part.mime_type})",
-                    "error",
-                )
-            )
+    media_found, media = _check_media(example, obj, model_id, modalities, source)
+    found += media_found
     chars = sum(len(turn.text) for turn in example.turns) + len(example.system or "")
     if chars > max_chars:
         key = "contents" if "contents" in obj else "messages"
@@ -271,15 +294,17 @@ def _check_line(
                 "error",
             )
         )
-    if found:
+    if any(severity == "error" for *_, severity in found):
         return found
     if tokenizer is not None:
         try:
-            encoded = encode(tokenizer, example, max_length)
+            encoded = encode(tokenizer, example, max_length, source)
         except TemplateError as exc:
-            return [("contents", f"{model_id}: {exc}", "error")]
+            return [*found, ("contents", f"{model_id}: {exc}", "error")]
+        except DatasetError as exc:  # a PDF whose text cannot be read (its header could)
+            return [*found, ("contents", str(exc), "error")]
         if encoded.trained_tokens == 0:
-            return [("contents", f"trains zero tokens after truncation to maxLength {max_length}", "error")]
+            return [*found, ("contents", f"trains zero tokens after truncation to maxLength {max_length}", "error")]
         if encoded.truncated:
             lost = encoded.full_length - len(encoded.input_ids)
             found.append(
@@ -290,12 +315,17 @@ def _check_line(
                     "warning",
                 )
             )
+        if media is not None:
+            encoded, warning = _with_media(encoded, media, modalities, max_length)
+            found += warning
         report.encoded.append(encoded)
     report.examples.append(example)
+    if media is not None:
+        report.media.append(media)
     return found
 
 
-def _media_parts(example: Example, obj: dict) -> list[tuple[str, Any]]:
+def _media_parts(example: Example, obj: dict) -> list[tuple[str, Part]]:
     key = "contents" if "contents" in obj else "messages"
     return [
         (f"{key}[{i}].parts[{j}].{part.kind}", part)
@@ -303,3 +333,144 @@ def _media_parts(example: Example, obj: dict) -> list[tuple[str, Any]]:
         for j, part in enumerate(turn.parts)
         if part.kind != "text"
     ]
+
+
+def _takes(modalities: Collection[str], modality: str) -> bool:
+    return modality in modalities or (modality == "pdf" and takes_pdf(modalities))
+
+
+def _check_media(
+    example: Example, obj: dict, model_id: str, modalities: Collection[str], source: MediaSource
+) -> tuple[Found, ExampleMedia | None]:
+    """Each media part opened and probed (headers only) and held to the per-file limits, then the example to the
+    per-example counts; the media found (None for an example without media parts)."""
+    parts = _media_parts(example, obj)
+    if not parts:
+        return [], None
+    found: Found = []
+    infos: list[MediaInfo] = []
+    seen: dict[str, list[str]] = {}  # modality -> the fields of its parts, in order
+    for field_name, part in parts:
+        if not _takes(modalities, part.modality):
+            found.append(
+                (
+                    field_name,
+                    f"{model_id} takes {', '.join(modalities)} only, not {part.modality} ({part.mime_type})",
+                    "error",
+                )
+            )
+            continue
+        seen.setdefault(part.modality, []).append(field_name)
+        try:
+            info = probe(open_media(part, source))
+        except MediaError as exc:
+            at = exc.field or ("fileUri" if part.kind == "fileData" else "data")
+            found.append((f"{field_name}.{at}", str(exc), "error"))
+            continue
+        infos.append(info)
+        found += [(field_name, message, "error") for message in _over_file_limits(info)]
+        if info.modality == "pdf" and info.textless_pages and "image" not in modalities:
+            found.append((field_name, _textless_warning(info, model_id), "warning"))
+    for modality, fields in seen.items():
+        most = PER_EXAMPLE.get(modality)
+        if most is not None and len(fields) > most:
+            one, many = NOUNS[modality]
+            found.append(
+                (
+                    fields[most],
+                    f"{len(fields)} {many} in this example; at most {most} {one if most == 1 else many} per example",
+                    "error",
+                )
+            )
+    return found, ExampleMedia(tuple(infos))
+
+
+def _over_file_limits(info: MediaInfo) -> list[str]:
+    """What is over a per-file limit in one probed part."""
+    size = _size(info.size_bytes)
+    out = []
+    if info.modality == "image" and info.size_bytes > MAX_IMAGE_BYTES:
+        out.append(f"the image is {size}; at most {_size(MAX_IMAGE_BYTES)} per image")
+    if info.modality == "audio":
+        if info.size_bytes > MAX_AUDIO_BYTES:
+            out.append(f"the audio file is {size}; at most {_size(MAX_AUDIO_BYTES)} per audio file")
+        if info.seconds > MAX_AUDIO_SECONDS:
+            out.append(
+                f"the audio is {_duration(info.seconds)} long; at most {_duration(MAX_AUDIO_SECONDS)} per audio file"
+            )
+    if info.modality == "pdf":
+        if info.size_bytes > MAX_PDF_BYTES:
+            out.append(f"the PDF is {size}; at most {_size(MAX_PDF_BYTES)} per PDF")
+        if info.pages > MAX_PDF_PAGES:
+            out.append(f"the PDF has {info.pages} pages; at most {MAX_PDF_PAGES} pages per PDF")
+    return out
+
+
+def _size(n: float) -> str:
+    """``20 MiB``, ``20.5 MiB``, ``3.1 KiB``, ``100 bytes``."""
+    for unit, scale in (("MiB", MIB), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{int(n)} bytes"
+
+
+def _duration(seconds: float) -> str:
+    """``61.5 minutes`` from a minute on, else ``2.5 s``."""
+    if seconds >= 60:
+        return f"{seconds / 60:.1f}".removesuffix(".0") + " minutes"
+    return f"{seconds:.1f}".removesuffix(".0") + " s"
+
+
+def _textless_warning(info: MediaInfo, model_id: str) -> str:
+    pages = info.textless_pages
+    which = "page" if len(pages) == 1 else "pages"
+    return (
+        f"{which} {_page_ranges(pages)} of {info.pages} {'has' if len(pages) == 1 else 'have'} no text layer "
+        f"(scanned or drawn); {model_id} reads PDFs as text and gets nothing from {'it' if len(pages) == 1 else 'them'}"
+    )
+
+
+def _page_ranges(pages: Sequence[int], most: int = 10) -> str:
+    """``1-3, 7, 9-12``: consecutive pages as ranges; past ``most`` ranges, how many more pages."""
+    ranges: list[list[int]] = []
+    for page in pages:
+        if ranges and page == ranges[-1][1] + 1:
+            ranges[-1][1] = page
+        else:
+            ranges.append([page, page])
+    shown = ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in ranges[:most])
+    rest = sum(b - a + 1 for a, b in ranges[most:])
+    return shown + (f" and {rest} more" if rest else "")
+
+
+def _with_media(
+    encoded: Encoded, media: ExampleMedia, modalities: Collection[str], max_length: int
+) -> tuple[Encoded, Found]:
+    """``encoded`` (text tokens, from the tokenizer) with its media's estimated tokens; a warning when text and
+    media together are over ``max_length`` (tuning, with the processor's exact count, refuses such an example)."""
+    tokens = media.estimated_tokens(modalities)
+    over = tokens > 0 and encoded.full_length + tokens > max_length
+    found: Found = []
+    if over:
+        found.append(
+            (
+                "contents",
+                f"example is about {encoded.full_length + tokens} tokens with its media ({tokens} estimated for "
+                f"{_media_summary(media)}), longer than maxLength {max_length}; media tokens cannot be cut, so "
+                "tuning refuses it",
+                "warning",
+            )
+        )
+    with_media = EncodedWithMedia(
+        encoded.input_ids, encoded.labels, encoded.full_length, media=media, media_tokens=tokens, over_budget=over
+    )
+    return with_media, found
+
+
+def _media_summary(media: ExampleMedia) -> str:
+    counts = []
+    for modality, (one, many) in NOUNS.items():
+        n = len(media.of(modality))
+        if n:
+            counts.append(f"{n} {one if n == 1 else many}")
+    return ", ".join(counts) or "its media"
