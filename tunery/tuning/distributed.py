@@ -2,7 +2,8 @@
 
     tunery tune --processes 2 ...                                   # tunery starts the other processes
     torchrun --nproc-per-node 2 -m tunery tune --output DIR ...     # or a launcher does
-    accelerate launch --num_processes 2 -m tunery tune --output DIR ...
+    accelerate launch --multi_gpu --num_processes 2 -m tunery tune --output DIR ...   # --multi_gpu on CPUs too
+    accelerate launch --use_fsdp --num_processes 2 -m tunery tune --method full ...    # sharded (below)
 
 Every process plans the same epoch (a function of the seed) and the same micro-batches of each step
 (``micro_batches``: they do not depend on the process count); process ``r`` runs micro-batches
@@ -28,7 +29,9 @@ into full tensors and written by process 0 in the one-process format, so a shard
 With ``--processes N`` the calling process (the CLI, or a job's worker) is process 0, with its
 hooks; it starts N-1 helpers (``python -m tunery.tuning.distributed``) that meet it through a
 TCPStore on 127.0.0.1 whose port the OS picks. Under torchrun or ``accelerate launch`` the
-launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) is used instead.
+launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) is used instead. (Without a
+config, ``accelerate launch --num_processes N`` alone on a machine without GPUs starts one process, and tells
+it nothing of N: pass ``--multi_gpu`` or ``--use_fsdp``, or use a MULTI_CPU config.)
 """
 
 from __future__ import annotations
