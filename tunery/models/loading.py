@@ -1,5 +1,5 @@
-"""Load a tokenizer and a causal LM (or a processor and a vision-language model) from a directory: safetensors
-only, never remote code."""
+"""Load a tokenizer and a causal LM (or a processor and a vision-language or audio-language model) from a
+directory: safetensors only, never remote code."""
 
 from __future__ import annotations
 
@@ -30,15 +30,29 @@ def load_tokenizer(path: str | Path) -> Any:
     return tokenizer
 
 
-def is_multimodal(path: str | Path) -> bool:
-    """Whether the model directory's ``config.json`` is a vision-language model's (it has a ``vision_config``)."""
+def _config(path: str | Path) -> dict[str, Any]:
     config = Path(path) / "config.json"
-    return config.is_file() and "vision_config" in json.loads(config.read_text())
+    return json.loads(config.read_text()) if config.is_file() else {}
+
+
+def is_audio_language(path: str | Path) -> bool:
+    """Whether the model directory's ``config.json`` is an audio-language model's (an ``audio_config``, no
+    ``vision_config``: Qwen2-Audio)."""
+    config = _config(path)
+    return "audio_config" in config and "vision_config" not in config
+
+
+def is_multimodal(path: str | Path) -> bool:
+    """Whether the model directory's ``config.json`` is a vision-language model's (it has a ``vision_config``) or
+    an audio-language model's (an ``audio_config``): one loaded with its processor."""
+    config = _config(path)
+    return "vision_config" in config or "audio_config" in config
 
 
 def load_processor(path: str | Path) -> Any:
-    """The processor (image processor, tokenizer, chat template) of a vision-language model directory; no remote
-    code. Without torchvision, a processor that declares a video processor is loaded for images only."""
+    """The processor (image processor or audio feature extractor, tokenizer, chat template) of a multimodal model
+    directory; no remote code. Without torchvision, a processor that declares a video processor is loaded for
+    images only."""
     import transformers
 
     name = ""
@@ -62,13 +76,18 @@ def load_processor(path: str | Path) -> Any:
 
 def load_model(path: str | Path, dtype: Any = None, **options: Any) -> Any:
     """A causal LM from ``path`` (fp32 unless ``dtype``), or for a vision-language config, an image-text-to-text
-    model; ``options`` go to ``from_pretrained``."""
+    model, or for an audio-language config, a multimodal LM (Qwen2AudioForConditionalGeneration); ``options`` go
+    to ``from_pretrained``."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForMultimodalLM
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    auto = AutoModelForImageTextToText if is_multimodal(path) else AutoModelForCausalLM
+    auto: Any = AutoModelForCausalLM
+    if is_audio_language(path):
+        auto = AutoModelForMultimodalLM
+    elif is_multimodal(path):
+        auto = AutoModelForImageTextToText
     try:
         model = auto.from_pretrained(
             str(path), dtype=dtype or torch.float32, trust_remote_code=False, use_safetensors=True, **options

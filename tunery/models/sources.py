@@ -57,6 +57,8 @@ def resolve_base(name: str | Path) -> BaseModel:
         text = config.get("text_config") or {}
         context = int(config.get("max_position_embeddings") or text.get("max_position_embeddings") or 2048)
         modalities = ("text", "image") if "vision_config" in config else ("text",)  # a vision-language model
+        if "audio_config" in config and "vision_config" not in config:  # an audio-language model (Qwen2-Audio)
+            modalities = ("text", "audio")
         return BaseModel(str(path.resolve()), path.resolve(), modalities, context, dict(LOCAL_LEARNING_RATES))
     if is_hub_id(str(name)):
         return resolve_hub(str(name))

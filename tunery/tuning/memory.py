@@ -65,10 +65,12 @@ def gib(n: float) -> str:
 
 def parameter_counts(model_dir: Path, lora_rank: int | None) -> tuple[int, int]:
     """(all parameters, trainable parameters) of the model in ``model_dir``, with LoRA adapters of ``lora_rank``."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForMultimodalLM
 
     config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
-    auto = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM  # a VLM
+    auto: Any = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM  # a VLM
+    if hasattr(config, "audio_config") and not hasattr(config, "vision_config"):  # an audio-language model
+        auto = AutoModelForMultimodalLM
     with torch.device("meta"):
         model = auto.from_config(config, trust_remote_code=False)
     total = sum(p.numel() for p in model.parameters())

@@ -61,6 +61,9 @@ class MediaKind:
     argument: str
     decode: Callable[[Part, Any, Any], Any]
     nested: bool = True  # the processor takes one list per example (images); False: a flat list (audio)
+    # extra processor keywords when this media is passed, e.g. audio's ``sampling_rate`` (from the processor)
+    options: Callable[[Any], dict[str, Any]] = field(default=lambda processor: {}, compare=False)
+    item: dict[str, Any] = field(default_factory=dict)  # more keys of the content item (templates that test them)
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,7 @@ def chat_messages(example: Example, family: Family, source: Any = None) -> list[
                 items.append({"type": "text", "text": part.text})
                 continue
             kind = family.media[part.modality]
-            items.append({"type": kind.content_type})
+            items.append({"type": kind.content_type, **kind.item})
         out.append({"role": "assistant" if turn.role == "model" else "user", "content": items})
     return out
 
@@ -303,6 +306,7 @@ def process(
         per_example = [m.get(kind.argument, []) for m in media]
         if any(per_example):
             arguments[kind.argument] = per_example if kind.nested else [x for xs in per_example for x in xs]
+            arguments.update(kind.options(processor))
     batch = processor(text=texts, padding=True, return_tensors="pt", **arguments)
     batch = {name: value for name, value in batch.items() if isinstance(value, torch.Tensor)}
     mask = batch.get("attention_mask")

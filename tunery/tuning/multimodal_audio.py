@@ -1,11 +1,20 @@
 """Tuning audio-language models (Qwen2-Audio): the family registered into ``tunery.tuning.multimodal``.
 
-An audio part becomes the chat template's ``{"type": "audio"}`` item; the processor expands it into
-``<|audio_bos|>`` + one ``<|AUDIO|>`` per encoder frame + ``<|audio_eos|>`` and passes the clip to its
-Whisper feature extractor (log-mel features at the extractor's sampling rate). Loss masks come from the
-shared ``loss_labels``: model turns plus ``<|im_end|>``, never the audio placeholders or the prompt.
+An audio part becomes the chat template's ``{"type": "audio", "audio": None}`` item (Qwen2-Audio-Instruct's
+own template tests for the ``audio`` key, transformers' default one for the type); the processor expands the
+template's ``<|AUDIO|>`` into one ``<|AUDIO|>`` per encoder frame between ``<|audio_bos|>`` and ``<|audio_eos|>``
+and passes the clip to its Whisper feature extractor (128 log-mel bins at 16 kHz, padded to the extractor's
+chunk length: 30 s for the released model, 750 audio tokens). Loss masks come from the shared ``loss_labels``:
+model turns plus ``<|im_end|>``, never the audio placeholders, the prompt, or the template's default system line
+(``You are a helpful assistant.``, written when an example has no system instruction).
 
-Audio is decoded per batch through ``tunery.data.media`` (``open_media`` + ``load_audio``).
+The model is ``Qwen2AudioForConditionalGeneration`` (``AutoModelForMultimodalLM``; ``tunery.models.loading``
+loads a directory whose config has an ``audio_config``): ``model.audio_tower`` (the Whisper-style encoder,
+frozen unless ``--train-vision``), ``model.multi_modal_projector`` (one linear layer, frozen unless
+``--train-projector``), ``model.language_model`` (Qwen2: where LoRA goes).
+
+Audio is decoded per batch through ``tunery.data.media`` (``open_media`` + ``load_audio``, resampled to the
+extractor's rate, which is passed on to the processor).
 """
 
 from __future__ import annotations
@@ -30,7 +39,14 @@ def decode_audio(part: Part, source: Any, processor: Any = None) -> np.ndarray:
     return load_audio(open_media(part, media_source(source)), sampling_rate_of(processor))
 
 
-AUDIO = MediaKind("audio", "audio", decode_audio, nested=False)
+AUDIO = MediaKind(
+    "audio",
+    "audio",
+    decode_audio,
+    nested=False,
+    options=lambda processor: {"sampling_rate": sampling_rate_of(processor)},
+    item={"audio": None},
+)
 
 QWEN2_AUDIO = register_family(
     Family(
@@ -40,7 +56,7 @@ QWEN2_AUDIO = register_family(
         model_turn="<|im_start|>assistant\n",
         end_of_turn="<|im_end|>",
         placeholder_tokens=("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"),
-        tower=("audio_tower",),
-        projector=("multi_modal_projector",),
+        tower=("model.audio_tower",),
+        projector=("model.multi_modal_projector",),
     )
 )
