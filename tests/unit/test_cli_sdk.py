@@ -239,3 +239,41 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tiny, data_dir, tmp_path
     assert resumed.exit_code == 0, resumed.output
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 3 * 300
+
+
+def test_tune_is_a_job_in_the_store_and_ctrl_c_cancels_it(tiny, data_dir, tmp_path):
+    """``tunery tune`` creates a job (``tunery jobs list`` shows it) run by a worker; SIGINT cancels that job,
+    which ends CANCELLED at a checkpoint, and the command exits 130."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    train = _make_long_train(data_dir, tmp_path)
+    command = [sys.executable, "-m", "tunery", "tune", "--model", str(tiny), "--train", str(train)]
+    command += ["--epochs", "1", "--batch-size", "1", "--output", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    metrics = out / "metrics.jsonl"
+    while time.monotonic() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=90)
+    assert process.returncode == 130, output
+    assert "cancelling the job" in output and "tunery tune --resume --output" in output and "Traceback" not in output
+    job_id = re.search(r"job tuningJobs/(\w+)", output).group(1)
+    rows = {row["name"]: row for row in json.loads(invoke("jobs", "list", "--json").output)}
+    job = rows[f"tuningJobs/{job_id}"]
+    assert job["state"] == CANCELLED and job["baseModel"] == str(tiny)
+    stored = Store().get_job(None, job_id)
+    assert stored.output == str(out) and stored.attempts == 1 and stored.worker_pid != process.pid
+    assert (out / "checkpoints" / "latest").is_file() and not (out / "tunery.json").exists()
+
+
+def test_tune_on_a_bad_dataset_lists_its_problems_and_creates_no_job(tiny, data_dir, tmp_path):
+    bad = data_dir / "bad" / "mixed.jsonl"
+    before = len(Store().list_jobs("default", page_size=1000)[0])
+    result = invoke("tune", "--model", tiny, "--train", bad, "--output", tmp_path / "never")
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if re.match(rf"{re.escape(str(bad))}:\d+: ", line)]
+    assert len(lines) >= 5 and "Traceback" not in result.output
+    assert len(Store().list_jobs("default", page_size=1000)[0]) == before and not (tmp_path / "never").exists()

@@ -1,13 +1,26 @@
-"""``tunery tune`` and ``tunery merge``."""
+"""``tunery tune`` and ``tunery merge``.
+
+``tunery tune`` takes the path every job takes (``sft.train``'s): the job is created in this machine's job store and
+its worker started through the executor (``tunery.jobs.local``); the command follows the job's metrics on its
+progress bar, prints the tuned model directory, and cancels the job on Ctrl-C. The datasets are checked first, so
+their problems are reported by line before any job exists. Under torchrun or ``accelerate launch`` the launcher
+owns the processes, and each trains in its own process.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from tunery import jobs
 from tunery.cli._common import StopFlag, TrainingProgress, console, err_console, handle_errors
-from tunery.errors import ConfigError, TuningCancelled
+from tunery.errors import ConfigError, JobError, TuningCancelled
+from tunery.jobs.local import TENANT, active_on, kill
 from tunery.models.catalog import DEFAULT_MODEL
 from tunery.tuning.spec import TuningSpec
 
@@ -27,6 +40,8 @@ def run_as_helper(spec: TuningSpec, resume: bool) -> None:
 
 
 _DEFAULT = TuningSpec(train="-")
+POLL_SECONDS = 0.2  # how often the job's state and metrics are read
+CANCEL_WAIT_SECONDS = 60.0  # after a cancel, how long the worker has to save its checkpoint and end
 
 
 @handle_errors
@@ -66,15 +81,21 @@ def tune(
     train_vision: bool = typer.Option(
         False, "--train-vision", help="Vision-language models: train the vision tower too (frozen by default)."
     ),
+    fsdp: bool = typer.Option(
+        False, "--fsdp", help="Full tuning over --processes: shard weights and optimizer state (FSDP)."
+    ),
+    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="With --fsdp: keep the shards in CPU memory."),
 ) -> None:
-    """Tune a base model with a LoRA adapter or full fine-tuning; Ctrl-C saves a checkpoint."""
-    from tunery.tuning.distributed import launcher_env  # torch: only when it runs
-
-    compute = {
+    """Tune a base model with a LoRA adapter or full fine-tuning, as a job on this machine; Ctrl-C cancels it at a
+    checkpoint that --resume continues."""
+    launched = launched_as()
+    compute: dict[str, Any] = {
         "device": device,
-        "processes": launcher_env()[1] if launcher_env() and processes == 1 else processes,
+        "processes": launched[1] if launched and processes == 1 else processes,
         "gradient_checkpointing": gradient_checkpointing,
         "packing": packing,
+        "fsdp": fsdp,
+        "cpu_offload": cpu_offload,
     }
     if resume:
         if output is None:
@@ -102,12 +123,28 @@ def tune(
             train_vision=train_vision,
             **compute,
         )
-    launched = launcher_env()
-    if launched is not None and launched[0] != 0:
+    if launched is not None:  # torchrun / accelerate launch own the processes: each one trains here
+        if launched[0] == 0:
+            tune_here(spec, resume)
+            return
         if output is None:
             raise ConfigError("under torchrun or accelerate launch, --output is required (every process needs it)")
         run_as_helper(spec, resume)  # process 0 reports progress and the result
         return
+    run_job(job_spec(spec, resume))
+
+
+def launched_as() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) under torchrun or accelerate launch; torch is imported only then."""
+    if "RANK" not in os.environ:
+        return None
+    from tunery.tuning.distributed import launcher_env
+
+    return launcher_env()
+
+
+def tune_here(spec: TuningSpec, resume: bool) -> None:
+    """Process 0 of a launcher's run: train in this process (its peers are the launcher's other processes)."""
     stop = StopFlag().install()
     try:
         with TrainingProgress() as progress:
@@ -120,6 +157,136 @@ def tune(
         err_console.print(f"continue with: tunery tune --resume --output {spec.output}")
         raise typer.Exit(130) from None
     console.print(f"tuned model: {tuned}", highlight=False)
+
+
+def job_spec(spec: TuningSpec, resume: bool) -> TuningSpec:
+    """The job's spec, checked before any job is created: the run to resume (its saved spec on this call's
+    devices), or a new run whose output is free and whose datasets have no problem (every one, by line)."""
+    if resume:
+        from tunery.tuning.prepare import saved_spec  # torch
+
+        run_dir = Path(spec.output or "").expanduser().resolve()
+        running = active_on(run_dir)
+        if running is not None:
+            raise JobError(
+                f"job {running.id} is still running in {run_dir}; follow it with: tunery jobs watch {running.id}"
+                f" (or stop it: tunery jobs cancel {running.id})"
+            )
+        resumed = saved_spec(run_dir).computing_as(spec)
+        resumed.output = str(run_dir)
+        return resumed
+    spec.train = str(Path(spec.train).expanduser().resolve())
+    spec.validation = str(Path(spec.validation).expanduser().resolve()) if spec.validation else None
+    if spec.output:
+        out = Path(spec.output).expanduser().resolve()
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise JobError(
+                f"{out} already exists and is not empty; pass --resume to continue its run, or choose another --output"
+            )
+        spec.output = str(out)
+    check_datasets(spec)
+    return spec
+
+
+def check_datasets(spec: TuningSpec) -> None:
+    """Raise DatasetError with every problem of the training and validation files (with the base model's
+    tokenizer for a text model: lengths too; a vision-language model's media parts are checked by the job)."""
+    from tunery.data.validation import read_examples
+    from tunery.models.loading import is_multimodal, load_tokenizer
+    from tunery.models.sources import resolve_base
+
+    base = resolve_base(spec.base_model)
+    tokenizer = None if is_multimodal(base.path) else load_tokenizer(base.path)
+    model_id = base.id if base.id == spec.base_model else spec.base_model
+    for path in (spec.train, spec.validation):
+        if path:
+            read_examples(
+                path,
+                tokenizer=tokenizer,
+                max_length=min(spec.max_length, base.context_length),
+                model_id=model_id,
+                modalities=base.modalities,
+            ).raise_for_errors()
+
+
+class JobFollower:
+    """Follows an embedded job: its metrics feed the progress bar; Ctrl-C (or SIGTERM, SIGHUP) cancels it.
+
+    After a cancel the worker saves a checkpoint at its next step and ends the job CANCELLED; if it has not within
+    ``CANCEL_WAIT_SECONDS`` (or at a second Ctrl-C) it is killed, and the job ends CANCELLED from its last
+    checkpoint."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.signals = 0
+        self.cancelled_at: float | None = None
+        self.killed = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> JobFollower:
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, *_: Any) -> None:
+        self.signals += 1
+
+    def follow(self, job_id: str, progress: TrainingProgress) -> dict[str, Any]:
+        """Feed ``progress`` until the job has ended; its resource at the end."""
+        store = jobs.Store()
+        after = 0
+        while True:
+            resource = jobs.read(job_id, store)  # first: the events read next then include the last ones
+            while batch := store.events(TENANT, job_id, after):
+                after = batch[-1]["id"]
+                for event in batch:
+                    if event["type"] == "metrics" and event.get("data"):
+                        progress.on_metrics(event["data"])
+            if resource["state"] in jobs.ENDED:
+                return resource
+            self._stop(job_id, store)
+            time.sleep(POLL_SECONDS)
+
+    def _stop(self, job_id: str, store: jobs.Store) -> None:
+        if not self.signals or self.killed:
+            return
+        if self.cancelled_at is None:
+            self.cancelled_at = time.monotonic()
+            err_console.print("[yellow]cancelling the job: it stops at the next step and saves a checkpoint…[/yellow]")
+            jobs.cancel(job_id, store)
+        elif self.signals > 1 or time.monotonic() - self.cancelled_at > CANCEL_WAIT_SECONDS:
+            err_console.print("[yellow]stopping the worker now (its last checkpoint is kept)[/yellow]")
+            self.killed = True
+            kill(job_id, store)
+
+
+def run_job(spec: TuningSpec) -> None:
+    """Create the job in this machine's job store, start its worker through the executor, follow it to its end."""
+    with JobFollower() as follower:
+        resource = jobs.submit(spec, watch_parent=True)  # the job lives while this command follows it
+        job_id = resource["name"].split("/")[-1]
+        err_console.print(f"job {resource['name']} (tunery jobs get {job_id})", highlight=False)
+        with TrainingProgress() as progress:
+            resource = follower.follow(job_id, progress)
+    out = resource.get("tunedModel", {}).get("model") or spec.output
+    if resource["state"] == jobs.SUCCEEDED:
+        console.print(f"tuned model: {out}", highlight=False)
+        return
+    if resource["state"] == jobs.CANCELLED:
+        from tunery.tuning.checkpoint import latest_checkpoint
+
+        checkpoint = latest_checkpoint(spec.output or "")
+        err_console.print(f"[yellow]cancelled[/yellow]: {checkpoint or 'no checkpoint yet'}", highlight=False)
+        err_console.print(f"continue with: tunery tune --resume --output {spec.output}", highlight=False)
+        raise typer.Exit(130)
+    error = (resource.get("error") or {}).get("message") or resource["state"]
+    err_console.print(f"[red]error:[/red] {error}", highlight=False)
+    raise typer.Exit(1)
 
 
 @handle_errors

@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from tunery.jobs.executor import LocalExecutor
@@ -24,15 +25,16 @@ EXECUTOR = LocalExecutor()  # the embedded path: the same executor interface the
 _workers: dict[int, subprocess.Popen] = {}  # workers this process started, kept so they can be reaped
 
 
-def submit(spec: TuningSpec, store: Store | None = None) -> dict[str, Any]:
-    """Create a job and start its worker; returns the job resource."""
+def submit(spec: TuningSpec, store: Store | None = None, *, watch_parent: bool = False) -> dict[str, Any]:
+    """Create a job and start its worker; returns the job resource. With ``watch_parent`` the worker stops at a
+    checkpoint (the job CANCELLED) once this process has gone (``tunery tune``: the job lives while it is followed)."""
     store = store or Store()
     job_id = new_id()
     if not spec.output:
         spec.output = str(tuned_models_dir() / job_id)
     store.create_job(TENANT, spec, spec.to_request(), job_id=job_id, owner=EMBEDDED)
     store.claim_job(job_id, EMBEDDED, None, attempt=True)  # counted before the worker reads it
-    process = EXECUTOR.submit(store.get_job(TENANT, job_id), store.url)
+    process = EXECUTOR.submit(store.get_job(TENANT, job_id), store.url, watch_parent=watch_parent)
     _workers[process.pid] = process
     return store.update_job(job_id, worker_pid=process.pid).resource()
 
@@ -59,6 +61,37 @@ def cancel(job_id: str, store: Store | None = None) -> dict[str, Any]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(job.worker_pid, signal.SIGTERM)
     return read(job_id, store)
+
+
+def kill(job_id: str, store: Store | None = None) -> dict[str, Any]:
+    """Stop the job's worker now (SIGKILL, no checkpoint at this step); the job then ends, CANCELLED if a cancel
+    was asked, from its last checkpoint."""
+    store = store or Store()
+    job = store.get_job(TENANT, job_id)
+    if not job.has_ended and job.worker_owner == EMBEDDED and job.worker_pid is not None:
+        process = _workers.get(job.worker_pid)
+        if process is not None:
+            EXECUTOR.kill(process)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(job.worker_pid, signal.SIGKILL)
+    return read(job_id, store)
+
+
+def active_on(output: str | Path, store: Store | None = None) -> Job | None:
+    """An embedded job not yet ended whose run directory is ``output``, if any."""
+    store = store or Store()
+    target = str(Path(output).resolve())
+    found, token = store.list_jobs(TENANT, page_size=100)
+    while token:
+        more, token = store.list_jobs(TENANT, page_size=100, page_token=token)
+        found += more
+    for job in found:
+        if not job.has_ended and job.output and str(Path(job.output).resolve()) == target:
+            job = _settled(store, job)
+            if not job.has_ended:
+                return job
+    return None
 
 
 def _settled(store: Store, job: Job) -> Job:

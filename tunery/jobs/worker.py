@@ -5,7 +5,8 @@
 The job's output directory says where it stands: a finished tuned model is not trained again, a run
 with a checkpoint resumes from it, anything else starts over. Every step's metrics become an event.
 SIGTERM (or, with ``--watch-parent``, the parent server going away) stops the run at the next step
-boundary after a checkpoint: a cancelled job ends CANCELLED; otherwise the job stays RUNNING, the
+boundary after a checkpoint: a cancelled job ends CANCELLED; an embedded job (no scheduler: ``sft.train``,
+``tunery tune``) ends CANCELLED too, its checkpoint kept for ``--resume``; otherwise the job stays RUNNING, the
 worker exits with ``EXIT_INTERRUPTED`` and a scheduler resumes it later.
 
 A cancel is honoured in every phase: at a step, after the last step, after the save and during the
@@ -36,6 +37,7 @@ from tunery.jobs.store import (
     CODE_CANCELLED,
     CODE_INTERNAL,
     CODE_INVALID_ARGUMENT,
+    EMBEDDED,
     EXIT_DISK_FULL,
     EXIT_INTERRUPTED,
     FAILED,
@@ -132,6 +134,9 @@ def main(job_id: str, watch_parent: bool = False) -> int:
             error = {"code": CODE_CANCELLED, "message": str(exc)}
             return end(store, job_id, CANCELLED, message=str(exc), error=error)
         saved = Path(exc.checkpoint).name if exc.checkpoint else "none"
+        if job.worker_owner == EMBEDDED:  # no scheduler resumes it: stopped, with its checkpoint to resume from
+            message = f"stopped (signalled, or the tunery tune following it exited); checkpoint {saved} saved"
+            return end(store, job_id, CANCELLED, message=message, error={"code": CODE_CANCELLED, "message": message})
         message = f"interrupted (the server stopped); checkpoint {saved} saved, to resume from"
         with contextlib.suppress(*TRANSIENT):  # unrecorded, the run counts as an attempt: no harm done
             record(lambda: store.give_back_attempt(job_id, message), "recording the interruption")
