@@ -7,6 +7,7 @@ through page rendering for a tiny vision-language model (Qwen2-VL built from a c
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,74 @@ def test_unsupported_media_beside_a_pdf_is_named_by_its_own_index() -> None:
     example = Example(turns=(Turn("user", (pdf_part(PAGES), audio)), Turn("model", (Part("text", "red"),))), line=9)
     with pytest.raises(DatasetError, match=r"line 9: contents\[0\]\.parts\[1\]: Qwen2-VL models take text, image"):
         multimodal.process(family, processor, [example], None)
+
+
+def test_tune_a_tiny_vlm_on_lines_with_pdf_parts(tmp_path: Path) -> None:
+    """``tune()`` end to end: a JSONL whose lines carry a PDF part (inline, and by a path beside the file)."""
+    from tunery.tuning import TuningSpec, tune
+
+    model, processor = vlm.qwen2_vl()
+    base = tmp_path / "base"
+    model.save_pretrained(base, safe_serialization=True)
+    processor.save_pretrained(base)
+    (tmp_path / "doc.pdf").write_bytes(make_pdf(PAGES[:2]))
+    inline = {"inlineData": {"mimeType": "application/pdf", "data": pdf_part(PAGES).data}}
+    by_path = {"fileData": {"mimeType": "application/pdf", "fileUri": "doc.pdf"}}
+    rows = [
+        {"contents": [{"role": "user", "parts": [pdf, {"text": PROMPT}]}, vlm.model_turn(answer)]}
+        for pdf, answer in ((inline, "red"), (by_path, "green"), (inline, "blue"), (by_path, "yellow"))
+    ]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = TuningSpec(
+        train=str(train),
+        base_model=str(base),
+        method="FULL",
+        epochs=1,
+        batch_size=2,
+        output=str(tmp_path / "tuned"),
+        device="cpu",
+    )
+    tuned = tune(spec)
+    records = [json.loads(line) for line in (tuned / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "train_loss" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(r["train_loss"] > 0 for r in steps)
+    stats = json.loads((tuned / "tunery.json").read_text())["tuningDataStats"]["supervisedTuningDataStats"]
+    assert stats["tuningDatasetExampleCount"] == 4
+
+
+def test_tune_a_text_model_on_lines_with_pdf_parts(tiny_model: Path, tmp_path: Path) -> None:
+    """``tune()`` of a text-only model: each PDF part is trained on as its page-marked text (counted in the
+    dataset's tokens), inline or by a path beside the JSONL file."""
+    from tunery.models.loading import load_tokenizer
+    from tunery.tuning import TuningSpec, tune
+
+    (tmp_path / "doc.pdf").write_bytes(make_pdf(PAGES[:2]))
+    inline = {"inlineData": {"mimeType": "application/pdf", "data": pdf_part(PAGES).data}}
+    by_path = {"fileData": {"mimeType": "application/pdf", "fileUri": "doc.pdf"}}
+    rows = [
+        {"contents": [{"role": "user", "parts": [{"text": "read this"}, pdf, {"text": PROMPT}]}, vlm.model_turn(a)]}
+        for pdf, a in ((inline, "yellow"), (by_path, "green"), (inline, "yellow"), (by_path, "green"))
+    ]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = TuningSpec(
+        train=str(train),
+        base_model=str(tiny_model),
+        epochs=1,
+        batch_size=2,
+        output=str(tmp_path / "tuned"),
+        device="cpu",
+    )
+    tuned = tune(spec)
+    steps = [json.loads(line) for line in (tuned / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if "train_loss" in r] == [1, 2]
+    tokenizer = load_tokenizer(tiny_model)
+    inline_part, file_part = pdf_part(PAGES), Part("fileData", mime_type="application/pdf", uri="doc.pdf")
+    expected = [
+        len(encode(tokenizer, document_example(p, a), 1024, tmp_path).input_ids)
+        for p, a in ((inline_part, "yellow"), (file_part, "green"))
+    ]
+    stats = json.loads((tuned / "tunery.json").read_text())["tuningDataStats"]["supervisedTuningDataStats"]
+    assert stats["totalBillableTokenCount"] == 2 * sum(expected)  # the pages' text is in every example's tokens
