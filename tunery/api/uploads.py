@@ -33,6 +33,13 @@ from starlette.requests import Request
 from tunery.api.errors import invalid
 from tunery.data.formats import modality_of
 from tunery.data.media import Media, MediaError, MediaInfo, probe, sniff
+from tunery.data.validation import (
+    MAX_AUDIO_BYTES,
+    MAX_AUDIO_SECONDS,
+    MAX_IMAGE_BYTES,
+    MAX_PDF_BYTES,
+    MAX_PDF_PAGES,
+)
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -41,11 +48,8 @@ MAX_FIELD_BYTES = 1024
 MAX_PARTS = 16
 MAX_FILENAME = 255
 FILE_FIELD = "file"
-MIB = 2**20
-MEDIA_BYTES = {"image": 20 * MIB, "audio": 100 * MIB, "pdf": 20 * MIB}
-"""Largest media upload per modality (managed tuning's per-file limits)."""
-MAX_AUDIO_SECONDS = 60 * 60
-MAX_PDF_PAGES = 300
+MEDIA_BYTES = {"image": MAX_IMAGE_BYTES, "audio": MAX_AUDIO_BYTES, "pdf": MAX_PDF_BYTES}
+"""Largest media upload per modality: the per-file limits a dataset's media parts are held to."""
 
 
 @dataclass
@@ -224,7 +228,10 @@ def check_media(upload: Upload, real: str) -> MediaInfo:
     except MediaError as exc:
         raise invalid([(FILE_FIELD, str(exc))], "upload") from None
     if info.seconds > MAX_AUDIO_SECONDS:
-        raise invalid([(FILE_FIELD, f"{name}: {info.seconds / 60:.1f} minutes of audio; at most 60")], "upload")
+        most_minutes = MAX_AUDIO_SECONDS // 60
+        raise invalid(
+            [(FILE_FIELD, f"{name}: {info.seconds / 60:.1f} minutes of audio; at most {most_minutes}")], "upload"
+        )
     if info.pages > MAX_PDF_PAGES:
         raise invalid([(FILE_FIELD, f"{name}: {info.pages} pages; a PDF takes at most {MAX_PDF_PAGES}")], "upload")
     return info

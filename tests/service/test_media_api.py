@@ -1,0 +1,172 @@
+"""Media through the HTTP API (#15), against a real ``tunery serve``: a tiny Qwen2-VL (random weights, built from a
+config by the shared builder in tests/unit/test_vlm_tuning.py) served as a fully tuned model of the default tenant.
+
+generateContent and countTokens with an inline image, an image sent to the text-only default model (a 400 naming
+the model and the modality), an image uploaded to ``/v1/files`` and named by ``fileData.fileUri: files/{id}``,
+and dataset uploads whose media is missing or mislabelled (a 400 naming the line).
+
+    .venv/bin/python -m pytest tests/service/test_media_api.py -q
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PIL")
+
+from tunery.jobs.store import TunedModel, new_id, now
+from tunery.models.catalog import CATALOG, DEFAULT_MODEL
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def by_path(name: str, path: Path):
+    """A test module loaded by its path (without registering its fixtures again)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CATALOG_VLM = "smolvlm-256m-instruct"
+vlm = by_path("_vlm_builders", TESTS / "unit" / "test_vlm_tuning.py")  # qwen2_vl(), png(), PROMPT
+Service = by_path("_media_service_conftest", TESTS / "service" / "conftest.py").Service
+RED = (220, 30, 30)
+
+
+def jpeg(rgb: tuple[int, int, int]) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (vlm.IMAGE, vlm.IMAGE), rgb).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, make_train: Callable[..., Path]) -> Iterator:
+    root = tmp_path_factory.mktemp("media")
+    svc = Service(root, tiny_model, make_train(20), 1, None)
+    model, processor = vlm.qwen2_vl()
+    model.save_pretrained(svc.data_root / "vlm")
+    processor.save_pretrained(svc.data_root / "vlm")
+    # the catalog's small VLM, as snapshot_download leaves it in the cache (refs/main -> snapshots/<commit>)
+    repo = root / "hub" / ("models--" + (CATALOG[CATALOG_VLM].hub or "").replace("/", "--"))
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    model, processor = vlm.idefics3()
+    model.save_pretrained(repo / "snapshots" / commit)
+    processor.save_pretrained(repo / "snapshots" / commit)
+    svc.env.update(HF_HUB_CACHE=str(root / "hub"), HF_HUB_OFFLINE="1")
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+@pytest.fixture(scope="module")
+def model(server) -> str:
+    """The VLM directory as a tuned model of the default tenant (the loopback caller without a key)."""
+    record = TunedModel(new_id(), "default", new_id(), "vlm", "vlm", "FULL", str(server.data_root / "vlm"), now())
+    server.store.add_tuned_model(record)
+    return record.id
+
+
+def turn(*parts: dict) -> dict:
+    return {"contents": [{"role": "user", "parts": [*parts, {"text": vlm.PROMPT}]}]}
+
+
+def inline(rgb: tuple[int, int, int]) -> dict:
+    return {"inlineData": {"mimeType": "image/png", "data": vlm.png(rgb)}}
+
+
+def generate(server, model: str, body: dict) -> dict:
+    response = server.client.post(
+        f"/v1/models/{model}:generateContent", json={**body, "generationConfig": {"maxOutputTokens": 4}}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_generate_content_and_count_tokens_with_an_inline_image(server, model: str) -> None:
+    answer = generate(server, model, turn(inline(RED)))
+    assert answer["candidates"][0]["finishReason"] in ("STOP", "MAX_TOKENS")
+    count = server.client.post(f"/v1/models/{model}:countTokens", json=turn(inline(RED))).json()
+    text_only = server.client.post(f"/v1/models/{model}:countTokens", json=turn()).json()
+    # a 32x32 image in 8-pixel patches merged 2x2: 4 image tokens, plus the vision start and end markers
+    assert count["totalTokens"] == text_only["totalTokens"] + 6
+    assert answer["usageMetadata"]["promptTokenCount"] == count["totalTokens"]
+
+
+def test_an_image_for_the_text_only_default_model_is_a_400_naming_both(server) -> None:
+    for op in ("generateContent", "countTokens"):
+        response = server.client.post(f"/v1/models/{DEFAULT_MODEL}:{op}", json=turn(inline(RED)))
+        assert response.status_code == 400, response.text
+        (violation,) = response.json()["error"]["details"][0]["fieldViolations"]
+        assert violation["field"] == "contents[0].parts[0].inlineData"
+        assert DEFAULT_MODEL in violation["description"] and "not image" in violation["description"], violation
+
+
+def test_an_uploaded_image_is_named_by_its_file_id(server, model: str) -> None:
+    png = base64.b64decode(vlm.png(RED))
+    uploaded = server.client.post("/v1/files", files={"file": ("red.png", png)})
+    assert uploaded.status_code == 201, uploaded.text
+    record = uploaded.json()
+    assert record["mimeType"] == "image/png" and record["sizeBytes"] == str(len(png))
+    assert record["supervisedTuningDataStats"]["width"] == vlm.IMAGE
+    by_file = {"fileData": {"mimeType": "image/png", "fileUri": record["name"]}}
+    answers = [generate(server, model, turn(part)) for part in (by_file, inline(RED))]
+    assert answers[0]["candidates"] == answers[1]["candidates"]  # the same pixels: the same greedy answer
+    assert answers[0]["usageMetadata"]["promptTokenCount"] == answers[1]["usageMetadata"]["promptTokenCount"]
+    assert server.client.get(f"/v1/{record['name']}").json()["mimeType"] == "image/png"
+
+    wrong = {"fileData": {"mimeType": "image/jpeg", "fileUri": record["name"]}}
+    missing = {"fileData": {"mimeType": "image/png", "fileUri": "files/20260101000000aaaaaaaaaaaa"}}
+    response = server.client.post(f"/v1/models/{model}:generateContent", json=turn(wrong, missing))
+    assert response.status_code == 400
+    fields = {v["field"]: v["description"] for v in response.json()["error"]["details"][0]["fieldViolations"]}
+    assert "is image/png" in fields["contents[0].parts[0].fileData.mimeType"]
+    assert "not found" in fields["contents[0].parts[1].fileData.fileUri"]
+
+    truncated = server.client.post("/v1/files", files={"file": ("cut.png", png[: len(png) // 2])})
+    assert truncated.status_code == 400 and "truncated" in truncated.json()["error"]["message"]
+
+
+def test_a_dataset_with_bad_media_is_a_400_naming_each_line(server) -> None:
+    png = base64.b64decode(vlm.png(RED))
+    good = server.client.post("/v1/files", files={"file": ("red.png", png)}).json()["name"]
+
+    def line(part: dict) -> str:
+        return json.dumps(
+            {
+                "contents": [
+                    {"role": "user", "parts": [part, {"text": vlm.PROMPT}]},
+                    {"role": "model", "parts": [{"text": "red"}]},
+                ]
+            }
+        )
+
+    rows = [
+        line({"fileData": {"mimeType": "image/png", "fileUri": good}}),
+        line({"fileData": {"mimeType": "image/png", "fileUri": "files/20260101000000aaaaaaaaaaaa"}}),
+        line({"inlineData": {"mimeType": "image/png", "data": base64.b64encode(jpeg(RED)).decode()}}),
+    ]
+    response = server.client.post(
+        "/v1/files", files={"file": ("train.jsonl", "\n".join(rows) + "\n")}, data={"model": "vlm"}
+    )
+    assert response.status_code == 400, response.text
+    violations = response.json()["error"]["details"][0]["fieldViolations"]
+    lines = {v.get("line") for v in violations}
+    message = response.json()["error"]["message"]
+    assert lines == {2, 3}, violations
+    assert "not found" in message and "image/jpeg" in message
+
