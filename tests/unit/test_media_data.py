@@ -327,3 +327,54 @@ def test_pdf_page_count_of_a_long_document(tmp_path: Path) -> None:
 def test_a_broken_pdf_is_refused() -> None:
     with pytest.raises(MediaError, match="unreadable application/pdf"):
         probe(open_media(inline("application/pdf", b"%PDF-1.4\n" + bytes(100)), MediaSource()))
+
+
+def test_corrupted_media_is_always_a_media_error() -> None:
+    """Bytes flipped, cut or inserted in every kind: probe raises MediaError (a message), never a library's own."""
+    import random
+
+    import soundfile
+
+    flac = io.BytesIO()
+    soundfile.write(flac, np.zeros(800, dtype="float32"), 8000, format="FLAC")
+    samples = {
+        "image/png": image_bytes("PNG"),
+        "image/jpeg": image_bytes("JPEG"),
+        "image/gif": image_bytes("GIF"),
+        "image/webp": image_bytes("WEBP"),
+        "audio/wav": wav_bytes(0.1),
+        "audio/flac": flac.getvalue(),
+        "application/pdf": pdf_bytes(["hi", None]),
+    }
+    rng = random.Random(7)
+    refused = 0
+    for _ in range(3000):
+        mime, data = rng.choice(sorted(samples.items()))
+        corrupt = bytearray(data)
+        cut = rng.randrange(8, len(corrupt))
+        match rng.randrange(3):
+            case 0:
+                for i in rng.sample(range(8, len(corrupt)), 4):
+                    corrupt[i] = rng.randrange(256)
+            case 1:
+                del corrupt[cut:]
+            case _:
+                corrupt[cut:cut] = rng.randbytes(rng.randint(1, 40))
+        try:
+            probe(open_media(inline(mime, bytes(corrupt)), MediaSource()))
+        except MediaError:
+            refused += 1
+    assert refused > 1000  # most corruptions are caught; the rest still read as what they claim
+
+
+def test_an_image_too_large_to_decode_is_refused_from_its_header() -> None:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)  # 400 megapixels, RGB, declared only
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    with pytest.raises(MediaError, match=r"image too large"):
+        probe(open_media(inline("image/png", png), MediaSource()))

@@ -20,6 +20,7 @@ import base64
 import binascii
 import contextlib
 import io
+import logging
 import struct
 import wave
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 MAX_REMOTE_BYTES = 100 * 2**20
+logging.getLogger("pypdf").addHandler(logging.NullHandler())  # a broken PDF is reported once, as a MediaError
 
 
 class MediaError(ValueError):
@@ -284,10 +286,14 @@ def _probe_image(media: Media, real: str, size: int) -> MediaInfo:
         with media.stream() as fh, Image.open(fh) as img:
             width, height = img.size
             frames = int(getattr(img, "n_frames", 1)) if real == "image/gif" else 1
-    except Image.DecompressionBombError as exc:
-        raise MediaError(f"image too large to decode ({exc}): {media.name}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # the warning, where warnings are errors
+        raise MediaError(f"image too large: more than {Image.MAX_IMAGE_PIXELS} pixels: {media.name}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, EOFError, IndexError) as exc:
         raise MediaError(f"unreadable {real} ({exc}): {media.name}") from None
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        raise MediaError(
+            f"image too large: {width} x {height} pixels, more than {Image.MAX_IMAGE_PIXELS}: {media.name}"
+        )
     if real == "image/png" and b"IEND" not in _tail(media, 16):
         raise MediaError(f"truncated image/png (no IEND chunk at the end): {media.name}")
     if real == "image/jpeg" and b"\xff\xd9" not in _tail(media, JPEG_TAIL):
@@ -333,7 +339,7 @@ def _wav_seconds(media: Media) -> float | None:
             data_start = fh.tell()  # wave stops at the start of the data chunk
     except wave.Error:
         return None
-    except (EOFError, OSError, struct.error) as exc:
+    except (EOFError, OSError, struct.error, RuntimeError) as exc:  # wave raises a bare RuntimeError on a cut chunk
         raise MediaError(f"unreadable audio/wav ({exc or 'the header is cut short'}): {media.name}") from None
     held = (media.size - data_start) // frame_bytes if frame_bytes else 0
     if not rate:
@@ -389,7 +395,9 @@ def load_image(media: Media) -> Image.Image:
         with media.stream() as fh, Image.open(fh) as img:
             img.seek(0)
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
+        raise MediaError(f"cannot decode image ({exc}): {media.name}") from None
+    except Image.DecompressionBombError as exc:
         raise MediaError(f"cannot decode image ({exc}): {media.name}") from None
 
 
@@ -429,7 +437,7 @@ def _wav_pcm(media: Media) -> tuple[np.ndarray, int] | None:
             raw = w.readframes(w.getnframes())
     except wave.Error:
         return None
-    except (EOFError, OSError, struct.error) as exc:
+    except (EOFError, OSError, struct.error, RuntimeError) as exc:  # wave raises a bare RuntimeError on a cut chunk
         raise MediaError(f"cannot decode audio/wav ({exc}): {media.name}") from None
     if width not in (1, 2, 4) or not channels:
         return None

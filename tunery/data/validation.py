@@ -367,6 +367,10 @@ def _check_media(
             at = exc.field or ("fileUri" if part.kind == "fileData" else "data")
             found.append((f"{field_name}.{at}", str(exc), "error"))
             continue
+        except Exception as exc:  # a decoder library's own error on hostile bytes: still this part's problem
+            at = "fileUri" if part.kind == "fileData" else "data"
+            found.append((f"{field_name}.{at}", f"unreadable {part.mime_type} ({type(exc).__name__}: {exc})", "error"))
+            continue
         infos.append(info)
         found += [(field_name, message, "error") for message in _over_file_limits(info)]
         if info.modality == "pdf" and info.textless_pages and "image" not in modalities:
