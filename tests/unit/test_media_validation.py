@@ -204,7 +204,9 @@ def test_statistics_count_media_and_estimate_its_tokens(tmp_path: Path, tiny_tok
         "height": {"sum": 46, "min": 8, "max": 30, "mean": 15.33},
     }
     assert media["audio"]["seconds"] == {"sum": 1.5, "min": 1.5, "max": 1.5, "mean": 1.5}
+    assert media["audio"]["secondsPerExample"]["max"] == 1.5
     assert media["pdf"]["pages"]["sum"] == 2 and media["pdf"]["pagesWithoutText"] == 0
+    assert media["pdf"]["pagesPerExample"] == {"sum": 2, "min": 2, "max": 2, "mean": 2.0}
     assert media["mediaTokens"]["sum"] == sum(estimates) and media["mediaTokens"]["estimated"] is True
     # the text-only example's statistics are what a text dataset's are: no mediaStats key
     assert "mediaStats" not in tuning_data_stats(text_only.encoded[-1:], epochs=1, batch_size=1)

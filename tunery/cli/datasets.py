@@ -25,15 +25,19 @@ MAX_LENGTH = typer.Option(TuningSpec.max_length, "--max-length", help="Tokens pe
 
 
 FILE = typer.Argument(..., help="The JSONL file; '-' reads standard input, and a pipe or FIFO works like a file.")
+REMOTE = typer.Option(
+    False, "--allow-remote-media", help="Fetch http(s):// media parts to check them (off: such parts are errors)."
+)
 
 
-def _read(path: Path, model: str, max_length: int) -> ValidationReport:
+def _read(path: Path, model: str, max_length: int, allow_remote: bool = False) -> ValidationReport:
     base = resolve_base(model)
     stdin = str(path) == "-"
+    folder = Path.cwd() if stdin else path.expanduser().resolve().parent  # standard input: paths from here
     return read_examples(
         sys.stdin.buffer if stdin else path,
         name="<stdin>" if stdin else None,
-        media_source=MediaSource(base=Path.cwd()) if stdin else None,  # standard input: paths from here
+        media_source=MediaSource(base=folder, allow_remote=allow_remote),
         tokenizer=load_tokenizer(base.path),
         max_length=min(max_length, base.context_length),
         model_id=model,
@@ -43,9 +47,11 @@ def _read(path: Path, model: str, max_length: int) -> ValidationReport:
 
 @app.command()
 @handle_errors
-def validate(file: Path = FILE, model: str = MODEL, max_length: int = MAX_LENGTH) -> None:
+def validate(
+    file: Path = FILE, model: str = MODEL, max_length: int = MAX_LENGTH, allow_remote_media: bool = REMOTE
+) -> None:
     """Report every problem as FILE:LINE: field: message; exit 1 if there is any error."""
-    report = _read(file, model, max_length)
+    report = _read(file, model, max_length, allow_remote_media)
     for problem in report.problems:
         err_console.print(str(problem), highlight=False, markup=False)
     n_err, n_warn = len(report.errors), len(report.warnings)
@@ -68,9 +74,10 @@ def stats(
     batch_size: int = typer.Option(TuningSpec.batch_size, "--batch-size"),
     max_length: int = MAX_LENGTH,
     as_json: bool = typer.Option(False, "--json", help="Print supervisedTuningDataStats as JSON."),
+    allow_remote_media: bool = REMOTE,
 ) -> None:
     """Statistics in the shape of Vertex's supervisedTuningDataStats."""
-    report = _read(file, model, max_length)
+    report = _read(file, model, max_length, allow_remote_media)
     report.raise_for_errors()
     epochs = epochs or default_epochs(len(report.encoded))
     data = tuning_data_stats(report.encoded, epochs, batch_size)

@@ -138,8 +138,9 @@ MODALITIES = ("image", "audio", "pdf", "video")
 
 
 def media_stats(media: Sequence[ExampleMedia], tokens: Sequence[int] | None = None) -> dict[str, Any]:
-    """Per modality: ``exampleCount`` (examples with at least one such part), ``partCount``, ``totalBytes``, and
-    image ``width``/``height``, audio ``seconds``, PDF ``pages`` (sum, min, max, mean per part); with ``tokens``
+    """Per modality: ``exampleCount`` (examples with at least one such part), ``partCount``, ``totalBytes``,
+    ``partsPerExample``, and image ``width``/``height``, audio ``seconds``, PDF ``pages`` (sum, min, max, mean per
+    part; audio ``secondsPerExample`` and PDF ``pagesPerExample`` over the examples that hold any); with ``tokens``
     (each example's estimated media tokens), ``mediaTokens``: their distribution and the constants used."""
     out: dict[str, Any] = {}
     for modality in MODALITIES:
@@ -158,8 +159,10 @@ def media_stats(media: Sequence[ExampleMedia], tokens: Sequence[int] | None = No
             entry["height"] = _range([p.height for p in parts])
         elif modality == "audio":
             entry["seconds"] = _range([round(p.seconds, 3) for p in parts])
+            entry["secondsPerExample"] = _range([round(sum(p.seconds for p in ps), 3) for ps in per_example if ps])
         elif modality == "pdf":
             entry["pages"] = _range([p.pages for p in parts])
+            entry["pagesPerExample"] = _range([sum(p.pages for p in ps) for ps in per_example if ps])
             entry["pagesWithoutText"] = sum(p.pages_without_text for p in parts)
         out[modality] = entry
     if tokens is not None:
