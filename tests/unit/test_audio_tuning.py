@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import random
+import re
 import time
 from pathlib import Path
 
@@ -212,6 +213,20 @@ def test_an_image_part_to_the_audio_model_is_refused_by_line(tmp_path: Path) -> 
     assert f"{train}:2: contents[0].parts[0]" in str(info.value) and "image" in str(info.value)
     assert "text, audio" in str(info.value)
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+    # A clip longer than the extractor's chunk (1 s here, 30 s for Qwen2-Audio) would be cut: refused by line.
+    long_clip = tmp_path / "long.wav"
+    soundfile.write(long_clip, tone(TONES["low"], 0.5, seconds=2.0), RATE, subtype="PCM_16")
+    clip = {"fileData": {"mimeType": "audio/wav", "fileUri": "long.wav"}}
+    too_long = {"contents": [{"role": "user", "parts": [clip, {"text": PROMPT}]}, good["contents"][1]]}
+    train.write_text(json.dumps(good) + "\n" + json.dumps(too_long) + "\n")
+    spec = TuningSpec(
+        train=str(train), base_model=str(base), method="FULL", epochs=1, output=str(tmp_path / "out2"), device="cpu"
+    )
+    with pytest.raises(
+        DatasetError, match=rf"{re.escape(str(train))}:2: contents\[0\]\.parts\[0\]: .*2\.0 s long.*at most 1 s"
+    ):
+        tune(spec)
 
 
 def test_lora_targets_the_language_model_only() -> None:

@@ -332,15 +332,23 @@ def encode_all(
 ) -> list[MediaEncoded]:
     """Each example's token ids (media tokens included) and labels, from the processor one example at a time;
     the decoded media is dropped. An example longer than ``max_length`` is an error naming its line (media
-    tokens cannot be cut)."""
-    out, too_long = [], []
+    tokens cannot be cut); so is media the family cannot take or decode, each named ``FILE:LINE: field``."""
+    out, too_long, unusable = [], [], []
     for example in examples:
-        batch, _ = process(family, processor, [example], source)
+        try:
+            batch, _ = process(family, processor, [example], source)
+        except DatasetError as exc:
+            unusable.append(f"{name}:{example.line}: {str(exc).removeprefix(f'line {example.line}: ')}")
+            continue
         ids = batch["input_ids"][0].tolist()
         if len(ids) > max_length:
             too_long.append(f"{name}:{example.line}: {len(ids)} tokens with media, over the maximum {max_length}")
             continue
         out.append(MediaEncoded(ids, batch["labels"][0].tolist(), len(ids), example))
+    if unusable:
+        raise DatasetError(
+            f"{name}: {len(unusable)} example(s) with unusable media; nothing was tuned: " + "; ".join(unusable)
+        )
     if too_long:
         raise DatasetError(f"{name}: {len(too_long)} example(s) too long; nothing was tuned: " + "; ".join(too_long))
     return out

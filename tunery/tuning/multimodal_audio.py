@@ -34,9 +34,25 @@ def sampling_rate_of(processor: Any) -> int:
     return int(getattr(extractor, "sampling_rate", 16000))
 
 
+def longest_clip(processor: Any) -> int | None:
+    """The most samples one clip may have: the extractor's chunk (30 s for Qwen2-Audio); longer would be cut."""
+    extractor = getattr(processor, "feature_extractor", None)
+    limit = getattr(extractor, "n_samples", None)
+    return int(limit) if limit else None
+
+
 def decode_audio(part: Part, source: Any, processor: Any = None) -> np.ndarray:
-    """One audio part as float32 mono samples at the processor's sampling rate."""
-    return load_audio(open_media(part, media_source(source)), sampling_rate_of(processor))
+    """One audio part as float32 mono samples at the processor's sampling rate; a clip longer than the feature
+    extractor's chunk is refused (the extractor would silently cut it, training on audio the model never hears)."""
+    rate = sampling_rate_of(processor)
+    samples = load_audio(open_media(part, media_source(source)), rate)
+    limit = longest_clip(processor)
+    if limit is not None and len(samples) > limit:
+        raise ValueError(
+            f"the clip is {len(samples) / rate:.1f} s long; this model hears at most {limit / rate:g} s per audio part "
+            "(its feature extractor's chunk_length): cut it into parts of at most that length"
+        )
+    return samples
 
 
 AUDIO = MediaKind(
