@@ -55,6 +55,10 @@ def test_uploads_and_data_root_paths_become_inline_data(setup) -> None:
     assert parts[2] == {"inlineData": {"mimeType": "image/jpeg", "data": base64.b64encode(JPEG).decode()}}
     assert parts[3] == {"text": "colour?"}
     assert given["contents"][0]["parts"][0]["fileData"]["fileUri"] == f"files/{media}"  # the caller's body is kept
+    own = body(("image/png", f"http://127.0.0.1:8000/v1beta/files/{media}"))  # the Gemini File's uri
+    assert with_media(own, "alice", store, settings, "http://127.0.0.1:8000/")["contents"][0]["parts"][0] == parts[0]
+    with pytest.raises(ApiError, match="not fetched"):  # another server's file
+        with_media(body(("image/png", f"http://other:8000/v1beta/files/{media}")), "alice", store, settings, "x")
 
 
 def test_what_is_not_the_callers_media_is_named_by_part(setup, tmp_path: Path) -> None:
@@ -79,3 +83,16 @@ def test_what_is_not_the_callers_media_is_named_by_part(setup, tmp_path: Path) -
     assert "declared image/png but img/a.jpg is image/jpeg" in found[field(5, "mimeType")]
     with pytest.raises(ApiError, match="is a JSONL dataset"):
         with_media(body(("image/png", f"files/{dataset}")), "alice", store, settings)
+
+
+def test_url_safe_unpadded_base64_is_made_standard() -> None:
+    from tunery.api.generation import standard_base64
+
+    raw = bytes(range(250, 256)) + b"\xfb\xff"  # encodes with '+' and '/' in standard base64
+    standard = base64.b64encode(raw).decode()
+    url_safe = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    assert "-" in url_safe or "_" in url_safe
+    given = {"contents": [{"role": "user", "parts": [{"inlineData": {"mimeType": "image/png", "data": url_safe}}]}]}
+    assert standard_base64(given)["contents"][0]["parts"][0]["inlineData"]["data"] == standard
+    kept = {"contents": [{"role": "user", "parts": [{"inlineData": {"mimeType": "image/png", "data": standard}}]}]}
+    assert standard_base64(kept) is kept

@@ -25,6 +25,7 @@ bytes, so the host never opens a path a request names.
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import AsyncIterator, Generator
 from pathlib import Path
@@ -34,7 +35,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from tunery.api import admission
-from tunery.api.deps import get_host
+from tunery.api.deps import get_host, public_url
 from tunery.api.errors import invalid
 from tunery.api.limits import ApiSettings
 from tunery.api.paths import resolve_under
@@ -46,6 +47,7 @@ from tunery.errors import ConfigError, NotFoundError
 from tunery.jobs.store import Store
 from tunery.models.catalog import CATALOG
 
+OWN_FILE = re.compile(r"v1(beta1?)?/files/(?P<id>[^/?#]+)")
 MAX_REQUEST_MEDIA_BYTES = 64 * 2**20
 """Most bytes of ``fileData`` media one request may name, all parts together."""
 
@@ -96,10 +98,11 @@ async def count_tokens(request: Request, tenant: str, model_id: str, body: dict[
 
 
 async def _with_media(request: Request, tenant: str, body: dict[str, Any]) -> dict[str, Any]:
+    body = standard_base64(body)
     if not any(_file_data(part) for _, _, part in _parts(body)):
         return body
     state = request.app.state
-    return await run_in_threadpool(with_media, body, tenant, state.store, state.settings)
+    return await run_in_threadpool(with_media, body, tenant, state.store, state.settings, public_url(request))
 
 
 def _parts(body: dict[str, Any]) -> list[tuple[int, int, Any]]:
@@ -112,14 +115,40 @@ def _parts(body: dict[str, Any]) -> list[tuple[int, int, Any]]:
     ]
 
 
+URL_SAFE = str.maketrans("-_", "+/")
+
+
+def standard_base64(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with each ``inlineData.data`` in standard, padded base64: the Gemini wire form (proto3 JSON
+    ``bytes``) may be URL-safe and unpadded, as google-genai sends it; the same dict when nothing changes."""
+    changed: dict[tuple[int, int], dict[str, Any]] = {}
+    for i, j, part in _parts(body):
+        for key in ("inlineData", "inline_data"):
+            inline = part.get(key) if isinstance(part, dict) else None
+            data = inline.get("data") if isinstance(inline, dict) else None
+            if isinstance(inline, dict) and isinstance(data, str) and ("-" in data or "_" in data or len(data) % 4):
+                fixed = "".join(data.split()).translate(URL_SAFE)
+                changed[(i, j)] = {**part, key: {**inline, "data": fixed + "=" * (-len(fixed) % 4)}}
+    if not changed:
+        return body
+    contents = list(body["contents"])
+    for (i, j), part in changed.items():
+        contents[i] = {**contents[i], "parts": list(contents[i]["parts"])}
+        contents[i]["parts"][j] = part
+    return {**body, "contents": contents}
+
+
 def _file_data(part: Any) -> dict[str, Any] | None:
     found = (part.get("fileData") or part.get("file_data")) if isinstance(part, dict) else None
     return found if isinstance(found, dict) else None
 
 
-def with_media(body: dict[str, Any], tenant: str, store: Store, settings: ApiSettings) -> dict[str, Any]:
+def with_media(
+    body: dict[str, Any], tenant: str, store: Store, settings: ApiSettings, api_base: str = ""
+) -> dict[str, Any]:
     """``body`` with each ``fileData`` part read into an ``inlineData`` part (see the module doc); 400 naming
-    every part that names no readable media of its declared type."""
+    every part that names no readable media of its declared type. An upload's own URI, as the Gemini ``File``
+    gives it (``{api_base}v1beta/files/{id}``), names it as ``files/{id}`` does."""
     problems: list[tuple[str, str]] = []
     contents = [dict(turn) if isinstance(turn, dict) else turn for turn in body["contents"]]
     total = 0
@@ -128,7 +157,7 @@ def with_media(body: dict[str, Any], tenant: str, store: Store, settings: ApiSet
         if data is None:
             continue
         field = f"contents[{i}].parts[{j}].fileData"
-        uri = str(data.get("fileUri") or data.get("file_uri") or "")
+        uri = _own_file(str(data.get("fileUri") or data.get("file_uri") or ""), api_base)
         declared = normalize_mime(str(data.get("mimeType") or data.get("mime_type") or STORED_TYPE))
         try:
             path, stored = _media_path(uri, tenant, store, settings, field)
@@ -157,6 +186,15 @@ def with_media(body: dict[str, Any], tenant: str, store: Store, settings: ApiSet
     if problems:
         raise invalid(problems)
     return {**body, "contents": contents}
+
+
+def _own_file(uri: str, api_base: str) -> str:
+    """``files/{id}`` for this server's URI of an upload (``{api_base}v1/files/{id}``, any API version)."""
+    if api_base and uri.startswith(api_base):
+        match = OWN_FILE.fullmatch(uri[len(api_base) :])
+        if match:
+            return f"files/{match['id']}"
+    return uri
 
 
 def _media_path(uri: str, tenant: str, store: Store, settings: ApiSettings, field: str) -> tuple[Path, str | None]:
