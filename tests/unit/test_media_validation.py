@@ -268,3 +268,22 @@ def test_the_cli_stats_show_media(corpus: Path, tiny_model: Path) -> None:
     assert media["image"]["partCount"] == 3 and media["mediaTokens"]["sum"] == 3 * IMAGE_TOKENS
     shown = CliRunner().invoke(app, ["datasets", "stats", str(good), "--model", str(vlm)])
     assert shown.exit_code == 0 and "images: 3 in 3 examples, " in shown.output, shown.output
+
+
+def test_an_uploaded_dataset_does_not_read_the_upload_folder(tmp_path: Path) -> None:
+    """The server's upload folder holds every tenant's files: a dataset in it has no folder of its own, so a
+    relative path cannot reach another upload (the server resolves files/{id} for the uploader alone)."""
+    from tunery import settings
+
+    uploads = settings.files_dir()
+    (uploads / "media").mkdir(parents=True, exist_ok=True)
+    (uploads / "media" / "someone-elses.png").write_bytes(files.image_bytes())
+    path = write(uploads / "upload-test.jsonl", [row(file_part("image/png", "media/someone-elses.png"))])
+    try:
+        report = read_examples(path, model_id="vlm", modalities=VLM)
+    finally:
+        path.unlink()
+        shutil.rmtree(uploads / "media")
+    assert [(p.line, p.field, p.message.split(" (")[0]) for p in report.problems] == [
+        (1, "contents[0].parts[1].fileData.fileUri", "no folder to resolve paths in")
+    ]

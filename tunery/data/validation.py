@@ -133,7 +133,7 @@ def read_examples(
         if source.is_dir():
             raise DatasetError(f"{name}: is a directory, not a JSONL file")
         if media_source is None:
-            media_source = MediaSource(base=source.resolve().parent)
+            media_source = own_folder(source)
         try:
             with source.open("rb") as fh:
                 return read_examples(
@@ -182,6 +182,16 @@ def read_examples(
     if not report.examples and not report.errors:
         report.problems.append(Problem(name, 0, "file", "no examples; the file is empty"))
     return report
+
+
+def own_folder(path: Path) -> MediaSource:
+    """Where the media of a dataset file resolve when the caller says nothing: the file's folder; but a file in
+    the server's upload folder (every tenant's uploads) has none: paths there resolve under TUNERY_DATA_ROOT only.
+    (The server passes its own source, which also knows the uploader's ``files/{id}``.)"""
+    folder = path.resolve().parent
+    if folder.is_relative_to(settings.files_dir().resolve()):
+        return MediaSource(root=settings.data_root())
+    return MediaSource(base=folder)
 
 
 def _lines(fh: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | None, int]]:
