@@ -20,9 +20,12 @@ def models_cache() -> Path:
 
 
 def tuned_models_dir() -> Path:
-    """Default parent of tuned model directories: ``TUNERY_ARTIFACTS`` (a path every Ray node reaches) if set."""
+    """Default parent of tuned model directories: ``TUNERY_ARTIFACTS`` (a path every Ray node reaches) if set; a
+    URL there (``s3://...``) is a copy (``tunery.jobs.artifacts``) and the directories stay under ``$TUNERY_HOME``."""
     artifacts = os.environ.get("TUNERY_ARTIFACTS")
-    return Path(artifacts).expanduser() if artifacts else tunery_home() / "tuned-models"
+    if artifacts and "://" not in artifacts:
+        return Path(artifacts).expanduser()
+    return tunery_home() / "tuned-models"
 
 
 def jobs_dir() -> Path:

@@ -6,9 +6,10 @@ Each job is one Ray actor (``num_cpus``/``num_gpus``/``memory`` from ``tunery.jo
 Ray places it on a node with those free and holds it pending while none is. The actor runs the same worker
 as the local executor (``python -m tunery.jobs.worker JOB_ID --watch-parent``) against the same store, so
 the store (PostgreSQL for a cluster) stays the one source of truth. Checkpoints and the tuned model go to
-the job's output, under ``TUNERY_ARTIFACTS`` (a path every node reaches). The actor is never restarted by
-Ray (``max_restarts=0``): a lost node or a killed worker is an exit the scheduler sees and retries from the
-last checkpoint, under the attempt count the store keeps, so a job is never run twice at once.
+the job's output, under ``TUNERY_ARTIFACTS`` (a path every node reaches), or on the node and copied to
+``TUNERY_ARTIFACTS`` when that is an fsspec URL (``s3://...``: ``tunery.jobs.artifacts``). The actor is
+never restarted by Ray (``max_restarts=0``): a lost node or a killed worker is an exit the scheduler sees and
+retries from the last checkpoint, under the attempt count the store keeps, so a job is never run twice at once.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tunery.errors import DiskFullError, TuneryError, TuningCancelled, disk_full, is_disk_full
+from tunery.jobs import artifacts
 from tunery.jobs.store import (
     CANCELLED,
     CODE_CANCELLED,
@@ -161,12 +162,18 @@ def run(store: Store, job: Job, spec: TuningSpec, stop: StopRequests) -> Path:
     from tunery.tuning.prepare import RUN_FILE
 
     run_dir = Path(spec.output or job.output)
+    mirror = artifacts.for_job(job.id, run_dir)  # TUNERY_ARTIFACTS a URL: the run is copied there as it goes
+    if mirror is not None and mirror.pull():
+        message = f"copied the run back from {mirror.url} (this node had none of it)"
+        record(lambda: store.add_event(job.id, "state", message), "recording an event")
     resume = (run_dir / RUN_FILE).is_file()  # a run stopped in its save or evaluation resumes too
     if not resume and is_tuned_dir(run_dir):
         record(
             lambda: store.add_event(job.id, "state", "the tuned model was already complete; recording it"),
             "recording an event",
         )
+        if mirror is not None:
+            mirror.push()
         return run_dir
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if not resume and run_dir.exists():
@@ -177,8 +184,28 @@ def run(store: Store, job: Job, spec: TuningSpec, stop: StopRequests) -> Path:
 
     def on_metrics(metrics: dict[str, Any]) -> None:
         record(lambda: store.add_event(job.id, "metrics", None, metrics), "recording the step's metrics")
+        if mirror is not None:
+            push_checkpoint(mirror)
 
-    return tune(spec, Hooks(on_metrics=on_metrics, should_stop=stop, on_phase=stop.on_phase), resume=resume)
+    hooks = Hooks(on_metrics=on_metrics, should_stop=stop, on_phase=stop.on_phase)
+    if mirror is None:
+        return tune(spec, hooks, resume=resume)
+    try:
+        tuned = tune(spec, hooks, resume=resume)
+    except TuningCancelled:
+        push_checkpoint(mirror)  # the checkpoint saved as it stopped: where a retry elsewhere resumes
+        raise
+    mirror.push()  # the tuned model, as the copy's only files
+    record(lambda: store.add_event(job.id, "state", f"tuned model copied to {mirror.url}"), "recording an event")
+    return tuned
+
+
+def push_checkpoint(mirror: artifacts.Mirror) -> None:
+    """Copy a new checkpoint to ``TUNERY_ARTIFACTS``; a failed copy is logged and tried again at the next one."""
+    try:
+        mirror.push_checkpoint()
+    except Exception as exc:  # the store of artifacts unreachable for a while: the run goes on
+        print(f"tunery worker: copying the checkpoint to {mirror.url} failed: {short_error(exc)}", file=sys.stderr)
 
 
 def succeed(store: Store, job: Job, tuned: Path) -> int:
