@@ -8,6 +8,7 @@ dataset, a path out of the root or a remote URL.
 from __future__ import annotations
 
 import base64
+import io
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,65 @@ def test_url_safe_unpadded_base64_is_made_standard() -> None:
     assert standard_base64(given)["contents"][0]["parts"][0]["inlineData"]["data"] == standard
     kept = {"contents": [{"role": "user", "parts": [{"inlineData": {"mimeType": "image/png", "data": standard}}]}]}
     assert standard_base64(kept) is kept
+
+
+class NoChecker:
+    """A dataset checker that a media upload must never reach."""
+
+    def validate(self, *args: object, **kwargs: object) -> dict:
+        raise AssertionError("a media upload went to the dataset checker")
+
+    def close(self) -> None:
+        pass
+
+
+def test_media_uploads_are_typed_by_their_bytes_and_held_to_limits(tmp_path: Path, monkeypatch) -> None:
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from tunery.api import uploads
+    from tunery.api.app import create_app
+
+    settings = ApiSettings(data_root=tmp_path, files_dir=tmp_path / "files", tuned_models_dir=tmp_path / "tuned")
+    store = Store(f"sqlite:///{tmp_path / 'tunery.db'}")
+    app = create_app(store=store, host=NoChecker(), checker=NoChecker(), settings=settings)
+    client = TestClient(app, client=("127.0.0.1", 50000))
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 24), (1, 2, 3)).save(buffer, "PNG")
+    png = buffer.getvalue()
+
+    def upload(content: bytes, name: str = "x.bin", **fields: str):
+        return client.post("/v1/files", files={"file": (name, content)}, data=fields)
+
+    kept = upload(png, "photo.jpg")  # the name says JPEG; the bytes decide
+    assert kept.status_code == 201, kept.text
+    record = kept.json()
+    assert (record["mimeType"], record["purpose"], record["bytes"]) == ("image/png", "vision", len(png))
+    assert record["supervisedTuningDataStats"] == {
+        "mimeType": "image/png",
+        "purpose": "vision",
+        "modality": "image",
+        "width": 40,
+        "height": 24,
+        "frames": 1,
+    }
+    path = Path(store.get_file("default", record["id"]).path)
+    assert path.read_bytes() == png and path.is_relative_to(settings.files_dir / "media")
+    assert [f["mimeType"] for f in client.get("/v1/files").json()["files"]] == ["image/png"]
+
+    def problem(response) -> str:
+        assert response.status_code == 400, response.text
+        return response.json()["error"]["message"]
+
+    assert "the bytes are image/png" in problem(upload(png, purpose="fine-tune"))
+    assert "'vision' takes an image" in problem(
+        upload(b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 28, purpose="vision")
+    )
+    assert "expected an image" in problem(upload(b'{"contents": []}\n', purpose="vision"))
+    assert "truncated image/png" in problem(upload(png[:-12]))
+    assert "video/mp4 uploads are not supported" in problem(upload(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 40))
+    monkeypatch.setitem(uploads.MEDIA_BYTES, "image", len(png) - 1)
+    assert f"{len(png)} bytes; an upload of image takes at most" in problem(upload(png))
+    assert client.delete(f"/v1/files/{record['id']}").status_code == 200
+    assert not path.exists()
+    assert sorted(p.name for p in settings.files_dir.rglob("*") if p.is_file()) == []  # nothing refused is kept

@@ -174,7 +174,7 @@ def with_media(
             problems.append((f"{field}.mimeType", f"declared {declared} but {uri[:80]} is {real}"))
         elif size > most:
             problems.append(
-                (f"{field}.fileUri", f"{uri[:80]}: {size} bytes; a {modality_of(real)} takes at most {most}")
+                (f"{field}.fileUri", f"{uri[:80]}: {size} bytes; a part of {modality_of(real)} takes at most {most}")
             )
         elif total + size > MAX_REQUEST_MEDIA_BYTES:
             problems.append((f"{field}.fileUri", f"the request names over {MAX_REQUEST_MEDIA_BYTES} bytes of media"))

@@ -221,7 +221,7 @@ def check_media(upload: Upload, real: str) -> MediaInfo:
     most = MEDIA_BYTES[modality]
     if upload.size > most:
         raise invalid(
-            [(FILE_FIELD, f"{name}: {upload.size} bytes; a {modality} file takes at most {most} bytes")], "upload"
+            [(FILE_FIELD, f"{name}: {upload.size} bytes; an upload of {modality} takes at most {most} bytes")], "upload"
         )
     try:
         info = probe(Media(real, path=upload.path, name=name))
