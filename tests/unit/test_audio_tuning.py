@@ -329,3 +329,47 @@ def test_tiny_qwen2_audio_learns_low_from_high_tones(tmp_path: Path) -> None:
     assert changed and not {k for k in changed if k.startswith("model.audio_tower.")}, "the audio tower is frozen"
     assert {k for k in changed if k.startswith("model.multi_modal_projector.")}, "the projector trains"
     assert {k for k in changed if k.startswith("model.language_model.")}
+
+
+def test_lora_tuning_adapts_the_language_model_and_keeps_the_projector_whole(tmp_path: Path) -> None:
+    """LoRA (``PEFT_ADAPTER``) on a Qwen2-Audio directory with inline (base64) WAV parts: adapters on the language
+    model's linear layers only, the projector whole with ``--train-projector``, nothing of the audio tower. (The
+    CLI's path to ``tune()`` is the VLM test's: ``test_vlm_tuning.test_cli_tunes_a_vlm_dir_with_the_projector_open``.)
+    """
+    from safetensors.torch import load_file
+
+    from tunery.tuning import TuningSpec, tune
+
+    model, processor = qwen2_audio()
+    base = tmp_path / "base"
+    model.save_pretrained(base, safe_serialization=True)
+    processor.save_pretrained(base)
+    rows = []
+    for label, freq, amplitude in clips(random.Random(1), 2):
+        clip = {"inlineData": {"mimeType": "audio/wav", "data": base64.b64encode(wav(freq, amplitude)).decode()}}
+        rows.append(
+            {
+                "contents": [
+                    {"role": "user", "parts": [clip, {"text": PROMPT}]},
+                    {"role": "model", "parts": [{"text": label}]},
+                ]
+            }
+        )
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = TuningSpec(
+        train=str(train),
+        base_model=str(base),
+        method="PEFT_ADAPTER",
+        epochs=1,
+        batch_size=2,
+        train_projector=True,
+        output=str(tmp_path / "tuned"),
+        device="cpu",
+    )
+    output = tune(spec)
+    keys = list(load_file(output / "adapter_model.safetensors"))
+    assert any("multi_modal_projector" in k and "lora" not in k for k in keys), "the projector, whole"
+    assert any(".language_model." in k and "lora_A" in k for k in keys)
+    assert not [k for k in keys if "audio_tower" in k], "the audio tower stays frozen"
+    assert (output / "processor_config.json").is_file()
