@@ -107,6 +107,18 @@ def test_generate_content_and_count_tokens_with_an_inline_image(server, model: s
     assert answer["usageMetadata"]["promptTokenCount"] == count["totalTokens"]
 
 
+def test_a_streamed_image_request_ends_with_the_whole_answer(server, model: str) -> None:
+    body = {**turn(inline(RED)), "generationConfig": {"maxOutputTokens": 4}}
+    response = server.client.post(f"/v1/models/{model}:streamGenerateContent", params={"alt": "sse"}, json=body)
+    assert response.status_code == 200, response.text
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    text = "".join(p.get("text", "") for e in events for p in e["candidates"][0]["content"]["parts"])
+    whole = generate(server, model, turn(inline(RED)))
+    assert text == whole["candidates"][0]["content"]["parts"][0]["text"]
+    usage, expected = events[-1]["usageMetadata"], whole["usageMetadata"]
+    assert usage["promptTokenCount"] == expected["promptTokenCount"] > 6  # the image reached the processor
+
+
 def test_an_image_for_the_text_only_default_model_is_a_400_naming_both(server) -> None:
     for op in ("generateContent", "countTokens"):
         response = server.client.post(f"/v1/models/{DEFAULT_MODEL}:{op}", json=turn(inline(RED)))
