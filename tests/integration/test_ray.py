@@ -121,3 +121,27 @@ def test_a_job_runs_on_the_cluster_and_a_killed_worker_resumes_from_its_checkpoi
     jobs = store.list_jobs("acme", page_size=100)[0]
     assert len(jobs) == 1 and not any(j.state == RUNNING for j in jobs)
     assert (tmp_path / "out" / "tunery.json").is_file()
+
+
+def test_a_job_on_the_cluster_with_a_postgresql_store_succeeds(cluster, postgres_url, tiny_model, make_train, tmp_path):
+    """The cluster's store: PostgreSQL. The scheduler and the worker on the Ray node both write to it (the worker's
+    metrics and its end), and the job ends SUCCEEDED, run once."""
+    from tunery.jobs.ray_executor import RayExecutor
+
+    store = Store(postgres_url)
+    assert store.engine.dialect.name == "postgresql"
+    spec = TuningSpec(
+        train=str(make_train(8)), base_model=str(tiny_model), output=str(tmp_path / "out"), batch_size=4, epochs=1
+    )
+    job = store.create_job("acme", spec, {"supervisedTuningSpec": {"trainingDatasetUri": spec.train}})[0]
+    sched = Scheduler(store, 1, poll_seconds=0.2, executor=RayExecutor(cluster))
+    sched.start()
+    try:
+        wait_for(lambda: store.get_job("acme", job.id).has_ended, timeout=180, what="the job's end")
+    finally:
+        sched.stop(timeout=30)
+    ended = store.get_job("acme", job.id)
+    assert ended.state == SUCCEEDED and ended.attempts == 1, (ended.state, ended.error)
+    assert [e["data"]["step"] for e in store.events("acme", job.id) if e["type"] == "metrics"] == [1, 2]
+    assert (tmp_path / "out" / "tunery.json").is_file()
+    store.close()
