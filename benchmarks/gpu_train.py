@@ -299,6 +299,7 @@ def main() -> None:
         print("TRL rows skipped: trl is not installed (pip install -e '.[bench]')")
     print("\n| method | engine | precision | packed | tokens/s | MFU | peak memory (GiB) | × TRL+PEFT |")
     print("|---|---|---|---|---:|---:|---:|---:|")
+    source = "nothing (no row finished)"
     for method, engine, result, error in rows:
         if result is None:
             print(f"| {method} | {engine} | failed: {' '.join(error or [])} | | | | | |")

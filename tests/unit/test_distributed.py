@@ -277,3 +277,22 @@ def test_a_lost_helper_fails_the_step_and_the_run_resumes(base_spec, tmp_path, t
     assert checkpoint is not None and json.loads((checkpoint / "state.json").read_text())["step"] == 3
     out = tune(TuningSpec(train=spec["train"], output=str(run_dir)), resume=True)
     assert json.loads((out / "tunery.json").read_text())["finalMetrics"]["step"] == 24
+
+
+def test_the_memory_estimate_of_a_sharded_run_is_per_shard():
+    """FSDP over 8 GPUs, a Llama-3.2-1B-shaped FULL run: each process holds 1/8 of the weights, gradients and
+    optimizer state plus the embeddings and one decoder layer gathered whole (with their gradients); offloaded,
+    only what is gathered. The whole run would not fit a 16 GiB GPU; a shard does."""
+    from tunery.tuning.memory import GIB, estimate, per_shard
+
+    config = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8}
+    config |= {"intermediate_size": 8192, "vocab_size": 128256}
+    n = 1_235_814_400
+    whole = estimate(config, (n, n), 4096, 2048, weight_bytes=4, activation_bytes=3, checkpointing=True, cuda=True)
+    gathered = 2 * 4 * (128256 * 2048 + 2 * 2048 * 2048 + 2 * 2048 * 512 + 3 * 2048 * 8192)
+    shard = per_shard(whole, config, 8, offloaded=False)
+    assert (shard.weights, shard.optimizer) == (whole.weights // 8 + gathered, whole.optimizer // 8)
+    assert (shard.activations, shard.logits, shard.overhead) == (whole.activations, whole.logits, whole.overhead)
+    assert whole.total > 16 * GIB > shard.total
+    offloaded = per_shard(whole, config, 8, offloaded=True)
+    assert (offloaded.weights, offloaded.optimizer) == (gathered, 0)

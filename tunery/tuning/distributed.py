@@ -66,6 +66,7 @@ class Processes:
     count = 1
     stop_requested = False
     fsdp = False  # weights, gradients and optimizer state sharded across the processes (``shard``)
+    offload = False  # and the shards kept in CPU memory
 
     def __init__(self) -> None:
         self.local_stop: Callable[[], bool] = lambda: False  # process 0's own stop request (the caller's hook)

@@ -26,7 +26,7 @@ def setup(
     group = group or Processes()
     prep = prepare(spec, run_dir)
     placement = place(spec, group.local_rank)
-    check_fits(prep, placement, group.count)
+    check_fits(prep, placement, group.count, group.fsdp, group.offload)
     torch.manual_seed(spec.seed)
     model = prepare_model(load_model(prep.base.path, **load_options(spec, placement)), spec, placement)
     model.requires_grad_(True)

@@ -18,6 +18,7 @@ job spends minutes loading weights to die out of memory.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,24 @@ def estimate(
     )
 
 
+def per_shard(found: Estimate, config: dict[str, Any], processes: int, offloaded: bool) -> Estimate:
+    """``found`` (a FULL run's, fp32) for one of ``processes`` FSDP shards: 1/N of the weights and of the gradients
+    and optimizer state (none of either on the device when ``offloaded``), plus what is gathered whole at once:
+    the root unit (embeddings) and one decoder layer, each with its gradients."""
+    hidden = int(config.get("hidden_size") or config.get("n_embd") or 0)
+    intermediate = int(config.get("intermediate_size") or 4 * hidden)
+    heads = int(config.get("num_attention_heads") or 1)
+    kv = hidden * int(config.get("num_key_value_heads") or heads) // heads
+    layer = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * intermediate
+    gathered = 2 * 4 * (int(config.get("vocab_size") or 0) * hidden + layer)
+    resident = 0 if offloaded else 1
+    return dataclasses.replace(
+        found,
+        weights=resident * found.weights // processes + gathered,
+        optimizer=resident * found.optimizer // processes,
+    )
+
+
 def device_memory(device: torch.device) -> tuple[int, str]:
     """Bytes a run may use on ``device`` and where that number comes from."""
     limit = device_memory_limit()
@@ -156,10 +175,12 @@ def cpu_memory() -> int:
     return total
 
 
-def check_fits(prep: Any, placement: Any, processes: int = 1) -> Estimate:
+def check_fits(prep: Any, placement: Any, processes: int = 1, sharded: bool = False, offload: bool = False) -> Estimate:
     """Estimate the run's peak memory on its device; a ``ConfigError`` naming the numbers if it cannot fit.
 
     Several processes on one CPU share its memory (each holds a copy); on GPUs each has its own device.
+    ``sharded`` (FSDP): each process holds 1/N of the weights, gradients and optimizer state, plus one decoder
+    layer gathered whole with its gradients; ``offload`` keeps the shards in CPU memory, off the GPU.
     """
     import json
 
@@ -187,6 +208,8 @@ def check_fits(prep: Any, placement: Any, processes: int = 1) -> Estimate:
         checkpointing=spec.gradient_checkpointing,
         cuda=cuda,
     )
+    if sharded and processes > 1:
+        found = per_shard(found, config, processes, offload and cuda)
     available, source = device_memory(placement.device)
     copies = processes if placement.device.type == "cpu" else 1
     if found.total * copies > available:
