@@ -373,3 +373,15 @@ def test_lora_tuning_adapts_the_language_model_and_keeps_the_projector_whole(tmp
     assert any(".language_model." in k and "lora_A" in k for k in keys)
     assert not [k for k in keys if "audio_tower" in k], "the audio tower stays frozen"
     assert (output / "processor_config.json").is_file()
+
+
+def test_audio_is_processed_under_an_evaluation_autocast() -> None:
+    """Evaluation collates inside bf16 autocast (CPU bf16-mixed): Whisper's log-mel must still be float32."""
+    model, processor = qwen2_audio()
+    family = multimodal.require_family(model.config)
+    example = Example(
+        turns=(Turn("user", (audio_part(TONES["low"]), Part("text", PROMPT))), Turn("model", (Part("text", "low"),)))
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        batch, _ = multimodal.process(family, processor, [example], None)
+    assert batch["input_features"].dtype == torch.float32

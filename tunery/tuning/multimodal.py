@@ -307,7 +307,8 @@ def process(
         if any(per_example):
             arguments[kind.argument] = per_example if kind.nested else [x for xs in per_example for x in xs]
             arguments.update(kind.options(processor))
-    batch = processor(text=texts, padding=True, return_tensors="pt", **arguments)
+    with torch.autocast("cpu", enabled=False):  # an evaluation pass's bf16 autocast would reach Whisper's STFT
+        batch = processor(text=texts, padding=True, return_tensors="pt", **arguments)
     batch = {name: value for name, value in batch.items() if isinstance(value, torch.Tensor)}
     mask = batch.get("attention_mask")
     labels = []
