@@ -277,3 +277,17 @@ def test_tune_on_a_bad_dataset_lists_its_problems_and_creates_no_job(tiny, data_
     lines = [line for line in result.output.splitlines() if re.match(rf"{re.escape(str(bad))}:\d+: ", line)]
     assert len(lines) >= 5 and "Traceback" not in result.output
     assert len(Store().list_jobs("default", page_size=1000)[0]) == before and not (tmp_path / "never").exists()
+
+
+def test_tune_exits_1_with_the_error_of_a_job_that_failed(tiny, data_dir, tmp_path):
+    """A problem only the worker finds (here: no CUDA GPU for --device cuda) fails the job; the command prints
+    the job's error and exits 1."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    args = ["tune", "--model", tiny, "--train", data_dir / "classify_gemini.jsonl", "--device", "cuda"]
+    result = invoke(*args, "--output", tmp_path / "out")
+    assert result.exit_code == 1 and "error: device cuda: no CUDA GPU is available" in result.output, result.output
+    job_id = re.search(r"job tuningJobs/(\w+)", result.output).group(1)
+    assert Store().get_job(None, job_id).state == FAILED

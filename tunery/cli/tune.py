@@ -21,7 +21,9 @@ from tunery import jobs
 from tunery.cli._common import StopFlag, TrainingProgress, console, err_console, handle_errors
 from tunery.errors import ConfigError, JobError, TuningCancelled
 from tunery.jobs.local import TENANT, active_on, kill
+from tunery.jobs.store import CODE_INTERNAL
 from tunery.models.catalog import DEFAULT_MODEL
+from tunery.settings import jobs_dir
 from tunery.tuning.spec import TuningSpec
 
 
@@ -284,8 +286,10 @@ def run_job(spec: TuningSpec) -> None:
         err_console.print(f"[yellow]cancelled[/yellow]: {checkpoint or 'no checkpoint yet'}", highlight=False)
         err_console.print(f"continue with: tunery tune --resume --output {spec.output}", highlight=False)
         raise typer.Exit(130)
-    error = (resource.get("error") or {}).get("message") or resource["state"]
-    err_console.print(f"[red]error:[/red] {error}", highlight=False)
+    error = resource.get("error") or {}
+    err_console.print(f"[red]error:[/red] {error.get('message') or resource['state']}", highlight=False)
+    if error.get("code") == CODE_INTERNAL:  # not the input's fault: the worker's log has the traceback
+        err_console.print(f"worker log: {jobs_dir() / job_id / 'worker.log'}", highlight=False)
     raise typer.Exit(1)
 
 
