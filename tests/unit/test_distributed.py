@@ -296,3 +296,19 @@ def test_the_memory_estimate_of_a_sharded_run_is_per_shard():
     assert whole.total > 16 * GIB > shard.total
     offloaded = per_shard(whole, config, 8, offloaded=True)
     assert (offloaded.weights, offloaded.optimizer) == (gathered, 0)
+
+
+def test_fsdp_settings_are_checked(monkeypatch):
+    """fsdp is for FULL; cpuOffload needs fsdp and a GPU; accelerate launch --use_fsdp shards FULL runs only."""
+    from tunery.errors import ConfigError
+    from tunery.tuning.distributed import sharding
+
+    with pytest.raises(ConfigError, match="fsdp: sharding is for FULL tuning"):
+        sharding(TuningSpec(train="t.jsonl", fsdp=True))
+    with pytest.raises(ConfigError, match="cpuOffload: offloads FSDP shards; set fsdp too"):
+        TuningSpec(train="t.jsonl", method="full", cpu_offload=True)
+    with pytest.raises(ConfigError, match="cpuOffload: this run computes on the CPU"):
+        sharding(TuningSpec(train="t.jsonl", method="full", fsdp=True, cpu_offload=True, device="cpu"))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert sharding(TuningSpec(train="t.jsonl", method="full", device="cpu")) == (True, False)
+    assert sharding(TuningSpec(train="t.jsonl", device="cpu")) == (False, False)  # LoRA: data parallel

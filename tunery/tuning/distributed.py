@@ -250,7 +250,10 @@ def sharding(spec: Any) -> tuple[bool, bool]:
     if spec.fsdp and spec.is_lora:
         raise ConfigError("fsdp: sharding is for FULL tuning; a LoRA run (its base frozen) runs data parallel")
     fsdp = (spec.fsdp or accelerate) and not spec.is_lora
-    return fsdp, fsdp and (spec.cpu_offload or (accelerate and offload))
+    offload = fsdp and (spec.cpu_offload or (accelerate and offload))
+    if offload and (spec.device == "cpu" or (spec.device == "auto" and not torch.cuda.is_available())):
+        raise ConfigError("cpuOffload: this run computes on the CPU, its shards are in CPU memory already")
+    return fsdp, offload
 
 
 @contextlib.contextmanager
