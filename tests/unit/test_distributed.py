@@ -312,3 +312,14 @@ def test_fsdp_settings_are_checked(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     assert sharding(TuningSpec(train="t.jsonl", method="full", device="cpu")) == (True, False)
     assert sharding(TuningSpec(train="t.jsonl", device="cpu")) == (False, False)  # LoRA: data parallel
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+@pytest.mark.parametrize("offload", [False, True])
+def test_fsdp_on_two_gpus_ends_with_the_weights_of_one(base_spec, tmp_path, offload):
+    """FULL sharded over 2 GPUs (NCCL), its shards in GPU or CPU memory: the one-GPU weights (fp32)."""
+    spec = {**base_spec, "method": "full", "epochs": 1, "device": "cuda", "packing": False}
+    one = tune(TuningSpec(**spec, output=str(tmp_path / "one")))
+    two = tune(TuningSpec(**spec, processes=2, fsdp=True, cpu_offload=offload, output=str(tmp_path / "two")))
+    assert_close(one, two, WEIGHTS["FULL"], atol=1e-5)
