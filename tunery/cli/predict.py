@@ -2,6 +2,9 @@
 
 tunery predict MODEL "my card never arrived"
 tunery predict MODEL --input requests.jsonl --output results.jsonl    # Vertex or OpenAI batch lines
+
+Requests may hold image (or audio, PDF) parts for a model that takes them: ``inlineData`` (base64), or
+``fileData`` with a path relative to the input file's folder.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import typer
 
 from tunery.cli._common import console, err_console, handle_errors
 from tunery.data.formats import user_example
+from tunery.data.media import MediaSource
 from tunery.data.validation import read_examples
 from tunery.serving.gemini import GenerationConfig
 
@@ -46,16 +50,18 @@ def predict(
         predict_file(model, input_file, output)
         return
     from tunery.serving.engine import Engine  # torch: loaded by the command, not by `tunery --help`
+    from tunery.serving.multimodal import inline_media, served_modalities
 
     engine = Engine(model)
     config = GenerationConfig(max_output_tokens=max_tokens, temperature=temperature)
     if text is not None:
         console.print(engine.generate(user_example(text, system), config).text, highlight=False, markup=False)
         return
-    report = read_examples(input_file, require_model_turn=False)
+    modalities = served_modalities(model)
+    report = read_examples(input_file, require_model_turn=False, model_id=f"model {model}", modalities=modalities)
     report.raise_for_errors()
     for example in report.examples:
-        request = example.prompt()
+        request = inline_media(example.prompt(), _media(input_file))
         if system is not None:
             request = type(request)(turns=request.turns, system=system, line=request.line)
         result = engine.generate(request, config)
@@ -69,6 +75,13 @@ def predict(
         if example.target:
             record["target"] = example.target
         sys.stdout.write(json.dumps(record) + "\n")
+
+
+def _media(input_file: Path) -> MediaSource:
+    """Where the requests' ``fileData`` paths resolve: the input file's folder (and ``TUNERY_DATA_ROOT``)."""
+    from tunery.settings import data_root
+
+    return MediaSource(base=input_file.expanduser().resolve().parent, root=data_root())
 
 
 def predict_file(model: str, input_file: Path, output: Path) -> None:
@@ -90,6 +103,7 @@ def predict_file(model: str, input_file: Path, output: Path) -> None:
             host_generate(host, model),
             lambda p: bar.update(task, completed=p.done, speed=f"{p.tokens_per_second:.1f} tokens/s"),
             names=names,
+            media=_media(input_file),
         )
         bar.update(task, completed=result.done)
     console.print(

@@ -21,7 +21,7 @@ from tunery.data.validation import read_examples
 from tunery.errors import DatasetError
 from tunery.evaluation import metrics
 from tunery.evaluation.run import Prediction
-from tunery.evaluation.tasks import Task, infer_kind
+from tunery.evaluation.tasks import ALL_MODALITIES, Task, infer_kind
 
 TOP = 5  # rows listed per finding
 SHOWN = 3  # examples shown per row
@@ -114,7 +114,7 @@ def data_advice(
     near_threshold: float = NEAR_DUPLICATE,
 ) -> dict[str, Any]:
     """Findings about a training file and, given ``prompts``, how well it covers them (see the module doc)."""
-    report = read_examples(train)
+    report = read_examples(train, modalities=ALL_MODALITIES)
     if report.errors:
         raise DatasetError(f"{train}: {len(report.errors)} problem(s) in the training file", report.errors)
     examples = report.examples

@@ -19,7 +19,7 @@ from tunery.errors import ConfigError, DatasetError
 from tunery.evaluation.evaluate import Candidate, Evaluation, Events, evaluate_engine
 from tunery.evaluation.perturb import parse_perturbations
 from tunery.evaluation.run import output_budget
-from tunery.evaluation.tasks import Task, resolve_task
+from tunery.evaluation.tasks import ALL_MODALITIES, Task, resolve_task
 from tunery.models.tuned import is_tuned_dir, read_manifest
 from tunery.serving.constrain import label_config
 from tunery.serving.gemini import GenerationConfig
@@ -136,9 +136,15 @@ class Options:
             raise ConfigError(f"--limit {self.limit}: expected 1 or more")
 
 
-def read_evaluation_data(path: str | Path, limit: int | None = None) -> list[Example]:
-    """The examples of an evaluation file; every problem is reported at once, by line and field."""
-    report = read_examples(path)
+def read_evaluation_data(
+    path: str | Path,
+    limit: int | None = None,
+    model: str | None = None,
+    modalities: Sequence[str] = ("text",),
+) -> list[Example]:
+    """The examples of an evaluation file; every problem is reported at once, by line and field (a media part
+    that ``model``, of ``modalities``, does not take is one)."""
+    report = read_examples(path, model_id=f"model {model}" if model else "the model", modalities=modalities)
     if report.errors:
         raise DatasetError(f"{path}: {len(report.errors)} problem(s); nothing was evaluated", report.errors)
     return report.examples[:limit] if limit else report.examples
@@ -179,11 +185,15 @@ def compare_models(
     names = [c.name for c in candidates]
     if len(set(names)) != len(names):
         raise ConfigError(f"candidate names must differ: {', '.join(names)}")
-    examples = read_evaluation_data(data, options.limit)
+    from tunery.serving.multimodal import served_modalities
+
+    examples: list[Example] = []
+    for model in dict.fromkeys(c.model for c in candidates):  # each model checks the media it is given
+        examples = read_evaluation_data(data, options.limit, model, served_modalities(model))
     train = training_file(candidates, options.train)
     label_sources = [s for c in candidates for s in c.prompt.shots]
     if train:
-        label_sources += read_examples(train).examples
+        label_sources += read_examples(train, modalities=ALL_MODALITIES).examples
     known = [label for c in candidates if is_tuned_dir(c.model) for label in read_manifest(c.model).get("labels") or []]
     task = resolve_task(options.task, examples, label_sources, str(data), known)
     from tunery.serving.engine import Engine  # torch: only when a model runs

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunery.data.formats import Example
+from tunery.data.media import MediaSource
 from tunery.errors import ConfigError, ModelError
 from tunery.evaluation.analysis import error_analysis
 from tunery.evaluation.perturb import perturb_example
@@ -40,6 +41,13 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model, "prompt": self.prompt.to_dict()}
+
+
+def data_source(data: str | Path) -> MediaSource:
+    """Where an evaluation file's ``fileData`` paths resolve: its folder, and ``TUNERY_DATA_ROOT`` when set."""
+    from tunery.settings import data_root
+
+    return MediaSource(base=Path(data).expanduser().resolve().parent, root=data_root())
 
 
 def parse_candidate(text: str) -> Candidate:
@@ -176,8 +184,12 @@ def evaluate_engine(
     seed: int = 0,
     data: str = "",
     events: Events | None = None,
+    source: MediaSource | str | Path | None = None,
 ) -> Evaluation:
-    """Run ``candidate`` (already loaded as ``engine``) over ``examples``, then over each perturbation."""
+    """Run ``candidate`` (already loaded as ``engine``) over ``examples``, then over each perturbation. Media
+    ``fileData`` paths resolve against ``source`` (default: the folder of ``data``, the examples' file)."""
+    if source is None and data:
+        source = data_source(data)
     events = events or Events()
     runs = [("", list(examples))] + [(n, [perturb_example(e, n, seed) for e in examples]) for n in perturbations]
     results: dict[str, list[Prediction]] = {}
@@ -185,7 +197,7 @@ def evaluate_engine(
         label = f"{candidate.name} ({name})" if name else candidate.name
         events.on_start(label, len(inputs))
         try:
-            results[name] = predict_all(engine, inputs, candidate.prompt, task, config, _relay(events, label))
+            results[name] = predict_all(engine, inputs, candidate.prompt, task, config, _relay(events, label), source)
         except ModelError as exc:
             raise ModelError(f"candidate {candidate.name!r} ({candidate.model}): {exc}") from None
     clean = results.pop("")

@@ -10,8 +10,9 @@ import random
 import re
 from collections.abc import Callable, Sequence
 
-from tunery.data.formats import Example, Part, Turn
+from tunery.data.formats import Example
 from tunery.errors import ConfigError
+from tunery.evaluation.prompts import with_text
 
 TYPO_RATE = 0.08  # share of words of 3+ letters that get one typo
 KEYBOARD_NEIGHBOURS = {
@@ -83,9 +84,9 @@ def perturb_text(text: str, name: str, seed: int = 0, line: int = 0) -> str:
 
 
 def perturb_example(example: Example, name: str, seed: int = 0) -> Example:
-    """``example`` with the text of its last user turn perturbed (its target untouched)."""
+    """``example`` with the text of its last user turn perturbed (its target untouched): one text part where its
+    first text part was, its media parts kept in place."""
     turns = list(example.turns)
     index = max(i for i, t in enumerate(turns) if t.role == "user")
-    text = perturb_text(turns[index].text, name, seed, example.line)
-    turns[index] = Turn("user", (Part("text", text),))
+    turns[index] = with_text(turns[index], perturb_text(turns[index].text, name, seed, example.line))
     return Example(turns=tuple(turns), system=example.system, line=example.line)

@@ -49,17 +49,26 @@ class Prompt:
         request = example.prompt()
         turns = []
         for shot in self.shots:
-            turns += [
-                Turn("user", (Part("text", self.fill(shot.prompt().turns[-1].text)),)),
-                Turn("model", (Part("text", shot.target),)),
-            ]
+            asked = shot.prompt().turns[-1]
+            turns += [with_text(asked, self.fill(asked.text)), Turn("model", (Part("text", shot.target),))]
         *earlier, last = request.turns
-        turns += [*earlier, Turn("user", (Part("text", self.fill(last.text)),))]
+        turns += [*earlier, with_text(last, self.fill(last.text))]
         system = self.system if self.system is not None else request.system
         return Example(turns=tuple(turns), system=system or None, line=example.line)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "system": self.system, "template": self.template, "shots": len(self.shots)}
+
+
+def with_text(turn: Turn, text: str) -> Turn:
+    """``turn`` with its text parts replaced by one part holding ``text``, where its first text part was (after its
+    media when it had none); its media parts kept in place."""
+    parts = turn.parts
+    first = next((k for k, p in enumerate(parts) if p.kind == "text"), len(parts))
+    media = [p for p in parts if p.kind != "text"]
+    before = sum(1 for p in parts[:first] if p.kind != "text")
+    new = (*media[:before], Part("text", text), *media[before:]) if text or not media else tuple(media)
+    return Turn(turn.role, new)
 
 
 def pick_shots(examples: list[Example], k: int, how: str = "balanced", seed: int = 0) -> tuple[Example, ...]:
@@ -129,7 +138,10 @@ def _shots(raw: dict[str, Any], path: Path) -> tuple[Example, ...]:
     if not source:
         raise ConfigError(f"{path}: shots: {k} needs shots_file, the JSONL the examples are drawn from")
     file = (path.parent / source) if not Path(source).is_absolute() else Path(source)
-    report = read_examples(file)
+    from tunery.evaluation.tasks import ALL_MODALITIES
+    from tunery.serving.multimodal import inline_media
+
+    report = read_examples(file, modalities=ALL_MODALITIES)  # a shot's media: checked by the model it goes to
     if report.errors:
         raise DatasetError(f"{file} (shots_file of {path}): {len(report.errors)} problem(s)", report.errors)
-    return pick_shots(report.examples, k, how, seed)
+    return tuple(inline_media(shot, file.parent) for shot in pick_shots(report.examples, k, how, seed))

@@ -1,5 +1,9 @@
 """The comparison report, written twice from one outline: ``report.html`` (one self-contained file,
 plots inline as base64 PNG) and ``report.md`` (plots beside it in ``plots/``).
+
+A wrong answer to an example with media is shown with a thumbnail of its first image (a PDF: its first page),
+at most ``THUMBNAIL`` pixels a side: inline as a ``data:image/jpeg`` URI in the HTML, a file in ``thumbnails/``
+for the Markdown. The media is read again from the evaluation file (its ``fileData`` paths against its folder).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tunery.evaluation.compare import Comparison, save_comparison
+from tunery.data.media import Media, load_image, normalize_mime, open_media
+from tunery.errors import TuneryError
+from tunery.evaluation.compare import Comparison, save_comparison, slug
 from tunery.evaluation.evaluate import Evaluation
 from tunery.evaluation.plots import all_plots
 
@@ -24,12 +30,27 @@ CAPTIONS = {
     "confusion-matrices": "Confusion matrices (rows: expected label, columns: predicted)",
 }
 CLIP = 160  # characters of an input or output shown in a table cell
+THUMBNAIL = 96  # pixels, the longer side of a wrong answer's media thumbnail
+MAX_THUMBNAILS = 24  # wrong answers with media shown per candidate
+MEDIA_HEADERS = ["line", "media", "input", "expected", "output"]
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """A table cell holding a small image (JPEG bytes) of an example's media."""
+
+    name: str  # file stem in thumbnails/ (the Markdown's copy)
+    jpeg: bytes
+    alt: str
+
+    def data_uri(self) -> str:
+        return "data:image/jpeg;base64," + base64.b64encode(self.jpeg).decode("ascii")
 
 
 @dataclass(frozen=True)
 class Table:
     headers: list[str]
-    rows: list[list[str]]
+    rows: list[list[str | Thumbnail]] | list[list[str]]
 
 
 @dataclass(frozen=True)
@@ -68,6 +89,11 @@ def write_report(
         (plot_dir / f"{name}.png").write_bytes(png)
         paths.append(plot_dir / f"{name}.png")
     sections = outline(comparison, plots)
+    thumbnails = [c for s in sections for b in s.blocks if isinstance(b, Table) for r in b.rows for c in r]
+    for cell in thumbnails:
+        if isinstance(cell, Thumbnail):
+            (output / "thumbnails").mkdir(exist_ok=True)
+            (output / "thumbnails" / f"{cell.name}.jpg").write_bytes(cell.jpeg)
     html_path, md_path = output / "report.html", output / "report.md"
     html_path.write_text(to_html(title, sections), encoding="utf-8")
     md_path.write_text(to_markdown(title, sections), encoding="utf-8")
@@ -127,6 +153,16 @@ def _robustness(evaluations: Sequence[Evaluation]) -> Section:
 def _errors(e: Evaluation) -> Section:
     a = e.errors
     section = Section(f"Error analysis: {e.candidate.name}", [f"{a['errors']} of {a['examples']} answers not right."])
+    wrong = [p for p in e.predictions if p.score < 1.0 and p.media]
+    if wrong:
+        shown = wrong[:MAX_THUMBNAILS]
+        thumbs = thumbnails(e.data, [p.line for p in shown], slug(e.candidate.name))
+        rows: list[list[str | Thumbnail]] = [
+            [str(p.line), thumbs.get(p.line) or ", ".join(p.media), _clip(p.input), _clip(p.target), _clip(p.output)]
+            for p in shown
+        ]
+        more = f" (the first {len(shown)} of {len(wrong)})" if len(wrong) > len(shown) else ""
+        section.blocks += [f"Wrong answers to examples with media{more}:", Table(MEDIA_HEADERS, rows)]
     if "worst_classes" in a:
         rows = [[c["label"], f"{c['errors']} / {c['support']}"] for c in a["worst_classes"]]
         section.blocks += ["Classes it gets wrong most:", Table(["expected label", "wrong / examples"], rows)]
@@ -163,6 +199,54 @@ def _errors(e: Evaluation) -> Section:
                 for x in a["lowest_scores"]]  # fmt: skip
         section.blocks += ["Lowest-scoring answers:", Table(["line", "ROUGE-L", "expected", "output"], rows)]
     return section
+
+
+def thumbnails(data: str, lines: Sequence[int], prefix: str) -> dict[int, Thumbnail]:
+    """A thumbnail of the first image (or PDF page) of each example on ``lines`` of the evaluation file ``data``;
+    an example whose media cannot be read again (the file moved, say) has none."""
+    from tunery.data.validation import read_examples
+    from tunery.evaluation.evaluate import data_source
+    from tunery.evaluation.tasks import ALL_MODALITIES
+
+    try:
+        examples = read_examples(data, modalities=ALL_MODALITIES, require_model_turn=False).examples
+    except (OSError, ValueError, TuneryError):
+        return {}
+    wanted, source, out = set(lines), data_source(data), {}
+    for example in examples:
+        if example.line not in wanted:
+            continue
+        part = next((p for t in example.prompt().turns for p in t.parts if p.modality in ("image", "pdf")), None)
+        if part is None:
+            continue
+        try:
+            jpeg = _thumbnail(open_media(part, source))
+        except (OSError, ValueError, TuneryError):  # MediaError is a ValueError
+            continue
+        out[example.line] = Thumbnail(f"{prefix}-line-{example.line}", jpeg, f"line {example.line}: {part.mime_type}")
+    return out
+
+
+def _thumbnail(media: Media) -> bytes:
+    """JPEG bytes of the image (a PDF's first page, rendered small) at most ``THUMBNAIL`` pixels a side."""
+    import io
+
+    if normalize_mime(media.mime_type) == "application/pdf":
+        import pypdfium2 as pdfium
+
+        doc = pdfium.PdfDocument(media.read())
+        try:
+            page = doc[0]
+            scale = THUMBNAIL / max(page.get_size())
+            image = page.render(scale=scale).to_pil().convert("RGB")
+        finally:
+            doc.close()
+    else:
+        image = load_image(media)
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def _advice(advice: dict[str, Any]) -> Section:
@@ -246,7 +330,7 @@ def to_html(title: str, sections: Sequence[Section]) -> str:
 def _html_block(block: str | Table | Image | list[str]) -> str:
     if isinstance(block, Table):
         head = "".join(f"<th>{html.escape(h)}</th>" for h in block.headers)
-        rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block.rows)
+        rows = "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>" for row in block.rows)
         return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
     if isinstance(block, Image):
         data = base64.b64encode(block.png).decode("ascii")
@@ -259,6 +343,12 @@ def _html_block(block: str | Table | Image | list[str]) -> str:
     return f"<p>{html.escape(block)}</p>"
 
 
+def _html_cell(cell: str | Thumbnail) -> str:
+    if isinstance(cell, Thumbnail):
+        return f'<img alt="{html.escape(cell.alt)}" src="{cell.data_uri()}">'
+    return html.escape(cell)
+
+
 def to_markdown(title: str, sections: Sequence[Section]) -> str:
     out = [f"# {title}", ""]
     for section in sections:
@@ -268,8 +358,10 @@ def to_markdown(title: str, sections: Sequence[Section]) -> str:
     return "\n".join(out)
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    def cell(text: str) -> str:
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str | Thumbnail]]) -> str:
+    def cell(text: str | Thumbnail) -> str:
+        if isinstance(text, Thumbnail):
+            return f"![{text.alt}](thumbnails/{text.name}.jpg)"
         return text.replace("<", "&lt;").replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunery.data.formats import Example
+from tunery.data.media import MediaSource
 from tunery.evaluation.metrics import percentile
 from tunery.evaluation.prompts import Prompt
 from tunery.evaluation.tasks import Task
@@ -35,11 +36,15 @@ class Prediction:
     output_tokens: int
     latency_ms: float
     finish_reason: str = "STOP"
+    media: tuple[str, ...] = ()  # the MIME types of the prompt's media parts, in order (the report shows the first)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Prediction:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        found = {k: v for k, v in data.items() if k in names}
+        if "media" in found:
+            found["media"] = tuple(found["media"])
+        return cls(**found)
 
 
 def output_budget(engine: Engine, examples: Sequence[Example], margin: int = OUTPUT_MARGIN) -> GenerationConfig:
@@ -55,11 +60,15 @@ def predict_all(
     task: Task,
     config: GenerationConfig | None = None,
     on_prediction: Callable[[Prediction], None] = lambda p: None,
+    source: MediaSource | str | Path | None = None,
 ) -> list[Prediction]:
-    """One request per example, one at a time (latency as an endpoint would see it)."""
+    """One request per example, one at a time (latency as an endpoint would see it). Media parts go with the
+    request, a ``fileData`` path read (against ``source``, the data file's folder) as the example comes up."""
+    from tunery.serving.multimodal import inline_media
+
     out = []
     for example in examples:
-        result = engine.generate(prompt.apply(example), config)
+        result = engine.generate(prompt.apply(inline_media(example, source)), config)
         prediction = Prediction(
             line=example.line,
             input=example.prompt().turns[-1].text,
@@ -71,10 +80,16 @@ def predict_all(
             output_tokens=result.output_tokens,
             latency_ms=round(result.latency_ms, 2),
             finish_reason=result.finish_reason,
+            media=media_types(example),
         )
         on_prediction(prediction)
         out.append(prediction)
     return out
+
+
+def media_types(example: Example) -> tuple[str, ...]:
+    """The MIME types of the media parts of ``example``'s prompt, in order."""
+    return tuple(p.mime_type for t in example.prompt().turns for p in t.parts if p.kind != "text")
 
 
 def summarize(predictions: Sequence[Prediction], task: Task) -> dict[str, Any]:

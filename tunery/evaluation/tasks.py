@@ -26,6 +26,9 @@ MIN_PER_LABEL = 2  # a training file's answers are a closed set when each one re
 PRIMARY = {"classification": "accuracy", "extraction": "field_f1", "generation": "rougeL"}
 
 
+ALL_MODALITIES = ("text", "image", "audio", "pdf", "video")  # reading a file for its text only (labels, shots)
+
+
 @dataclass(frozen=True)
 class Task:
     """A task kind and, for classification, its closed label set."""
@@ -91,7 +94,7 @@ def training_labels(path: str | Path | None) -> list[str] | None:
     from tunery.data.validation import read_examples
 
     try:
-        labels = closed_label_set([e.target for e in read_examples(path).examples])
+        labels = closed_label_set([e.target for e in read_examples(path, modalities=ALL_MODALITIES).examples])
     except (OSError, ValueError, DatasetError):
         return None
     return list(labels) or None

@@ -26,7 +26,7 @@ from tunery.evaluation.evaluate import (
 )
 from tunery.evaluation.prompts import Prompt
 from tunery.evaluation.run import output_budget
-from tunery.evaluation.tasks import resolve_task
+from tunery.evaluation.tasks import ALL_MODALITIES, resolve_task
 
 
 def evaluate_tuned(
@@ -46,8 +46,12 @@ def evaluate_tuned(
 
     tuned_dir = Path(tuned_dir)
     try:
-        examples = read_evaluation_data(validation)
-        label_sources = read_examples(train).examples if train and Path(train).is_file() else []
+        from tunery.serving.multimodal import served_modalities
+
+        examples = read_evaluation_data(validation, modalities=served_modalities(tuned_dir))
+        label_sources = []
+        if train and Path(train).is_file():
+            label_sources = read_examples(train, modalities=ALL_MODALITIES).examples
         task = resolve_task("auto", examples, label_sources, str(validation))
         engine = Engine(tuned_dir)
         candidate = Candidate("tuned model", str(tuned_dir), Prompt(name="as-is"))

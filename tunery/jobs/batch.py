@@ -19,6 +19,10 @@ bytes each result file holds then. A worker killed at any moment leaves at most 
 those sizes: the next run cuts it off and goes on from the next line, so no line is lost or answered twice.
 
 ``tunery predict MODEL --input requests.jsonl --output results.jsonl`` runs the same loop without a store.
+
+Media parts: a ``fileData`` part naming a path is read into ``inlineData`` before its line is sent (so the
+model host gets the bytes): relative to the input file's folder from the CLI, under ``TUNERY_DATA_ROOT`` (and
+``files/{id}`` uploads of the job's tenant) in a server's job. A file that cannot be read fails its line.
 """
 
 from __future__ import annotations
@@ -312,9 +316,11 @@ def run_batch(
     on_progress: Callable[[Progress], None] = lambda p: None,
     should_stop: Callable[[], bool] = lambda: False,
     names: dict[str, str] | None = None,
+    media: Any = None,
 ) -> Progress:
     """Answer every line of ``spec.input`` not answered yet, a chunk at a time; returns where it stopped.
-    ``names`` renames the files in ``spec.output`` (``results``, ``errors``, ``done``)."""
+    ``names`` renames the files in ``spec.output`` (``results``, ``errors``, ``done``); ``media`` (a
+    ``tunery.data.media.MediaSource``) is where ``fileData`` paths resolve (None: they go to the model as given)."""
     if not Path(spec.input).is_file():
         raise JobError(f"batch input {spec.input} does not exist")
     form = input_form(spec.input)
@@ -330,6 +336,9 @@ def run_batch(
             break
         number += len(chunk)
         started = time.perf_counter()
+        if media is not None:
+            for line in chunk:
+                _inline(line, media)
         runnable = [line for line in chunk if line.request is not None]
         answers = generate([line.request for line in runnable]) if runnable else []  # type: ignore[misc]
         outcomes = {id(line): outcome for line, outcome in zip(runnable, answers, strict=True)}
@@ -344,6 +353,20 @@ def run_batch(
         results.append(records, succeeded, tokens, time.perf_counter() - started)
         on_progress(results.progress)
     return results.progress
+
+
+def _inline(line: Line, media: Any) -> None:
+    """Read the line's ``fileData`` paths into ``inlineData`` (``tunery.serving.multimodal.inline_request``); a
+    file that cannot be read becomes the line's error."""
+    from tunery.serving.multimodal import inline_request
+
+    if line.request is None:
+        return
+    try:
+        line.request = inline_request(line.request, media)
+    except DatasetError as exc:
+        where = "request." if line.form == VERTEX else ""
+        line.request, line.error = None, f"line {line.number}: {where}{exc}"
 
 
 def host_generate(host: Any, model: str, model_version: str | None = None) -> Generate:
@@ -395,7 +418,12 @@ def run_job(store: Any, job: Any, watch_parent: bool = False) -> int:
     else:
         host = ModelHost(log_path=jobs_dir() / job.id / "host.log")
     try:
-        progress = run_batch(spec, host_generate(host, spec.model, spec.model_version), on_progress, stop)
+        from tunery.data.media import MediaSource, file_resolver
+        from tunery.settings import data_root
+
+        media = MediaSource(root=data_root(), resolve_file=file_resolver(store, job.tenant))
+        generate = host_generate(host, spec.model, spec.model_version)
+        progress = run_batch(spec, generate, on_progress, stop, media=media)
     except TuneryError as exc:
         store.end_job(job.id, FAILED, error={"code": CODE_INVALID_ARGUMENT, "message": str(exc)}, message=str(exc))
         return 1

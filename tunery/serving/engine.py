@@ -705,7 +705,7 @@ class Engine:
         self.vlm: VisionLanguageModel | None = None
         if is_vision_language(self.name):  # a VLM dir: processor + generate, one row at a time
             self.vlm = VisionLanguageModel(self.name)
-            self.manifest, self.tokenizer, self.model = None, self.vlm.tokenizer, self.vlm.model
+            self.manifest, self.tokenizer, self.model = self.vlm.manifest, self.vlm.tokenizer, self.vlm.model
             self.context_length = int(getattr(self.model.config.get_text_config(), "max_position_embeddings", 2048))
             self.stop_ids = [self.tokenizer.eos_token_id]
             return

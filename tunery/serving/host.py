@@ -429,6 +429,13 @@ class Host:
                 else:
                     settle(i, {"ok": True, "result": generate_response(outcome, version)})
 
+            if _is_vlm(item):  # a vision-language model: on this thread, one row at a time (as generate does)
+                try:
+                    answered: Generation | BaseException = self._vlm_generate(item)
+                except Exception as exc:
+                    answered = exc
+                done(answered)
+                continue
             try:
                 job = self._job({**item, "id": (request_id, i)}, done, stream=False)
             except Exception as exc:

@@ -1,0 +1,132 @@
+"""Evaluation, prediction and reports with image parts (#15): a tiny Qwen2-VL (built from a config by the shared
+builder in test_vlm_tuning) tuned once on solid colours, then evaluated (in the loop and by ``tunery compare``)
+and asked (``tunery predict``) on held-out images given as files beside the JSONL and inline."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import re
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("PIL")
+import test_vlm_tuning as vlm  # the VLM builders, colours and row writers shared with the tuning tests
+from PIL import Image
+from typer.testing import CliRunner
+
+from tunery.cli import app
+
+
+def image_row(uri: str, label: str) -> dict:
+    image = {"fileData": {"mimeType": "image/png", "fileUri": uri}}
+    return {"contents": [{"role": "user", "parts": [image, {"text": vlm.PROMPT}]}, vlm.model_turn(label)]}
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """The base dir, the FULL-tuned dir (tuned with a validation file whose images are files beside it)."""
+    from tunery.tuning import TuningSpec, tune
+
+    root = tmp_path_factory.mktemp("mm-eval")
+    model, processor = vlm.qwen2_vl()
+    base = root / "base"
+    model.save_pretrained(base, safe_serialization=True)
+    processor.save_pretrained(base)
+    rng = random.Random(0)
+    train = [(label, vlm.shade(rgb, rng)) for _ in range(6) for label, rgb in vlm.COLOURS.items()]
+    held_out = [(label, vlm.shade(rgb, rng)) for _ in range(2) for label, rgb in vlm.COLOURS.items()]
+    rng.shuffle(train)
+    folder = root / "held-out"
+    (folder / "images").mkdir(parents=True)
+    for k, (_, rgb) in enumerate(held_out):
+        (folder / "images" / f"{k}.png").write_bytes(base64.b64decode(vlm.png(rgb)))
+    validation = folder / "validation.jsonl"
+    validation.write_text("".join(json.dumps(image_row(f"images/{k}.png", label)) + "\n"
+                                  for k, (label, _) in enumerate(held_out)))  # fmt: skip
+    spec = TuningSpec(
+        train=str(vlm.write_rows(root / "train.jsonl", train)),
+        validation=str(validation),
+        base_model=str(base),
+        method="FULL",
+        epochs=40,
+        batch_size=4,
+        learning_rate_multiplier=100,
+        output=str(root / "tuned"),
+        device="cpu",
+    )
+    return SimpleNamespace(root=root, base=base, tuned=tune(spec), validation=validation, held_out=held_out)
+
+
+def test_tuning_evaluates_the_vlm_on_its_image_validation_file(tuned: SimpleNamespace) -> None:
+    """The in-loop evaluation after tuning runs the image examples through the VLM (it said "takes text only")."""
+    evaluation = json.loads((tuned.tuned / "evaluation.json").read_text())
+    assert "error" not in evaluation, evaluation
+    assert evaluation["metrics"]["examples"] == len(tuned.held_out)
+    assert evaluation["metrics"]["exact_match"] >= 0.95
+    predictions = [json.loads(line) for line in (tuned.tuned / "predictions.jsonl").read_text().splitlines()]
+    assert [p["target"] for p in predictions] == [label for label, _ in tuned.held_out]
+    assert all(p["media"] == ["image/png"] for p in predictions)
+    assert all(p["prompt_tokens"] > 6 for p in predictions)  # the image's tokens are in the prompt
+
+
+def test_compare_base_and_tuned_on_images_with_thumbnails_of_wrong_answers(tuned: SimpleNamespace) -> None:
+    out = tuned.root / "compare"
+    args = ["compare", "--data", str(tuned.validation), "-c", f"base={tuned.base}", "-c", f"tuned={tuned.tuned}"]
+    result = CliRunner().invoke(app, [*args, "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "comparison.json").read_text())
+    scores = {c["candidate"]["name"]: c["metrics"]["exact_match"] for c in summary["candidates"]}
+    assert scores["tuned"] >= 0.95
+    assert scores["base"] <= 0.5  # untuned: at chance (4 colours)
+    base = (out / "candidates" / "base" / "predictions.jsonl").read_text().splitlines()
+    wrong = [p for p in map(json.loads, base) if p["score"] < 1.0]
+    assert wrong
+    # The HTML: one thumbnail per wrong answer, in the base's error section, of that line's own image.
+    page = (out / "report.html").read_text()
+    base_section = page[page.index("Error analysis: base") : page.index("Error analysis: tuned")]
+    found = re.findall(r'<td>(\d+)</td><td><img alt="[^"]*" src="data:image/jpeg;base64,([^"]+)">', base_section)
+    assert [int(line) for line, _ in found] == [p["line"] for p in wrong]
+    for line, data in found:
+        thumb = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+        assert max(thumb.size) <= 96
+        colour = thumb.getpixel((thumb.size[0] // 2, thumb.size[1] // 2))
+        expected = tuned.held_out[int(line) - 1][1]
+        assert all(abs(a - b) <= 12 for a, b in zip(colour, expected, strict=True)), (line, colour, expected)
+    assert "data:image" not in page[page.index("Error analysis: tuned") :]  # no wrong answers, no thumbnails
+    markdown = (out / "report.md").read_text()
+    assert f"thumbnails/base-line-{wrong[0]['line']}.jpg" in markdown
+    assert (out / "thumbnails" / f"base-line-{wrong[0]['line']}.jpg").is_file()
+
+
+def test_predict_batch_file_with_image_paths_and_inline_images(tuned: SimpleNamespace) -> None:
+    """``tunery predict --input --output``: fileData paths resolve against the input file's folder, inlineData is
+    decoded; a missing image fails its own line only."""
+    folder = tuned.root / "requests"
+    (folder / "pictures").mkdir(parents=True)
+    lines, expected = [], []
+    for k, (label, rgb) in enumerate(tuned.held_out[:4]):
+        if k % 2:
+            image = {"inlineData": {"mimeType": "image/png", "data": vlm.png(rgb)}}
+        else:
+            (folder / "pictures" / f"{k}.png").write_bytes(base64.b64decode(vlm.png(rgb)))
+            image = {"fileData": {"mimeType": "image/png", "fileUri": f"pictures/{k}.png"}}
+        request = {"contents": [{"role": "user", "parts": [image, {"text": vlm.PROMPT}]}]}
+        lines.append({"request": {**request, "generationConfig": {"maxOutputTokens": 4}}})
+        expected.append(label)
+    missing = {"fileData": {"mimeType": "image/png", "fileUri": "pictures/nowhere.png"}}
+    lines.append({"request": {"contents": [{"role": "user", "parts": [missing, {"text": vlm.PROMPT}]}]}})
+    requests = folder / "requests.jsonl"
+    requests.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    results = tuned.root / "out" / "results.jsonl"
+    result = CliRunner().invoke(app, ["predict", str(tuned.tuned), "--input", str(requests), "--output", str(results)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    answers = [r["response"]["candidates"][0]["content"]["parts"][0]["text"] for r in records[:4]]
+    assert answers == expected
+    assert records[0]["request"]["contents"][0]["parts"][0]["fileData"]["fileUri"] == "pictures/0.png"  # as given
+    assert "response" not in records[4]
+    assert "contents[0].parts[0].fileData" in records[4]["status"] and "not found" in records[4]["status"]
