@@ -130,3 +130,49 @@ def test_predict_batch_file_with_image_paths_and_inline_images(tuned: SimpleName
     assert records[0]["request"]["contents"][0]["parts"][0]["fileData"]["fileUri"] == "pictures/0.png"  # as given
     assert "response" not in records[4]
     assert "contents[0].parts[0].fileData" in records[4]["status"] and "not found" in records[4]["status"]
+
+
+def test_a_tuned_lora_vlm_is_served_with_its_adapter(tmp_path) -> None:
+    """A LoRA-tuned VLM dir (tunery.json + adapter, no config.json) is served on its base with the adapter merged:
+    the logits equal PeftModel's unmerged ones; the in-loop evaluation ran through it; a catalog VLM id counts."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from tunery.data.formats import Example, Part, Turn
+    from tunery.serving.multimodal import VisionLanguageModel, served_modalities, vlm_location
+    from tunery.tuning import TuningSpec, tune
+
+    model, processor = vlm.qwen2_vl()
+    base = tmp_path / "base"
+    model.save_pretrained(base, safe_serialization=True)
+    processor.save_pretrained(base)
+    items = list(vlm.COLOURS.items())
+    spec = TuningSpec(
+        train=str(vlm.write_rows(tmp_path / "train.jsonl", items)),
+        validation=str(vlm.write_rows(tmp_path / "validation.jsonl", items[:2])),
+        base_model=str(base),
+        epochs=1,
+        batch_size=2,
+        learning_rate_multiplier=10,
+        output=str(tmp_path / "tuned"),
+        device="cpu",
+    )
+    tuned = tune(spec)
+    assert not (tuned / "config.json").exists()
+    assert vlm_location(tuned) == (str(base), str(tuned))
+    assert served_modalities(tuned) == ("text", "image")
+    assert json.loads((tuned / "evaluation.json").read_text())["metrics"]["examples"] == 2
+    served = VisionLanguageModel(tuned)
+    example = Example(turns=(Turn("user", (vlm.image_part(vlm.COLOURS["red"]), Part("text", vlm.PROMPT))),))
+    inputs = served.inputs(example)
+    reference = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), tuned).eval()
+    with torch.inference_mode():
+        merged = served.model(**inputs).logits
+        unmerged = reference(**inputs).logits
+        untuned = model.eval()(**inputs).logits
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-4)
+    assert (merged - untuned).abs().max() > 1e-4  # the adapter is in the served weights
+    assert vlm_location("smolvlm-256m-instruct") == ("smolvlm-256m-instruct", None)  # read from the catalog only
+    assert served_modalities("smolvlm-256m-instruct") == ("text", "image")
+    assert vlm_location("smollm2-135m-instruct") is None
