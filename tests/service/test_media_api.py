@@ -182,3 +182,43 @@ def test_a_dataset_with_bad_media_is_a_400_naming_each_line(server) -> None:
     assert lines == {2, 3}, violations
     assert "not found" in message and "image/jpeg" in message
 
+
+def test_a_tuning_job_trains_on_uploaded_images_named_by_file_id(server) -> None:
+    uploads = {}
+    for label, rgb in (("red", RED), ("blue", (30, 40, 220))):
+        response = server.client.post("/v1/files", files={"file": (f"{label}.png", base64.b64decode(vlm.png(rgb)))})
+        uploads[label] = response.json()["name"]
+    rows = [
+        {
+            "contents": [
+                {
+                    "role": "user",
+                    "parts": [{"fileData": {"mimeType": "image/png", "fileUri": uri}}, {"text": vlm.PROMPT}],
+                },
+                {"role": "model", "parts": [{"text": label}]},
+            ]
+        }
+        for label, uri in uploads.items()
+    ] * 2
+    dataset = server.client.post(
+        "/v1/files", files={"file": ("train.jsonl", "".join(json.dumps(r) + "\n" for r in rows))}, data={"model": "vlm"}
+    )
+    assert dataset.status_code == 201, dataset.text
+    body = {
+        "baseModel": "vlm",
+        "tuningMode": "FULL",
+        "supervisedTuningSpec": {
+            "trainingDatasetUri": dataset.json()["name"],
+            "hyperParameters": {"epochCount": 1, "batchSize": 2},
+        },
+    }
+    created = server.client.post("/v1/tuningJobs", json=body)
+    assert created.status_code == 201, created.text
+    for uri in uploads.values():  # the job keeps its own links: deleting the uploads cannot break it
+        assert server.client.delete(f"/v1/{uri}").status_code == 200
+    job = server.wait_job(created.json()["name"], timeout=120)
+    assert job["state"] == "JOB_STATE_SUCCEEDED", job.get("error")
+    assert job["tuningDataStats"]["supervisedTuningDataStats"]["tuningDatasetExampleCount"] == 4
+    tuned = job["tunedModel"]["model"].removeprefix("models/")
+    assert generate(server, tuned, turn(inline(RED)))["usageMetadata"]["promptTokenCount"] > 6
+

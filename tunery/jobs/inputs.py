@@ -31,6 +31,25 @@ def pin(job_id: str, files: dict[str, Path]) -> dict[str, Path]:
     return pinned
 
 
+UPLOADED_MEDIA = "files"
+
+
+def pin_media(job_id: str, files: dict[str, Path]) -> Path:
+    """The job's own links to the media uploads its datasets name (file id → upload), as
+    ``<job inputs>/files/<id>``: the folder ``TuningSpec.uploaded_media`` names."""
+    directory = job_inputs_dir() / job_id / UPLOADED_MEDIA
+    directory.mkdir(parents=True, exist_ok=True)
+    for file_id, source in files.items():
+        target = directory / file_id
+        try:
+            os.link(source, target)
+        except FileExistsError:
+            continue
+        except OSError:
+            shutil.copyfile(source, target)
+    return directory
+
+
 def release(job_id: str) -> None:
     """Remove the job's links (the uploads themselves stay until they are deleted)."""
     shutil.rmtree(job_inputs_dir() / job_id, ignore_errors=True)

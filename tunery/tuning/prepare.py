@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from tunery.data.media import MediaError, MediaSource
 from tunery.data.stats import default_epochs, tuning_data_stats
 from tunery.data.tokenize import Encoded
 from tunery.data.validation import read_examples
@@ -84,8 +85,12 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
     options = {"tokenizer": tokenizer, "max_length": max_length, "model_id": model_id, "modalities": base.modalities}
     if processor is not None:
         options["tokenizer"] = None  # the processor encodes (media tokens included), below
-    train = read_examples(spec.train, **options)
-    validation = read_examples(spec.validation, **options) if spec.validation else None
+    train = read_examples(spec.train, media_source=media_source(spec, spec.train), **options)
+    validation = (
+        read_examples(spec.validation, media_source=media_source(spec, spec.validation), **options)
+        if spec.validation
+        else None
+    )
     for report in (train, validation):
         if report is not None:
             report.raise_for_errors()
@@ -94,10 +99,10 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
     if processor is not None:
         config = json.loads((Path(base.path) / "config.json").read_text())
         family = multimodal.require_family(config, model_id)
-        source = Path(spec.train).expanduser().resolve().parent
+        source = media_source(spec, spec.train)
         train_encoded = [*multimodal.encode_all(family, processor, train.examples, source, max_length, spec.train)]
         if validation is not None and spec.validation:
-            validation_source = Path(spec.validation).expanduser().resolve().parent
+            validation_source = media_source(spec, spec.validation)
             validation_encoded = [
                 *multimodal.encode_all(
                     family, processor, validation.examples, validation_source, max_length, spec.validation
@@ -121,6 +126,19 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
         source,
         validation_source,
     )
+
+
+def media_source(spec: TuningSpec, dataset: str) -> MediaSource:
+    """Where a dataset's media parts resolve: paths against its folder, ``files/{id}`` in the job's
+    ``uploaded_media`` (a server job's pinned uploads; an id is a name there, never a path)."""
+    folder = spec.uploaded_media
+
+    def uploaded(file_id: str) -> Path:
+        if folder is None or not file_id or "/" in file_id or file_id.startswith("."):
+            raise MediaError(f"uploaded file not found: files/{file_id[:40]} (ids are known to the server's jobs)")
+        return Path(folder) / file_id
+
+    return MediaSource(base=Path(dataset).expanduser().resolve().parent, resolve_file=uploaded)
 
 
 def make_run(prep: Prepared, model: Any, core: Any, placement: Any = None, processes: Any = None) -> Run:

@@ -134,6 +134,9 @@ class TuningSpec:
     (A run resumed from its directory gets its method there, so the FULL-only check is the run's, not here.)"""
     cpu_offload: bool = False
     """With ``fsdp``: keep the shards and the optimizer step in CPU memory, on the GPU only while used."""
+    uploaded_media: str | None = None
+    """The folder where the datasets' ``fileData`` ``files/{id}`` parts resolve (``{id}`` a file in it): a server
+    job's own links to the uploaded media its datasets name. None: uploaded file ids are not known here."""
 
     def __post_init__(self) -> None:
         problems = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from tunery.api.schemas import Empty, ErrorResponse, File, FileId, FileUploadFor
 from tunery.api.uploads import Upload, check_media, media_type, receive_upload
 from tunery.data.formats import modality_of
 from tunery.data.validation import Problem
-from tunery.errors import ConfigError, DatasetError
+from tunery.errors import ConfigError, DatasetError, NotFoundError
 from tunery.jobs.store import StoredFile, new_id, now
 from tunery.models.catalog import DEFAULT_MODEL
 from tunery.tuning.spec import RANGES, TuningSpec, range_problem
@@ -54,6 +55,7 @@ UPLOAD_BODY = {
 }
 DEFAULT_MAX_LENGTH: int = TuningSpec.__dataclass_fields__["max_length"].default  # type: ignore[assignment]
 MEDIA_PURPOSES = ("vision", "user_data")
+FILE_REFERENCE = re.compile(rb'"file_?[Uu]ri"\s*:\s*"files/([A-Za-z0-9_-]{1,128})"')
 
 
 @router.post(
@@ -176,6 +178,26 @@ def _keep_media(
     except BaseException:
         _remove(path)
         raise
+
+
+def referenced_media(datasets: list[str | None], tenant: str, store: Any) -> dict[str, Path]:
+    """The media uploads (file id → path) of ``tenant`` that the datasets' lines name by ``files/{id}``; what a
+    tuning job pins beside its datasets (an id that names none is left for the job's check to report)."""
+    ids: set[str] = set()
+    for dataset in datasets:
+        if dataset:
+            with open(dataset, "rb") as fh:
+                for line in fh:
+                    ids.update(found.decode() for found in FILE_REFERENCE.findall(line))
+    media = {}
+    for file_id in sorted(ids):
+        try:
+            record = store.get_file(tenant, file_id)
+        except NotFoundError:
+            continue
+        if "mimeType" in record.stats and Path(record.path).is_file():
+            media[file_id] = Path(record.path)
+    return media
 
 
 def _options(upload: Upload, settings: ApiSettings) -> tuple[str, str, int]:

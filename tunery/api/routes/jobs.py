@@ -26,6 +26,7 @@ from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, public_
 from tunery.api.errors import also_check, invalid
 from tunery.api.limits import ApiSettings
 from tunery.api.paths import hide_server_paths, resolve_base_model, resolve_dataset
+from tunery.api.routes import files as files_route
 from tunery.api.schemas import (
     LABEL_KEY,
     ComputeConfig,
@@ -139,6 +140,9 @@ def create_job(
     admission.admit_job(request, tenant, idempotency_key)  # 429 past the tenant's limit on waiting/running jobs
     for name, path in inputs.pin(job_id, {name: Path(record.path) for name, record in uploads.items()}).items():
         setattr(spec, name, str(path))  # the job's own link: deleting the upload cannot break it
+    media = files_route.referenced_media([spec.train, spec.validation], tenant, store)  # files/{id} in its lines
+    if media:
+        spec.uploaded_media = str(inputs.pin_media(job_id, media))
     try:
         job, created = store.create_job(
             tenant, spec, dump(body), job_id=job_id, idempotency_key=idempotency_key, owner=None
