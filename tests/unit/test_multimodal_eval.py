@@ -130,6 +130,13 @@ def test_predict_batch_file_with_image_paths_and_inline_images(tuned: SimpleName
     assert records[0]["request"]["contents"][0]["parts"][0]["fileData"]["fileUri"] == "pictures/0.png"  # as given
     assert "response" not in records[4]
     assert "contents[0].parts[0].fileData" in records[4]["status"] and "not found" in records[4]["status"]
+    # Without --output: dataset-form lines answered in this process, one JSON line each.
+    prompts = folder / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(image_row(f"pictures/{k}.png", expected[k])) + "\n" for k in (0, 2)))
+    result = CliRunner().invoke(app, ["predict", str(tuned.tuned), "--input", str(prompts), "--max-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    printed = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [p["output"] for p in printed] == [p["target"] for p in printed] == [expected[0], expected[2]]
 
 
 def test_a_tuned_lora_vlm_is_served_with_its_adapter(tmp_path) -> None:
@@ -176,3 +183,35 @@ def test_a_tuned_lora_vlm_is_served_with_its_adapter(tmp_path) -> None:
     assert vlm_location("smolvlm-256m-instruct") == ("smolvlm-256m-instruct", None)  # read from the catalog only
     assert served_modalities("smolvlm-256m-instruct") == ("text", "image")
     assert vlm_location("smollm2-135m-instruct") is None
+
+
+def test_report_thumbnails_of_an_image_file_and_a_pdf_page(tmp_path) -> None:
+    """``thumbnails``: the first image of each example, or a PDF's first page, at most 96 px a side; an example
+    without media, or whose file is gone, gets none (the report shows its MIME type instead)."""
+    import pypdfium2 as pdfium
+
+    from tunery.evaluation.report import thumbnails
+
+    big = Image.new("RGB", (400, 200), (30, 200, 40))
+    big.save(tmp_path / "wide.png")
+    doc = pdfium.PdfDocument.new()
+    doc.new_page(612, 792)
+    buffer = io.BytesIO()
+    doc.save(buffer)
+    pdf = {"inlineData": {"mimeType": "application/pdf", "data": base64.b64encode(buffer.getvalue()).decode()}}
+    rows = [
+        image_row("wide.png", "green"),
+        {"contents": [{"role": "user", "parts": [pdf, {"text": "what is it"}]}, vlm.model_turn("a page")]},
+        {"contents": [{"role": "user", "parts": [{"text": "no media"}]}, vlm.model_turn("none")]},
+        image_row("gone.png", "red"),
+    ]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    found = thumbnails(str(data), [1, 2, 3, 4], "c")
+    assert sorted(found) == [1, 2]
+    wide = Image.open(io.BytesIO(found[1].jpeg))
+    assert wide.size == (96, 48)
+    assert all(abs(a - b) <= 12 for a, b in zip(wide.convert("RGB").getpixel((48, 24)), (30, 200, 40), strict=True))
+    page = Image.open(io.BytesIO(found[2].jpeg))
+    assert max(page.size) == 96 and page.size[0] < page.size[1]  # a portrait page
+    assert found[2].data_uri().startswith("data:image/jpeg;base64,")
