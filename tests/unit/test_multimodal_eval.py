@@ -215,3 +215,28 @@ def test_report_thumbnails_of_an_image_file_and_a_pdf_page(tmp_path) -> None:
     page = Image.open(io.BytesIO(found[2].jpeg))
     assert max(page.size) == 96 and page.size[0] < page.size[1]  # a portrait page
     assert found[2].data_uri().startswith("data:image/jpeg;base64,")
+
+
+def test_prompts_and_perturbations_keep_the_media_in_place() -> None:
+    from tunery.data.formats import Example, Part, Turn
+    from tunery.evaluation.perturb import perturb_example
+    from tunery.evaluation.prompts import Prompt
+    from tunery.evaluation.run import media_types
+
+    image = vlm.image_part(vlm.COLOURS["blue"])
+    example = Example(
+        turns=(
+            Turn("user", (Part("text", "look:"), image, Part("text", vlm.PROMPT))),
+            Turn("model", (Part("text", "blue"),)),
+        ),
+        line=3,
+    )
+    asked = Prompt(template="Answer in one word. {input}").apply(example).turns[-1]
+    assert [p.kind for p in asked.parts] == ["text", "inlineData"]
+    assert asked.parts[0].text == f"Answer in one word. look:{vlm.PROMPT}" and asked.parts[1] == image
+    shuffled = perturb_example(example, "case", seed=1).turns[0]
+    assert [p.kind for p in shuffled.parts] == ["text", "inlineData"] and shuffled.parts[1] == image
+    assert shuffled.parts[0].text.lower() == f"look:{vlm.PROMPT}".lower()
+    only_image = Example(turns=(Turn("user", (image,)), Turn("model", (Part("text", "blue"),))))
+    assert Prompt().apply(only_image).turns[-1].parts == (image,)
+    assert media_types(example) == ("image/png",)
