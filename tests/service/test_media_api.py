@@ -3,7 +3,9 @@ config by the shared builder in tests/unit/test_vlm_tuning.py) served as a fully
 
 generateContent and countTokens with an inline image, an image sent to the text-only default model (a 400 naming
 the model and the modality), an image uploaded to ``/v1/files`` and named by ``fileData.fileUri: files/{id}``,
-and dataset uploads whose media is missing or mislabelled (a 400 naming the line).
+and dataset uploads whose media is missing or mislabelled (a 400 naming the line). A catalog VLM id
+(``smolvlm-256m-instruct``) is served from local weights (a tiny Idefics3 in an offline Hugging Face cache, as a
+download would leave it), and a LoRA adapter tuned on the Qwen2-VL dir is served on its base.
 
     .venv/bin/python -m pytest tests/service/test_media_api.py -q
 """
@@ -222,3 +224,48 @@ def test_a_tuning_job_trains_on_uploaded_images_named_by_file_id(server) -> None
     tuned = job["tunedModel"]["model"].removeprefix("models/")
     assert generate(server, tuned, turn(inline(RED)))["usageMetadata"]["promptTokenCount"] > 6
 
+
+def test_a_catalog_vlm_id_is_served_from_local_weights(server) -> None:
+    answer = generate(server, CATALOG_VLM, turn(inline(RED)))
+    assert answer["candidates"][0]["finishReason"] in ("STOP", "MAX_TOKENS")
+    assert answer["modelVersion"] == CATALOG_VLM
+    count = server.client.post(f"/v1/models/{CATALOG_VLM}:countTokens", json=turn(inline(RED))).json()
+    text_only = server.client.post(f"/v1/models/{CATALOG_VLM}:countTokens", json=turn()).json()
+    assert count["totalTokens"] > text_only["totalTokens"] + 4  # the image's tokens, counted by its processor
+    assert answer["usageMetadata"]["promptTokenCount"] == count["totalTokens"]
+
+
+def test_a_tuned_vlm_adapter_is_served_on_its_base(server, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from tunery.models.loading import load_processor
+    from tunery.serving.gemini import parse_generate_request
+    from tunery.serving.multimodal import VisionLanguageModel
+    from tunery.tuning import TuningSpec, tune
+
+    train = vlm.write_rows(tmp_path / "train.jsonl", [("red", RED), ("blue", (30, 40, 220))] * 2)
+    base = server.data_root / "vlm"
+    spec = TuningSpec(
+        train=str(train),
+        base_model=str(base),
+        method="PEFT_ADAPTER",
+        epochs=2,
+        batch_size=2,
+        learning_rate_multiplier=50,
+        adapter_size=4,
+        output=str(tmp_path / "tuned"),
+        device="cpu",
+    )
+    tuned = Path(tune(spec))
+    record = TunedModel(new_id(), "default", new_id(), "lora", str(base), "PEFT_ADAPTER", str(tuned), now())
+    server.store.add_tuned_model(record)
+    answer = generate(server, record.id, turn(inline(RED)))
+
+    request = parse_generate_request({**turn(inline(RED)), "generationConfig": {"maxOutputTokens": 4}})
+    merged = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), tuned).merge_and_unload()
+    direct = VisionLanguageModel(tuned, model=merged, processor=load_processor(tuned)).generate(*request)
+    untuned = VisionLanguageModel(base).generate(*request)
+    assert direct.text != untuned.text, "the adapter changes the answer: the check below tells them apart"
+    assert answer["candidates"][0]["content"]["parts"][0]["text"] == direct.text
+    assert answer["usageMetadata"]["promptTokenCount"] == direct.prompt_tokens
