@@ -151,8 +151,9 @@ def read_evaluation_data(
 
 
 def read_prompts(path: str | Path) -> list[Example]:
-    """Evaluation or production prompts: dataset lines whose final model turn is optional."""
-    report = read_examples(path, require_model_turn=False)
+    """Evaluation or production prompts: dataset lines whose final model turn is optional (their text is what is
+    used: media parts are taken as they are)."""
+    report = read_examples(path, require_model_turn=False, modalities=ALL_MODALITIES)
     if report.errors:
         raise DatasetError(f"{path}: {len(report.errors)} problem(s)", report.errors)
     return report.examples
