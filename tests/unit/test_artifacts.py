@@ -87,6 +87,15 @@ def test_a_run_is_mirrored_checkpoint_by_checkpoint_then_as_the_tuned_model_and_
     assert not fs.exists(f"{root}/checkpoints")
     fresh = artifacts.Mirror(tmp_path / "third" / "run", f"{url}/job1")
     assert fresh.pull() and (tmp_path / "third" / "run" / "tunery.json").read_text() == '{"tuned": true}'
+    from tunery.api.generation import servable
+
+    class Models:  # the store's tuned model row names a directory of the node the job ran on
+        def get_tuned_model(self, tenant, model_id):
+            return type("TunedModel", (), {"path": str(tmp_path / "gone" / model_id)})()
+
+    served = servable("job1", "acme", Models())  # a server without the model copies it back from the URL
+    assert served == str(tmp_path / "gone" / "job1") and local_tree(Path(served)) == local_tree(run)
+    assert artifacts.local_copy(run, "job1") == str(run)  # here already: nothing copied
     monkeypatch.setenv("TUNERY_ARTIFACTS", str(tmp_path / "shared"))
     assert artifacts.for_job("job1", run) is None and tuned_models_dir() == tmp_path / "shared"
 

@@ -56,7 +56,9 @@ def servable(model_id: str, tenant: str, store: Store) -> str:
     """What the model host loads for ``models/{model_id}``: a catalog id, or the tenant's tuned model directory."""
     if model_id in CATALOG:
         return model_id
-    return store.get_tuned_model(tenant, model_id).path
+    from tunery.jobs.artifacts import local_copy  # TUNERY_ARTIFACTS a URL: a model tuned on another node
+
+    return local_copy(store.get_tuned_model(tenant, model_id).path, model_id)
 
 
 async def _servable(request: Request, tenant: str, model_id: str) -> str:

@@ -6,7 +6,8 @@ and is mirrored to ``URL/<job id>``: each new checkpoint as it appears (the chec
 ``latest`` pointer, then the checkpoints it replaced are removed, so the copy always names a complete one),
 and at the end the tuned model (the copy then holds exactly the tuned model's files). A worker that finds no run
 directory on its node (a retry placed elsewhere) copies it back first and resumes from its last checkpoint, or
-records a tuned model that was already complete. ``TUNERY_ARTIFACTS`` without ``://`` is a path every node
+records a tuned model that was already complete; a server asked for a tuned model it does not have copies it
+back too (``local_copy``). ``TUNERY_ARTIFACTS`` without ``://`` is a path every node
 reaches, written directly, with no copy.
 """
 
@@ -16,6 +17,8 @@ import contextlib
 import os
 import shutil
 import sys
+import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from tunery.errors import ConfigError
 
 POINTER = "checkpoints/latest"
 MARKERS = ("run.json", "tunery.json")  # a run directory worth copying back: a recorded run or a tuned model
+_PULLING = threading.Lock()
 
 
 def artifacts_url() -> str | None:
@@ -68,21 +72,24 @@ class Mirror:
         """Copy the run back when this node has none of it (no ``run.json``, no ``tunery.json``) and the copy has
         one; into a staging folder renamed into place, so a pull cut short leaves nothing half-read. Whether it
         copied."""
-        if any((self.run_dir / marker).is_file() for marker in MARKERS):
-            return False
-        files = self.remote_files()
-        if not any(marker in files for marker in MARKERS):
-            return False
-        staging = self.run_dir.with_name(f".{self.run_dir.name}.pulling-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        for rel in files:
-            target = staging / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.fs.get_file(f"{self.root}/{rel}", str(target))
-        if self.run_dir.exists():
-            shutil.rmtree(self.run_dir)  # what a killed first try left before it recorded the run
-        self.run_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(self.run_dir)
+        with _PULLING:  # one copy at a time in this process (a server's requests for the same model)
+            if any((self.run_dir / marker).is_file() for marker in MARKERS):
+                return False
+            files = self.remote_files()
+            if not any(marker in files for marker in MARKERS):
+                return False
+            staging = self.run_dir.with_name(f".{self.run_dir.name}.pulling-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            try:
+                for rel in files:
+                    target = staging / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self.fs.get_file(f"{self.root}/{rel}", str(target))
+                if self.run_dir.exists():
+                    shutil.rmtree(self.run_dir)  # what a killed first try left before it recorded the run
+                self.run_dir.parent.mkdir(parents=True, exist_ok=True)
+                staging.rename(self.run_dir)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         for path in self.run_dir.rglob("*"):
             if path.is_file():
                 stat = path.stat()
@@ -157,3 +164,13 @@ def for_job(job_id: str, run_dir: str | Path) -> Mirror | None:
     """The mirror of ``job_id``'s run directory at ``TUNERY_ARTIFACTS/<job id>``; None unless that is a URL."""
     url = artifacts_url()
     return Mirror(run_dir, f"{url}/{job_id}") if url else None
+
+
+def local_copy(tuned_dir: str | Path, job_id: str) -> str:
+    """``tuned_dir`` as this machine can read it: copied back from ``TUNERY_ARTIFACTS/<job id>`` first when it is not
+    here (the job ran on another node) and ``TUNERY_ARTIFACTS`` is a URL; as it is otherwise."""
+    path = Path(tuned_dir)
+    mirror = None if (path / "tunery.json").is_file() else for_job(job_id, path)
+    if mirror is not None:
+        mirror.pull()
+    return str(tuned_dir)
