@@ -100,6 +100,14 @@ def test_compare_base_and_tuned_on_images_with_thumbnails_of_wrong_answers(tuned
     markdown = (out / "report.md").read_text()
     assert f"thumbnails/base-line-{wrong[0]['line']}.jpg" in markdown
     assert (out / "thumbnails" / f"base-line-{wrong[0]['line']}.jpg").is_file()
+    # tunery evaluate (one candidate): the same predictions as the base's in the comparison, stored at the top.
+    single = tuned.root / "evaluate"
+    result = CliRunner().invoke(app, ["evaluate", str(tuned.base), "--data", str(tuned.validation), "-o", str(single)])
+    assert result.exit_code == 0, result.output
+    again = [json.loads(line) for line in (single / "predictions.jsonl").read_text().splitlines()]
+    assert [p["output"] for p in again] == [json.loads(line)["output"] for line in base]
+    assert json.loads((single / "evaluation.json").read_text())["metrics"]["exact_match"] == scores["base"]
+    assert 'src="data:image/jpeg;base64,' in (single / "report.html").read_text()
 
 
 def test_predict_batch_file_with_image_paths_and_inline_images(tuned: SimpleNamespace) -> None:
