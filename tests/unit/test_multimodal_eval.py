@@ -248,3 +248,40 @@ def test_prompts_and_perturbations_keep_the_media_in_place() -> None:
     only_image = Example(turns=(Turn("user", (image,)), Turn("model", (Part("text", "blue"),))))
     assert Prompt().apply(only_image).turns[-1].parts == (image,)
     assert media_types(example) == ("image/png",)
+
+
+def test_a_batch_job_reads_its_tenants_media_uploads_only(tmp_path) -> None:
+    """A server's batch job inlines ``files/{id}`` from the job's tenant's media uploads; a dataset upload, another
+    tenant's upload and a path outside the data root fail their own lines, named by field."""
+    from tunery.data.media import MediaSource
+    from tunery.jobs.batch import Line, _inline, media_uploads
+    from tunery.jobs.store import Store, StoredFile, new_id
+
+    store = Store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    (tmp_path / "red.png").write_bytes(base64.b64decode(vlm.png(vlm.COLOURS["red"])))
+    (tmp_path / "rows.jsonl").write_text("{}\n")
+
+    def upload(tenant: str, path: str, stats: dict) -> str:
+        record = StoredFile(new_id(), tenant, path, str(tmp_path / path), 1, "", 0, "", stats, "")
+        return store.add_file(record).id
+
+    image = upload("acme", "red.png", {"mimeType": "image/png"})
+    dataset = upload("acme", "rows.jsonl", {})
+    theirs = upload("other", "red.png", {"mimeType": "image/png"})
+    media = MediaSource(root=tmp_path / "root", resolve_file=media_uploads(store, "acme"))
+
+    def line(uri: str) -> Line:
+        part = {"fileData": {"mimeType": "image/png", "fileUri": uri}}
+        request = {"contents": [{"role": "user", "parts": [{"text": "what"}, part]}]}
+        found = Line(7, {"request": request}, "vertex", request=request)
+        _inline(found, media)
+        return found
+
+    ok = line(f"files/{image}")
+    assert ok.error is None and ok.request is not None
+    assert ok.request["contents"][0]["parts"][1]["inlineData"]["data"] == vlm.png(vlm.COLOURS["red"])
+    for uri, why in ((f"files/{dataset}", "is a JSONL dataset"), (f"files/{theirs}", "not found"),
+                     ("../red.png", "'..' is not allowed")):  # fmt: skip
+        failed = line(uri)
+        assert failed.request is None and failed.error is not None
+        assert failed.error.startswith("line 7: request.contents[0].parts[1].fileData: ") and why in failed.error

@@ -369,6 +369,23 @@ def _inline(line: Line, media: Any) -> None:
         line.request, line.error = None, f"line {line.number}: {where}{exc}"
 
 
+def media_uploads(store: Any, tenant: str) -> Callable[[str], str]:
+    """``files/{id}`` → the path of one of ``tenant``'s media uploads (an image, audio or PDF file, typed when it
+    was uploaded); a JSONL dataset upload or another tenant's file is not media (``MediaError``)."""
+    from tunery.data.media import MediaError
+
+    def resolve(file_id: str) -> str:
+        try:
+            record = store.get_file(tenant, file_id)
+        except TuneryError:
+            raise MediaError(f"files/{file_id[:40]} not found (upload it with POST /v1/files)") from None
+        if "mimeType" not in (record.stats or {}):
+            raise MediaError(f"files/{file_id[:40]} is a JSONL dataset, not an image, audio or PDF file")
+        return str(record.path)
+
+    return resolve
+
+
 def host_generate(host: Any, model: str, model_version: str | None = None) -> Generate:
     """``Generate`` on a ``ModelHost``: the chunk goes to it as one generateBatch (decoded together)."""
 
@@ -418,10 +435,10 @@ def run_job(store: Any, job: Any, watch_parent: bool = False) -> int:
     else:
         host = ModelHost(log_path=jobs_dir() / job.id / "host.log")
     try:
-        from tunery.data.media import MediaSource, file_resolver
+        from tunery.data.media import MediaSource
         from tunery.settings import data_root
 
-        media = MediaSource(root=data_root(), resolve_file=file_resolver(store, job.tenant))
+        media = MediaSource(root=data_root(), resolve_file=media_uploads(store, job.tenant))
         generate = host_generate(host, spec.model, spec.model_version)
         progress = run_batch(spec, generate, on_progress, stop, media=media)
     except TuneryError as exc:
