@@ -269,3 +269,25 @@ def test_a_tuned_vlm_adapter_is_served_on_its_base(server, tmp_path: Path) -> No
     assert direct.text != untuned.text, "the adapter changes the answer: the check below tells them apart"
     assert answer["candidates"][0]["content"]["parts"][0]["text"] == direct.text
     assert answer["usageMetadata"]["promptTokenCount"] == direct.prompt_tokens
+
+
+def test_a_text_model_takes_an_uploaded_pdf_as_its_text(server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunery.data.documents import text_example
+    from tunery.data.tokenize import prompt_ids
+    from tunery.models.loading import load_tokenizer
+    from tunery.serving.gemini import parse_count_tokens_request
+
+    monkeypatch.syspath_prepend(str(TESTS / "unit"))  # test_pdf_parts imports its neighbours by name
+    pdf = by_path("_pdf_parts", TESTS / "unit" / "test_pdf_parts.py").make_pdf(["alpha red page one", "beta green"])
+    uploaded = server.client.post("/v1/files", files={"file": ("doc.pdf", pdf)}).json()
+    assert uploaded["mimeType"] == "application/pdf" and uploaded["supervisedTuningDataStats"]["pages"] == 2
+    record = TunedModel(new_id(), "default", new_id(), "tiny", "tiny", "FULL", str(server.data_root / "tiny"), now())
+    server.store.add_tuned_model(record)  # the tiny text model
+    body = turn({"fileData": {"mimeType": "application/pdf", "fileUri": uploaded["name"]}})
+    counted = server.client.post(f"/v1/models/{record.id}:countTokens", json=body)
+    assert counted.status_code == 200, counted.text
+    inline = turn({"inlineData": {"mimeType": "application/pdf", "data": base64.b64encode(pdf).decode()}})
+    expected = prompt_ids(load_tokenizer(server.data_root / "tiny"), parse_count_tokens_request(inline))
+    assert counted.json()["totalTokens"] == len(expected)
+    assert "alpha red page one" in text_example(parse_count_tokens_request(inline), None).messages()[0]["content"]
+    assert generate(server, record.id, body)["usageMetadata"]["promptTokenCount"] == len(expected)

@@ -597,15 +597,16 @@ def _version(model: str) -> str:
 
 
 def _check_text_only(example: Example, model: str, what: str) -> None:
-    """The engine generates from text; media parts are refused by field, all at once."""
+    """The engine generates from text; media parts are refused by field, all at once. A PDF is taken: a text
+    model reads its text layer, page by page (``tunery.data.documents``), as it does in training."""
     problems = [
         (
             f"contents[{i}].parts[{j}].{part.kind}",
-            f"model {_version(model)} takes text only (modalities: text), not {part.modality}",
+            f"model {_version(model)} takes text only (modalities: text; PDFs as their text), not {part.modality}",
         )
         for i, turn in enumerate(example.turns)
         for j, part in enumerate(turn.parts)
-        if part.kind != "text"
+        if part.kind != "text" and part.modality != "pdf"
     ]
     if problems:
         raise request_error(what, problems)
