@@ -185,7 +185,7 @@ class ListEventsResponse(Response):
 class FileUploadForm(BaseModel):
     """``POST /v1/files`` (multipart/form-data)."""
 
-    file: bytes = Field(json_schema_extra={"format": "binary"}, description="The JSONL dataset.")
+    file: bytes = Field(json_schema_extra={"format": "binary"}, description="A JSONL dataset, or an image/audio/PDF.")
     model: str | None = Field(None, max_length=limits.MAX_URI_LENGTH, description="Model whose tokens are counted.")
     maxLength: int | None = _bounded("max_length", "Tokens per example (default 1024).")  # noqa: N815
 
