@@ -186,6 +186,7 @@ def test_a_dataset_with_bad_media_is_a_400_naming_each_line(server) -> None:
 
 
 def test_a_tuning_job_trains_on_uploaded_images_named_by_file_id(server) -> None:
+    """Uploaded images by ``files/{id}`` (deleted once the job is created) and one under the data root."""
     uploads = {}
     for label, rgb in (("red", RED), ("blue", (30, 40, 220))):
         response = server.client.post("/v1/files", files={"file": (f"{label}.png", base64.b64decode(vlm.png(rgb)))})
@@ -200,8 +201,10 @@ def test_a_tuning_job_trains_on_uploaded_images_named_by_file_id(server) -> None
                 {"role": "model", "parts": [{"text": label}]},
             ]
         }
-        for label, uri in uploads.items()
+        for label, uri in [*uploads.items(), ("green", "img/green.png")]  # and a path under the data root
     ] * 2
+    (server.data_root / "img").mkdir(exist_ok=True)
+    (server.data_root / "img" / "green.png").write_bytes(base64.b64decode(vlm.png((30, 200, 40))))
     dataset = server.client.post(
         "/v1/files", files={"file": ("train.jsonl", "".join(json.dumps(r) + "\n" for r in rows))}, data={"model": "vlm"}
     )
@@ -220,7 +223,7 @@ def test_a_tuning_job_trains_on_uploaded_images_named_by_file_id(server) -> None
         assert server.client.delete(f"/v1/{uri}").status_code == 200
     job = server.wait_job(created.json()["name"], timeout=120)
     assert job["state"] == "JOB_STATE_SUCCEEDED", job.get("error")
-    assert job["tuningDataStats"]["supervisedTuningDataStats"]["tuningDatasetExampleCount"] == 4
+    assert job["tuningDataStats"]["supervisedTuningDataStats"]["tuningDatasetExampleCount"] == 6
     tuned = job["tunedModel"]["model"].removeprefix("models/")
     assert generate(server, tuned, turn(inline(RED)))["usageMetadata"]["promptTokenCount"] > 6
 

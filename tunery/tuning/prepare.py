@@ -22,7 +22,7 @@ from tunery.evaluation.tuned import evaluate_tuned
 from tunery.models.loading import is_multimodal, load_processor, load_tokenizer
 from tunery.models.sources import BaseModel, resolve_base
 from tunery.models.tuned import MANIFEST_FILE, METRICS_FILE
-from tunery.settings import tuned_models_dir
+from tunery.settings import data_root, tuned_models_dir
 from tunery.tuning import multimodal
 from tunery.tuning.checkpoint import latest_checkpoint, load_checkpoint, write_atomic
 from tunery.tuning.distributed import Processes
@@ -129,8 +129,9 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
 
 
 def media_source(spec: TuningSpec, dataset: str) -> MediaSource:
-    """Where a dataset's media parts resolve: paths against its folder, ``files/{id}`` in the job's
-    ``uploaded_media`` (a server job's pinned uploads; an id is a name there, never a path)."""
+    """Where a dataset's media parts resolve: paths against its folder or under ``TUNERY_DATA_ROOT`` (as the
+    server checked an upload's), ``files/{id}`` in the job's ``uploaded_media`` (a server job's pinned uploads;
+    an id is a name there, never a path)."""
     folder = spec.uploaded_media
 
     def uploaded(file_id: str) -> Path:
@@ -138,7 +139,7 @@ def media_source(spec: TuningSpec, dataset: str) -> MediaSource:
             raise MediaError(f"uploaded file not found: files/{file_id[:40]} (ids are known to the server's jobs)")
         return Path(folder) / file_id
 
-    return MediaSource(base=Path(dataset).expanduser().resolve().parent, resolve_file=uploaded)
+    return MediaSource(base=Path(dataset).expanduser().resolve().parent, root=data_root(), resolve_file=uploaded)
 
 
 def make_run(prep: Prepared, model: Any, core: Any, placement: Any = None, processes: Any = None) -> Run:
