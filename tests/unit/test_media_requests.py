@@ -153,9 +153,15 @@ def test_media_uploads_are_typed_by_their_bytes_and_held_to_limits(tmp_path: Pat
     )
     assert "expected an image" in problem(upload(b'{"contents": []}\n', purpose="vision"))
     assert "truncated image/png" in problem(upload(png[:-12]))
+    assert uploads.media_type(_written(tmp_path / "u16.jsonl", '{"contents": []}\n'.encode("utf-16"))) is None
     assert "video/mp4 uploads are not supported" in problem(upload(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 40))
     monkeypatch.setitem(uploads.MEDIA_BYTES, "image", len(png) - 1)
     assert f"{len(png)} bytes; an upload of image takes at most" in problem(upload(png))
     assert client.delete(f"/v1/files/{record['id']}").status_code == 200
     assert not path.exists()
     assert sorted(p.name for p in settings.files_dir.rglob("*") if p.is_file()) == []  # nothing refused is kept
+
+
+def _written(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path

@@ -204,9 +204,11 @@ def _remove(path: Path) -> None:
 
 
 def media_type(path: Path) -> str | None:
-    """The media type the file's magic bytes say (image, audio, PDF, video), or None for anything else."""
+    """The media type the file's magic bytes say (image, audio, PDF, video), or None for anything else (a
+    UTF-16 text's byte-order mark, FF FE, is not an MPEG audio frame: the dataset check names its encoding)."""
     with path.open("rb") as fh:
-        return sniff(fh.read(64))
+        head = fh.read(64)
+    return None if head.startswith((b"\xff\xfe", b"\xfe\xff")) else sniff(head)
 
 
 def check_media(upload: Upload, real: str) -> MediaInfo:
