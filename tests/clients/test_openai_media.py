@@ -110,3 +110,22 @@ def test_a_remote_image_url_is_refused_naming_the_part(client, model: str) -> No
             ],
         )
     assert "messages[0].content[0]" in str(caught.value) and "not fetched" in str(caught.value)
+
+
+def test_media_the_server_refuses_is_named_by_message_and_content_part(client, model: str) -> None:
+    from tunery.models.catalog import DEFAULT_MODEL
+
+    unknown = {"type": "file", "file": {"file_id": "20260101000000aaaaaaaaaaaa"}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}, unknown]}]
+        )
+    assert "messages[0].content[1].fileData.fileUri" in str(caught.value) and "not found" in str(caught.value)
+    image = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{vlm.png(GREEN)}"}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=DEFAULT_MODEL,
+            messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": [image]}],
+        )
+    (violation,) = caught.value.body["details"][0]["fieldViolations"]  # the error object the client parsed
+    assert violation["field"] == "messages[1].content[0].inlineData" and DEFAULT_MODEL in violation["description"]

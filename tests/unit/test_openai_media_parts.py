@@ -48,14 +48,16 @@ def test_media_parts_become_inline_and_file_data() -> None:
         ]
     )
     assert problems == {}
-    assert found == [
-        {"text": "What colour is this?"},
+    assert found == [  # one part per content part where there is media: errors name content[j] back
+        {"text": "What colour "},
+        {"text": "is this?"},
         {"inlineData": {"mimeType": "image/png", "data": PNG}},
         {"inlineData": {"mimeType": "audio/wav", "data": wav()}},
         {"fileData": {"mimeType": STORED_TYPE, "fileUri": "files/20261202133000abcdef012345"}},
         {"inlineData": {"mimeType": "image/jpeg", "data": JPEG}},
     ]
     assert parts("plain")[0] == [{"text": "plain"}]
+    assert parts([{"type": "text", "text": "a "}, {"type": "text", "text": "b"}])[0] == [{"text": "a b"}]
 
 
 @pytest.mark.parametrize(
@@ -125,3 +127,22 @@ def test_chat_completions_body_carries_the_parts_and_names_every_bad_one() -> No
         openai_route.chat_body(bad)
     fields = {v["field"] for v in caught.value.details[0]["fieldViolations"]}
     assert fields == {"messages[0].content[0]", "messages[2].content[1]"}
+
+
+def test_errors_of_the_generation_path_are_named_by_the_chat_fields() -> None:
+    from tunery.api.errors import invalid
+    from tunery.api.translate import chat_error, chat_field
+    from tunery.errors import DatasetError
+    from tunery.serving.gemini import request_error
+
+    origin = {0: 1, 1: 3}
+    assert chat_field("contents[1].parts[2].fileData.fileUri", origin) == "messages[3].content[2].fileData.fileUri"
+    assert chat_field("contents[0].role", origin) == "messages[1].role"
+    assert chat_field("generationConfig.topK", origin) == "generationConfig.topK"
+    api = chat_error(invalid([("contents[1].parts[0].fileData.fileUri", "files/x not found")]), origin)
+    assert api.details[0]["fieldViolations"][0]["field"] == "messages[3].content[0].fileData.fileUri"
+    assert "messages[3].content[0]" in str(api.detail) and "contents[" not in str(api.detail)
+    host = chat_error(
+        request_error("generateContent request", [("contents[0].parts[1].inlineData", "text only")]), origin
+    )
+    assert isinstance(host, DatasetError) and host.problems[0].field == "messages[1].content[1].inlineData"

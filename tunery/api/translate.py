@@ -8,7 +8,8 @@ A variant translates its body into the native ``CreateTuningJobRequest`` shape a
 handler, so every rule (datasets, base model, hyperparameter ranges, idempotency) is checked once, in one
 place; ``names`` maps the native field names in its 400 back to the ones the caller sent.
 
-``chat_parts`` maps an OpenAI chat message's ``content`` onto Gemini parts: ``text`` (consecutive ones joined),
+``chat_parts`` maps an OpenAI chat message's ``content`` onto Gemini parts: ``text`` (joined in a text-only message;
+one part per content part where there is media, so ``chat_error`` names ``messages[i].content[j]`` back),
 ``image_url`` with a ``data:`` URL and ``input_audio`` (``wav``/``mp3``) → ``inlineData``, and ``file`` (an
 uploaded ``file_id`` → ``fileData`` ``files/{id}``, or ``file_data`` as a data URL) — each problem named by
 ``messages[i].content[j]``. Remote URLs are not fetched: upload the file instead.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import re
 from typing import Any
 
@@ -31,7 +33,7 @@ from tunery.api.paths import resolve_base_model
 from tunery.api.routes import jobs
 from tunery.api.schemas import CreateTuningJobRequest
 from tunery.data.media import normalize_mime, sniff
-from tunery.errors import ConfigError
+from tunery.errors import ConfigError, DatasetError
 from tunery.jobs.store import Job, Store
 
 MODEL_PREFIXES = re.compile(r"^(projects/[^/]+/locations/[^/]+/)?(publishers/[^/]+/)?(models|tunedModels|endpoints)/")
@@ -124,13 +126,14 @@ def chat_parts(content: Any, field: str, problems: list[tuple[str, str]]) -> lis
         return [{"text": content}]
     parts: list[dict[str, Any]] = []
     before = len(problems)
-    for j, item in enumerate(content):
+    raws = [item.model_dump(exclude_none=True) if hasattr(item, "model_dump") else item for item in content]
+    join = all(isinstance(raw, dict) and raw.get("type") == "text" for raw in raws)
+    for j, raw in enumerate(raws):
         where = f"{field}.content[{j}]"
-        raw = item.model_dump(exclude_none=True) if hasattr(item, "model_dump") else item
         part = _chat_part(raw, where, problems)
         if part is None:
             continue
-        if "text" in part and parts and "text" in parts[-1]:
+        if join and parts:
             parts[-1] = {"text": parts[-1]["text"] + part["text"]}
         else:
             parts.append(part)
@@ -239,3 +242,34 @@ def _inline(mime: str, data: str, label: str, problems: list[tuple[str, str]]) -
         problems.append((where, f"{name}: the bytes are not a known media type (declared {mime})"))
         return None
     return {"inlineData": {"mimeType": mime, "data": data}}
+
+
+CONTENTS_FIELD = re.compile(r"^contents\[(\d+)\](\.parts\[(\d+)\])?")
+
+
+def chat_field(name: str, origin: dict[int, int]) -> str:
+    """A Gemini field of a translated chat request (``contents[k].parts[p]...``) as the OpenAI body names it
+    (``messages[i].content[p]...``); other names as they are."""
+    match = CONTENTS_FIELD.match(name)
+    if match is None or int(match[1]) not in origin:
+        return name
+    head = f"messages[{origin[int(match[1])]}]" + (f".content[{match[3]}]" if match[2] else "")
+    return head + name[match.end() :]
+
+
+def chat_error(exc: Exception, origin: dict[int, int]) -> Exception:
+    """``exc`` (a 400 of the generation path, or the model host's ``DatasetError``) with each field named as the
+    chat request named it; anything else as it is."""
+    if isinstance(exc, ApiError) and exc.details:
+        names = {}
+        for detail in exc.details:
+            for violation in detail.get("fieldViolations", []):
+                names[violation.get("field", "")] = chat_field(violation.get("field", ""), origin)
+        return renamed(exc, {old: new for old, new in names.items() if old != new})
+    if isinstance(exc, DatasetError) and exc.problems:
+        problems = [dataclasses.replace(p, field=chat_field(p.field, origin)) for p in exc.problems]
+        message = exc.args[0] if exc.args else ""
+        for old, new in zip(exc.problems, problems, strict=True):
+            message = message.replace(old.field, new.field)
+        return DatasetError(message, problems)
+    return exc

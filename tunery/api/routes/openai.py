@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tunery.api import generation, limits, translate
 from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, wake_scheduler
-from tunery.api.errors import error_body, invalid, status_for
+from tunery.api.errors import ApiError, error_body, invalid, status_for
 from tunery.api.routes import batches
 from tunery.api.routes.models import SERVING_ERRORS
 from tunery.api.schemas import ErrorResponse, FileId, Text
@@ -284,7 +284,7 @@ def _checked(raw: dict[str, Any], origin: dict[int, int] | None = None) -> None:
             name = problem.field
             match = re.match(r"contents\[(\d+)\]", name)
             if match and origin is not None and int(match.group(1)) in origin:
-                name = f"messages[{origin[int(match.group(1))]}]" + name[match.end() :]
+                name = translate.chat_field(name, origin)
             elif origin is None and name.startswith("contents"):
                 name = "prompt"
             name = name.replace("generationConfig.maxOutputTokens", "max_tokens").replace("generationConfig.", "")
@@ -320,9 +320,15 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = generation.stream(request, tenant, body.model, raw)
-        first = await anext(chunks)
+        try:
+            first = await anext(chunks)
+        except (ApiError, DatasetError) as exc:  # media named by the request, refused: by its OpenAI field
+            raise translate.chat_error(exc, origin) from None
         return _sse(_chat_chunks(first, chunks, ident, created, body.model, usage))
-    result = await generation.generate(request, tenant, body.model, raw)
+    try:
+        result = await generation.generate(request, tenant, body.model, raw)
+    except (ApiError, DatasetError) as exc:
+        raise translate.chat_error(exc, origin) from None
     text, reason = _candidate(result)
     return {
         "id": ident,
