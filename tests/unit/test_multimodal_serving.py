@@ -13,6 +13,7 @@ pytest.importorskip("PIL")
 import test_vlm_tuning as vlm  # the VLM builders shared with the tuning tests (same folder)
 
 from tunery.data.formats import Example, Part, Turn
+from tunery.errors import DatasetError
 from tunery.sdk.generative import GenerativeModel
 from tunery.serving.multimodal import VisionLanguageModel, is_vision_language
 
@@ -48,6 +49,28 @@ def test_generate_content_with_an_image_equals_model_generate(vlm_dir: Path) -> 
     assert answer.text == served.tokenizer.decode(new, skip_special_tokens=True).strip()
     assert answer.usage_metadata.candidates_token_count == len(new)
     assert answer.usage_metadata.prompt_token_count == inputs["input_ids"].shape[1]
+
+
+def test_generate_content_reads_a_file_path_against_the_working_directory(
+    vlm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "red.png").write_bytes(base64.b64decode(vlm.png((220, 30, 30))))
+    monkeypatch.chdir(tmp_path)
+    model = GenerativeModel(vlm_dir)
+    by_path = {"fileData": {"mimeType": "image/png", "fileUri": "img/red.png"}}
+    inline = {"inlineData": {"mimeType": "image/png", "data": vlm.png((220, 30, 30))}}
+    answers = [
+        model.generate_content([{"role": "user", "parts": [part, {"text": vlm.PROMPT}]}], {"maxOutputTokens": 6})
+        for part in (by_path, inline)
+    ]
+    assert answers[0].text == answers[1].text
+    assert answers[0].usage_metadata.prompt_token_count == answers[1].usage_metadata.prompt_token_count
+    outside = {"fileData": {"mimeType": "image/png", "fileUri": "../elsewhere.png"}}
+    with pytest.raises(DatasetError, match=r"contents\[0\]\.parts\[0\]\.fileData: '\.\.' is not allowed"):
+        model.generate_content([{"role": "user", "parts": [outside, {"text": vlm.PROMPT}]}])
 
 
 def test_count_tokens_counts_the_image(vlm_dir: Path) -> None:

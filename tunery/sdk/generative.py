@@ -66,6 +66,10 @@ class GenerativeModel:
             raise DatasetError("invalid contents: " + "; ".join(f"{field}: {message}" for field, message in problems))
         if example.turns[-1].role != "user":
             raise DatasetError("invalid contents: the last turn must be the user's")
+        if self._engine is not None:  # in this process: a fileData path is read against the working directory
+            from tunery.serving.multimodal import inline_media
+
+            example = inline_media(example, Path.cwd())
         return example
 
     def generate_content(
