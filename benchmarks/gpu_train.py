@@ -84,9 +84,12 @@ def examples(shape: dict[str, Any], count: int, seed: int = 0) -> list[Any]:
 def build_model(shape: dict[str, Any], attention: str, dtype: torch.dtype) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**{k: v for k, v in shape.items() if k != "seq"}, attn_implementation=attention)
+    options: dict[str, Any] = {k: v for k, v in shape.items() if k != "seq"}
+    options["attn_implementation"] = attention
+    config = LlamaConfig(**options)
     torch.manual_seed(0)
-    return LlamaForCausalLM(config).to(dtype)
+    model: Any = LlamaForCausalLM(config)
+    return model.to(dtype)
 
 
 @functools.lru_cache
@@ -281,7 +284,7 @@ def main() -> None:
             engines.append("trl+liger")
     shape = SHAPES[args.shape]
     mean_length = sum(len(e.input_ids) for e in examples(shape, BATCH * (args.steps + 1))) / (BATCH * (args.steps + 1))
-    rows = []
+    rows: list[tuple[str, str, dict[str, Any] | None, list[str] | None]] = []
     for method in args.methods.split(","):
         for engine in engines:
             spec = {"shape": args.shape, "method": method, "engine": engine, "steps": args.steps}
