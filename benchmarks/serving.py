@@ -8,9 +8,9 @@ Rows (``smollm2-135m-instruct``; ``OMP_NUM_THREADS`` as set, else torch's defaul
 
 - **single**: one request at a time, 64 output tokens (a prompt that does not stop early): tokens/s and
   p50 latency of today's path (``transformers`` ``generate`` on fp32 weights, what ``Engine`` ran before)
-  against the new decode loop on fp32 weights and on the host's default weights (``auto``: int8
+  against the new decode loop on fp32, int8 and int4 weights (the host's default, ``auto``, marked; int8
   weight-only where the CPU has AVX512-BF16/AMX). Runs alternate, so load from other processes hits both.
-- **agreement**: the int8 (and bf16) answers against fp32's on the demo's 80 held-out tickets (the base
+- **agreement**: the bf16, int8 and int4 answers against fp32's on the demo's 80 held-out tickets (the base
   model with the demo's zero-shot prompt, greedy, the demo's output budget): the share that are identical.
 - **adapters**: 8 concurrent callers, each on its own LoRA adapter (rank 8, all linear layers, random
   weights) of the one base, through a real model host, against the same load on one merged model: output
@@ -70,14 +70,23 @@ def today_generate(model: Any, ids: list[int], max_tokens: int, stop_ids: list[i
     return out.shape[1] - len(ids)
 
 
+def faster_weights() -> list[str]:
+    """The weight forms besides fp32 that this machine's kernels run (int8 and int4 need fast bf16)."""
+    from tunery.serving.engine import _int4_kernel_works
+
+    if resolve_weights("auto") != "int8":
+        return []
+    return ["int8", "int4"] if _int4_kernel_works() else ["int8"]
+
+
 def single(requests: int) -> list[list[str]]:
     config = GenerationConfig(max_output_tokens=64)
     fast = resolve_weights("auto")
-    engines = {"fp32": Engine(DEFAULT_MODEL), fast: Engine(DEFAULT_MODEL, weights=fast)}
+    engines = {"fp32": Engine(DEFAULT_MODEL), **{w: Engine(DEFAULT_MODEL, weights=w) for w in faster_weights()}}
     reference = engines["fp32"]
     ids = reference.prompt(user_example(STORY), config)
     today = load_model(resolve_base(DEFAULT_MODEL).path).eval()
-    runs: dict[str, list[tuple[float, int]]] = {"today": [], "fp32": [], fast: []}
+    runs: dict[str, list[tuple[float, int]]] = {"today": [], **{name: [] for name in engines}}
     with torch.inference_mode():
         today_generate(today, ids, 4, reference.stop_ids)
     for engine in engines.values():
@@ -93,13 +102,9 @@ def single(requests: int) -> list[list[str]]:
             runs[name].append((time.perf_counter() - started, generation.output_tokens))
     base_rate = sum(n for _, n in runs["today"]) / sum(t for t, _ in runs["today"])
     rows = []
-    for name, label in (
-        ("today", "transformers generate, fp32"),
-        ("fp32", "decode loop, fp32"),
-        (fast, f"decode loop, {fast} (default)"),
-    ):
-        if name == fast and fast == "fp32":
-            continue
+    labels = [("today", "transformers generate, fp32")]
+    labels += [(name, f"decode loop, {name}" + (" (default)" if name == fast else "")) for name in engines]
+    for name, label in labels:
         times = [t for t, _ in runs[name]]
         rate = sum(n for _, n in runs[name]) / sum(times)
         rows.append(
@@ -125,9 +130,7 @@ def agreement(limit: int | None) -> list[list[str]]:
     ids = [fp32.prompt(prompt.apply(e), config) for e in test]
     answers = {"fp32": [g.text for g in fp32.generate_batch(ids, [config] * len(ids))]}
     rows = []
-    for weights in ("bf16", "int8"):
-        if weights == "int8" and resolve_weights("auto") != "int8":
-            continue
+    for weights in ["bf16", *faster_weights()]:
         engine = Engine(DEFAULT_MODEL, weights=weights)
         answers[weights] = [g.text for g in engine.generate_batch(ids, [config] * len(ids))]
         same = sum(a == b for a, b in zip(answers["fp32"], answers[weights], strict=True))

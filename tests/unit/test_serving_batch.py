@@ -154,13 +154,53 @@ def test_streamed_text_joins_to_the_answer(tuned_lora):
         assert len(chunks) >= 1
 
 
-@pytest.mark.parametrize("weights", ["bf16", "int8"])
+@pytest.mark.parametrize("weights", ["bf16", "int8", "int4"])
 def test_faster_weights_answer_like_fp32_on_the_tuned_model(tuned_lora, weights):
-    from tunery.serving.engine import resolve_weights
+    from tunery.serving.engine import _int4_kernel_works, resolve_weights
 
     if weights == "int8" and resolve_weights("auto") != "int8":
         pytest.skip("no int8 kernel for this CPU (needs AVX512-BF16 or AMX)")
+    if weights == "int4" and not _int4_kernel_works():
+        pytest.skip("no CPU int4 kernel in this torch")
     reference, fast = Engine(tuned_lora), Engine(tuned_lora, weights=weights)
     labels = {json.dumps(reference.generate(user_example(q)).text) for q in QUESTIONS}
     fast_labels = {json.dumps(fast.generate(user_example(q)).text) for q in QUESTIONS}
     assert fast_labels == labels  # a tuned classifier's answers survive the rounding
+
+
+def test_int4_keeps_the_grid_the_weights_lie_on():
+    """A layer on Q4_1's grid (16 levels between each 32-group's minimum and maximum) is held as those 4 bits, one
+    on Q8_0's (-127..127 times a 32-group scale) as two 4-bit halves, any other as int8; each multiplies as the
+    fp32 layer does up to bf16's rounding of the activations and scales."""
+    from torch import nn
+
+    from tunery.serving.engine import Int4Linear, Int8Linear, _int4_kernel_works, prepare_weights
+
+    if not _int4_kernel_works():
+        pytest.skip("no CPU int4 kernel in this torch")
+    torch.manual_seed(0)
+    out, width = 48, 96
+    groups = (out, width // 32, 32)
+    low, step = torch.randn(out, width // 32, 1) * 0.1, torch.rand(out, width // 32, 1) * 0.02 + 0.001
+    levels = torch.randint(0, 16, groups).float()
+    levels[..., 0], levels[..., 1] = 0, 15  # as a Q4_1 quantizer writes them: the group's ends are levels 0 and 15
+    q4_1 = (levels * step + low).reshape(out, width)
+    levels8 = torch.randint(-127, 128, groups).float()
+    levels8[..., 0] = -127  # as a Q8_0 quantizer writes them: the group's largest magnitude is level 127
+    q8_0 = (levels8 * step).reshape(out, width)
+    model = nn.Sequential(nn.Linear(width, out, bias=False), nn.Linear(width, out), nn.Linear(width, out, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(q4_1)
+        model[1].weight.copy_(q8_0)
+    x = torch.randn(5, width)
+    reference = [layer(x) for layer in model]
+    prepare_weights(model, "int4")
+    assert isinstance(model[0], Int4Linear) and model[0].halves == 1
+    assert isinstance(model[1], Int4Linear) and model[1].halves == 2
+    assert isinstance(model[2], Int8Linear)  # random weights lie on no grid
+    for layer, expected in zip(model, reference, strict=True):
+        got = layer(x).float()
+        assert (got - expected).abs().max() <= 0.02 * expected.abs().max()
+    # bf16 activations alone err as much: the grid itself is kept exactly
+    exact = x.bfloat16().float() @ q4_1.T
+    assert (model[0](x).float() - exact).abs().max() <= 0.01 * exact.abs().max()
