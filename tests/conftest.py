@@ -25,6 +25,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# served answers are compared with in-process (fp32) ones; the faster weights have tests of their own
+os.environ.setdefault("TUNERY_SERVING_WEIGHTS", "fp32")
 # One thread: the tiny models gain nothing from more, two OpenMP threads on a busy 2-core machine
 # run 10-50x slower, and a subprocess must compute exactly what this process does (resume tests).
 os.environ["OMP_NUM_THREADS"] = "1"

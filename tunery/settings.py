@@ -181,7 +181,7 @@ def hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-SERVING_WEIGHTS = ("auto", "fp32", "bf16", "int8")
+SERVING_WEIGHTS = ("auto", "fp32", "bf16", "int8", "int4")
 
 
 def serving_max_models() -> int:
@@ -202,12 +202,12 @@ def serving_max_batch() -> int:
 
 
 def serving_weights() -> str:
-    """``$TUNERY_SERVING_WEIGHTS`` (default ``fp32``): how the model host holds weights: ``fp32`` (the reference:
-    the answers ``tunery evaluate`` measured), ``bf16``, ``int8`` (weight-only, bf16 activations) or ``auto`` (int8
-    on a CPU with AVX512-BF16/AMX, else fp32). The faster forms change some answers, so they are asked for."""
+    """``$TUNERY_SERVING_WEIGHTS`` (default ``auto``): how the model host holds weights: ``auto`` (the fastest this
+    machine runs: int4 on a CPU with AVX512-BF16/AMX, else fp32), ``fp32`` (the reference: the answers ``tunery
+    evaluate`` measured), ``bf16``, ``int8`` or ``int4`` (weight-only, bf16 activations; see the engine)."""
     from tunery.errors import ConfigError
 
-    raw = os.environ.get("TUNERY_SERVING_WEIGHTS", "").strip() or "fp32"
+    raw = os.environ.get("TUNERY_SERVING_WEIGHTS", "").strip() or "auto"
     if raw not in SERVING_WEIGHTS:
         raise ConfigError(f"TUNERY_SERVING_WEIGHTS={raw!r}: expected one of {', '.join(SERVING_WEIGHTS)}")
     return raw
