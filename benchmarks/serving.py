@@ -300,7 +300,7 @@ def adapters(requests: int, tokens: int) -> list[list[str]]:
             one, _ = load(host, [merged] * 8, requests, tokens)
             one_rss = rss_mb(host.pid or 0)
         weights_mb = sum(f.stat().st_size for f in Path(merged).glob("*.safetensors")) / 2**20
-    fast = resolve_weights("auto")
+    fast = resolve_weights(os.environ.get("TUNERY_SERVING_WEIGHTS") or "auto")  # what the hosts held
     return [
         [f"8 callers, 8 adapters on one base ({fast})", f"{many:.1f} tok/s", f"RSS {many_rss:.0f} MB",
          f"{many / one:.2f}x"],
