@@ -287,3 +287,21 @@ def test_an_uploaded_dataset_does_not_read_the_upload_folder(tmp_path: Path) -> 
     assert [(p.line, p.field, p.message.split(" (")[0]) for p in report.problems] == [
         (1, "contents[0].parts[1].fileData.fileUri", "no folder to resolve paths in")
     ]
+
+
+def test_tune_fetches_remote_media_only_when_allowed(tmp_path: Path, tiny_model: Path) -> None:
+    """``tunery tune`` refuses an http(s) media part before any job exists unless ``--allow-remote-media`` is
+    given, which reaches the job's media source (nothing is fetched here)."""
+    from tunery.tuning.prepare import media_source
+    from tunery.tuning.spec import TuningSpec
+
+    vlm = model_dir(tiny_model, tmp_path / "vlm", vision_config={"model_type": "siglip_vision_model"})
+    data = write(tmp_path / "remote.jsonl", [row(file_part("image/png", "https://example.com/red.png"))])
+    result = CliRunner().invoke(app, ["tune", "--model", str(vlm), "--train", str(data), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{data}:1: contents[0].parts[1].fileData.fileUri: remote media is not fetched unless allowed" in (
+        result.output
+    )
+    assert not (tmp_path / "out").exists()
+    assert media_source(TuningSpec(train=str(data), allow_remote_media=True), str(data)).allow_remote
+    assert not media_source(TuningSpec(train=str(data)), str(data)).allow_remote

@@ -87,6 +87,9 @@ def tune(
         False, "--fsdp", help="Full tuning over --processes: shard weights and optimizer state (FSDP)."
     ),
     cpu_offload: bool = typer.Option(False, "--cpu-offload", help="With --fsdp: keep the shards in CPU memory."),
+    allow_remote_media: bool = typer.Option(
+        False, "--allow-remote-media", help="Fetch http(s):// media parts of the datasets (off: they are errors)."
+    ),
 ) -> None:
     """Tune a base model with a LoRA adapter or full fine-tuning, as a job on this machine; Ctrl-C cancels it at a
     checkpoint that --resume continues."""
@@ -123,6 +126,7 @@ def tune(
             quantize=quantize,
             train_projector=train_projector,
             train_vision=train_vision,
+            allow_remote_media=allow_remote_media,
             **compute,
         )
     if launched is not None:  # torchrun / accelerate launch own the processes: each one trains here
@@ -196,6 +200,7 @@ def check_datasets(spec: TuningSpec) -> None:
     from tunery.data.validation import read_examples
     from tunery.models.loading import is_multimodal, load_tokenizer
     from tunery.models.sources import resolve_base
+    from tunery.tuning.prepare import media_source
 
     base = resolve_base(spec.base_model)
     tokenizer = None if is_multimodal(base.path) else load_tokenizer(base.path)
@@ -208,6 +213,7 @@ def check_datasets(spec: TuningSpec) -> None:
                 max_length=min(spec.max_length, base.context_length),
                 model_id=model_id,
                 modalities=base.modalities,
+                media_source=media_source(spec, path),
             ).raise_for_errors()
 
 

@@ -139,7 +139,12 @@ def media_source(spec: TuningSpec, dataset: str) -> MediaSource:
             raise MediaError(f"uploaded file not found: files/{file_id[:40]} (ids are known to the server's jobs)")
         return Path(folder) / file_id
 
-    return MediaSource(base=Path(dataset).expanduser().resolve().parent, root=data_root(), resolve_file=uploaded)
+    return MediaSource(
+        base=Path(dataset).expanduser().resolve().parent,
+        root=data_root(),
+        resolve_file=uploaded,
+        allow_remote=spec.allow_remote_media,
+    )
 
 
 def make_run(prep: Prepared, model: Any, core: Any, placement: Any = None, processes: Any = None) -> Run:

@@ -134,6 +134,9 @@ class TuningSpec:
     (A run resumed from its directory gets its method there, so the FULL-only check is the run's, not here.)"""
     cpu_offload: bool = False
     """With ``fsdp``: keep the shards and the optimizer step in CPU memory, on the GPU only while used."""
+    allow_remote_media: bool = False
+    """Fetch ``http(s)://`` media parts of the datasets (``--allow-remote-media``; off: such a part is an error at its
+    line). Each fetch is bounded in size (``tunery.data.media``)."""
     uploaded_media: str | None = None
     """The folder where the datasets' ``fileData`` ``files/{id}`` parts resolve (``{id}`` a file in it): a server
     job's own links to the uploaded media its datasets name. None: uploaded file ids are not known here."""
