@@ -139,6 +139,13 @@ def evaluate(
     return {"eval_loss": total / max(count, 1), "eval_token_accuracy": correct / max(count, 1)}
 
 
+def _evaluate(run: Run) -> dict[str, float]:
+    """The validation loss and token accuracy of ``run``'s model now (``evaluate`` on its settings)."""
+    return evaluate(
+        run.core, run.validation, run.pad_id, run.micro_batch_tokens, run.precision, run.eval_batcher, run.forward
+    )
+
+
 def fit(run: Run, hooks: Hooks) -> TrainState:
     """Train from ``run.state`` to the last epoch; log every step, evaluate and checkpoint at epoch ends, and
     checkpoint inside an epoch once ``run.checkpoint_seconds`` of training have passed since the last one."""
@@ -152,15 +159,7 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
             {
                 "step": 0,
                 "epoch": 0,
-                **evaluate(
-                    run.core,
-                    run.validation,
-                    run.pad_id,
-                    run.micro_batch_tokens,
-                    run.precision,
-                    run.eval_batcher,
-                    run.forward,
-                ),
+                **_evaluate(run),
             }
         )
     started = time.perf_counter() - state.seconds
@@ -214,17 +213,7 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
                 kill_point(state.step, run.processes.rank)
                 continue
             state.epoch, state.batch = state.epoch + 1, 0
-            metrics.update(
-                evaluate(
-                    run.core,
-                    run.validation,
-                    run.pad_id,
-                    run.micro_batch_tokens,
-                    run.precision,
-                    run.eval_batcher,
-                    run.forward,
-                )
-            )
+            metrics.update(_evaluate(run))
             hooks.on_metrics(metrics)
             run.checkpoint()
             kill_point(state.step, run.processes.rank)

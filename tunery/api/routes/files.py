@@ -16,6 +16,7 @@ dataset), ``vision`` (an image) or ``user_data`` (image, audio or PDF); without 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -117,22 +118,30 @@ def _check_and_keep(upload: Upload, tenant: str, store: Any, settings: ApiSettin
         first = "; ".join(f"line {p.line}: {p.field or 'line'}: {p.message}" for p in errors[:5])  # clients show this
         raise DatasetError(f"{upload.filename}: {n} problem{'s' * (n != 1)}; the file was not kept: {first}", errors)
     file_id = new_id()
-    path = settings.files_dir / f"{file_id}.jsonl"
-    os.replace(upload.path, path)
-    record = StoredFile(
-        id=file_id,
-        tenant=tenant,
-        display_name=upload.filename,
-        path=str(path),
-        size_bytes=upload.size,
-        sha256=upload.sha256,
-        example_count=int(report.get("exampleCount", 0)),
-        model=model_ref,
-        stats=report.get("supervisedTuningDataStats") or {},
-        create_time=now(),
+    return _keep(
+        upload,
+        settings.files_dir / f"{file_id}.jsonl",
+        StoredFile(
+            id=file_id,
+            tenant=tenant,
+            display_name=upload.filename,
+            path="",
+            size_bytes=upload.size,
+            sha256=upload.sha256,
+            example_count=int(report.get("exampleCount", 0)),
+            model=model_ref,
+            stats=report.get("supervisedTuningDataStats") or {},
+            create_time=now(),
+        ),
+        store,
     )
+
+
+def _keep(upload: Upload, path: Path, record: StoredFile, store: Any) -> StoredFile:
+    """Move the checked upload to ``path`` and add ``record`` (its path set) to the store; on failure the bytes go."""
+    os.replace(upload.path, path)
     try:
-        return store.add_file(record)
+        return store.add_file(dataclasses.replace(record, path=str(path)))
     except BaseException:
         _remove(path)
         raise
@@ -154,14 +163,12 @@ def _keep_media(
     file_id = new_id()
     folder = media_dir(settings, tenant)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / file_id
-    os.replace(upload.path, path)
     facts = {k: v for k, v in vars(info).items() if v and k not in ("mime_type", "size_bytes", "textless_pages")}
     record = StoredFile(
         id=file_id,
         tenant=tenant,
         display_name=upload.filename,
-        path=str(path),
+        path="",
         size_bytes=upload.size,
         sha256=upload.sha256,
         example_count=0,
@@ -173,11 +180,7 @@ def _keep_media(
         },
         create_time=now(),
     )
-    try:
-        return store.add_file(record)
-    except BaseException:
-        _remove(path)
-        raise
+    return _keep(upload, folder / file_id, record, store)
 
 
 def referenced_media(datasets: list[str | None], tenant: str, store: Any) -> dict[str, Path]:
