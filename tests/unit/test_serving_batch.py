@@ -231,7 +231,7 @@ def test_an_adapter_is_served_on_int4_weights():
     a, b = torch.randn(4, 64) * 0.1, torch.randn(64, 4) * 0.1
     x = torch.randn(2, 3, 64)
     expected = reference(x) + x @ a.T @ b.T
-    base = Base("tiny-int4", weights="int4", model=model)
+    base = Base("tiny-int4", weights="int4", model=model, lean=False)  # the transformers path (test_decoder: lean)
     assert isinstance(base.model.get_submodule(name), Int4Linear)
     lora = base._lora_module(name)
     assert isinstance(lora, MultiLoraLinear)

@@ -11,10 +11,10 @@ continuously.
 **One base, many adapters.** A tuned LoRA model is its base plus a slot in the base's adapter stacks:
 every targeted linear layer holds the A and B matrices of all loaded adapters stacked (ranks padded,
 scaling folded into B), and each batch row picks its slot (slot 0 is the base, all zeros), so one forward
-serves rows of different adapters and of the base itself (a gathered ``bmm``, as S-LoRA and punica do;
-the cost does not grow with the number of adapters in the batch). Answers equal the merged model's
-(greedy; tested). An adapter this cannot stack (DoRA, ``modules_to_save``, per-module ranks) is served
-as a separate, merged model.
+serves rows of different adapters and of the base itself (two small products per layer, masked to each
+row's slot, as punica's BGMV; on the lean decoder the stacks are per fused layer, and int8 beside bf16
+activations). Answers equal the merged model's (greedy, fp32; tested). An adapter this cannot stack (DoRA,
+``modules_to_save``, per-module ranks) is served as a separate, merged model.
 
 **Continuous batching.** A ``Batch`` holds rows that decode together with one KV cache, left-padded to one
 width. ``add`` prefills a new row alone and merges its cache into the running one (the shorter side
@@ -31,10 +31,16 @@ whose weights are 4-bit in groups of 32 with a scale and an offset (Q4_1, dequan
 those 4 bits (``torch._weight_int4pack_mm_for_cpu``), one whose weights are 8-bit in groups of 32 (Q8_0: the
 default model's tied embedding and output layer) as two 4-bit halves of those 8 bits, anything else as int8
 per channel; the only rounding left is bf16's, in the scales and the activations. ``auto`` picks int4 where
-the CPU has AVX512-BF16 or AMX (and torch its int4 kernel), else fp32: on the default model it decoded at
-1.98x fp32's rate against int8's 1.48x, and agreed with fp32 on 56 of the demo's 80 free-text answers against
-int8's 38 and bf16's 58 (``benchmarks/serving.py``). Only the model host uses ``auto`` by default; in-process
-engines compute in fp32.
+the CPU has AVX512-BF16 or AMX (and torch its int4 kernel), else fp32: on the default model, on the lean
+decoder, it decoded at 5.45x the rate of fp32 ``generate`` against int8's 4.59x, and agreed with fp32 on 53 of
+the demo's 80 free-text answers against int8's 40 and bf16's 53 (``benchmarks/serving.py``, one idle run).
+Only the model host uses ``auto`` by default; in-process engines compute in fp32.
+
+**The forward.** fp32 runs ``transformers``' forward, the reference. Every other form runs a llama-family model
+(Llama, SmolLM2, Qwen2, Mistral without a sliding window) on ``tunery.serving.decoder``: the same computation
+with fused q|k|v and gate|up layers, a KV cache written in place and the weight kernels called directly
+(equal to ``transformers`` in fp32, tested). Other families keep
+``transformers``' forward in every form.
 """
 
 from __future__ import annotations
@@ -208,8 +214,11 @@ def prepare_weights(model: nn.Module, weights: str) -> torch.dtype:
     if weights in ("int8", "int4"):
         for name, module in list(model.named_modules()):
             if isinstance(module, nn.Linear):  # from the fp32 weights: the grid is found before any rounding
-                found = Int4Linear.grid(module) if weights == "int4" else None
-                _replace(model, name, found if found is not None else Int8Linear(module))
+                found: nn.Module | None = Int4Linear.grid(module) if weights == "int4" else None
+                if found is None and module.in_features % 16 == 0:  # the int8 kernel's inner dimension
+                    found = Int8Linear(module)
+                if found is not None:
+                    _replace(model, name, found)  # else the layer stays a (bf16) nn.Linear
     model.to(torch.bfloat16)
     return torch.bfloat16
 
@@ -336,11 +345,27 @@ def unstackable(config: dict[str, Any]) -> str | None:
 class Base:
     """One model's weights in memory and its adapter slots (``max_adapters`` of them, least recently used reused)."""
 
-    def __init__(self, path: str | Path, weights: str = "fp32", max_adapters: int = 8, model: Any = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        weights: str = "fp32",
+        max_adapters: int = 8,
+        model: Any = None,
+        lean: bool | None = None,
+    ) -> None:
+        from tunery.serving import decoder
+
         self.path, self.weights = str(path), resolve_weights(weights)
         model = load_model(path) if model is None else model
+        if lean is None:  # fp32 is transformers' reference path; every other form runs the lean forward
+            lean = self.weights != "fp32" and decoder.unsupported(model) is None
+        elif lean and decoder.unsupported(model):
+            raise ModelError(f"{path}: the lean decoder does not run this model: {decoder.unsupported(model)}")
+        if lean:
+            decoder.fuse(model)
         self.dtype = prepare_weights(model, self.weights)
         self.model = model.eval()
+        self.decoder = decoder.Decoder(model, max_adapters + 1) if lean else None
         self.config = model.config
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         self.selection = _Selection()
@@ -370,11 +395,9 @@ class Base:
                 if idle is None:
                     return None
                 free = self.adapters.pop(idle)
-            for module in self.model.modules():
-                if isinstance(module, MultiLoraLinear):
-                    module.set(free, None, None)
+            self._clear(free)
             for name, (a, b) in adapter.layers.items():
-                self._lora_module(name).set(free, a, b)
+                self._set(name, free, a, b)
             self.adapters[adapter.path] = free
             return free
 
@@ -384,10 +407,30 @@ class Base:
             slot = self.adapters.pop(adapter, None)
             if slot is None:
                 return False
-            for module in self.model.modules():
-                if isinstance(module, MultiLoraLinear):
-                    module.set(slot, None, None)
+            self._clear(slot)
             return True
+
+    def _clear(self, slot: int) -> None:
+        if self.decoder is not None:
+            self.decoder.clear(slot)
+        for module in self.model.modules():
+            if isinstance(module, MultiLoraLinear):
+                module.set(slot, None, None)
+
+    def _set(self, name: str, slot: int, a: torch.Tensor, b: torch.Tensor) -> None:
+        if self.decoder is None:
+            self._lora_module(name).set(slot, a, b)
+            return
+        found = self.decoder.target(name)
+        if found is None:
+            raise ModelError(f"the adapter targets {name!r}, which the lean decoder of {self.path} does not stack")
+        stack, part = found
+        stack.set(slot, part, a, b)
+
+    def new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return self.decoder.new_cache() if self.decoder is not None else DynamicCache()
 
     def _lora_module(self, name: str) -> MultiLoraLinear:
         try:
@@ -409,6 +452,9 @@ class Base:
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, slots: torch.Tensor
     ) -> torch.Tensor:
         """The last position's logits [batch, vocab] (fp32), the cache updated in place."""
+        if self.decoder is not None:
+            with self.lock:
+                return self.decoder.forward(ids, mask, positions, cache, slots)
         with self.lock:
             self.selection.select(slots if bool((slots > 0).any()) else None)
             try:
@@ -511,8 +557,8 @@ class Models:
             if idle is None:
                 break  # every loaded base has rows running: one more, for now
             self._drop_base(idle)
-        model = loader() if loader is not None else None
-        base = self.bases[path] = Base(path, self.weights, self.max_adapters, model=model)
+        make = lambda: Base(path, self.weights, self.max_adapters, model=loader() if loader is not None else None)  # noqa: E731
+        base = self.bases[path] = on_own_thread(make)
         return base
 
     def _drop_base(self, path: str) -> None:
@@ -546,6 +592,30 @@ class Models:
             except RuntimeError:  # changed while read
                 continue
         return []
+
+
+def on_own_thread(work: Callable[[], Any]) -> Any:
+    """``work()`` run on a thread that ends with it (its exception raised here).
+
+    OpenMP keeps a pool of worker threads for each thread that has run a parallel torch operation, and while a
+    second pool lives every parallel operation of either costs several times more (2 cores: an 8x576 by
+    576x192 product took 57 us instead of 19, 8 rows of 8 adapters decoded at half the rate). Loading a model
+    runs such operations; on a thread of its own, its pool ends with it, and the decode loop's is the only one.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="tunery-load-model")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _merged(name: str, manifest: dict[str, Any]) -> Any:
@@ -679,9 +749,7 @@ class Batch:
     def add(self, row: Row) -> None:
         """Prefill ``row`` alone and merge its cache into the batch's; it decodes with the others from the next
         step (it has its first token already, and may be done with it)."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
+        cache = self.base.new_cache()
         n = len(row.ids)
         logits = self.base.forward(
             torch.tensor([row.ids]),
@@ -828,6 +896,11 @@ class Engine:
         if slot is None:
             raise ModelError(f"{self.name}: no free adapter slot on its base")
         base = self.served.base
+        if base.decoder is not None:
+            with base.lock:
+                rows, n = ids.shape
+                positions = torch.arange(n)[None].expand(rows, n)
+                return base.decoder.forward(ids, None, positions, None, torch.full((rows,), slot), every_position=True)
         with base.lock:
             base.selection.select(torch.full((ids.shape[0],), slot) if slot else None)
             try:
