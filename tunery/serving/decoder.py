@@ -372,8 +372,11 @@ class Decoder:
 
         ``ids`` [rows, n]; ``mask`` [rows, width]: 1 where the cache, after this step, holds a real token (None:
         no padding); ``positions`` [rows, n]; ``slots`` [rows]: each row's adapter slot (None: all the base).
-        With n > 1 the rows must be unpadded and of one length (a prefill): attention is causal."""
+        With n > 1 the rows must be unpadded and of one length, into an empty cache (a prefill): attention is
+        causal from the first position."""
         rows, n = ids.shape
+        if n > 1 and cache is not None and cache.layers[0].length:
+            raise ValueError("a forward of more than one position goes into an empty cache (a prefill)")
         x = F.embedding(ids.reshape(-1), self.embed)  # [rows * n, hidden]
         cos = self.cos[positions].reshape(rows, n, 1, self.head_dim)
         sin = self.sin[positions].reshape(rows, n, 1, self.head_dim)

@@ -391,9 +391,12 @@ class Host:
             return self._vlms[model]
 
     def _vlm_generate(self, request: dict[str, Any]) -> Generation:
+        from tunery.serving.engine import on_own_thread
+
         model = _model(request)
         example, config = parse_generate_request(request.get("request"))
-        return self._vlm(model).generate(example, config)
+        # on a thread that ends with it, so that its OpenMP pool does not live on beside the decode loop's
+        return on_own_thread(lambda: self._vlm(model).generate(example, config))
 
     def _generate_batch(self, request: dict[str, Any]) -> None:
         """``{items: [generate request, ...]}`` → ``{replies: [{ok, result} | {ok: false, error}, ...]}``, in order;
