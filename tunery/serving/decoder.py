@@ -336,7 +336,6 @@ class Decoder:
         probe = torch.zeros(1, dtype=self.dtype)
         cos, sin = core.rotary_emb(probe, positions)  # [1, length, head_dim], in the activations' dtype
         self.cos, self.sin = cos[0], sin[0]
-        self.prefix = {f"model.layers.{i}.": i for i in range(len(self.layers))}
 
     def new_cache(self) -> Cache:
         return Cache(len(self.layers))
@@ -383,17 +382,15 @@ class Decoder:
         attend = None
         if n == 1 and mask is not None and not bool(mask.all()):
             attend = mask.bool()[:, None, None, :]
-        masks: dict[tuple[int, int], torch.Tensor] = {}
-        lora = slots is not None and bool((slots > 0).any())
-        if lora and bool((slots == slots[0]).all()):
-            masks[(0, 0)] = slots[:1]  # marks the forward as one adapter's (LoraStack.add_one)
+        rows_lora = _Rows(slots, n) if slots is not None and bool((slots > 0).any()) else None
+        lora = rows_lora is not None
         q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
         half = self.head_dim // 2
         for index, layer in enumerate(self.layers):
             h = F.rms_norm(x, (x.shape[-1],), layer.input_norm, layer.eps)
             qkv = layer.qkv(h)
             if lora:
-                qkv = self._lora(layer.lora["qkv"], h, qkv, slots, n, masks)
+                qkv = self._lora(layer.lora["qkv"], h, qkv, rows_lora)
             qk = qkv[:, : q_width + kv_width].reshape(rows, n, self.heads + self.kv_heads, self.head_dim)
             rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
             qk = qk * cos + rotated * sin
@@ -412,16 +409,16 @@ class Decoder:
             out = out.reshape(rows * n, q_width)
             attn = layer.o(out)
             if lora:
-                attn = self._lora(layer.lora["o"], out, attn, slots, n, masks)
+                attn = self._lora(layer.lora["o"], out, attn, rows_lora)
             x = x + attn
             h = F.rms_norm(x, (x.shape[-1],), layer.post_norm, layer.eps)
             gate_up = layer.gate_up(h)
             if lora:
-                gate_up = self._lora(layer.lora["gate_up"], h, gate_up, slots, n, masks)
+                gate_up = self._lora(layer.lora["gate_up"], h, gate_up, rows_lora)
             act = F.silu(gate_up[:, : layer.inter]) * gate_up[:, layer.inter :]
             down = layer.down(act)
             if lora:
-                down = self._lora(layer.lora["down"], act, down, slots, n, masks)
+                down = self._lora(layer.lora["down"], act, down, rows_lora)
             x = x + down
         if not every_position:
             x = x.reshape(rows, n, -1)[:, -1]
@@ -429,21 +426,24 @@ class Decoder:
         logits = self.head(x.contiguous()).float()
         return logits if not every_position else logits.reshape(rows, n, -1)
 
-    def _lora(
-        self,
-        stack: LoraStack,
-        x: torch.Tensor,
-        out: torch.Tensor,
-        slots: torch.Tensor,
-        n: int,
-        masks: dict[tuple[int, int], torch.Tensor],
-    ) -> torch.Tensor:
-        if stack.rank == 0:  # no adapter targets this layer
+    @staticmethod
+    def _lora(stack: LoraStack, x: torch.Tensor, out: torch.Tensor, rows: _Rows | None) -> torch.Tensor:
+        if rows is None or stack.rank == 0:  # no adapter in this forward, or none targets this layer
             return out
-        if masks.get((0, 0)) is not None:  # every row on one adapter
-            return stack.add_one(x, out, int(slots[0]))
-        key = (len(stack.parts), stack.rank)
-        mask = masks.get(key)
+        if rows.one is not None:  # every row on one adapter: only its matrices are read
+            return stack.add_one(x, out, rows.one)
+        key = (len(stack.parts), stack.rank)  # stacks of one shape share their row mask
+        mask = rows.masks.get(key)
         if mask is None:
-            mask = masks[key] = stack.mask(slots).repeat_interleave(n, dim=0)
+            mask = rows.masks[key] = stack.mask(rows.slots).repeat_interleave(rows.n, dim=0)
         return stack.add(x, out, mask)
+
+
+class _Rows:
+    """One forward's adapter rows: each row's slot, the positions per row, the one slot they all share (or
+    None), and the row masks made so far (per stack shape)."""
+
+    def __init__(self, slots: torch.Tensor, n: int) -> None:
+        self.slots, self.n = slots, n
+        self.one = int(slots[0]) if bool((slots == slots[0]).all()) else None
+        self.masks: dict[tuple[int, int], torch.Tensor] = {}

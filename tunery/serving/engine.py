@@ -357,10 +357,11 @@ class Base:
 
         self.path, self.weights = str(path), resolve_weights(weights)
         model = load_model(path) if model is None else model
+        reason = decoder.unsupported(model)
         if lean is None:  # fp32 is transformers' reference path; every other form runs the lean forward
-            lean = self.weights != "fp32" and decoder.unsupported(model) is None
-        elif lean and decoder.unsupported(model):
-            raise ModelError(f"{path}: the lean decoder does not run this model: {decoder.unsupported(model)}")
+            lean = self.weights != "fp32" and reason is None
+        elif lean and reason:
+            raise ModelError(f"{path}: the lean decoder does not run this model: {reason}")
         if lean:
             decoder.fuse(model)
         self.dtype = prepare_weights(model, self.weights)
