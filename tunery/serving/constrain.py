@@ -42,7 +42,8 @@ SCHEMA_FIELDS = (
 MAX_DEPTH = 16
 MAX_NODES = 1000
 WRAP_UP_WINDOW = 96  # tokens before the budget's end from which a constraint checks it can still close
-WRAP_UP_MARGIN = 24  # close when the shortest completion plus this many tokens no longer fits
+WRAP_UP_MARGIN = 24  # close when the shortest completion plus this many tokens no longer fits (at most a
+WRAP_UP_SHARE = 4  # quarter of the budget: a short budget leaves the answer to the model, see _margin)
 MAX_COMPLETION = 4096
 # The order in which a closing completion prefers characters: end strings, objects and arrays first,
 # then the smallest values; any other allowed token after these, shortest first.
@@ -380,18 +381,33 @@ class Constraint:
             return None
         completion = self._completion()
         self.closing = len(completion)
-        if len(completion) + WRAP_UP_MARGIN < left:
+        if len(completion) + self._margin() < left:
             return None
         self.plan = completion
         return self.plan[0] if self.plan else -1
 
+    def _margin(self) -> int:
+        """How many tokens beyond the shortest completion must be left for the model to keep choosing.
+
+        The takeover writes the same completion whatever the prompt, so it must only come when needed: a fixed
+        24 tokens took over from the first token of every answer whose budget was short (evaluation gives the
+        longest gold answer plus 8), and every constrained answer was the same label. A label set needs no
+        margin: every token that would overrun is banned (``_ban_overruns`` checks them all), so the model
+        chooses until the label it is writing only just fits. JSON keeps some, at most a quarter of the budget:
+        a string or number token may not shorten the completion, and only structural tokens are checked."""
+        if self.grammar.kind == "enum":
+            return 1
+        return min(WRAP_UP_MARGIN, self.budget // WRAP_UP_SHARE)
+
     def _ban_overruns(self, bits: Any, left: int) -> None:
-        """Near the budget's end, disallow the structural tokens (a comma, a bracket, a quote...) after which the
-        shortest completion no longer fits what is left (a comma in an array asks for a whole new item)."""
+        """Near the budget's end, disallow the tokens after which the shortest completion no longer fits what is
+        left: the structural ones (a comma, a bracket, a quote...; a comma in an array asks for a whole new item),
+        and for a label set every one (a token may lead into a longer label)."""
         import numpy as np
 
         stops = set(self.vocabulary.stops)
-        for token in np.nonzero(bits & self.vocabulary.structural)[0][:MAX_SIMULATED]:
+        checked = bits if self.grammar.kind == "enum" else bits & self.vocabulary.structural
+        for token in np.nonzero(checked)[0][:MAX_SIMULATED]:
             token = int(token)
             if token in stops:
                 continue
