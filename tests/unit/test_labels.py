@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tunery.evaluation.compare import read_evaluation_data
 from tunery.models.tuned import read_manifest
@@ -49,7 +51,7 @@ def test_engine_enum_keeps_a_label_answer_whatever_the_budget(engine, tickets, l
     assert [engine.generate(t, config).text for t in tickets] == free_answers(engine, tickets)
 
 
-def test_evaluation_constrained_to_labels_keeps_the_answers(tuned_lora, data_dir, classify_train):
+def test_evaluation_constrained_to_labels_keeps_the_answers(tuned_lora, data_dir, classify_train, tmp_path):
     from tunery.evaluation.compare import Candidate, Options, compare_models
 
     data = data_dir / "classify_openai.jsonl"
@@ -64,6 +66,26 @@ def test_evaluation_constrained_to_labels_keeps_the_answers(tuned_lora, data_dir
     free = [p.output for p in runs["none"].predictions]
     assert all(answer in runs["labels"].task.labels for answer in free)
     assert [p.output for p in runs["labels"].predictions] == free
+    kept = compare_models(data, [Candidate("tuned", str(tuned_lora))], Options(advice=False))  # the model's own set
+    assert [p.output for p in kept.evaluations[0].predictions] == free
+    # every answer's probability: the report's calibration and accuracy at coverage
+    assert all(0 < p.confidence <= 1 for p in kept.evaluations[0].predictions)
+    from tunery.evaluation.report import write_report
+
+    files = write_report(kept, tmp_path / "report")
+    assert "calibration" in {path.stem for path in files.plots}
+    markdown = files.markdown.read_text()
+    assert "## Confidence" in markdown and "accuracy at 50%" in markdown
+
+
+def test_calibration_and_accuracy_at_coverage():
+    from tunery.evaluation.metrics import calibration
+
+    found = calibration([0.95, 0.85, 0.35, 0.62], [True, True, False, False])
+    assert [c["accuracy"] for c in found["coverage"]] == [1.0, 1.0, 2 / 3, 0.5, 0.5]
+    assert found["coverage"][1]["threshold"] == 0.85 and found["coverage"][1]["answered"] == 2
+    assert [b["count"] for b in found["bins"]] == [1, 1, 1, 1]
+    assert found["ece"] == pytest.approx((0.05 + 0.15 + 0.35 + 0.62) / 4)
 
 
 # --- a tuned model's label set is kept: the default constraint, its opt-out, the answers' probabilities --------
@@ -164,3 +186,98 @@ def test_embedded_sdk_and_cli_keep_labels(tuned_lora, relabelled, tickets):
     assert answered.exit_code == 0 and answered.output.strip() in ("yes", "no thanks")
     opted = CliRunner().invoke(app, ["predict", str(relabelled), text, "--system", "Route the ticket.", "--free-text"])
     assert opted.exit_code == 0 and opted.output.strip() == free.text
+
+
+# --- fuzzed label sets: only labels come back, and a label the model says is kept --------------------------------
+
+PIECES = ["card", "_arrival", "transfer", " failed", "é", "日本", "🙂", 'Ä"q"', "-", "declined", "x"]
+label_text = st.lists(st.sampled_from(PIECES), min_size=1, max_size=4).map("".join)
+
+
+@st.composite
+def label_sets(draw) -> list[str]:
+    """1-6 labels of several tokens, some sharing prefixes (a label and its extension), unicode among them;
+    sometimes the fixture's own answer ``card_arrival`` or a prefix of it."""
+    labels = draw(st.lists(label_text, min_size=1, max_size=4, unique=True))
+    labels += [label + draw(label_text) for label in labels if draw(st.booleans())]  # shared prefixes
+    if draw(st.booleans()):
+        labels.append(draw(st.sampled_from(["card_arrival", "card", "card_arrival_late"])))
+    return list(dict.fromkeys(labels))[:6]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(labels=label_sets(), extra=st.integers(min_value=0, max_value=3), which=st.integers(0, 9))
+def test_fuzzed_label_sets_answer_only_labels_and_keep_a_label_answer(engine, tickets, labels, extra, which):
+    tokens = max(len(engine.tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
+    budget = tokens + 1 + extra
+    ticket = tickets[which]
+    answer = engine.generate(ticket, generation_config(label_config(labels, budget))).text
+    assert answer in [label.strip() for label in labels]  # every answer is stripped of the spaces around it
+    free = engine.generate(ticket, generation_config({"maxOutputTokens": budget, "responseMimeType": "text/plain"}))
+    if free.text in labels and free.finish_reason == "STOP":
+        assert answer == free.text
+
+
+# --- extraction: a closed schema learned from JSON answers, kept like a label set ----------------------------
+
+
+def _json_rows(answers: list[object]) -> list[dict]:
+    import json
+
+    turns = [([{"text": f"message {i}"}], [{"text": json.dumps(a)}]) for i, a in enumerate(answers)]
+    return [{"contents": [{"role": "user", "parts": u}, {"role": "model", "parts": m}]} for u, m in turns]
+
+
+def test_a_closed_schema_is_learned_from_json_answers(tmp_path):
+    import json
+
+    from tunery.evaluation.tasks import training_schema
+
+    def learned(answers, compact=False):
+        path = tmp_path / "train.jsonl"
+        rows = _json_rows(answers)
+        if compact:
+            for row, a in zip(rows, answers, strict=True):
+                row["contents"][1]["parts"][0]["text"] = json.dumps(a, separators=(",", ":"))
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return training_schema(path)
+
+    found = learned([{"city": "Paris", "nights": 2, "extras": ["wifi"]},
+                     {"city": None, "nights": 3.5, "extras": [], "vip": True}])  # fmt: skip
+    assert found == {
+        "responseSchema": {
+            "type": "OBJECT",
+            "properties": {"city": {"type": "STRING", "nullable": True}, "nights": {"type": "NUMBER"},
+                           "extras": {"type": "ARRAY", "items": {"type": "STRING"}}, "vip": {"type": "BOOLEAN"}},
+            "required": ["city", "nights", "extras"],
+            "propertyOrdering": ["city", "nights", "extras", "vip"],
+        },
+        "separators": [", ", ": "],
+    }  # fmt: skip
+    assert learned([{"a": 1}, {"a": 2}], compact=True)["separators"] == [",", ":"]
+    assert learned([{"a": 1}, {"a": "one"}]) is None  # a key whose values differ in type: no closed schema
+    assert learned([{"a": 1}, ["not", "an", "object"]]) is None
+
+
+def test_a_kept_answer_schema_holds_answers_unless_the_request_opts_out(tuned_lora, tmp_path, tickets):
+    import json
+    import shutil
+
+    from tunery.serving.constrain import check_answer, kept_constraint
+    from tunery.serving.engine import Engine
+
+    schema = {"type": "OBJECT", "properties": {"label": {"type": "STRING"}, "urgent": {"type": "BOOLEAN"}},
+              "required": ["label", "urgent"], "propertyOrdering": ["label", "urgent"]}  # fmt: skip
+    copy = tmp_path / "extractor"
+    shutil.copytree(tuned_lora, copy)
+    manifest = json.loads((copy / "tunery.json").read_text())
+    kept = {"responseSchema": schema, "separators": [", ", ": "]}
+    (copy / "tunery.json").write_text(json.dumps({**manifest, "labels": None, "answerSchema": kept}))
+    engine = Engine(str(copy))
+    config = generation_config({"maxOutputTokens": 40})
+    held = kept_constraint(config, engine.manifest)
+    for ticket in tickets[:3]:
+        answer = engine.generate(ticket, config).text
+        assert check_answer(held, answer) is None and ", " in answer and '": ' in answer  # spaced as the answers
+        assert list(json.loads(answer)) == ["label", "urgent"]
+    assert free_answers(engine, tickets[:3], 40) == free_answers(Engine(str(tuned_lora)), tickets[:3], 40)
