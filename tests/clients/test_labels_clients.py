@@ -65,6 +65,12 @@ def test_openai_chat_keeps_the_label_set_and_the_models_answer(client, job):
         assert kept in LABELS
         if free in LABELS:
             assert kept == free
+    # legacy completions: held too; the client sends the opt-out in extra_body (the method has no response_format)
+    done = client.completions.create(model=job.fine_tuned_model, prompt=TICKETS[0], max_tokens=12, temperature=0)
+    opted = client.completions.create(model=job.fine_tuned_model, prompt=TICKETS[0], max_tokens=12, temperature=0,
+                                      extra_body={"response_format": {"type": "text"}})  # fmt: skip
+    assert done.choices[0].text in LABELS and (opted.choices[0].text == done.choices[0].text or
+                                                opted.choices[0].text not in LABELS)  # fmt: skip
 
 
 def test_openai_logprobs_of_the_label(client, job):

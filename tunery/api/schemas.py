@@ -334,6 +334,10 @@ class Candidate(Response):
     content: dict[str, Any]
     finish_reason: str
     index: int = 0
+    logprobs_result: dict[str, Any] | None = Field(
+        None, description="With responseLogprobs: chosenCandidates, topCandidates, logProbabilitySum."
+    )
+    avg_logprobs: float | None = Field(None, description="With responseLogprobs: the mean token log probability.")
 
 
 class GenerateContentResponse(Response):

@@ -760,6 +760,7 @@ class Row:
             output_tokens=len(self.out),
             latency_ms=(time.perf_counter() - self.started) * 1000,
             logprobs=self._answer_logprobs(),
+            end_logprob=sum(t.logprob for t in self.logprobs or [] if t.token_id in self.served.stop_ids),
         )
 
     def _answer_logprobs(self) -> tuple[TokenLogprob, ...] | None:

@@ -106,11 +106,13 @@ class Generation:
     output_tokens: int
     latency_ms: float
     logprobs: tuple[TokenLogprob, ...] | None = None
+    end_logprob: float = 0.0  # the stop token's, which is not part of the text (0: the answer could only end)
 
     @property
     def logprob(self) -> float | None:
-        """The answer's log probability (the sum over its tokens), when logprobs were asked for."""
-        return None if self.logprobs is None else sum(t.logprob for t in self.logprobs)
+        """The answer's log probability, its end included (a label that begins a longer one may go on), when
+        logprobs were asked for."""
+        return None if self.logprobs is None else sum(t.logprob for t in self.logprobs) + self.end_logprob
 
 
 class RequestProblem(Problem):

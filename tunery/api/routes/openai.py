@@ -127,6 +127,9 @@ class Sampling(OpenAIRequest):
     frequency_penalty: float | None = Field(None, ge=-2, le=2, description="0 only")
     logprobs: bool | int | None = Field(None, description="Chat: each answer token's log probability. Completions: no")
     logit_bias: dict[str, float] | None = Field(None, description="empty only")
+    response_format: ResponseFormat | None = Field(
+        None, description='{"type": "text"}: free text, also for a tuned model that keeps a label set or schema'
+    )
     user: Annotated[str, StringConstraints(max_length=256)] | None = Field(None, description="Accepted; no effect")
 
 
@@ -135,7 +138,6 @@ class ChatCompletionRequest(Sampling):
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=limits.MAX_TURNS)
     max_completion_tokens: int | None = Field(None, ge=1, le=gemini.MAX_OUTPUT_TOKENS)
-    response_format: ResponseFormat | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20, description="With logprobs: the top tokens per place")
     tools: list[dict[str, Any]] | None = Field(None, max_length=128, description="Not supported (400)")
     tool_choice: str | dict[str, Any] | None = Field(None, description="none only")
@@ -210,7 +212,7 @@ def _config(body: Sampling) -> dict[str, Any]:
     if isinstance(body, ChatCompletionRequest) and body.logprobs:
         config["responseLogprobs"] = True
         config["logprobs"] = body.top_logprobs or 0
-    if isinstance(body, ChatCompletionRequest) and body.response_format is not None:
+    if body.response_format is not None:
         kind = body.response_format.type  # "text" is free text: a tuned model's kept label set or schema opts out
         config["responseMimeType"] = "text/plain" if kind == "text" else "application/json"
         schema = body.response_format.json_schema
