@@ -41,8 +41,9 @@ def free_answers(engine, tickets, budget: int = 16) -> list[str]:
     return [engine.generate(t, config).text for t in tickets]
 
 
-def test_the_fixture_answers_labels(engine, tickets, labels):
+def test_the_fixture_answers_labels(engine, tickets, labels, tuned_lora):
     assert all(answer in labels for answer in free_answers(engine, tickets))
+    assert read_manifest(tuned_lora)["answerSchema"] is None  # a label set, not JSON answers
 
 
 @pytest.mark.parametrize("budget", [6, 12, 40, 256])
