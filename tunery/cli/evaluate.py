@@ -22,7 +22,8 @@ INPUT_PRICE_HELP = "Dollars per million prompt tokens, for the cost column (defa
 OUTPUT_PRICE_HELP = "Dollars per million output tokens, for the cost column (default 0.60)."
 CONSTRAIN_HELP = (
     "Constrained decoding: 'labels' (answers restricted to the label set seen in training), 'none' (free text) "
-    "or 'schema=FILE' (a JSON file holding a responseSchema)."
+    "or 'schema=FILE' (a JSON file holding a responseSchema). Default: a tuned model's kept label set or answer "
+    "schema (tunery.json), else free text."
 )
 MAX_TOKENS_HELP = "maxOutputTokens (default: the longest expected answer plus 8 tokens)."
 
