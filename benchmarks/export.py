@@ -62,6 +62,17 @@ def greedy(model: Any, tokenizer: Any, examples: list[Any], stops: list[int], ba
     return out
 
 
+def last_logits(model: Any, tokenizer: Any, examples: list[Any]) -> torch.Tensor:
+    """The next-token logits after each ticket's prompt (one at a time, no padding)."""
+    rows = []
+    for e in examples:
+        text = tokenizer.apply_chat_template(e.prompt().messages(), tokenize=False, add_generation_prompt=True)
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            rows.append(model(ids).logits[0, -1])
+    return torch.stack(rows)
+
+
 def tune_demo(epochs: int, root: Path) -> Path:
     from tunery.tuning import TuningSpec, tune
 
@@ -122,25 +133,29 @@ def main() -> None:
     model, _ = load_tuned(tuned)
     model = model.merge_and_unload().eval() if hasattr(model, "merge_and_unload") else model.eval()
     started = time.monotonic()
+    reference = last_logits(model, tokenizer, examples[:8])
     baseline = greedy(model, tokenizer, examples, stops)
     print(f"baseline answered {len(examples)} tickets in {time.monotonic() - started:.0f} s", flush=True)
     del model
-    rows = [["tunery (merged LoRA, fp32 transformers)", "-", "-", "80/80", f"{_right(baseline, gold)}/80", "", "", ""]]
+    rows = [
+        ["tunery (merged LoRA, fp32 transformers)", "-", "-", "0", "80/80", f"{_right(baseline, gold)}/80", "", "", ""]
+    ]
     for quant in args.quants.split(","):
         if quant in K_QUANTS and shutil.which(LLAMA_QUANTIZE) is None:
-            rows.append([quant, "skipped", f"{LLAMA_QUANTIZE} not on PATH", "", "", "", "", ""])
+            rows.append([quant, "skipped", f"{LLAMA_QUANTIZE} not on PATH", "", "", "", "", "", ""])
             continue
         result = export_gguf(tuned, work / quant, quant=quant)
         row = [quant, f"{result.seconds:.1f}", f"{result.files[result.gguf.name] / 1e6:.1f}"]
         if quant in K_QUANTS:  # transformers cannot dequantize every K-quant tensor type: llama.cpp alone reads it
-            row += ["-", "-"]
+            row += ["-", "-", "-"]
         else:
             from transformers import AutoModelForCausalLM
 
             back = AutoModelForCausalLM.from_pretrained(str(result.gguf.parent), gguf_file=result.gguf.name,
                                                         dtype=torch.float32).eval()  # fmt: skip
+            diff = (last_logits(back, tokenizer, examples[:8]) - reference).abs().max().item()
             answers = greedy(back, tokenizer, examples, stops)
-            row += [f"{_same(answers, baseline)}/80", f"{_right(answers, gold)}/80"]
+            row += [f"{diff:.3f}", f"{_same(answers, baseline)}/80", f"{_right(answers, gold)}/80"]
             del back
         if args.llama_server:
             answers, stopped = llama_server_answers(result.gguf, examples)
@@ -149,8 +164,10 @@ def main() -> None:
             row += ["", "", ""]
         rows.append(row)
         print(" | ".join(row), flush=True)
-    header = ["weights", "export s", "MB", "same as tunery (transformers)", "right (transformers)",
-              "same as tunery (llama.cpp)", "right (llama.cpp)", "stopped at end of turn (llama.cpp)"]  # fmt: skip
+    header = [
+        "weights", "export s", "MB", "max abs logit diff (8 tickets)", "same as tunery (transformers)",
+        "right (transformers)", "same as tunery (llama.cpp)", "right (llama.cpp)", "stopped at end of turn (llama.cpp)",
+    ]  # fmt: skip
     print(f"\nsmollm2-135m-instruct demo LoRA, {platform.processor() or platform.machine()} CPU "
           f"({_cpu()}), torch threads {torch.get_num_threads()}\n")  # fmt: skip
     print("| " + " | ".join(header) + " |")

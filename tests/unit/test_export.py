@@ -197,12 +197,16 @@ def test_an_unknown_family_is_a_clear_error_and_leaves_nothing(tmp_path, tiny_to
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tokenizer = tiny_tokenizer("chatml")
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2))
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=1)
+    )
     model.save_pretrained(tmp_path / "gpt2")
     tokenizer.save_pretrained(tmp_path / "gpt2")
     out = tmp_path / "out"
     out.parent.mkdir(exist_ok=True)
-    with pytest.raises(ModelError, match="knows the architectures LlamaForCausalLM.*GPT2LMHeadModel"):
+    with pytest.raises(
+        ModelError, match="knows the architectures Gemma3ForCausalLM, LlamaForCausalLM.*; this model is GPT2LMHeadModel"
+    ):
         export_gguf(tmp_path / "gpt2", out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2"]
 
@@ -236,3 +240,31 @@ def test_the_cli_exports_and_prints_what_it_wrote(tuned_lora, tmp_path):
     assert "q4_0" in result.output and (tmp_path / "o" / "tiny-PEFT_ADAPTER-q4_0.gguf").is_file()
     again = CliRunner().invoke(app, ["export", str(tuned_lora), "--output", str(tmp_path / "o")])
     assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_a_gemma3_model_round_trips_with_its_norms_and_attention_settings(tiny_tokenizer, tmp_path):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = tiny_tokenizer("gemma")
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=256, query_pre_attn_scalar=256, max_position_embeddings=512,  # 270m's heads
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.normal_(0, 0.3)  # Gemma's norms are stored as (scale - 1): make them count
+    model.save_pretrained(tmp_path / "gemma")
+    tokenizer.save_pretrained(tmp_path / "gemma")
+    exported = export_gguf(tmp_path / "gemma", tmp_path / "out", quant="f32", ollama=True)
+    fields = _fields(exported.gguf)
+    assert fields["general.architecture"] == "gemma3"
+    assert fields["gemma3.attention.key_length"] == 256 and fields["gemma3.attention.sliding_window"] == 4096
+    back = _load_gguf(exported.gguf).eval()
+    ids = _ids(tokenizer, PROMPTS[0])
+    with torch.no_grad():
+        assert torch.allclose(back(ids).logits, model(ids).logits, atol=1e-4)
+    assert 'PARAMETER stop "<end_of_turn>"' in exported.modelfile.read_text().splitlines()

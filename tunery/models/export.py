@@ -199,7 +199,7 @@ def _metadata(src: Source, model: Any, tokenizer: Any, end_of_turn: str | None, 
     from tunery.models.catalog import CATALOG
 
     config = model.config
-    pre = writer.pre_tokenizer_name(tokenizer)  # the tokenization tuning used, which llama.cpp must repeat
+    vocabulary = _vocabulary(src, tokenizer, config.vocab_size, end_of_turn)
     context = CATALOG[src.base_id].context_length if src.base_id in CATALOG else config.max_position_embeddings
 
     def write(w: Any) -> None:
@@ -220,10 +220,32 @@ def _metadata(src: Source, model: Any, tokenizer: Any, end_of_turn: str | None, 
             w.add_string("tunery.hyperparameters", json.dumps(src.manifest.get("hyperParameters") or {}))
             if src.manifest.get("labels"):
                 w.add_string("tunery.labels", json.dumps(src.manifest["labels"]))
-        writer.write_hyperparameters(w, config, context)
-        writer.write_tokenizer(w, tokenizer, config.vocab_size, pre, end_of_turn)
+        writer.write_hyperparameters(w, config, context, writer.family(config))
+        vocabulary(w)
 
-    writer.check_rope(config)
+    return write
+
+
+def _vocabulary(src: Source, tokenizer: Any, vocab_size: int, end_of_turn: str | None) -> Callable[[Any], None]:
+    """How the tokenizer is written: a byte-level BPE one from itself, the tokenization tuning used (which llama.cpp
+    must repeat); a SentencePiece-style one (Gemma's) from the GGUF its catalog base was converted from."""
+    from tunery.models.catalog import CATALOG
+    from tunery.settings import models_cache
+
+    try:
+        pre = writer.pre_tokenizer_name(tokenizer)
+        return lambda w: writer.write_tokenizer(w, tokenizer, vocab_size, pre, end_of_turn)
+    except ModelError:
+        entry = CATALOG.get(src.base_id)
+        if entry is None or entry.gguf is None:
+            raise
+    source = entry.gguf()
+
+    def write(w: Any) -> None:
+        writer.copy_tokenizer(w, source, tokenizer, vocab_size, end_of_turn)
+        if source.is_relative_to(models_cache()):  # a GGUF assembled only to be read here, as conversion does
+            source.unlink(missing_ok=True)
+
     return write
 
 

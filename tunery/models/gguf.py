@@ -35,12 +35,14 @@ class Family:
     arch: str  # gguf.MODEL_ARCH member name
     name: str  # general.architecture
     permute_qk: bool  # llama.cpp's llama graph wants rotary pairs interleaved per head
+    norm_plus_one: bool = False  # Gemma's RMSNorm scales by (1 + w); llama.cpp's by w
 
 
 FAMILIES = {
     "LlamaForCausalLM": Family("LLAMA", "llama", True),
     "MistralForCausalLM": Family("LLAMA", "llama", True),  # llama.cpp runs Mistral as llama
     "Qwen2ForCausalLM": Family("QWEN2", "qwen2", False),
+    "Gemma3ForCausalLM": Family("GEMMA3", "gemma3", False, norm_plus_one=True),  # the text-only Gemma 3 models
 }
 
 # A tokenizer's pre-tokenization (its tokenizer.json ``pre_tokenizer``, reduced to a key) → llama.cpp's name for it.
@@ -99,6 +101,8 @@ def gguf_weights(model: Any, fam: Family) -> Iterator[tuple[str, Any]]:
         if "rotary_emb" in hf_name:
             continue
         data = tensor.detach().float().cpu().numpy()
+        if fam.norm_plus_one and hf_name.endswith("norm.weight"):
+            data = data + 1.0
         if fam.permute_qk and hf_name.endswith("q_proj.weight"):
             data = permute(data, config.num_attention_heads)
         elif fam.permute_qk and hf_name.endswith("k_proj.weight"):
@@ -106,21 +110,34 @@ def gguf_weights(model: Any, fam: Family) -> Iterator[tuple[str, Any]]:
         yield gguf_name(fam, config.num_hidden_layers, hf_name), data
 
 
-def check_rope(config: Any) -> None:
-    scaling = getattr(config, "rope_scaling", None) or {}
-    kind = scaling.get("rope_type") or scaling.get("type")
-    if kind not in (None, "default"):
-        raise ModelError(f"GGUF export: rope scaling {kind!r} is not written yet (only unscaled rotary embeddings)")
+def rope(config: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The rotary settings of full attention and (Gemma 3) of sliding-window attention, however the config keeps
+    them (``rope_theta`` + ``rope_scaling``, or transformers 5's ``rope_parameters``, per layer type or not)."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    if "full_attention" in params:
+        return dict(params["full_attention"]), dict(params.get("sliding_attention") or {})
+    full = {**(getattr(config, "rope_scaling", None) or {}), **params}
+    if getattr(config, "rope_theta", None) is not None:
+        full.setdefault("rope_theta", config.rope_theta)
+    return full, None
 
 
-def rope_theta(config: Any) -> float:
-    theta = getattr(config, "rope_theta", None)
-    if theta is None:  # transformers 5 keeps it in rope_parameters
-        theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
-    return float(theta)
+def write_rope(writer: Any, config: Any) -> None:
+    import gguf
+
+    full, sliding = rope(config)
+    writer.add_rope_freq_base(float(full.get("rope_theta", 10000.0)))
+    kind = full.get("rope_type") or full.get("type") or "default"
+    if kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(full["factor"]))
+    elif kind != "default":
+        raise ModelError(f"GGUF export: rope scaling {kind!r} is not written yet (unscaled or linear only)")
+    if sliding:
+        writer.add_rope_freq_base_swa(float(sliding.get("rope_theta", 10000.0)))
 
 
-def write_hyperparameters(writer: Any, config: Any, context_length: int) -> None:
+def write_hyperparameters(writer: Any, config: Any, context_length: int, fam: Family) -> None:
     writer.add_context_length(int(context_length))
     writer.add_embedding_length(int(config.hidden_size))
     writer.add_block_count(int(config.num_hidden_layers))
@@ -128,12 +145,32 @@ def write_hyperparameters(writer: Any, config: Any, context_length: int) -> None
     writer.add_head_count(int(config.num_attention_heads))
     writer.add_head_count_kv(int(config.num_key_value_heads))
     writer.add_rope_dimension_count(head_dim(config))
-    writer.add_rope_freq_base(rope_theta(config))
+    write_rope(writer, config)
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     writer.add_vocab_size(int(config.vocab_size))
-    if head_dim(config) != config.hidden_size // config.num_attention_heads:
+    if fam.name == "gemma3" or head_dim(config) != config.hidden_size // config.num_attention_heads:
         writer.add_key_length(head_dim(config))
         writer.add_value_length(head_dim(config))
+    if fam.name == "gemma3":
+        check_gemma3(config)
+        writer.add_sliding_window(int(config.sliding_window))
+
+
+def check_gemma3(config: Any) -> None:
+    """What llama.cpp's Gemma 3 graph assumes: attention scaled by the head size, every sixth layer global."""
+    if int(getattr(config, "query_pre_attn_scalar", head_dim(config))) != head_dim(config):
+        raise ModelError(
+            "GGUF export: llama.cpp scales Gemma 3 attention by the head size; this model's query_pre_attn_scalar "
+            f"is {config.query_pre_attn_scalar}, its head size {head_dim(config)}"
+        )
+    types = list(getattr(config, "layer_types", None) or [])
+    expected = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(len(types))]
+    if types and types != expected:
+        raise ModelError("GGUF export: llama.cpp's Gemma 3 has a global attention layer every sixth; this model's "
+                         "layer types differ")  # fmt: skip
+    for cap in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if getattr(config, cap, None):
+            raise ModelError(f"GGUF export: Gemma 3 with {cap} is not written")
 
 
 # --- the tokenizer ---------------------------------------------------------------------------------------------
@@ -197,6 +234,38 @@ def write_tokenizer(writer: Any, tokenizer: Any, vocab_size: int, pre: str, end_
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
+    write_special_tokens(writer, tokenizer, end_of_turn)
+
+
+TOKENIZER_ARRAYS = tuple(
+    f"tokenizer.ggml.{key}" for key in ("model", "pre", "tokens", "scores", "token_type", "merges", "add_space_prefix")
+)
+
+
+def copy_tokenizer(writer: Any, source: Path, tokenizer: Any, vocab_size: int, end_of_turn: str | None) -> None:
+    """The vocabulary of the GGUF a catalog base was converted from (a SentencePiece-style one, Gemma's), whose
+    tokens tunery's tokenizer has by the same ids; special tokens and the template are tunery's."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(source))
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    if len(tokens) != vocab_size or any(tokenizer.convert_ids_to_tokens(i) != tokens[i] for i in (0, 1, 2)):
+        raise ModelError(f"GGUF export: the vocabulary of {source.name} is not this model's")
+    for key in TOKENIZER_ARRAYS:
+        field = reader.fields.get(key)
+        if field is None:
+            continue
+        kind = field.types[0]
+        if kind == gguf.GGUFValueType.ARRAY:
+            writer.add_array(key, field.contents())
+        elif kind == gguf.GGUFValueType.STRING:
+            writer.add_string(key, field.contents())
+        elif kind == gguf.GGUFValueType.BOOL:
+            writer.add_bool(key, field.contents())
+    write_special_tokens(writer, tokenizer, end_of_turn)
+
+
+def write_special_tokens(writer: Any, tokenizer: Any, end_of_turn: str | None) -> None:
     for token, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id)):
         if getattr(tokenizer, f"{token}_token_id") is not None:
             add(int(getattr(tokenizer, f"{token}_token_id")))
