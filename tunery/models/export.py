@@ -85,8 +85,8 @@ def check_request(quant: str, output: Path, adapter_only: bool) -> None:
         raise ConfigError(f"--adapter-only writes f32 or f16 LoRA matrices (llama.cpp's adapters); not {quant}")
     if output.exists():
         raise ConfigError(f"--output {output} already exists; name a new folder (nothing was written)")
-    if not output.parent.is_dir():
-        raise ConfigError(f"--output {output}: its parent folder {output.parent} does not exist")
+    if output.parent.exists() and not output.parent.is_dir():
+        raise ConfigError(f"--output {output}: {output.parent} is not a folder")
 
 
 def source(model: str | Path) -> Source:
@@ -123,6 +123,7 @@ def export_gguf(
     if adapter_only and not src.adapter:
         raise ConfigError(f"--adapter-only: {model} is not a LoRA tuned model (it holds full weights)")
     started = time.monotonic()
+    output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     try:
         on_progress(0.0, f"loading {src.name}")
