@@ -163,7 +163,7 @@ def _write(
     result = Exported(folder, path, quant, 0.0, adapter=adapter_only)
     if ollama:
         stops = [t for t in dict.fromkeys([end_of_turn, tokenizer.eos_token]) if t]
-        base_file = file_stem(src.base_id, quant) + ".gguf"
+        base_file = file_stem(Path(src.base_id).name, quant) + ".gguf"  # what exporting the base writes
         text = modelfile(
             base_file if adapter_only else path.name,
             tokenizer,
