@@ -268,3 +268,18 @@ def test_a_gemma3_model_round_trips_with_its_norms_and_attention_settings(tiny_t
     with torch.no_grad():
         assert torch.allclose(back(ids).logits, model(ids).logits, atol=1e-4)
     assert 'PARAMETER stop "<end_of_turn>"' in exported.modelfile.read_text().splitlines()
+
+
+def test_a_chat_template_the_modelfile_cannot_follow_is_refused(tiny_tokenizer):
+    """Turns numbered by position have no fixed opening text: no TEMPLATE is written rather than a wrong one."""
+    import copy
+
+    from tunery.models.modelfile import read_turns
+
+    tokenizer = copy.deepcopy(tiny_tokenizer("chatml"))
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ loop.index }}. {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}{{ messages | length + 1 }}. assistant: {% endif %}"
+    )
+    with pytest.raises(ModelError, match="cannot write an Ollama TEMPLATE"):
+        read_turns(tokenizer)
