@@ -57,3 +57,30 @@ def test_rest_batch_prediction_jobs(service):
     output = [json.loads(x) for x in api.client.get(f"/v1/batches/{batch_id}/output").text.splitlines()]
     assert [o["custom_id"] for o in output] == ["c0", "c1", "c2"]
     assert output[0]["response"]["body"]["object"] == "chat.completion"
+
+
+def test_rest_export_job_writes_a_downloadable_gguf_with_progress_events(service):
+    """POST /v1/models/{id}:export on a real server: run by the scheduler's worker, progress in its events, the
+    GGUF and Modelfile downloadable; a bad quant is a 400 naming the field; export jobs are not tuning jobs."""
+    api = service()
+    bad = api.client.post("/v1/models/tiny:export", json={"quant": "q3"})
+    assert bad.status_code == 400 and "quant" in bad.text
+    created = api.client.post("/v1/models/tiny:export", json={"quant": "q8_0", "ollama": True})
+    assert created.status_code == 200, created.text
+    name = created.json()["name"]
+    deadline = time.monotonic() + 120
+    while (job := api.client.get(f"/v1/{name}").json())["state"] not in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    assert job["state"] == "JOB_STATE_SUCCEEDED", job
+    assert job["progress"]["fraction"] == 1.0
+    files = {f["name"]: f for f in job["files"]}
+    assert sorted(files) == ["Modelfile", "tiny-q8_0.gguf"]
+    gguf = api.client.get(f"/v1/{name}/files/tiny-q8_0.gguf")
+    assert gguf.status_code == 200 and gguf.content[:4] == b"GGUF"
+    assert len(gguf.content) == int(files["tiny-q8_0.gguf"]["sizeBytes"])
+    assert "FROM ./tiny-q8_0.gguf" in api.client.get(f"/v1/{name}/files/Modelfile").text
+    assert api.client.get(f"/v1/{name}/files/..%2Ftunery.db").status_code == 404
+    events = api.client.get(f"/v1/{name}/events").json()["events"]
+    assert any(e["type"] == "metrics" and "fraction" in (e.get("data") or {}) for e in events)
+    assert api.client.get("/v1/tuningJobs").json().get("tuningJobs", []) == []

@@ -22,7 +22,19 @@ from tunery.api import errors, shutdown
 from tunery.api.admission import Admission
 from tunery.api.deps import Authenticator, AuthMiddleware
 from tunery.api.limits import ApiSettings, BodyLimitMiddleware
-from tunery.api.routes import batches, console, files, gemini, gemini_files, health, jobs, models, openai, vertex
+from tunery.api.routes import (
+    batches,
+    console,
+    exports,
+    files,
+    gemini,
+    gemini_files,
+    health,
+    jobs,
+    models,
+    openai,
+    vertex,
+)
 from tunery.jobs.store import Store
 from tunery.settings import AdmissionLimits
 
@@ -80,7 +92,15 @@ def create_app(
     app.state.admission = Admission(admission or AdmissionLimits.from_env())
     app.state.draining = shutdown.Draining()
     errors.install(app)
-    for router in (health.router, files.router, jobs.router, models.router, console.router, batches.router):
+    for router in (
+        health.router,
+        files.router,
+        jobs.router,
+        models.router,
+        console.router,
+        batches.router,
+        exports.router,
+    ):
         app.include_router(router)
     for router in (gemini.router, gemini_files.router, vertex.router, openai.router):  # the clients' shapes (#12)
         app.include_router(router)

@@ -9,6 +9,7 @@ import typer
 from tunery.cli import datasets, files, jobs, keys, models
 from tunery.cli.demo import demo
 from tunery.cli.evaluate import advise, compare, evaluate
+from tunery.cli.export import export
 from tunery.cli.predict import predict
 from tunery.cli.serve import serve
 from tunery.cli.tune import merge, tune
@@ -45,6 +46,7 @@ app.add_typer(jobs.app, name="jobs")
 app.add_typer(files.app, name="files")
 app.command()(tune)
 app.command()(merge)
+app.command()(export)
 app.command()(predict)
 app.command()(demo)
 app.command()(evaluate)

@@ -398,10 +398,11 @@ class Store:
         batch: bool = False,
     ) -> tuple[list[Job], str | None]:
         """Newest first; ``labels`` must all match. The page token is the last job's sequence number.
-        Tuning jobs, or with ``batch`` batch prediction jobs (``tunery.jobs.batch``)."""
+        Tuning jobs, or with ``batch`` batch prediction jobs (``tunery.jobs.batch``); export jobs
+        (``tunery.jobs.export``) are neither."""
         query = select(jobs_t).where(jobs_t.c.tenant == tenant)
         mode = jobs_t.c.tuning_mode
-        query = query.where(mode == "BATCH_PREDICTION" if batch else mode != "BATCH_PREDICTION")
+        query = query.where(mode == "BATCH_PREDICTION" if batch else mode.notin_(["BATCH_PREDICTION", "EXPORT"]))
         if state:
             if state not in STATES:
                 raise JobError(f"state {state!r}: expected one of {', '.join(STATES)}")

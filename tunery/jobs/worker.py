@@ -126,6 +126,10 @@ def main(job_id: str, watch_parent: bool = False) -> int:
         from tunery.jobs.batch import run_job
 
         return run_job(store, job, watch_parent)
+    if job.tuning_mode == "EXPORT":  # an export job (tunery.jobs.export)
+        from tunery.jobs.export import run_job as run_export
+
+        return run_export(store, job, watch_parent)
     stop = StopRequests(store, job_id, watch_parent)
     spec = TuningSpec.from_dict(job.spec)
     try:

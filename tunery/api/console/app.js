@@ -1060,7 +1060,69 @@ async function pageModel(main, signal, id) {
     ])),
     evaluationView(evaluation),
     playground(model, job, evaluation, catalog),
+    exportView(model, signal),
     snippets(model));
+}
+
+// Export to GGUF (llama.cpp) with an Ollama Modelfile: an export job, polled until its files can be downloaded.
+function exportView(model, signal) {
+  const quant = h("select", { id: "export-quant", "aria-label": "Weight type" },
+    ["f16", "q8_0", "q4_0", "q4_k_m"].map((q) => h("option", { value: q, text: q })));
+  const ollama = h("input", { type: "checkbox", id: "export-ollama", checked: true });
+  const adapter = h("input", { type: "checkbox", id: "export-adapter" });
+  const button = h("button", { type: "button", id: "export-model", text: "Export to GGUF" });
+  const status = h("div", { id: "export-status", "aria-live": "polite" });
+  const box = h("section", { class: "card", id: "export", "aria-labelledby": "export-h" },
+    h("h2", { id: "export-h", text: "Export" }),
+    h("p", { class: "muted", text: "One GGUF file for llama.cpp (and an Ollama Modelfile) with the chat template and stop tokens this model was tuned with." }),
+    h("div", { class: "row" }, h("label", { for: "export-quant", text: "Weights " }), quant,
+      h("label", {}, ollama, " Ollama Modelfile"),
+      model.tuningMode === "PEFT_ADAPTER" ? h("label", {}, adapter, " LoRA adapter only") : null, button),
+    status);
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    clear(status);
+    try {
+      const body = { quant: quant.value, ollama: ollama.checked, adapterOnly: adapter.checked };
+      let job = await api(`/v1/${model.name}:export`, { method: "POST", json: body, signal });
+      const bar = h("progress", { max: "100", value: "0", "aria-label": "Export progress" });
+      const what = h("span", { class: "muted" });
+      status.append(h("div", { class: "row" }, bar, what));
+      while (!["JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"].includes(job.state)) {
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        job = await api(`/v1/${job.name}`, { signal });
+        bar.value = String(Math.round(100 * ((job.progress || {}).fraction || 0)));
+        what.textContent = (job.progress || {}).message || job.state;
+      }
+      clear(status);
+      if (job.state !== "JOB_STATE_SUCCEEDED") {
+        status.append(h("p", { class: "error", text: `Export ${job.state.replace("JOB_STATE_", "").toLowerCase()}: ${(job.error || {}).message || ""}` }));
+        return;
+      }
+      status.append(h("p", { text: `Exported in ${fmt(job.exportSeconds, 3)} s:` }), h("ul", {}, (job.files || []).map((f) =>
+        h("li", {}, h("button", { type: "button", class: "link", text: `${f.name} (${(Number(f.sizeBytes) / 1e6).toFixed(1)} MB)`, onclick: () => download(f) })))));
+    } catch (exc) {
+      if (exc.name !== "AbortError") status.append(h("p", { class: "error", text: exc.message }));
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return box;
+}
+
+// A download with the API key (a plain link would not send it).
+async function download(file) {
+  const response = await fetch(new URL(file.downloadUri).pathname, { headers: authHeaders(), credentials: "omit" });
+  if (!response.ok) {
+    toast(`Download failed: HTTP ${response.status}`);
+    return;
+  }
+  const url = URL.createObjectURL(await response.blob());
+  const link = h("a", { href: url, download: file.name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
 function evaluationView(evaluation) {
