@@ -183,6 +183,27 @@ def _host(state: Any, name: str) -> Any:
         return getattr(state, name)
 
 
+def warm_hosts(state: Any) -> None:
+    """Start the model host and the checker now, each loading in the background what it needs first
+    (``TUNERY_WARM_MODELS`` for generation, the upload model's tokenizer for checks); hosts the app was given
+    (a test's, vLLM) are left as they are."""
+    from tunery import settings as settings_module
+    from tunery.models.catalog import DEFAULT_MODEL
+
+    checks = settings_module.upload_model() or DEFAULT_MODEL
+    for name, wanted in (("host", {"models": settings_module.warm_models()}), ("checker", {"tokenizers": [checks]})):
+        if getattr(state, name) is None:
+            _host(state, name).warm(**wanted)
+
+
+def readiness(state: Any) -> dict[str, str]:
+    """``{modelHost, checker}``: each one's ``ModelHost.readiness`` (``"not started"`` before its first use)."""
+    return {
+        key: getattr(getattr(state, name), "readiness", "ready") if getattr(state, name) is not None else "not started"
+        for key, name in (("modelHost", "host"), ("checker", "checker"))
+    }
+
+
 def public_url(request: Request) -> str:
     """The base of the URLs the service hands out (``tunedModel.endpoint``), ending in ``/``: the configured
     ``TUNERY_PUBLIC_URL``, else the address the server is bound to; never the request's ``Host`` header."""

@@ -18,7 +18,8 @@ process prints (warnings, progress, library chatter) goes to stderr, so it can n
 Ops: ``generate`` (``stream: true`` for chunks of the text new since the last one; the final reply is the
 last chunk, with ``finishReason`` and ``usageMetadata``), ``generateBatch`` (several generate requests,
 each answered by itself, in one reply), ``cancel`` (a generate request, waiting or decoding: its row
-leaves the batch), ``countTokens``, ``validate``, ``evict``, ``ping``.
+leaves the batch), ``countTokens``, ``validate``, ``evict``, ``ping``, ``warm`` (load models before they are
+asked for).
 
 Threads: the reader (this one) answers ``ping`` and ``cancel`` itself; generate requests are checked and
 tokenized, and their model or adapter loaded, by a loader thread; ``countTokens``, ``validate`` and
@@ -49,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from tunery import settings
+from tunery import lifeline, settings
 from tunery.data.formats import Example
 from tunery.errors import DatasetError, NotFoundError, TuneryError
 from tunery.models.catalog import CATALOG, DEFAULT_MODEL
@@ -299,14 +300,15 @@ class Host:
                 self._reply(request_id, outcome(lambda: self.cancel(request)))
             elif op == "evict":
                 self.pool.submit(self._evict, request)
+            elif op == "warm":  # on the loader: a generate request that comes meanwhile waits for this load
+                self.loader.submit(lambda: self._reply(request_id, outcome(lambda: self.warm(request))))
             elif op == "ping":
                 self._reply(request_id, outcome(lambda: self.ping(request)))
             elif op in self.ops:
                 self.pool.submit(lambda: self._reply(request_id, outcome(lambda: self.ops[op](request))))
             else:
-                raise ProtocolError(
-                    f"unknown op {op!r}; expected one of generate, generateBatch, cancel, {', '.join(self.ops)}, evict"
-                )
+                known = ", ".join(("generate", "generateBatch", "cancel", *self.ops, "evict", "warm"))
+                raise ProtocolError(f"unknown op {op!r}; expected one of {known}")
         except Exception as exc:
             self._reply(request_id, _failure(exc))
 
@@ -458,6 +460,16 @@ class Host:
         return {"cancelled": False}
 
     # the other ops
+
+    def warm(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``{models, tokenizers}`` → ``{}``: the engine imported, each model loaded for generation and each
+        tokenizer for checks, before any request needs them (the API's warm start)."""
+        self._start()
+        for model in request.get("models") or []:
+            self.models.get(model)
+        for model in request.get("tokenizers") or []:
+            self._tokenizer(model)
+        return {}
 
     def count_tokens(self, request: dict[str, Any]) -> dict[str, Any]:
         """``{model, request}`` → ``{totalTokens}``: the prompt's tokens, as a generate request counts them."""
@@ -669,6 +681,7 @@ def _claim_stdout() -> TextIO:
 
 def main() -> None:
     """Serve requests from stdin until it closes, then answer what is in flight and exit."""
+    lifeline.watch_parent()  # the API or CLI that started it died (even by SIGKILL): exit within 0.25 s
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecations are not the operator's
     replies = _claim_stdout()
     lock = threading.Lock()
