@@ -90,6 +90,7 @@ class Job:
     row: Row
     done: Callable[[Generation | BaseException], None]
     cancelled: bool = False
+    reason: BaseException | None = None  # what a cancelled request ends with (default: cancelled by the client)
 
 
 @dataclass
@@ -128,8 +129,13 @@ class Scheduler:
             return True
 
     def evict(self, name: str, done: Callable[[bool], None]) -> None:
-        """Forget a model once no row runs with it; ``done(was_loaded)``."""
+        """Forget a model (it was deleted): its rows, waiting or decoding, end before the next step with a 404
+        saying so, then it is dropped; ``done(was_loaded)``."""
         with self.wake:
+            for job in self.running.values():
+                if job.row.served.name == name and not job.cancelled:
+                    job.cancelled = True
+                    job.reason = NotFoundError("the model was deleted while this request ran; it ends here")
             self.evictions.append((name, done))
             self.wake.notify()
 
@@ -156,7 +162,7 @@ class Scheduler:
                 batch.remove(rows)
                 gone += [self._job(row) for row in rows]
         for job in gone:
-            self._finish(job, Cancelled("cancelled by the client"))
+            self._finish(job, job.reason or Cancelled("cancelled by the client"))
 
     def _job(self, row: Row) -> Job:
         return row.job  # type: ignore[attr-defined]
@@ -517,8 +523,8 @@ class Host:
         }
 
     def _evict(self, request: dict[str, Any]) -> None:
-        """``{model}`` → ``{evicted}``: forget a model (its directory was deleted or replaced), once no row runs
-        with it; its tokenizer too."""
+        """``{model}`` → ``{evicted}``: forget a model (its directory was deleted or replaced) and its tokenizer;
+        its running rows end first, with a 404 (``Scheduler.evict``)."""
         request_id = request.get("id")
         try:
             model = _required(request, "model")

@@ -60,6 +60,7 @@ HOST_COMMAND = [sys.executable, "-m", "tunery.serving.host"]
 MAX_BATCH_ENV = "TUNERY_SERVING_MAX_BATCH"
 DEFAULT_MAX_BATCH = 8
 PROBE_TIMEOUT = 10.0
+EVICT_TIMEOUT = 10.0  # a delete waits no longer for the host (its generations on the model end within a step)
 READY, STARTING, NOT_STARTED = "ready", "starting", "not started"
 USER_ERRORS: dict[str, type[TuneryError]] = {
     cls.__name__: cls for cls in (ConfigError, DatasetError, JobError, ModelError, TuneryError)
@@ -199,13 +200,13 @@ class ModelHost:
             "validate", path=str(path), model=model, maxLength=max_length, batchSize=batch_size, mediaDir=media_dir
         )
 
-    def evict(self, model: str) -> bool:
-        """Drop a loaded model (its directory was deleted), once its running rows finish; whether it was loaded.
-        Starts no host for nothing."""
+    def evict(self, model: str, timeout: float = EVICT_TIMEOUT) -> bool:
+        """Drop a loaded model (its directory was deleted): its running generations end at once with a 404 saying
+        so (before the host's next decode step); whether it was loaded. Starts no host for nothing."""
         host = self._host
         if host is None or host.error is not None or host.proc.poll() is not None:
             return False
-        return bool(self.call("evict", model=model)["evicted"])
+        return bool(self.call("evict", timeout=timeout, model=model)["evicted"])
 
     def ping(self) -> dict[str, Any]:
         """``{pid, models, running, waiting}``; starts the host if it is not running."""
