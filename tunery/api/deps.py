@@ -132,9 +132,8 @@ class AuthMiddleware:
             await self.app(scope, receive, send)  # the session id is the credential; the route checks it
             return
         client = scope.get("client")
-        again = functools.partial(
-            self.authenticator.tenant, raw.decode("latin-1") if raw is not None else None, client and client[0], api_keys
-        )
+        authorization = raw.decode("latin-1") if raw is not None else None
+        again = functools.partial(self.authenticator.tenant, authorization, client and client[0], api_keys)
         try:
             tenant = await run_in_threadpool(again)
         except ApiError as exc:
