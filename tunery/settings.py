@@ -117,6 +117,17 @@ def warm_models() -> list[str]:
     return [DEFAULT_MODEL] if raw is None else [name.strip() for name in raw.split(",") if name.strip()]
 
 
+def upload_own_checker_bytes() -> int:
+    """``TUNERY_UPLOAD_OWN_CHECKER_BYTES`` (default 4 MiB): from this size on an upload is checked in a checker
+    process of its own (``tunery.api.checks``)."""
+    return _env_int("TUNERY_UPLOAD_OWN_CHECKER_BYTES", 4 * 2**20)
+
+
+def upload_check_seconds() -> float:
+    """``TUNERY_UPLOAD_CHECK_SECONDS`` (default 600): the most one big upload's check may take."""
+    return _env_seconds("TUNERY_UPLOAD_CHECK_SECONDS", 600.0)
+
+
 def orphan_grace_seconds() -> float:
     """``TUNERY_ORPHAN_GRACE_SECONDS`` (default 30): how long a job's worker whose server died may take to
     checkpoint before it exits anyway (``tunery.lifeline``)."""

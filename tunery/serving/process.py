@@ -332,6 +332,14 @@ class ModelHost:
         if host is not None:
             host.stop(ServingError("the model host was closed", 503), kill=False, told=True)
 
+    def kill(self) -> None:
+        """Stop the host now (SIGKILL, its memory freed), failing the calls in flight with a 503."""
+        self._closed = True
+        with self._lock:
+            host, self._host = self._host, None
+        if host is not None:
+            host.stop(ServingError("the model host was stopped", 503), kill=True, told=True)
+
     def __enter__(self) -> ModelHost:
         return self
 
