@@ -1,6 +1,6 @@
 """A soak with faults: a real ``tunery serve`` under mixed traffic from 3 tenants while its processes are killed.
 
-    sudo-able root: PYTHONPATH=. .venv/bin/python benchmarks/soak.py --minutes 30
+    PYTHONPATH=. .venv/bin/python benchmarks/soak.py --minutes 30          # as root (it mounts a tmpfs)
 
 Traffic (each tenant a thread, one call after another, at random): small uploads, large uploads (checked in a
 checker of their own: ``TUNERY_UPLOAD_OWN_CHECKER_BYTES`` is 256 KiB here), tuning jobs (SmolLM2, 10 examples,
@@ -11,8 +11,8 @@ times a second, and every process's RSS every 5 s.
 
 Afterwards, the server is stopped with SIGTERM and the table says: the statuses every call got (each must be
 one this service documents), jobs lost (created but not in the store), duplicated or stuck (not ended 10 minutes
-after the traffic stops), files and processes left behind, each process's peak RSS and its slope over the second
-half of the run, and /healthz p50/p99. The baseline beside the run is the first minute's /healthz and memory.
+after the traffic stops), files and processes left behind, each process's peak RSS and its slope once past its own
+first minute (a model load), and /healthz p50/p99. The baseline beside the run is the first minute's /healthz.
 Needs root (the tmpfs) and the converted default model under ``~/.tunery/models``.
 """
 
@@ -212,10 +212,11 @@ class Soak:
 
     def observe(self) -> None:
         last_memory = 0.0
+        client = httpx.Client(base_url=self.url, timeout=5)  # one connection: the server's time, not the client's
         while not self.stop.is_set():
             started = time.perf_counter()
             try:
-                httpx.get(f"{self.url}/healthz", timeout=5)
+                client.get("/healthz")
                 self.health.append((time.monotonic(), (time.perf_counter() - started) * 1000))
             except httpx.HTTPError:
                 self.health.append((time.monotonic(), 5000.0))
@@ -287,14 +288,15 @@ class Soak:
               f"duplicated {duplicated}, stuck {stuck - ended.get('LOST', 0)}")  # fmt: skip
         print(f"faults: {'; '.join(self.faults)}")
         print(f"left behind: processes {self.left_processes or 'none'}, files {self.left_files or 'none'}")
-        half = self.began + self.minutes * 30
-        print("\nprocess                 samples  peak MiB  first-minute MiB  slope 2nd half (MiB/min)")
+        print("\nprocess                 lived s  peak MiB  MiB after its 1st min  slope after (MiB/min)")
         for key, samples in sorted(self.memory.items()):
-            first = [m for t, m in samples if t < self.began + 60] or [samples[0][1]]
-            late = [(t, m) for t, m in samples if t >= half]
+            born = samples[0][0]
+            late = [(t, m) for t, m in samples if t >= born + 60]  # its warm-up (a model load) left out
             slope = statistics.linear_regression([t / 60 for t, _ in late], [m for _, m in late]).slope \
-                if len(late) >= 3 else float("nan")  # fmt: skip
-            print(f"{key:<23} {len(samples):>7} {max(m for _, m in samples):>9.0f} {max(first):>17.0f} {slope:>25.2f}")
+                if len(late) >= 6 else float("nan")  # fmt: skip
+            settled = f"{late[0][1]:.0f}" if late else "-"
+            lived = samples[-1][0] - born
+            print(f"{key:<23} {lived:>7.0f} {max(m for _, m in samples):>9.0f} {settled:>21} {slope:>21.2f}")
         latencies = sorted(ms for _, ms in self.health)
         first = sorted(ms for t, ms in self.health if t < self.began + 60) or [0.0]
 
