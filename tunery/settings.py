@@ -102,6 +102,38 @@ def fault_pause_at() -> str | None:
     return os.environ.get("TUNERY_FAULT_PAUSE_AT") or None
 
 
+def warm_start() -> bool:
+    """``TUNERY_WARM_START`` (default on; ``0`` turns it off): ``tunery serve`` starts its model host and checker
+    with the server and loads ``warm_models()`` in them, so the first request does not wait for a cold start."""
+    return os.environ.get("TUNERY_WARM_START", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def warm_models() -> list[str]:
+    """``TUNERY_WARM_MODELS``: the comma-separated models the model host loads at start (default the catalog's
+    default model; empty: none, only the engine is imported)."""
+    from tunery.models.catalog import DEFAULT_MODEL
+
+    raw = os.environ.get("TUNERY_WARM_MODELS")
+    return [DEFAULT_MODEL] if raw is None else [name.strip() for name in raw.split(",") if name.strip()]
+
+
+def upload_own_checker_bytes() -> int:
+    """``TUNERY_UPLOAD_OWN_CHECKER_BYTES`` (default 4 MiB): from this size on an upload is checked in a checker
+    process of its own (``tunery.api.checks``)."""
+    return _env_int("TUNERY_UPLOAD_OWN_CHECKER_BYTES", 4 * 2**20)
+
+
+def upload_check_seconds() -> float:
+    """``TUNERY_UPLOAD_CHECK_SECONDS`` (default 600): the most one big upload's check may take."""
+    return _env_seconds("TUNERY_UPLOAD_CHECK_SECONDS", 600.0)
+
+
+def orphan_grace_seconds() -> float:
+    """``TUNERY_ORPHAN_GRACE_SECONDS`` (default 30): how long a job's worker whose server died may take to
+    checkpoint before it exits anyway (``tunery.lifeline``)."""
+    return _env_seconds("TUNERY_ORPHAN_GRACE_SECONDS", 30.0)
+
+
 def _env_seconds(name: str, default: float) -> float:
     """A duration setting in seconds, above 0; anything else is a ``ConfigError`` naming it."""
     raw = os.environ.get(name, "").strip()

@@ -48,6 +48,7 @@ class Service:
             "TUNERY_HOME": str(self.home),
             "TUNERY_DATA_ROOT": str(self.data_root),
             "OMP_NUM_THREADS": "1",
+            "TUNERY_WARM_START": "0",  # no model host or checker before a test needs one (the suite's CPU)
         }
         if database_url:
             self.env["TUNERY_DATABASE_URL"] = database_url

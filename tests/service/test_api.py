@@ -269,7 +269,7 @@ def test_once_a_key_exists_every_route_needs_one(api: Api) -> None:
         assert api.client.get("/v1/models", headers={"Authorization": bad}).status_code == 401, bad
     assert api.client.get("/v1/models", headers=bearer(key)).status_code == 200
     # the health check and the API description stay open
-    assert api.client.get("/healthz").json() == {"status": "ok"}
+    assert api.client.get("/healthz").json()["status"] == "ok"
     assert api.client.get("/openapi.json").status_code == 200
 
 

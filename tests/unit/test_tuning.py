@@ -330,6 +330,18 @@ def test_run_stopped_before_its_first_checkpoint_starts_over(train10, tiny_model
     assert [m["step"] for m in metric_lines(out)] == list(range(1, 11))
 
 
+def test_a_cancel_stops_the_run_between_micro_batches(train10, tiny_model, tmp_path):
+    """A step of 4 examples in 4 micro-batches: a stop asked after its first micro-batch ends the run there (it is
+    asked again before each next micro-batch), the step's partial gradients dropped, the checkpoint the last step's."""
+    calls: list[int] = []
+    stop = Hooks(should_stop=lambda: calls.append(1) or len(calls) == 6)  # step 1: 4 asks; step 2: top, then 1 in
+    run_dir = tmp_path / "mid-step"
+    with pytest.raises(TuningCancelled, match="cancelled at step 1") as caught:
+        tune(spec(train10, tiny_model, run_dir, batch_size=4, micro_batch_tokens=1), stop)
+    assert len(calls) == 6 and Path(caught.value.checkpoint).name == "step-000001"
+    assert json.loads((Path(caught.value.checkpoint) / "state.json").read_text())["step"] == 1
+
+
 def test_resume_needs_a_run(tmp_path):
     with pytest.raises(JobError, match="run.json"):
         tune(TuningSpec(train="t.jsonl", output=str(tmp_path)), resume=True)

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from tunery import __version__
 from tunery.api import errors, shutdown
 from tunery.api.admission import Admission
-from tunery.api.deps import Authenticator, AuthMiddleware
+from tunery.api.deps import Authenticator, AuthMiddleware, warm_hosts
 from tunery.api.limits import ApiSettings, BodyLimitMiddleware
 from tunery.api.routes import (
     batches,
@@ -54,6 +54,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     anyio.to_thread.current_default_thread_limiter().total_tokens = state.admission.limits.api_threads
     if state.scheduler is not None:
         state.scheduler.start()
+    if state.warm:
+        warm_hosts(state)
     try:
         yield
     finally:
@@ -69,11 +71,12 @@ def create_app(
     settings: ApiSettings | None = None,
     checker: Any = None,
     admission: AdmissionLimits | None = None,
+    warm: bool = False,
 ) -> FastAPI:
     """The service. ``store`` defaults to ``Store()`` (``TUNERY_DATABASE_URL``); ``host`` (generation) and
     ``checker`` (upload checks) each to a ``ModelHost`` made on first use; ``settings`` and ``admission`` (the
     limits on generation and tuning under load) to the environment's; without ``scheduler`` jobs wait in the
-    store."""
+    store. ``warm``: start the model host and the checker with the server (``deps.warm_hosts``)."""
     settings = settings or ApiSettings.from_env()
     app = FastAPI(
         title="tunery",
@@ -88,6 +91,7 @@ def create_app(
     app.state.checker = checker
     app.state.host_lock = threading.Lock()
     app.state.scheduler = scheduler
+    app.state.warm = warm
     app.state.settings = settings
     app.state.admission = Admission(admission or AdmissionLimits.from_env())
     app.state.draining = shutdown.Draining()

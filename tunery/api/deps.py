@@ -15,6 +15,7 @@ Handlers take what they need as annotated dependencies (``tenant: Tenant, store:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import threading
@@ -131,19 +132,16 @@ class AuthMiddleware:
             await self.app(scope, receive, send)  # the session id is the credential; the route checks it
             return
         client = scope.get("client")
+        authorization = raw.decode("latin-1") if raw is not None else None
+        again = functools.partial(self.authenticator.tenant, authorization, client and client[0], api_keys)
         try:
-            tenant = await run_in_threadpool(
-                self.authenticator.tenant,
-                raw.decode("latin-1") if raw is not None else None,
-                client[0] if client else None,
-                api_keys,
-            )
+            tenant = await run_in_threadpool(again)
         except ApiError as exc:
             await error_response(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))(
                 scope, receive, send
             )
             return
-        scope.setdefault("state", {})["tenant"] = tenant
+        scope.setdefault("state", {}).update(tenant=tenant, authenticate_again=again)
         await self.app(scope, receive, send)
 
 
@@ -153,6 +151,13 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from 'tunery keys
 def get_tenant(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
     """The tenant the middleware authenticated (the bearer scheme is declared here for the OpenAPI document)."""
     return request.state.tenant
+
+
+async def still_authorized(request: Request) -> None:
+    """Raise ``ApiError`` 401 if the request's key has been revoked since it was let in (a long stream asks)."""
+    again = getattr(request.state, "authenticate_again", None)
+    if again is not None:
+        await run_in_threadpool(again)
 
 
 def get_store(request: Request) -> Store:
@@ -181,6 +186,27 @@ def _host(state: Any, name: str) -> Any:
 
             setattr(state, name, ModelHost())
         return getattr(state, name)
+
+
+def warm_hosts(state: Any) -> None:
+    """Start the model host and the checker now, each loading in the background what it needs first
+    (``TUNERY_WARM_MODELS`` for generation, the upload model's tokenizer for checks); hosts the app was given
+    (a test's, vLLM) are left as they are."""
+    from tunery import settings as settings_module
+    from tunery.models.catalog import DEFAULT_MODEL
+
+    checks = settings_module.upload_model() or DEFAULT_MODEL
+    for name, wanted in (("host", {"models": settings_module.warm_models()}), ("checker", {"tokenizers": [checks]})):
+        if getattr(state, name) is None:
+            _host(state, name).warm(**wanted)
+
+
+def readiness(state: Any) -> dict[str, str]:
+    """``{modelHost, checker}``: each one's ``ModelHost.readiness`` (``"not started"`` before its first use)."""
+    return {
+        key: getattr(getattr(state, name), "readiness", "ready") if getattr(state, name) is not None else "not started"
+        for key, name in (("modelHost", "host"), ("checker", "checker"))
+    }
 
 
 def public_url(request: Request) -> str:

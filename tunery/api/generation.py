@@ -35,20 +35,21 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from tunery.api import admission
-from tunery.api.deps import get_host, public_url
-from tunery.api.errors import invalid
+from tunery.api.deps import get_host, public_url, still_authorized
+from tunery.api.errors import ApiError, invalid
 from tunery.api.limits import ApiSettings
 from tunery.api.paths import resolve_under
 from tunery.api.translate import STORED_TYPE
 from tunery.api.uploads import MEDIA_BYTES
 from tunery.data.formats import modality_of
 from tunery.data.media import normalize_mime, sniff
-from tunery.errors import ConfigError, NotFoundError
+from tunery.errors import ConfigError, NotFoundError, ServingError
 from tunery.jobs.store import Store
 from tunery.models.catalog import CATALOG
 
 OWN_FILE = re.compile(r"v1(beta1?)?/files/(?P<id>[^/?#]+)")
 MAX_REQUEST_MEDIA_BYTES = 64 * 2**20
+KEY_RECHECK_SECONDS = 1.0  # how often an open stream asks whether its key was revoked
 """Most bytes of ``fileData`` media one request may name, all parts together."""
 
 
@@ -234,6 +235,7 @@ class Stream:
         self._ticket: admission.Ticket | None = None
         self._chunks: AsyncIterator[dict[str, Any]] | None = None
         self._closed = False
+        self._authorized = time.monotonic()
 
     def __await__(self) -> Generator[Any, None, Stream]:
         return self._admitted().__await__()
@@ -267,10 +269,20 @@ class Stream:
         if self._chunks is None:
             raise StopAsyncIteration
         try:
+            if time.monotonic() - self._authorized > KEY_RECHECK_SECONDS:
+                await self._still_authorized()
             return await self._chunks.__anext__()
         except BaseException:
             await self.aclose()
             raise
+
+    async def _still_authorized(self) -> None:
+        """A revoked key ends its open streams: the next chunk is an error event with code 401."""
+        try:
+            await still_authorized(self.request)
+        except ApiError as exc:
+            raise ServingError(f"the API key was revoked: {exc.detail}", 401) from None
+        self._authorized = time.monotonic()
 
     async def aclose(self) -> None:
         """Stop the generation (if it is still running) and free its slot."""

@@ -12,11 +12,20 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from tunery.api import limits
 from tunery.jobs.store import STATES
+from tunery.serving.constrain import json_limit_problem
 from tunery.serving.gemini import MAX_OUTPUT_TOKENS, MAX_STOP_SEQUENCES
 from tunery.tuning.spec import ABOVE_LEAST, ADAPTER_SIZES, HYPER_PARAMETERS, MAX_PROCESSES, RANGES, TuningSpec
 
@@ -294,6 +303,15 @@ class GenerationConfig(GeminiRequest):
     )
     response_schema: dict[str, Any] | None = Field(None, description="The answer's schema (Gemini's OpenAPI subset).")
     response_json_schema: dict[str, Any] | None = Field(None, description="The answer's schema, as JSON Schema.")
+
+    @field_validator("response_schema", "response_json_schema", mode="before")
+    @classmethod
+    def _within_limits(cls, value: Any) -> Any:
+        """Depth and size are checked on the parsed JSON, before pydantic or anything else walks it."""
+        problem = json_limit_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 class GenerateContentRequest(GeminiRequest):

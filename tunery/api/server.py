@@ -106,7 +106,10 @@ def serve(
         from tunery.settings import tunery_home
 
         model_host = start_for_service(store, log_path=str(tunery_home() / "vllm.log"), **vllm)
-    app = create_app(store=store, scheduler=Scheduler(store, workers, executor=executor), host=model_host)
+    from tunery.settings import warm_start
+
+    scheduler = Scheduler(store, workers, executor=executor)
+    app = create_app(store=store, scheduler=scheduler, host=model_host, warm=warm_start())
     app.state.owns_store = True
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SECONDS)
     _Server(config, url_of(sock), app.state.draining).run(sockets=[sock])

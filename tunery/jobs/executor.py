@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tunery import lifeline
 from tunery.errors import ConfigError
 from tunery.jobs.store import Job
 from tunery.settings import jobs_dir
@@ -112,13 +113,14 @@ class LocalExecutor:
     def submit(self, job: Job, store_url: str, *, watch_parent: bool = False) -> subprocess.Popen:
         log_dir = jobs_dir() / job.id
         log_dir.mkdir(parents=True, exist_ok=True)
+        watch = lifeline.child_env() if watch_parent else {}
         with (log_dir / "worker.log").open("ab") as log:
             return subprocess.Popen(
                 worker_command(job.id, watch_parent),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "TUNERY_DATABASE_URL": store_url},
+                env={**os.environ, "TUNERY_DATABASE_URL": store_url, **watch},
                 start_new_session=True,  # a Ctrl-C at the caller's terminal reaches workers through cancel() only
             )
 

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunery import lifeline
 from tunery.errors import ConfigError
 from tunery.jobs.executor import EXIT_LOST, Resources, job_resources, worker_command
 from tunery.jobs.store import Job
@@ -53,7 +54,11 @@ class _JobWorker:
             command = worker_command(self.job_id, watch_parent=True)
             command[0] = sys.executable  # this node's interpreter
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **self.env}
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env, **lifeline.child_env()},
             )
             return self.process.wait()
 

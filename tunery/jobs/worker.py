@@ -31,6 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from tunery import lifeline
 from tunery.errors import DiskFullError, TuneryError, TuningCancelled, disk_full, is_disk_full
 from tunery.jobs import artifacts
 from tunery.jobs.store import (
@@ -52,7 +53,7 @@ from tunery.jobs.store import (
     retrying,
     short_error,
 )
-from tunery.settings import fault_pause_at, jobs_dir, store_retry_seconds, tunery_home
+from tunery.settings import fault_pause_at, jobs_dir, orphan_grace_seconds, store_retry_seconds, tunery_home
 from tunery.tuning.spec import TuningSpec
 
 CANCEL_POLL_SECONDS = 2.0
@@ -280,5 +281,7 @@ if __name__ == "__main__":
     parser.add_argument("job_id")
     parser.add_argument("--watch-parent", action="store_true", help="stop at a checkpoint if the parent exits")
     args = parser.parse_args()
+    if args.watch_parent:  # StopRequests checkpoints at the next step; past the grace it exits anyway
+        lifeline.watch_parent(grace=orphan_grace_seconds())
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecations are not the job's log
     sys.exit(main(args.job_id, args.watch_parent))

@@ -41,6 +41,12 @@ SCHEMA_FIELDS = (
 )  # fmt: skip
 MAX_DEPTH = 16
 MAX_NODES = 1000
+# The limits a schema is held to before anything else reads it (``json_limit_problem``: request parsing, before
+# pydantic or a grammar sees it) and before a grammar is built from it (``schema_problems``): one place for all.
+MAX_JSON_DEPTH = 64  # JSON nesting of responseSchema / responseJsonSchema (MAX_DEPTH schemas take about 2 each)
+MAX_JSON_VALUES = 20_000  # JSON values in one schema, every key, string and number counted
+MAX_ENUM_VALUES = 1000  # values of one enum (the grammar engine allows 2000 alternatives in one rule)
+MAX_ENUM_CHARS = 100_000  # characters of one enum's values together
 WRAP_UP_WINDOW = 96  # tokens before the budget's end from which a constraint checks it can still close
 WRAP_UP_MARGIN = 24  # close when the shortest completion plus this many tokens no longer fits (at most a
 WRAP_UP_SHARE = 4  # quarter of the budget: a short budget leaves the answer to the model, see _margin)
@@ -67,6 +73,10 @@ def config_problems(
         return problems
     if schema is not None and json_schema is not None:
         problems.append((f"{field}.responseJsonSchema", "give responseSchema or responseJsonSchema, not both"))
+    too_big = [(name, p) for name, v in (("responseSchema", schema), ("responseJsonSchema", json_schema))
+               if (p := json_limit_problem(v)) is not None]  # fmt: skip
+    if too_big:
+        return [(f"{field}.{name}", problem) for name, problem in too_big]
     if schema is not None:
         problems += schema_problems(schema, f"{field}.responseSchema")
     if json_schema is not None and not isinstance(json_schema, dict | bool):
@@ -81,6 +91,25 @@ def config_problems(
         elif not isinstance(schema, dict) or not isinstance(schema.get("enum"), list):
             problems.append((f"{field}.responseSchema", f"{ENUM_MIME} needs a responseSchema of type STRING with enum"))
     return problems
+
+
+def json_limit_problem(value: Any) -> str | None:
+    """Why ``value`` (parsed JSON) is too deep or too big to be a response schema, naming the limit; None when it
+    is within both. Walks without recursion, so no depth can overflow it."""
+    seen, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        seen += 1
+        if depth > MAX_JSON_DEPTH:
+            return f"nested deeper than {MAX_JSON_DEPTH} levels (the limit on a schema's JSON nesting)"
+        if seen > MAX_JSON_VALUES:
+            return f"more than {MAX_JSON_VALUES} JSON values (the limit on a schema's size)"
+        if isinstance(item, dict):
+            stack += [(v, depth + 1) for v in item.values()]
+            seen += len(item)
+        elif isinstance(item, list):
+            stack += [(v, depth + 1) for v in item]
+    return None
 
 
 def schema_problems(schema: Any, path: str) -> list[tuple[str, str]]:
@@ -123,6 +152,10 @@ def _check(schema: Any, path: str, depth: int, problems: list[tuple[str, str]], 
             problems.append((f"{path}.enum", "enum is for STRING schemas"))
         if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
             problems.append((f"{path}.enum", "expected a non-empty list of non-empty strings"))
+        elif len(values) > MAX_ENUM_VALUES:
+            problems.append((f"{path}.enum", f"{len(values)} values; an enum takes at most {MAX_ENUM_VALUES}"))
+        elif sum(map(len, values)) > MAX_ENUM_CHARS:
+            problems.append((f"{path}.enum", f"{sum(map(len, values))} characters; at most {MAX_ENUM_CHARS} in all"))
     if "nullable" in schema and not isinstance(schema["nullable"], bool):
         problems.append((f"{path}.nullable", "expected true or false"))
     _check_bounds(schema, path, ("minimum", "maximum"), (int, float), problems)
@@ -354,6 +387,7 @@ class Constraint:
         import torch
 
         allowed = torch.zeros(vocab_size, dtype=torch.bool)
+        self._raise_if_failed()
         if self.finished or self.matcher.is_stopped():
             allowed[self.vocabulary.stops] = True
             return allowed
@@ -362,6 +396,7 @@ class Constraint:
             allowed[step if step >= 0 else self.vocabulary.stops] = True
             return allowed
         found = self._bits(self.matcher).copy()
+        self._raise_if_failed()
         left = self.budget - self.used
         if left <= WRAP_UP_WINDOW and left <= self.closing + BAN_WINDOW:
             self._ban_overruns(found, left)
@@ -369,6 +404,11 @@ class Constraint:
         n = min(vocab_size, bits.numel())
         allowed[:n] = bits[:n]
         return allowed
+
+    def _raise_if_failed(self) -> None:
+        """The grammar engine gave up (a limit of its own): the answer fails, never ends empty as if complete."""
+        if self.matcher.is_error():
+            raise ModelError(f"the response schema cannot be enforced: {self.matcher.get_error()}")
 
     def advance(self, token_id: int) -> None:
         """Record the token chosen; a stop token ends the answer."""

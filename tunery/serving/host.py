@@ -18,7 +18,8 @@ process prints (warnings, progress, library chatter) goes to stderr, so it can n
 Ops: ``generate`` (``stream: true`` for chunks of the text new since the last one; the final reply is the
 last chunk, with ``finishReason`` and ``usageMetadata``), ``generateBatch`` (several generate requests,
 each answered by itself, in one reply), ``cancel`` (a generate request, waiting or decoding: its row
-leaves the batch), ``countTokens``, ``validate``, ``evict``, ``ping``.
+leaves the batch), ``countTokens``, ``validate``, ``evict``, ``ping``, ``warm`` (load models before they are
+asked for).
 
 Threads: the reader (this one) answers ``ping`` and ``cancel`` itself; generate requests are checked and
 tokenized, and their model or adapter loaded, by a loader thread; ``countTokens``, ``validate`` and
@@ -49,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from tunery import settings
+from tunery import lifeline, settings
 from tunery.data.formats import Example
 from tunery.errors import DatasetError, NotFoundError, TuneryError
 from tunery.models.catalog import CATALOG, DEFAULT_MODEL
@@ -89,6 +90,7 @@ class Job:
     row: Row
     done: Callable[[Generation | BaseException], None]
     cancelled: bool = False
+    reason: BaseException | None = None  # what a cancelled request ends with (default: cancelled by the client)
 
 
 @dataclass
@@ -127,8 +129,13 @@ class Scheduler:
             return True
 
     def evict(self, name: str, done: Callable[[bool], None]) -> None:
-        """Forget a model once no row runs with it; ``done(was_loaded)``."""
+        """Forget a model (it was deleted): its rows, waiting or decoding, end before the next step with a 404
+        saying so, then it is dropped; ``done(was_loaded)``."""
         with self.wake:
+            for job in self.running.values():
+                if job.row.served.name == name and not job.cancelled:
+                    job.cancelled = True
+                    job.reason = NotFoundError("the model was deleted while this request ran; it ends here")
             self.evictions.append((name, done))
             self.wake.notify()
 
@@ -155,7 +162,7 @@ class Scheduler:
                 batch.remove(rows)
                 gone += [self._job(row) for row in rows]
         for job in gone:
-            self._finish(job, Cancelled("cancelled by the client"))
+            self._finish(job, job.reason or Cancelled("cancelled by the client"))
 
     def _job(self, row: Row) -> Job:
         return row.job  # type: ignore[attr-defined]
@@ -299,14 +306,15 @@ class Host:
                 self._reply(request_id, outcome(lambda: self.cancel(request)))
             elif op == "evict":
                 self.pool.submit(self._evict, request)
+            elif op == "warm":  # on the loader: a generate request that comes meanwhile waits for this load
+                self.loader.submit(lambda: self._reply(request_id, outcome(lambda: self.warm(request))))
             elif op == "ping":
                 self._reply(request_id, outcome(lambda: self.ping(request)))
             elif op in self.ops:
                 self.pool.submit(lambda: self._reply(request_id, outcome(lambda: self.ops[op](request))))
             else:
-                raise ProtocolError(
-                    f"unknown op {op!r}; expected one of generate, generateBatch, cancel, {', '.join(self.ops)}, evict"
-                )
+                known = ", ".join(("generate", "generateBatch", "cancel", *self.ops, "evict", "warm"))
+                raise ProtocolError(f"unknown op {op!r}; expected one of {known}")
         except Exception as exc:
             self._reply(request_id, _failure(exc))
 
@@ -457,6 +465,16 @@ class Host:
 
     # the other ops
 
+    def warm(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``{models, tokenizers}`` → ``{}``: the engine imported, each model loaded for generation and each
+        tokenizer for checks, before any request needs them (the API's warm start)."""
+        self._start()
+        for model in request.get("models") or []:
+            self.models.get(model)
+        for model in request.get("tokenizers") or []:
+            self._tokenizer(model)
+        return {}
+
     def count_tokens(self, request: dict[str, Any]) -> dict[str, Any]:
         """``{model, request}`` → ``{totalTokens}``: the prompt's tokens, as a generate request counts them."""
         from tunery.data.tokenize import prompt_ids
@@ -503,8 +521,8 @@ class Host:
         }
 
     def _evict(self, request: dict[str, Any]) -> None:
-        """``{model}`` → ``{evicted}``: forget a model (its directory was deleted or replaced), once no row runs
-        with it; its tokenizer too."""
+        """``{model}`` → ``{evicted}``: forget a model (its directory was deleted or replaced) and its tokenizer;
+        its running rows end first, with a 404 (``Scheduler.evict``)."""
         request_id = request.get("id")
         try:
             model = _required(request, "model")
@@ -667,6 +685,7 @@ def _claim_stdout() -> TextIO:
 
 def main() -> None:
     """Serve requests from stdin until it closes, then answer what is in flight and exit."""
+    lifeline.watch_parent()  # the API or CLI that started it died (even by SIGKILL): exit within 0.25 s
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecations are not the operator's
     replies = _claim_stdout()
     lock = threading.Lock()

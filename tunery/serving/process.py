@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any
 
-from tunery import settings
+from tunery import lifeline, settings
 from tunery.data.validation import Problem
 from tunery.errors import (
     ConfigError,
@@ -60,6 +60,8 @@ HOST_COMMAND = [sys.executable, "-m", "tunery.serving.host"]
 MAX_BATCH_ENV = "TUNERY_SERVING_MAX_BATCH"
 DEFAULT_MAX_BATCH = 8
 PROBE_TIMEOUT = 10.0
+EVICT_TIMEOUT = 10.0  # a delete waits no longer for the host (its generations on the model end within a step)
+READY, STARTING, NOT_STARTED = "ready", "starting", "not started"
 USER_ERRORS: dict[str, type[TuneryError]] = {
     cls.__name__: cls for cls in (ConfigError, DatasetError, JobError, ModelError, TuneryError)
 }
@@ -96,12 +98,52 @@ class ModelHost:
         self._lock = threading.Lock()  # guards starting and stopping the host
         self._host: _Connection | None = None
         self._ids = itertools.count(1)
+        self._warm: dict[str, list[str]] | None = None  # what ``warm`` loads, again after the host dies
+        self._readiness = NOT_STARTED
+        self._closed = False
 
     @property
     def pid(self) -> int | None:
         """The running host's process id; None before the first call and after ``close`` or a kill."""
         host = self._host
         return host.proc.pid if host is not None and host.error is None else None
+
+    @property
+    def readiness(self) -> str:
+        """``"ready"`` (a host runs and what ``warm`` named is loaded), ``"starting"`` (it loads), ``"not started"``
+        (the next call starts one), or ``"failed: ..."`` (the warm-up failed; the next call tries again)."""
+        if self._readiness == READY and self.pid is None:
+            return NOT_STARTED
+        return self._readiness
+
+    def warm(self, models: list[str] = (), tokenizers: list[str] = ()) -> None:  # type: ignore[assignment]
+        """Start the host now, in the background, and load ``models`` (for generation) and ``tokenizers`` (for
+        checks) in it; ``readiness`` says when that is done. A host that dies later is started and loaded again
+        at once, so the next call waits for no more than that load."""
+        self._warm = {"models": list(models), "tokenizers": list(tokenizers)}
+        self._readiness = STARTING
+        threading.Thread(target=self._warm_up, name="tunery-host-warm", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        assert self._warm is not None
+        for attempt in (1, 2):  # after a death the first call is told of it; the second starts a fresh host
+            try:
+                self.call("warm", **self._warm)
+                self._readiness = READY
+                return
+            except ServingError as exc:
+                if exc.code == 503 and attempt == 1 and not self._closed:
+                    continue
+                self._readiness = f"failed: {exc}"
+            except TuneryError as exc:
+                self._readiness = f"failed: {exc}"
+            return
+
+    def _on_exit(self) -> None:
+        """A host ended: one that was not closed is warmed again at once (when ``warm`` was asked for)."""
+        if self._warm is not None and not self._closed:
+            self._readiness = STARTING
+            threading.Thread(target=self._warm_up, name="tunery-host-warm", daemon=True).start()
 
     # --- synchronous calls (the CLI, the SDK, the tests; a thread each) --------------------------------------
 
@@ -158,13 +200,13 @@ class ModelHost:
             "validate", path=str(path), model=model, maxLength=max_length, batchSize=batch_size, mediaDir=media_dir
         )
 
-    def evict(self, model: str) -> bool:
-        """Drop a loaded model (its directory was deleted), once its running rows finish; whether it was loaded.
-        Starts no host for nothing."""
+    def evict(self, model: str, timeout: float = EVICT_TIMEOUT) -> bool:
+        """Drop a loaded model (its directory was deleted): its running generations end at once with a 404 saying
+        so (before the host's next decode step); whether it was loaded. Starts no host for nothing."""
         host = self._host
         if host is None or host.error is not None or host.proc.poll() is not None:
             return False
-        return bool(self.call("evict", model=model)["evicted"])
+        return bool(self.call("evict", timeout=timeout, model=model)["evicted"])
 
     def ping(self) -> dict[str, Any]:
         """``{pid, models, running, waiting}``; starts the host if it is not running."""
@@ -267,7 +309,7 @@ class ModelHost:
                     host.reported = True
                     raise ServingError(f"{host.error} before {op}; the next call restarts it", host.error.code)
             if host is None:
-                host = self._host = _Connection.start(self.env, self.log_path)
+                host = self._host = _Connection.start(self.env, self.log_path, self._on_exit)
             host.pending[call_id] = sink
         host.write(line)
         return host, call_id
@@ -284,10 +326,19 @@ class ModelHost:
 
     def close(self) -> None:
         """Stop the host: close its stdin so it exits on its own, kill it if it does not within 10 s."""
+        self._closed = True
         with self._lock:
             host, self._host = self._host, None
         if host is not None:
             host.stop(ServingError("the model host was closed", 503), kill=False, told=True)
+
+    def kill(self) -> None:
+        """Stop the host now (SIGKILL, its memory freed), failing the calls in flight with a 503."""
+        self._closed = True
+        with self._lock:
+            host, self._host = self._host, None
+        if host is not None:
+            host.stop(ServingError("the model host was stopped", 503), kill=True, told=True)
 
     def __enter__(self) -> ModelHost:
         return self
@@ -299,8 +350,10 @@ class ModelHost:
 class _Connection:
     """One host process: a writer thread sends request lines, a reader thread hands each reply to its call."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], log: IO[bytes] | None) -> None:
-        self.proc, self.log = proc, log
+    def __init__(
+        self, proc: subprocess.Popen[bytes], log: IO[bytes] | None, on_exit: Callable[[], None] | None = None
+    ) -> None:
+        self.proc, self.log, self.on_exit = proc, log, on_exit
         self.pending: dict[int, Sink] = {}
         self.error: ServingError | None = None  # why it ended, once it has
         self.reported = False  # whether a call has been told (no call was in flight to be told)
@@ -311,20 +364,21 @@ class _Connection:
         threading.Thread(target=self._read_loop, name="tunery-host-read", daemon=True).start()
 
     @classmethod
-    def start(cls, env: dict[str, str], log_path: Path | None) -> _Connection:
+    def start(
+        cls, env: dict[str, str], log_path: Path | None, on_exit: Callable[[], None] | None = None
+    ) -> _Connection:
         log = None
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log = log_path.open("ab")
         try:
-            proc = subprocess.Popen(
-                HOST_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env={**os.environ, **env}
-            )
+            env = {**os.environ, **env, **lifeline.child_env()}
+            proc = subprocess.Popen(HOST_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
         except OSError as exc:
             if log is not None:
                 log.close()
             raise ServingError(f"cannot start the model host: {exc}") from exc
-        return cls(proc, log)
+        return cls(proc, log, on_exit)
 
     def write(self, line: str) -> None:
         self.outbox.put(line)
@@ -409,6 +463,8 @@ class _Connection:
         self.pending.clear()
         if self.log is not None:
             self.log.close()
+        if self.on_exit is not None:
+            self.on_exit()
 
 
 def _generate_fields(

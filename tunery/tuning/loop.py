@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -168,14 +168,15 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
         plan = plan_epoch(lengths, run.batch_size, run.seed, state.epoch)
         while state.batch < len(plan):
             if run.processes.stop(hooks.should_stop()):
-                state.seconds = time.perf_counter() - started
-                path = run.checkpoint()
-                raise TuningCancelled(f"cancelled at step {state.step}; checkpoint saved", str(path))
+                _cancel(run, state, started)
             hooks.on_phase(f"step {state.step + 1}")
             step_examples = plan[state.batch]
             window_tokens = sum(run.train[i].trained_tokens for i in step_examples)
             step_loss, step_correct, step_tokens = 0.0, 0, 0
-            for group, counted in run.processes.share(micro_batches(step_examples, lengths, run.micro_batch_tokens)):
+            shared = run.processes.share(micro_batches(step_examples, lengths, run.micro_batch_tokens))
+            for index, (group, counted) in enumerate(shared):
+                if index and run.processes.stop(hooks.should_stop()):  # between micro-batches: a cancel waits for one
+                    _cancel(run, state, started)
                 batch = run.batch([run.train[i] for i in group])
                 with autocast(run.precision, run.core.device.type):
                     loss, correct, _ = run.loss(batch)
@@ -220,6 +221,15 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
             break
     stop_point(run, "after the last step")  # a cancel during the last step: the epoch's checkpoint is just saved
     return state
+
+
+def _cancel(run: Run, state: Any, started: float) -> NoReturn:
+    """Stop between steps or micro-batches: a step's partial gradients are dropped, the checkpoint is the state
+    after the last whole step."""
+    run.optimizer.zero_grad(set_to_none=True)
+    state.seconds = time.perf_counter() - started
+    path = run.checkpoint()
+    raise TuningCancelled(f"cancelled at step {state.step}; checkpoint saved", str(path))
 
 
 def stop_point(run: Run, phase: str) -> None:

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 
 from tunery import settings as settings_module
+from tunery.api import checks
 from tunery.api.deps import CheckerDep, SettingsDep, StoreDep, Tenant
 from tunery.api.errors import invalid
 from tunery.api.limits import ApiSettings
@@ -76,7 +76,9 @@ async def create_file(
         request, settings.files_dir, max_bytes=settings.max_upload_bytes, fields=("model", "maxLength", "purpose")
     )
     try:
-        record = await run_in_threadpool(_check_and_keep, upload, tenant, store, settings, checker)
+        record = await checks.run(
+            request, tenant, upload.size, checker, lambda own: _check_and_keep(upload, tenant, store, settings, own)
+        )
     finally:
         upload.discard()
     return _both(record)
