@@ -13,10 +13,10 @@ from typing import Any
 import torch
 
 from tunery.data.media import MediaError, MediaSource
-from tunery.data.stats import default_epochs, tuning_data_stats
+from tunery.data.stats import default_epochs, preference_data_stats, tuning_data_stats
 from tunery.data.tokenize import Encoded
 from tunery.data.validation import read_examples
-from tunery.errors import JobError
+from tunery.errors import ConfigError, JobError
 from tunery.evaluation.tasks import training_labels
 from tunery.evaluation.tuned import evaluate_tuned
 from tunery.models.loading import is_multimodal, load_processor, load_tokenizer
@@ -27,6 +27,7 @@ from tunery.tuning import multimodal
 from tunery.tuning.checkpoint import latest_checkpoint, load_checkpoint, write_atomic
 from tunery.tuning.distributed import Processes
 from tunery.tuning.loop import Hooks, Run, TrainState, stop_point
+from tunery.tuning.methods import objective_of
 from tunery.tuning.packing import Batcher
 from tunery.tuning.precision import resolve_precision
 from tunery.tuning.spec import TuningSpec
@@ -83,6 +84,9 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
     max_length = min(spec.max_length, base.context_length)
     model_id = base.id if base.id == spec.base_model else spec.base_model
     options = {"tokenizer": tokenizer, "max_length": max_length, "model_id": model_id, "modalities": base.modalities}
+    options["objective"] = spec.objective
+    if processor is not None and spec.objective != "SFT":
+        raise ConfigError(f"{spec.objective} tunes text-only models; {model_id} is a vision-language model")
     if processor is not None:
         options["tokenizer"] = None  # the processor encodes (media tokens included), below
     train = read_examples(spec.train, media_source=media_source(spec, spec.train), **options)
@@ -94,7 +98,9 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
     for report in (train, validation):
         if report is not None:
             report.raise_for_errors()
-    train_encoded, validation_encoded = train.encoded, validation.encoded if validation else []
+    pairs = spec.objective != "SFT"  # preference pairs (tokenize.EncodedPair), else examples
+    train_encoded = train.encoded_pairs if pairs else train.encoded
+    validation_encoded = (validation.encoded_pairs if pairs else validation.encoded) if validation else []
     family, source, validation_source = None, None, None
     if processor is not None:
         config = json.loads((Path(base.path) / "config.json").read_text())
@@ -110,7 +116,7 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
             ]
     epochs = spec.epochs or default_epochs(len(train_encoded))
     learning_rate = base.learning_rates[spec.method] * spec.learning_rate_multiplier
-    stats = tuning_data_stats(train_encoded, epochs, spec.batch_size)
+    stats = (preference_data_stats if pairs else tuning_data_stats)(train_encoded, epochs, spec.batch_size)
     return Prepared(
         spec,
         base,
@@ -159,10 +165,12 @@ def make_run(prep: Prepared, model: Any, core: Any, placement: Any = None, proce
         return (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    objective = objective_of(prep.spec)
+    device = placement.device if placement else None
     text_batcher = Batcher(prep.tokenizer.pad_token_id, placement.device, placement.packing) if placement else None
+    own = objective.batcher(prep.tokenizer.pad_token_id, device)  # a pair batch: chosen and rejected rows
     media = eval_media = None
     if prep.processor is not None and prep.family is not None:  # media decoded per batch, on the run's device
-        device = placement.device if placement else None
         media = multimodal.MultimodalCollator(prep.family, prep.processor, prep.media_source, device)
         eval_source = prep.validation_media_source or prep.media_source
         eval_media = multimodal.MultimodalCollator(prep.family, prep.processor, eval_source, device)
@@ -181,14 +189,17 @@ def make_run(prep: Prepared, model: Any, core: Any, placement: Any = None, proce
         seed=prep.spec.seed,
         pad_id=prep.tokenizer.pad_token_id,
         run_dir=prep.run_dir,
-        batcher=media or text_batcher,
+        batcher=own or media or text_batcher,
         processes=processes or Processes(),
-        eval_batcher=eval_media,
+        eval_batcher=own or eval_media,
+        objective=objective,
     )
 
 
 def start_or_resume(prep: Prepared, run: Run, resume: bool) -> None:
-    """Record the run (new) or restore its newest checkpoint (resume), keeping metrics.jsonl in step."""
+    """Record the run (new) or restore its newest checkpoint (resume), keeping metrics.jsonl in step; first, what the
+    objective fixes at step 0 (DPO's reference log-probabilities: computed now, or read back on resume)."""
+    run.objective.start(run)
     metrics = prep.run_dir / METRICS_FILE
     if not run.processes.is_main:  # process 0 records the run; the others only load its checkpoint
         checkpoint = latest_checkpoint(prep.run_dir) if resume else None
@@ -234,11 +245,16 @@ def run_hooks(hooks: Hooks | None, run_dir: Path, processes: Processes) -> Hooks
     return hooks
 
 
+DATA_STATS = {"SFT": "supervisedTuningDataStats", "DPO": "preferenceOptimizationDataStats"}
+"""The ``tuningDataStats`` key of each objective's statistics (Vertex's names)."""
+
+
 def finish(prep: Prepared, run: Run) -> Path:
     """Write tokenizer, chat template and ``tunery.json``; then, with a validation file, the final evaluation
     (``evaluation.json`` + ``predictions.jsonl``) of the finished model; drop checkpoints last, so a run stopped
     during the save or the evaluation (``stop_point``) resumes from its last checkpoint."""
     run.hooks.on_phase("save")
+    pairs = prep.spec.objective != "SFT"
     (prep.processor or prep.tokenizer).save_pretrained(prep.run_dir)
     final = {}
     for line in (prep.run_dir / METRICS_FILE).read_text().splitlines():
@@ -248,6 +264,7 @@ def finish(prep: Prepared, run: Run) -> Path:
         "id": prep.run_dir.name,
         "displayName": prep.spec.display_name or prep.run_dir.name,
         "tuningMode": prep.spec.method,
+        "objective": prep.spec.objective,
         "baseModel": {
             "id": prep.base.id,
             "path": str(prep.base.path),
@@ -264,8 +281,9 @@ def finish(prep: Prepared, run: Run) -> Path:
             "maxLength": prep.spec.max_length,
             "seed": prep.spec.seed,
             "precision": run.precision,
+            **({"beta": prep.spec.beta, "preferenceLoss": prep.spec.preference_loss} if pairs else {}),
         },
-        "tuningDataStats": {"supervisedTuningDataStats": prep.stats},
+        "tuningDataStats": {DATA_STATS[prep.spec.objective]: prep.stats},
         "labels": training_labels(prep.spec.train),  # a classification file's label set, else null
         "finalMetrics": final,
         "trainingSeconds": round(run.state.seconds, 2),
@@ -273,7 +291,7 @@ def finish(prep: Prepared, run: Run) -> Path:
     }
     write_atomic(prep.run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2))
     stop_point(run, "during the save")
-    if prep.spec.validation:
+    if prep.spec.validation and not pairs:  # a preference run's validation is its eval_rewards, in the loop
         run.hooks.on_phase("evaluation")
         evaluate_tuned(
             prep.run_dir, prep.spec.validation, prep.spec.train, stop=lambda: stop_point(run, "during the evaluation")
