@@ -88,7 +88,8 @@ def closed_label_set(targets: Sequence[str]) -> tuple[str, ...]:
 
 def training_labels(path: str | Path | None) -> list[str] | None:
     """The closed label set of a training file (what a tuned classification model records in ``tunery.json``;
-    of a preference file, both answers of each pair), or None: no file, not a classification file, or a file that does not read."""
+    of a preference file, both answers of each pair), or None: no file, not a classification file, or a file that
+    does not read."""
     if not path or not Path(path).is_file():
         return None
     from tunery.data.validation import read_examples

@@ -15,8 +15,8 @@ from tunery.tuning import multimodal
 from tunery.tuning.devices import load_options, place, prepare_model, resolve_device
 from tunery.tuning.distributed import Processes, processes
 from tunery.tuning.loop import Hooks, Run, fit
-from tunery.tuning.methods import objective_of
 from tunery.tuning.memory import check_fits
+from tunery.tuning.methods import objective_of
 from tunery.tuning.prepare import Prepared, finish, make_run, prepare, run_hooks, start_or_resume
 from tunery.tuning.spec import TuningSpec
 

@@ -46,7 +46,8 @@ def token_loss(core: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 
 
 def sequence_logps(core: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's summed log-probability of its trained tokens (an answer and its end-of-turn token), and their count."""
+    """Each row's summed log-probability of its trained tokens (an answer and its end-of-turn token), and their
+    count."""
     logits, wanted, keep = trained_logits(core, batch)
     token_logps = torch.gather(logits.float().log_softmax(-1), 1, wanted[:, None]).squeeze(1)
     rows = keep.nonzero()[:, 0]
