@@ -28,7 +28,22 @@ from tunery.tuning.objectives import PairBatcher
 ADAPTER = "adapter_model.safetensors"
 PREFERRED = ["red", "green", "blue", "yes"]  # one token each (in the tiny tokenizer): no side is simply the shorter
 OTHER = ["one", "four", "eight", "no"]
-TOPICS = "card arrival declined transfer failed payment money bank account hello world red green blue".split()
+TOPICS = [
+    "card",
+    "arrival",
+    "declined",
+    "transfer",
+    "failed",
+    "payment",
+    "money",
+    "bank",
+    "account",
+    "hello",
+    "world",
+    "red",
+    "green",
+    "blue",
+]
 
 
 def preference_rows(n: int, offset: int = 0) -> list[dict]:
@@ -327,3 +342,48 @@ def test_two_processes_end_with_the_weights_of_one(pairs, tiny_model, tmp_path, 
     losses = [[m["train_loss"] for m in metric_lines(run)] for run in (one, two)]
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
     assert (one / "reference.json").read_text() == (two / "reference.json").read_text()
+
+
+# Tuning from a tuned model ---------------------------------------------------------------------------------
+
+
+def test_dpo_from_a_lora_sft_model_continues_its_adapter_and_records_the_chain(tuned_lora, pairs, tmp_path):
+    """SFT → DPO: the SFT adapter trains on (the reference is the SFT model, not the bare base), the result is one
+    adapter on the original base, and ``tunery.json`` names the chain with hashes."""
+    from tunery.models.sources import sha256_file
+
+    out = tune(dpo_spec(pairs, tuned_lora, tmp_path / "dpo", epochs=1))
+    manifest, sft = (json.loads((d / "tunery.json").read_text()) for d in (out, tuned_lora))
+    assert manifest["baseModel"] == sft["baseModel"]  # still one adapter on the original base
+    [link] = manifest["tunedFrom"]
+    assert link["id"] == sft["id"] and link["objective"] == "SFT" and link["tuningMode"] == "PEFT_ADAPTER"
+    assert link["sha256"] == sha256_file(tuned_lora / ADAPTER) and link["baseModel"]["id"] == sft["baseModel"]["id"]
+    sft_adapter, dpo_adapter = load_file(str(tuned_lora / ADAPTER)), load_file(str(out / ADAPTER))
+    assert sft_adapter.keys() == dpo_adapter.keys()
+    assert any(not torch.equal(sft_adapter[k], dpo_adapter[k]) for k in sft_adapter)
+    first = metric_lines(out)[0]  # the reference is the SFT model: at step 0 the rewards are zero
+    assert first["eval_rewards/margins"] == 0.0 and first["eval_loss"] == pytest.approx(math.log(2))
+
+
+def test_sft_from_a_full_model_takes_it_as_the_new_base(tuned_full, make_train, tmp_path):
+    out = tune(
+        TuningSpec(train=str(make_train(8)), base_model=str(tuned_full), output=str(tmp_path / "again"), epochs=1)
+    )
+    manifest = json.loads((out / "tunery.json").read_text())
+    assert manifest["baseModel"]["path"] == str(tuned_full.resolve())
+    assert manifest["tunedFrom"][0]["tuningMode"] == "FULL" and manifest["tunedFrom"][0]["sha256"]
+
+
+@pytest.mark.parametrize(
+    "name", ["{id}", "models/{id}", "ft:smollm2:tenant:router:{id}", "projects/p/locations/us/models/{id}"]
+)
+def test_a_tuned_model_is_named_as_each_client_names_it(name, tuned_lora, tunery_home):
+    from tunery.settings import tuned_models_dir
+    from tunery.tuning.lineage import tuned_dir
+
+    folder = tuned_models_dir() / "named-abc123"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        (folder / "tunery.json").write_text((tuned_lora / "tunery.json").read_text())
+    assert tuned_dir(name.format(id="named-abc123")) == folder.resolve()
+    assert tuned_dir("smollm2-135m-instruct") is None

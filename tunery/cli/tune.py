@@ -211,10 +211,10 @@ def check_datasets(spec: TuningSpec) -> None:
     tokenizer for a text model: lengths too; a vision-language model's media parts are checked by the job)."""
     from tunery.data.validation import read_examples
     from tunery.models.loading import is_multimodal, load_tokenizer
-    from tunery.models.sources import resolve_base
+    from tunery.tuning.lineage import resolve_start
     from tunery.tuning.prepare import media_source
 
-    base = resolve_base(spec.base_model)
+    base = resolve_start(spec.base_model).base  # a tuned model: the base it sits on
     tokenizer = None if is_multimodal(base.path) else load_tokenizer(base.path)
     model_id = base.id if base.id == spec.base_model else spec.base_model
     for path in (spec.train, spec.validation):

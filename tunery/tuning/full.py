@@ -30,6 +30,10 @@ def setup(
     check_fits(prep, placement, group.count, group.fsdp, group.offload)
     torch.manual_seed(spec.seed)
     model = prepare_model(load_model(prep.base.path, **load_options(spec, placement)), spec, placement)
+    if prep.start is not None and prep.start.adapter is not None:  # a tuned LoRA model: its adapter merged in first
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(prep.start.adapter)).merge_and_unload()
     model.requires_grad_(True)
     if prep.family is not None:  # a vision-language model: its media tower and projector frozen unless opened
         multimodal.freeze_media(model, prep.family, spec.train_projector, spec.train_vision)

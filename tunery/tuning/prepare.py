@@ -20,12 +20,13 @@ from tunery.errors import ConfigError, JobError
 from tunery.evaluation.tasks import training_labels
 from tunery.evaluation.tuned import evaluate_tuned
 from tunery.models.loading import is_multimodal, load_processor, load_tokenizer
-from tunery.models.sources import BaseModel, resolve_base
+from tunery.models.sources import BaseModel
 from tunery.models.tuned import MANIFEST_FILE, METRICS_FILE
 from tunery.settings import data_root, tuned_models_dir
 from tunery.tuning import multimodal
 from tunery.tuning.checkpoint import latest_checkpoint, load_checkpoint, write_atomic
 from tunery.tuning.distributed import Processes
+from tunery.tuning.lineage import Start, resolve_start
 from tunery.tuning.loop import Hooks, Run, TrainState, stop_point
 from tunery.tuning.methods import objective_of
 from tunery.tuning.packing import Batcher
@@ -52,6 +53,7 @@ class Prepared:
     family: multimodal.Family | None = None  # the model's multimodal family (tunery.tuning.multimodal)
     media_source: Any = None  # where the training file's media parts resolve
     validation_media_source: Any = None  # and the validation file's
+    start: Start | None = None  # a tuned model the run starts from: its adapter to continue, its chain (lineage.py)
 
 
 def new_run_dir(spec: TuningSpec) -> Path:
@@ -78,7 +80,8 @@ def saved_spec(run_dir: str | Path) -> TuningSpec:
 
 def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
     """Resolve the base model and read both datasets; raises DatasetError listing every problem."""
-    base = resolve_base(spec.base_model)
+    start = resolve_start(spec.base_model)  # a base model, or a tuned model to tune further
+    base = start.base
     processor = load_processor(base.path) if is_multimodal(base.path) else None
     tokenizer = processor.tokenizer if processor is not None else load_tokenizer(base.path)
     max_length = min(spec.max_length, base.context_length)
@@ -131,6 +134,7 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
         family,
         source,
         validation_source,
+        start,
     )
 
 
@@ -259,6 +263,9 @@ def finish(prep: Prepared, run: Run) -> Path:
     final = {}
     for line in (prep.run_dir / METRICS_FILE).read_text().splitlines():
         final.update({k: v for k, v in json.loads(line).items() if k not in ("learning_rate", "eta_seconds")})
+    adapter_size = prep.spec.adapter_size
+    if prep.spec.is_lora and hasattr(run.model, "peft_config"):  # a continued adapter keeps its own rank
+        adapter_size = run.model.peft_config["default"].r
     manifest = {
         "format": 1,
         "id": prep.run_dir.name,
@@ -271,12 +278,13 @@ def finish(prep: Prepared, run: Run) -> Path:
             "sha256": prep.base.sha256,
             **({"revision": prep.base.revision, "files": prep.base.files} if prep.base.revision else {}),
         },
+        **({"tunedFrom": prep.start.chain} if prep.start and prep.start.chain else {}),
         "spec": prep.spec.to_dict(),
         "hyperParameters": {
             "epochCount": prep.epochs,
             "learningRate": prep.learning_rate,
             "learningRateMultiplier": prep.spec.learning_rate_multiplier,
-            "adapterSize": prep.spec.adapter_size if prep.spec.is_lora else None,
+            "adapterSize": adapter_size if prep.spec.is_lora else None,
             "batchSize": prep.spec.batch_size,
             "maxLength": prep.spec.max_length,
             "seed": prep.spec.seed,
