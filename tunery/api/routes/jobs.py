@@ -42,7 +42,8 @@ from tunery.api.schemas import (
 from tunery.errors import ConfigError, NotFoundError, TuneryError
 from tunery.jobs import inputs
 from tunery.jobs.store import Job, Store, StoredFile, new_id
-from tunery.models.catalog import PEFT_ADAPTER
+from tunery.models.catalog import CATALOG, PEFT_ADAPTER
+from tunery.tuning.lineage import TUNED_NAME
 from tunery.tuning.spec import COMPUTE_CONFIG, HYPER_PARAMETERS, PEFT_ADAPTER_ONLY, REST_NAMES, TuningSpec
 
 router = APIRouter(prefix="/v1/tuningJobs", tags=["tuningJobs"])
@@ -89,7 +90,7 @@ def _resolve(
         field = REFERENCE_FIELDS[key].format(spec=spec_name)
         try:
             if key == "base_model":
-                paths[key] = resolve_base_model(ref, settings.data_root, field)
+                paths[key] = tuned_base(ref, tenant, store) or resolve_base_model(ref, settings.data_root, field)
             else:
                 paths[key], record = resolve_dataset(ref, tenant, store, settings.data_root, field)
                 if record is not None:
@@ -97,6 +98,21 @@ def _resolve(
         except ConfigError as exc:
             problems.append((field, str(exc).removeprefix(f"{field}: ")))
     return paths, uploads, problems
+
+
+def tuned_base(ref: str, tenant: str, store: Store) -> str | None:
+    """The directory of the tenant's tuned model ``ref`` names (``{id}``, ``models/{id}``, OpenAI's ``ft:...:{id}``,
+    Vertex's ``projects/*/locations/*/models/{id}``), to tune further; None if it names none."""
+    found = TUNED_NAME.match(ref)
+    if found is None or ref in CATALOG:
+        return None
+    try:
+        record = store.get_tuned_model(tenant, found["id"])
+    except NotFoundError:
+        return None
+    from tunery.jobs.artifacts import local_copy  # TUNERY_ARTIFACTS a URL: a model tuned on another node
+
+    return local_copy(record.path, record.id)
 
 
 def _reference_problems(request: Request, body: Any) -> list[tuple[str, str]]:
