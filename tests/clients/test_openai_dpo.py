@@ -45,7 +45,7 @@ def ended(client, job_id: str):
     return found[0]
 
 
-def test_dpo_job_then_a_job_from_its_model(server, client) -> None:
+def test_dpo_job_then_a_job_from_its_model(server, key, client) -> None:
     uploaded = client.files.create(file=("pairs.jsonl", pairs(16)), purpose="fine-tune")
     method = {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1, "batch_size": "auto"}}}
     first = ended(client, client.fine_tuning.jobs.create(model="tiny", training_file=uploaded.id, method=method).id)
@@ -62,6 +62,29 @@ def test_dpo_job_then_a_job_from_its_model(server, client) -> None:
     [manifest] = [json.loads(p.read_text()) for p in server.home.rglob(f"{second.fine_tuned_model}/tunery.json")]
     assert manifest["objective"] == "DPO" and manifest["tunedFrom"][0]["id"] == first.fine_tuned_model
     assert manifest["tunedFrom"][0]["objective"] == "DPO" and manifest["tunedFrom"][0]["sha256"]
+
+    # The Vertex shape: preferenceOptimizationSpec, from the same tuned model named as Vertex names it.
+    vertex = {
+        "baseModel": f"projects/p/locations/us/models/{first.fine_tuned_model}",
+        "preferenceOptimizationSpec": {
+            "trainingDatasetUri": uploaded.id,
+            "hyperParameters": {
+                "beta": 0.3,
+                "epochCount": "1",
+                "learningRateMultiplier": 2,
+                "adapterSize": "ADAPTER_SIZE_EIGHT",
+            },
+        },
+    }
+    headers = server.headers(key)
+    created = server.client.post("/v1/projects/p/locations/us/tuningJobs", json=vertex, headers=headers)
+    assert created.status_code == 200, created.text
+    assert created.json()["preferenceOptimizationSpec"]["hyperParameters"]["beta"] == 0.3
+    job = server.wait_job("tuningJobs/" + created.json()["name"].rsplit("/", 1)[1], key)
+    assert job["state"] == "JOB_STATE_SUCCEEDED", job
+    both = {**vertex, "supervisedTuningSpec": vertex["preferenceOptimizationSpec"]}
+    refused = server.client.post("/v1/tuningJobs", json=both, headers=headers)
+    assert refused.status_code == 400 and "one of the two" in refused.text
 
 
 def test_bad_preference_lines_are_refused_by_line(client) -> None:
