@@ -83,6 +83,7 @@ def exact_match(model_dir: Path, test: Path, output: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=120, help="training tickets (of 240)")
+    parser.add_argument("--test", type=int, default=80, help="test tickets (of 80) for exact match and held-out pairs")
     parser.add_argument("--sft-epochs", type=int, default=2)
     parser.add_argument("--dpo-epochs", type=int, default=1)
     parser.add_argument("--beta", type=float, default=0.1)
@@ -91,7 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     train_file, test_file = dataset_paths()
     train = read_examples(train_file).examples[: args.train]
-    test = read_examples(test_file).examples
+    test = read_examples(test_file).examples[: args.test]
     labels = sorted({e.target for e in train + test})
     root = Path(tempfile.mkdtemp(prefix="tunery-dpo-bench-"))
     sft_train = write(
@@ -99,6 +100,9 @@ def main() -> None:
     )
     pairs_train = write(root / "pairs-train.jsonl", pair_lines(train, labels, seed=0))
     pairs_test = write(root / "pairs-test.jsonl", pair_lines(test, labels, seed=1))
+    test_file = write(
+        root / "test.jsonl", [json.loads(line) for line in test_file.read_text().splitlines()][: args.test]
+    )
     common = {"precision": "fp32", "device": "cpu", "batch_size": 8, "seed": 0}
 
     started = time.perf_counter()
