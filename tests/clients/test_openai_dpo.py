@@ -82,9 +82,10 @@ def test_dpo_job_then_a_job_from_its_model(server, key, client) -> None:
     assert created.json()["preferenceOptimizationSpec"]["hyperParameters"]["beta"] == 0.3
     job = server.wait_job("tuningJobs/" + created.json()["name"].rsplit("/", 1)[1], key)
     assert job["state"] == "JOB_STATE_SUCCEEDED", job
-    both = {**vertex, "supervisedTuningSpec": vertex["preferenceOptimizationSpec"]}
-    refused = server.client.post("/v1/tuningJobs", json=both, headers=headers)
-    assert refused.status_code == 400 and "one of the two" in refused.text
+    resource = json.loads(
+        next(server.home.rglob(f"{job['tunedModel']['model'].rsplit('/', 1)[1]}/tunery.json")).read_text()
+    )
+    assert resource["tunedFrom"][0]["id"] == first.fine_tuned_model and resource["hyperParameters"]["beta"] == 0.3
 
 
 def test_bad_preference_lines_are_refused_by_line(client) -> None:
