@@ -448,6 +448,29 @@ def test_every_problem_of_a_create_is_reported_at_once(api: Api) -> None:
     assert "3 problems" in response.json()["error"]["message"]
 
 
+def test_a_preference_job_names_its_own_fields(api: Api) -> None:
+    """``preferenceOptimizationSpec`` (DPO): its problems are named under it, beta's bounds come from the spec, and a
+    request with both specs, or neither, is refused."""
+    body = {
+        "baseModel": "no-such-model",
+        "preferenceOptimizationSpec": {
+            "trainingDatasetUri": "files/20250101000000aaaaaaaaaaaa",
+            "hyperParameters": {"beta": 0, "epochCount": 1},
+        },
+    }
+    found = violations(api.client.post("/v1/tuningJobs", json=body))
+    assert set(found) == {
+        "preferenceOptimizationSpec.hyperParameters.beta",
+        "preferenceOptimizationSpec.trainingDatasetUri",
+        "baseModel",
+    }
+    spec = {"trainingDatasetUri": "classify_gemini.jsonl"}
+    both = {"baseModel": "tiny", "preferenceOptimizationSpec": spec, "supervisedTuningSpec": spec}
+    for wrong in (both, {"baseModel": "tiny"}):
+        response = api.client.post("/v1/tuningJobs", json=wrong)
+        assert response.status_code == 400 and "one of the two" in response.text
+
+
 def test_a_create_with_schema_errors_names_its_bad_references_too(api: Api) -> None:
     response = api.create(
         baseModel="no-such-model",
@@ -717,8 +740,10 @@ def test_the_openapi_document_describes_the_real_bodies_and_the_bearer_key(api: 
     doc = api.client.get("/openapi.json").json()
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     schemas = doc["components"]["schemas"]
-    assert set(schemas["HyperParameters"]["properties"]) == set(HYPER_PARAMETERS)
-    assert schemas["CreateTuningJobRequest"]["required"] == ["supervisedTuningSpec"]
+    assert set(schemas["HyperParameters"]["properties"]) == set(HYPER_PARAMETERS) - {"beta"}  # DPO's alone
+    assert set(schemas["PreferenceHyperParameters"]["properties"]) == set(HYPER_PARAMETERS)
+    create = schemas["CreateTuningJobRequest"]  # one of the two specs (checked by the server)
+    assert {"supervisedTuningSpec", "preferenceOptimizationSpec"} <= set(create["properties"])
     upload = doc["paths"]["/v1/files"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert upload["required"] == ["file"] and upload["properties"]["file"]["format"] == "binary"
     for path, method in [("/v1/tuningJobs", "post"), ("/v1/models/{model_id}:generateContent", "post")]:

@@ -19,7 +19,7 @@ from tunery.models.loading import load_model
 from tunery.tuning import TuningSpec, tune
 from tunery.tuning.batching import collate
 from tunery.tuning.devices import place, resolve_device
-from tunery.tuning.loop import token_loss
+from tunery.tuning.losses import token_loss
 from tunery.tuning.memory import parameter_counts
 from tunery.tuning.packing import pack
 
@@ -47,7 +47,7 @@ def test_packing_gives_the_loss_and_gradients_of_padding(tiny_model, examples):
     results = []
     for batch in (padded, packed):
         model.zero_grad()
-        loss, correct, count = token_loss(model, batch)
+        loss, (correct, count) = token_loss(model, batch)
         loss.backward()
         results.append((float(loss.detach()), correct, count, grads(model)))
     (loss_a, correct_a, count_a, grads_a), (loss_b, correct_b, count_b, grads_b) = results
@@ -85,7 +85,7 @@ def test_gradient_checkpointing_changes_memory_not_the_gradients(tiny_model, exa
         model.train()
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        loss, _, _ = token_loss(model, batch)
+        loss, _ = token_loss(model, batch)
         loss.backward()
         results.append((float(loss.detach()), grads(model)))
     assert results[1][0] == pytest.approx(results[0][0], rel=1e-6)
@@ -176,7 +176,7 @@ def test_gpu_packing_matches_padding(tiny_model, examples):
     model = load_model(tiny_model, attn_implementation=place(TuningSpec(train="t", device="cuda")).attention).cuda()
     losses = []
     for batch in (collate(examples, pad_id=0), pack(examples)):
-        loss, _, _ = token_loss(model, {k: v.cuda() for k, v in batch.items()})
+        loss, _ = token_loss(model, {k: v.cuda() for k, v in batch.items()})
         losses.append(float(loss))
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 

@@ -20,6 +20,7 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -130,18 +131,53 @@ class SupervisedTuningSpec(Request):
     compute_config: ComputeConfig | None = Field(None, description="Where the job computes (default: tunery's).")
 
 
+class PreferenceHyperParameters(HyperParameters):
+    """Vertex's preference optimization hyperparameters: the supervised ones and DPO's ``beta``."""
+
+    beta: float | None = _bounded("beta", "How far from the reference model the tuned one may move (DPO).")
+
+
+class PreferenceOptimizationSpec(SupervisedTuningSpec):
+    """Vertex's ``preferenceOptimizationSpec``: DPO on preference pairs (Vertex, OpenAI or TRL lines)."""
+
+    hyper_parameters: PreferenceHyperParameters = Field(
+        default_factory=lambda: PreferenceHyperParameters.model_validate({})
+    )
+
+
 class CreateTuningJobRequest(Request):
-    """``POST /v1/tuningJobs``: tune ``baseModel`` on the training dataset."""
+    """``POST /v1/tuningJobs``: tune ``baseModel`` on the training dataset: supervised examples
+    (``supervisedTuningSpec``) or preference pairs (``preferenceOptimizationSpec``), one of the two."""
 
     model_config = ConfigDict(strict=True)
 
     base_model: Uri | None = Field(
-        None, description="A catalog model id (GET /v1/models) or a model directory under the data root."
+        None,
+        description="A catalog model id (GET /v1/models), a model directory under the data root, or a tuned model "
+        "(models/{id}, its id).",
     )
-    supervised_tuning_spec: SupervisedTuningSpec
+    supervised_tuning_spec: SupervisedTuningSpec | None = None
+    preference_optimization_spec: PreferenceOptimizationSpec | None = Field(
+        None, description="DPO on preference pairs, instead of supervisedTuningSpec."
+    )
     tuning_mode: Literal["PEFT_ADAPTER", "FULL"] | None = Field(None, description="Default PEFT_ADAPTER (LoRA).")
     tuned_model_display_name: DisplayName | None = None
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=limits.MAX_LABELS)
+
+    @model_validator(mode="after")
+    def _one_spec(self) -> CreateTuningJobRequest:
+        if (self.supervised_tuning_spec is None) == (self.preference_optimization_spec is None):
+            raise ValueError("give supervisedTuningSpec or preferenceOptimizationSpec (one of the two)")
+        return self
+
+    @property
+    def tuning(self) -> SupervisedTuningSpec:
+        """The one tuning spec given."""
+        return self.preference_optimization_spec or self.supervised_tuning_spec  # type: ignore[return-value]
+
+    @property
+    def spec_name(self) -> str:
+        return "preferenceOptimizationSpec" if self.preference_optimization_spec else "supervisedTuningSpec"
 
 
 class TuningJobError(Response):
@@ -159,7 +195,8 @@ class TuningJob(Response):
     base_model: str
     tuned_model_display_name: str
     tuning_mode: str
-    supervised_tuning_spec: dict[str, Any]
+    supervised_tuning_spec: dict[str, Any] | None = None
+    preference_optimization_spec: dict[str, Any] | None = None
     state: State
     create_time: str
     update_time: str

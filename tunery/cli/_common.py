@@ -92,9 +92,9 @@ class TrainingProgress:
 
     def on_metrics(self, m: dict[str, Any]) -> None:
         if "eval_loss" in m:
+            accuracy = next(n for n in ("eval_token_accuracy", "eval_rewards/accuracies") if n in m)  # SFT, DPO
             self.progress.console.print(
-                f"epoch {m['epoch']:.0f}: eval_loss {m['eval_loss']:.4f}  "
-                f"eval_token_accuracy {m['eval_token_accuracy']:.3f}",
+                f"epoch {m['epoch']:.0f}: eval_loss {m['eval_loss']:.4f}  {accuracy} {m[accuracy]:.3f}",
                 highlight=False,
             )
         if "train_loss" not in m:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from tunery.cli._common import console, err_console, handle_errors, print_json
 from tunery.data.media import MediaSource
-from tunery.data.stats import default_epochs, describe_media, tuning_data_stats
+from tunery.data.stats import default_epochs, describe_media, preference_data_stats, tuning_data_stats
 from tunery.data.validation import ValidationReport, read_examples
 from tunery.models.catalog import DEFAULT_MODEL
 from tunery.models.loading import load_tokenizer
@@ -42,7 +42,12 @@ def _read(path: Path, model: str, max_length: int, allow_remote: bool = False) -
         max_length=min(max_length, base.context_length),
         model_id=model,
         modalities=base.modalities,
+        objective=None,  # supervised examples or preference pairs, as the first line is
     )
+
+
+def _count(report: ValidationReport) -> str:
+    return f"{len(report.pairs)} preference pairs" if report.objective == "DPO" else f"{len(report.examples)} examples"
 
 
 @app.command()
@@ -56,11 +61,9 @@ def validate(
         err_console.print(str(problem), highlight=False, markup=False)
     n_err, n_warn = len(report.errors), len(report.warnings)
     if n_err:
-        err_console.print(
-            f"[red]{report.path}: {n_err} error(s), {n_warn} warning(s); {len(report.examples)} valid examples[/red]"
-        )
+        err_console.print(f"[red]{report.path}: {n_err} error(s), {n_warn} warning(s); {_count(report)} valid[/red]")
         raise typer.Exit(1)
-    console.print(f"{report.path}: OK, {len(report.examples)} examples ({n_warn} warning(s))", highlight=False)
+    console.print(f"{report.path}: OK, {_count(report)} ({n_warn} warning(s))", highlight=False)
 
 
 @app.command()
@@ -76,9 +79,17 @@ def stats(
     as_json: bool = typer.Option(False, "--json", help="Print supervisedTuningDataStats as JSON."),
     allow_remote_media: bool = REMOTE,
 ) -> None:
-    """Statistics in the shape of Vertex's supervisedTuningDataStats."""
+    """Statistics in the shape of Vertex's supervisedTuningDataStats (preferenceOptimizationDataStats for pairs)."""
     report = _read(file, model, max_length, allow_remote_media)
     report.raise_for_errors()
+    if report.objective == "DPO":
+        epochs = epochs or default_epochs(len(report.encoded_pairs))
+        pairs = preference_data_stats(report.encoded_pairs, epochs, batch_size)
+        if as_json:
+            print_json({"preferenceOptimizationDataStats": pairs})
+            return
+        show_pair_stats(report.path, pairs, epochs)
+        return
     epochs = epochs or default_epochs(len(report.encoded))
     data = tuning_data_stats(report.encoded, epochs, batch_size)
     if as_json:
@@ -107,3 +118,23 @@ def show_stats(name: str, data: dict[str, Any], epochs: int | None) -> None:
     console.print(table)
     for line in describe_media(data.get("mediaStats") or {}):
         console.print(line, highlight=False)
+
+
+def show_pair_stats(name: str, data: dict[str, Any], epochs: int) -> None:
+    """Print preference statistics: pairs, steps, truncated sides, prompt and answer token distributions."""
+    console.print(
+        f"[bold]{name}[/bold]: {data['tuningDatasetExampleCount']} preference pairs, "
+        f"{data['totalBillableTokenCount']} billable tokens over {epochs} epochs, {data['tuningStepCount']} steps, "
+        f"{data['totalTruncatedExampleCount']} truncated ({len(data['truncatedChosenExampleIndices'])} chosen, "
+        f"{len(data['truncatedRejectedExampleIndices'])} rejected)",
+        highlight=False,
+    )
+    table = Table("tokens per pair", "sum", "min", "p5", "median", "mean", "p95", "max")
+    for label, key in (
+        ("prompt", "userInputTokenDistribution"),
+        ("chosen answer", "chosenOutputTokenDistribution"),
+        ("rejected answer", "rejectedOutputTokenDistribution"),
+    ):
+        d = data[key]
+        table.add_row(label, *(f"{d[k]:g}" for k in ("sum", "min", "p5", "median", "mean", "p95", "max")))
+    console.print(table)

@@ -24,19 +24,20 @@ from tunery.jobs.local import TENANT, active_on, kill
 from tunery.jobs.store import CODE_INTERNAL
 from tunery.models.catalog import DEFAULT_MODEL
 from tunery.settings import jobs_dir
+from tunery.tuning.methods import method_named
 from tunery.tuning.spec import TuningSpec
 
 
 def run_as_helper(spec: TuningSpec, resume: bool) -> None:
     """A launcher's process other than 0: train alongside process 0 in the run directory it creates."""
-    from tunery.tuning import full, lora
+    from tunery.tuning.methods import method_of
     from tunery.tuning.prepare import saved_spec
 
     run_dir = Path(spec.output or "").expanduser().resolve()
     if resume:
         spec = saved_spec(run_dir).computing_as(spec)
     try:
-        (lora if spec.is_lora else full).main(spec, run_dir, resume=resume)
+        method_of(spec).main(spec, run_dir, resume=resume)
     except TuningCancelled:
         raise typer.Exit(130) from None
 
@@ -51,7 +52,14 @@ def tune(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Catalog id or local model directory."),
     train: Path = typer.Option(None, "--train", help="Training JSONL (Gemini or OpenAI form)."),
     validation: Path = typer.Option(None, "--validation", help="Validation JSONL, evaluated each epoch."),
-    method: str = typer.Option("lora", "--method", help="lora (PEFT_ADAPTER) or full (FULL)."),
+    method: str = typer.Option(
+        "lora",
+        "--method",
+        help="lora (supervised, LoRA adapter), full (supervised, every weight), dpo (preference pairs, LoRA adapter) "
+        "or dpo-full (preference pairs, every weight).",
+    ),
+    beta: float = typer.Option(_DEFAULT.beta, "--beta", help="DPO: how far from the reference the model may move."),
+    preference_loss: str = typer.Option(_DEFAULT.preference_loss, "--preference-loss", help="DPO: sigmoid or ipo."),
     epochs: int = typer.Option(None, "--epochs", help="Epochs (default: from the dataset size)."),
     adapter_size: int = typer.Option(_DEFAULT.adapter_size, "--adapter-size", help="LoRA rank: 1, 2, 4, 8, 16, 32."),
     learning_rate_multiplier: float = typer.Option(
@@ -91,8 +99,8 @@ def tune(
         False, "--allow-remote-media", help="Fetch http(s):// media parts of the datasets (off: they are errors)."
     ),
 ) -> None:
-    """Tune a base model with a LoRA adapter or full fine-tuning, as a job on this machine; Ctrl-C cancels it at a
-    checkpoint that --resume continues."""
+    """Tune a base model (or a tuned model) with a LoRA adapter or full fine-tuning, on supervised examples or on
+    preference pairs (DPO), as a job on this machine; Ctrl-C cancels it at a checkpoint that --resume continues."""
     launched = launched_as()
     compute: dict[str, Any] = {
         "device": device,
@@ -109,11 +117,15 @@ def tune(
     else:
         if train is None:
             raise ConfigError("--train is required")
+        chosen = method_named(method)
         spec = TuningSpec(
             train=str(train),
             base_model=model,
             validation=str(validation) if validation else None,
-            method=method,
+            method=chosen.weights,
+            objective=chosen.objective,
+            beta=beta,
+            preference_loss=preference_loss,
             epochs=epochs,
             adapter_size=adapter_size,
             learning_rate_multiplier=learning_rate_multiplier,
@@ -199,10 +211,10 @@ def check_datasets(spec: TuningSpec) -> None:
     tokenizer for a text model: lengths too; a vision-language model's media parts are checked by the job)."""
     from tunery.data.validation import read_examples
     from tunery.models.loading import is_multimodal, load_tokenizer
-    from tunery.models.sources import resolve_base
+    from tunery.tuning.lineage import resolve_start
     from tunery.tuning.prepare import media_source
 
-    base = resolve_base(spec.base_model)
+    base = resolve_start(spec.base_model).base  # a tuned model: the base it sits on
     tokenizer = None if is_multimodal(base.path) else load_tokenizer(base.path)
     model_id = base.id if base.id == spec.base_model else spec.base_model
     for path in (spec.train, spec.validation):
@@ -214,6 +226,7 @@ def check_datasets(spec: TuningSpec) -> None:
                 model_id=model_id,
                 modalities=base.modalities,
                 media_source=media_source(spec, path),
+                objective=spec.objective,
             ).raise_for_errors()
 
 

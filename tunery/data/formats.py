@@ -274,3 +274,174 @@ def _check_turn_order(roles: list[tuple[int, str]], problems: _Problems, field: 
             problems.add(f"{field}[{i}].role", f"two {role} turns in a row; roles must alternate")
     if require_model_turn and roles[-1][1] != "model":
         problems.add(field, "no model turn at the end; the last turn must be the model's answer")
+
+
+# Preference data (DPO): a prompt and two answers, one preferred. Three shapes, detected per line.
+
+PREFERENCE_KEYS = ("completions", "preferred_output", "non_preferred_output", "chosen", "rejected")
+"""A line holding any of these is a preference pair (Vertex, OpenAI or TRL shape), else a supervised example."""
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A prompt (turns ending with the user's) and two model answers: ``chosen`` preferred over ``rejected``."""
+
+    prompt: Example
+    chosen: str
+    rejected: str
+    line: int = 0
+    sides: tuple[str, str] = ("chosen", "rejected")  # the fields each answer came from, for messages
+
+    def example(self, chosen: bool) -> Example:
+        """The prompt followed by one answer as the model's turn: what a side's log-probability is taken on."""
+        answer = Turn("model", (Part("text", text=self.chosen if chosen else self.rejected),))
+        return Example(turns=(*self.prompt.turns, answer), system=self.prompt.system, line=self.line)
+
+
+def is_preference(obj: Any) -> bool:
+    return isinstance(obj, dict) and any(key in obj for key in PREFERENCE_KEYS)
+
+
+def parse_preference(obj: Any, line: int = 0) -> tuple[Preference | None, list[tuple[str, str]]]:
+    """Parse one preference line (Vertex ``contents`` + ``completions``; OpenAI ``input`` + ``preferred_output`` +
+    ``non_preferred_output``; TRL ``prompt`` + ``chosen`` + ``rejected``, plain text or conversational); returns the
+    pair (None if invalid) and every (field, message) problem."""
+    problems = _Problems()
+    if not isinstance(obj, dict):
+        problems.add("line", f"expected a JSON object, got {type(obj).__name__}")
+        return None, problems.items
+    if "completions" in obj:
+        found = _parse_vertex_pair(obj, problems, line)
+    elif "preferred_output" in obj or "non_preferred_output" in obj:
+        found = _parse_openai_pair(obj, problems, line)
+    else:
+        found = _parse_trl_pair(obj, problems, line)
+    if found is None or problems.items:
+        return None, problems.items
+    prompt, (chosen, chosen_field), (rejected, rejected_field) = found
+    if chosen.strip() == rejected.strip():
+        problems.add(rejected_field, f"the same text as {chosen_field}; a pair needs two different answers")
+        return None, problems.items
+    return Preference(prompt, chosen, rejected, line, (chosen_field, rejected_field)), problems.items
+
+
+Answer = tuple[str, str]  # (text, field)
+Found = tuple[Example, Answer, Answer] | None
+
+
+def _prompt_ends_with_user(prompt: Example | None, roles: Roles, field: str, problems: _Problems) -> Example | None:
+    if roles:
+        _check_turn_order(roles, problems, field, require_model_turn=False)
+        if roles[-1][1] != "user":
+            problems.add(f"{field}[{roles[-1][0]}].role", "the prompt must end with a user turn (the answers follow)")
+    elif roles is not None and prompt is not None and not prompt.turns:
+        problems.add(field, "the prompt has no user turn")
+    return prompt
+
+
+def _parse_vertex_pair(obj: dict, problems: _Problems, line: int) -> Found:
+    prompt, roles = _parse_gemini(obj, problems, line)
+    _prompt_ends_with_user(prompt, roles, "contents", problems)
+    completions = obj["completions"]
+    if not isinstance(completions, list) or len(completions) != 2:
+        got = len(completions) if isinstance(completions, list) else type(completions).__name__
+        problems.add("completions", f"expected exactly two completions, got {got}")
+        return None
+    scored: list[tuple[int, str, str]] = []
+    for i, item in enumerate(completions):
+        field = f"completions[{i}]"
+        if not isinstance(item, dict):
+            problems.add(field, 'must be an object with "score" and "completion"')
+            continue
+        score = item.get("score")
+        if isinstance(score, bool) or score not in (0, 1):
+            problems.add(f"{field}.score", f"expected 0 or 1, got {str(score)[:20] if 'score' in item else 'none'}")
+            continue
+        text = _model_answer(item.get("completion"), f"{field}.completion", problems)
+        if text is not None:
+            scored.append((int(score), text, field))
+    if len(scored) != 2:
+        return None
+    if scored[0][0] == scored[1][0]:
+        problems.add("completions[1].score", f"both completions score {scored[0][0]}; one must score 1, the other 0")
+        return None
+    (_, rejected, rejected_field), (_, chosen, chosen_field) = sorted(scored)
+    return prompt or Example(()), (chosen, chosen_field), (rejected, rejected_field)
+
+
+def _model_answer(completion: Any, field: str, problems: _Problems) -> str | None:
+    if not isinstance(completion, dict):
+        problems.add(field, 'missing; expected {"role": "model", "parts": [{"text": ...}]}')
+        return None
+    if completion.get("role") != "model":
+        problems.add(f"{field}.role", f"expected 'model', got {str(completion.get('role'))[:20]!r}")
+        return None
+    parts = _parse_parts(completion, field, problems)
+    if parts is None:
+        return None
+    if any(p.kind != "text" for p in parts):
+        problems.add(f"{field}.parts", "a preference answer takes text parts only")
+        return None
+    return "".join(p.text for p in parts) or None
+
+
+def _parse_openai_pair(obj: dict, problems: _Problems, line: int) -> Found:
+    given = obj.get("input")
+    prompt = None
+    if not isinstance(given, dict) or "messages" not in given:
+        problems.add("input.messages", "missing; expected the prompt's messages, ending with the user's")
+    else:
+        inner = _Problems()
+        prompt, roles = _parse_openai(given, inner, line)
+        _prompt_ends_with_user(prompt, roles, "messages", inner)
+        for f, m in inner.items:
+            problems.add(f"input.{f}", m)
+    chosen = _openai_answer(obj, "preferred_output", problems)
+    rejected = _openai_answer(obj, "non_preferred_output", problems)
+    if prompt is None or chosen is None or rejected is None:
+        return None
+    return prompt, chosen, rejected
+
+
+def _openai_answer(obj: dict, key: str, problems: _Problems, role: str = "assistant") -> Answer | None:
+    """One answer given as a list of one assistant message (OpenAI, conversational TRL) or, for TRL, a string."""
+    if key not in obj:
+        problems.add(key, "missing; a pair needs both answers")
+        return None
+    value = obj[key]
+    if isinstance(value, str) and key in ("chosen", "rejected"):
+        return (value, key) if value.strip() else _none(problems, key, "empty text")
+    if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], dict):
+        return _none(problems, key, f'expected a list of one message {{"role": "{role}", "content": ...}}')
+    if value[0].get("role") != role:
+        return _none(problems, f"{key}[0].role", f"expected {role!r}, got {str(value[0].get('role'))[:20]!r}")
+    text = _openai_content(value[0].get("content"), f"{key}[0].content", problems)
+    return None if text is None else (text, f"{key}[0].content")
+
+
+def _none(problems: _Problems, field: str, message: str) -> None:
+    problems.add(field, message)
+    return None
+
+
+def _parse_trl_pair(obj: dict, problems: _Problems, line: int) -> Found:
+    given = obj.get("prompt")
+    prompt = None
+    if isinstance(given, str):
+        if given.strip():
+            prompt = Example((Turn("user", (Part("text", text=given),)),), line=line)
+        else:
+            problems.add("prompt", "empty text")
+    elif isinstance(given, list):
+        inner = _Problems()
+        prompt, roles = _parse_openai({"messages": given}, inner, line)
+        _prompt_ends_with_user(prompt, roles, "messages", inner)
+        for f, m in inner.items:
+            problems.add(f.replace("messages", "prompt", 1), m)
+    else:
+        problems.add("prompt", "missing; expected the prompt as text or as a list of messages")
+    chosen = _openai_answer(obj, "chosen", problems)
+    rejected = _openai_answer(obj, "rejected", problems)
+    if prompt is None or chosen is None or rejected is None:
+        return None
+    return prompt, chosen, rejected

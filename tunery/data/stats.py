@@ -222,3 +222,22 @@ def _bytes(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} bytes"
+
+
+def preference_data_stats(pairs: Sequence[Any], epochs: int, batch_size: int) -> dict[str, Any]:
+    """``preferenceOptimizationDataStats`` for tokenized preference pairs (``tokenize.EncodedPair``): pair count,
+    billable tokens and steps, the prompt's tokens and each side's answer tokens, the pairs cut by ``maxLength``
+    (which side: ``truncatedChosenExampleIndices``, ``truncatedRejectedExampleIndices``)."""
+    chosen = [i for i, p in enumerate(pairs) if p.chosen.truncated]
+    rejected = [i for i, p in enumerate(pairs) if p.rejected.truncated]
+    return {
+        "tuningDatasetExampleCount": len(pairs),
+        "totalBillableTokenCount": sum(len(p.input_ids) for p in pairs) * epochs,
+        "tuningStepCount": math.ceil(len(pairs) / batch_size) * epochs if pairs else 0,
+        "userInputTokenDistribution": _histogram([p.chosen.input_tokens for p in pairs]),
+        "chosenOutputTokenDistribution": _histogram([p.chosen.trained_tokens for p in pairs]),
+        "rejectedOutputTokenDistribution": _histogram([p.rejected.trained_tokens for p in pairs]),
+        "totalTruncatedExampleCount": len(set(chosen) | set(rejected)),
+        "truncatedChosenExampleIndices": chosen,
+        "truncatedRejectedExampleIndices": rejected,
+    }

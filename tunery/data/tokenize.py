@@ -119,10 +119,14 @@ def end_of_turn_token(tokenizer: Any) -> str | None:
     return tail or None
 
 
-def encode(tokenizer: Any, example: Example, max_length: int, source: Any = None) -> Encoded:
+def encode(
+    tokenizer: Any, example: Example, max_length: int, source: Any = None, last_turn_only: bool = False
+) -> Encoded:
     """Tokenize ``example`` (PDF parts as their text, resolved against ``source``); tokens that start inside a
-    trained span carry labels, the rest are masked."""
+    trained span carry labels, the rest are masked. ``last_turn_only``: only the final model turn is a trained span
+    (a preference answer; earlier model turns are prompt)."""
     text, spans = trained_spans(tokenizer, text_example(example, source).messages())
+    spans = spans[-1:] if last_turn_only else spans
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     labels = [IGNORE_INDEX] * len(ids)
@@ -130,3 +134,34 @@ def encode(tokenizer: Any, example: Example, max_length: int, source: Any = None
         if end > start and any(s <= start < e for s, e in spans):
             labels[k] = ids[k]
     return Encoded(input_ids=ids[:max_length], labels=labels[:max_length], full_length=len(ids))
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    """One tokenized preference pair: the prompt with the chosen answer and with the rejected one (labels on the
+    answer and its end-of-turn token only), and, once computed, the reference model's log-probability of each."""
+
+    chosen: Encoded
+    rejected: Encoded
+    reference: tuple[float, float] | None = None
+
+    @property
+    def input_ids(self) -> list[int]:
+        """Both sides' tokens, end to end: their count is what the pair costs (batching, statistics)."""
+        return self.chosen.input_ids + self.rejected.input_ids
+
+    @property
+    def trained_tokens(self) -> int:
+        return self.chosen.trained_tokens + self.rejected.trained_tokens
+
+    @property
+    def truncated(self) -> bool:
+        return self.chosen.truncated or self.rejected.truncated
+
+
+def encode_pair(tokenizer: Any, pair: Any, max_length: int) -> EncodedPair:
+    """Tokenize a ``formats.Preference``: each side is the prompt plus that answer, trained on the answer only."""
+    return EncodedPair(
+        encode(tokenizer, pair.example(chosen=True), max_length, last_turn_only=True),
+        encode(tokenizer, pair.example(chosen=False), max_length, last_turn_only=True),
+    )

@@ -26,10 +26,10 @@ from typing import IO, Any, Literal
 
 from tunery import settings
 from tunery.data.documents import takes_pdf
-from tunery.data.formats import Example, Part, parse_example
+from tunery.data.formats import Example, Part, Preference, is_preference, parse_example, parse_preference
 from tunery.data.media import MediaError, MediaInfo, MediaSource, open_media, probe
 from tunery.data.stats import EncodedWithMedia, ExampleMedia
-from tunery.data.tokenize import Encoded, TemplateError, encode
+from tunery.data.tokenize import Encoded, EncodedPair, TemplateError, encode, encode_pair
 from tunery.errors import DatasetError
 
 MAX_DEPTH = 64
@@ -87,6 +87,12 @@ class ValidationReport:
     problems: list[Problem] = field(default_factory=list)
     media: list[ExampleMedia] = field(default_factory=list)
     """What each valid example's media parts hold (from their headers), in the order of ``examples``."""
+    objective: str | None = "SFT"
+    """``SFT`` (supervised examples) or ``DPO`` (preference pairs): what every line must be; None: the first
+    line decides."""
+    pairs: list[Preference] = field(default_factory=list)
+    """A preference file's valid pairs, and their encodings in ``encoded_pairs`` (with a tokenizer)."""
+    encoded_pairs: list[EncodedPair] = field(default_factory=list)
 
     @property
     def errors(self) -> list[Problem]:
@@ -118,11 +124,13 @@ def read_examples(
     max_line_bytes: int | None = None,
     max_example_chars: int | None = None,
     media_source: MediaSource | None = None,
+    objective: str | None = "SFT",
 ) -> ValidationReport:
     """Parse and check every line of ``path`` (a file, a FIFO, or an open binary stream named ``name``); with a
     tokenizer, also encode and check lengths. The bounds default to the settings. ``media_source`` says where
     ``fileData`` URIs resolve (the server passes one whose ``resolve_file`` knows the uploader's ``files/{id}``);
-    None: the file's own folder."""
+    None: the file's own folder. ``objective``: ``SFT`` wants supervised examples, ``DPO`` preference pairs (Vertex,
+    OpenAI or TRL shape, ``formats.parse_preference``), None takes the kind of the file's first line."""
     line_limit = max_line_bytes or settings.max_line_bytes()
     char_limit = max_example_chars or settings.max_example_chars()
     if isinstance(path, (str, Path)):
@@ -147,12 +155,13 @@ def read_examples(
                     max_line_bytes=line_limit,
                     max_example_chars=char_limit,
                     media_source=media_source,
+                    objective=objective,
                 )
         except OSError as exc:
             raise DatasetError(f"{name}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     name = name or getattr(path, "name", None) or "<stream>"
     media = media_source or MediaSource()  # a stream has no folder: inline data, files/{id} and roots only
-    report = ValidationReport(path=name)
+    report = ValidationReport(path=name, objective=objective)
     errors = unlisted = 0
     for number, raw, size in _lines(path, line_limit):
         if raw is None:
@@ -179,7 +188,7 @@ def read_examples(
             break
     if unlisted:
         report.problems.append(Problem(name, 0, "file", f"{unlisted} more warnings not listed", "warning"))
-    if not report.examples and not report.errors:
+    if not report.examples and not report.pairs and not report.errors:
         report.problems.append(Problem(name, 0, "file", "no examples; the file is empty"))
     return report
 
@@ -288,6 +297,12 @@ def _check_line(
         return [("line", f"invalid JSON: {exc}", "error")]
     except RecursionError:  # unbalanced brackets the depth check left to the parser
         return [("line", TOO_DEEP, "error")]
+    kind = "DPO" if is_preference(obj) else "SFT"
+    report.objective = report.objective or kind
+    if kind != report.objective:
+        return [("line", MISMATCH[report.objective], "error")]
+    if kind == "DPO":
+        return _check_pair(obj, number, report, tokenizer, max_length, model_id, max_chars)
     example, problems = parse_example(obj, number, require_model_turn)
     found: Found = [(f, m, "error") for f, m in problems]
     if example is None:
@@ -333,6 +348,59 @@ def _check_line(
     if media is not None:
         report.media.append(media)
     return found
+
+
+MISMATCH = {
+    "SFT": "a preference pair (two answers to compare) in supervised data; tune preference data with DPO "
+    "(--method dpo)",
+    "DPO": "a supervised example in preference data; expected a pair: Vertex contents + completions, OpenAI input + "
+    "preferred_output + non_preferred_output, or TRL prompt + chosen + rejected",
+}
+
+
+def _check_pair(
+    obj: Any, number: int, report: ValidationReport, tokenizer: Any, max_length: int, model_id: str, max_chars: int
+) -> Found:
+    """One preference line: its shape (``parse_preference``), its size, and with a tokenizer each side's length:
+    a side cut by ``maxLength`` is a warning naming it, a side left with no answer token an error."""
+    pair, problems = parse_preference(obj, number)
+    found: Found = [(f, m, "error") for f, m in problems]
+    if pair is None:
+        return found
+    chars = sum(len(t.text) for t in pair.prompt.turns) + len(pair.prompt.system or "")
+    chars += len(pair.chosen) + len(pair.rejected)
+    if chars > max_chars:
+        message = f"the pair holds {chars} characters of text; at most {max_chars} (TUNERY_MAX_EXAMPLE_CHARS)"
+        return [("line", message, "error")]
+    if tokenizer is not None:
+        try:
+            encoded = encode_pair(tokenizer, pair, max_length)
+        except TemplateError as exc:
+            return [("line", f"{model_id}: {exc}", "error")]
+        for side, field_name, one in zip(("chosen", "rejected"), pair.sides, (encoded.chosen, encoded.rejected)):
+            found += _side_length(side, field_name, one, max_length)
+        if any(severity == "error" for *_, severity in found):
+            return found
+        report.encoded_pairs.append(encoded)
+    report.pairs.append(pair)
+    return found
+
+
+def _side_length(side: str, field_name: str, encoded: Encoded, max_length: int) -> Found:
+    if encoded.trained_tokens == 0:
+        message = (
+            f"the {side} side is {encoded.full_length} tokens; after truncation to maxLength {max_length} none of its "
+            f"answer is left (raise maxLength or shorten the prompt)"
+        )
+        return [(field_name, message, "error")]
+    if encoded.truncated:
+        lost = encoded.full_length - len(encoded.input_ids)
+        message = (
+            f"the {side} side is {encoded.full_length} tokens, longer than maxLength {max_length}; its answer is "
+            f"truncated ({lost} tokens dropped)"
+        )
+        return [(field_name, message, "warning")]
+    return []
 
 
 def _media_parts(example: Example, obj: dict) -> list[tuple[str, Part]]:

@@ -87,14 +87,17 @@ def closed_label_set(targets: Sequence[str]) -> tuple[str, ...]:
 
 
 def training_labels(path: str | Path | None) -> list[str] | None:
-    """The closed label set of a training file (what a tuned classification model records in ``tunery.json``),
-    or None: no file, not a classification file, or a file that does not read."""
+    """The closed label set of a training file (what a tuned classification model records in ``tunery.json``;
+    of a preference file, both answers of each pair), or None: no file, not a classification file, or a file that
+    does not read."""
     if not path or not Path(path).is_file():
         return None
     from tunery.data.validation import read_examples
 
     try:
-        labels = closed_label_set([e.target for e in read_examples(path, modalities=ALL_MODALITIES).examples])
+        report = read_examples(path, modalities=ALL_MODALITIES, objective=None)  # a preference file: its answers
+        targets = [e.target for e in report.examples] + [a for p in report.pairs for a in (p.chosen, p.rejected)]
+        labels = closed_label_set(targets)
     except (OSError, ValueError, DatasetError):
         return None
     return list(labels) or None

@@ -124,6 +124,7 @@ class Job:
             "baseModel": self.request.get("baseModel", self.base_model),  # as sent; the spec has the resolved path
             "tunedModelDisplayName": self.display_name,
             "tuningMode": self.tuning_mode,
+            **{key: self.request[key] for key in ("preferenceOptimizationSpec",) if key in self.request},
             "supervisedTuningSpec": self.request.get("supervisedTuningSpec", {}),
             "state": state,
             "createTime": self.create_time,

@@ -228,7 +228,7 @@ def succeed(store: Store, job: Job, tuned: Path) -> int:
         path=str(tuned),
         create_time=now(),
     )
-    stats = manifest["tuningDataStats"]["supervisedTuningDataStats"]
+    [stats] = manifest["tuningDataStats"].values()  # supervisedTuningDataStats or preferenceOptimizationDataStats
     return end(store, job.id, SUCCEEDED, message="tuned model ready", tuned=model, stats=stats)
 
 

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning, shaped like ``vertexai.tuning.sft``: ``sft.train(...)`` returns a ``TuningJob``.
+"""Supervised fine-tuning, shaped like ``vertexai.tuning.sft``: ``sft.train(...)`` returns a ``TuningJob``;
+``sft.train(..., method="dpo")`` tunes on preference pairs instead (DPO, ``beta``), by the same path.
 
 Embedded, the job runs in a worker process on this machine. After ``tunery.init(...)`` it runs on the
 server: local dataset files are uploaded first (``files/ID`` names pass through as they are), and
@@ -24,6 +25,8 @@ def train(
     validation_dataset: str | Path | None = None,
     *,
     tuning_mode: str = PEFT_ADAPTER,
+    method: str = "sft",
+    beta: float = TuningSpec.beta,
     epochs: int | None = None,
     adapter_size: int = 8,
     learning_rate_multiplier: float = 1.0,
@@ -37,6 +40,9 @@ def train(
 ) -> TuningJob:
     """Start a tuning job and return at once; poll with ``job.refresh()``, follow with ``job.watch()``.
 
+    ``method``: ``sft`` (supervised examples) or ``dpo`` (preference pairs, with ``beta``); ``tuning_mode`` says
+    which weights either trains. ``source_model`` may be a tuned model (its directory or id) to tune further.
+
     ``precision`` and ``output_dir`` are this machine's choices: a server makes its own, so they must be
     left at their defaults in remote mode.
     """
@@ -45,6 +51,8 @@ def train(
         base_model=str(source_model),
         validation=str(validation_dataset) if validation_dataset else None,
         method=tuning_mode,
+        objective=method,
+        beta=beta,
         epochs=epochs,
         adapter_size=adapter_size,
         learning_rate_multiplier=learning_rate_multiplier,
@@ -70,7 +78,7 @@ def _train_remote(client: remote.Client, spec: TuningSpec) -> TuningJob:
     if spec.output or spec.precision != "auto":
         raise ConfigError("output_dir and precision are chosen by the tunery server; leave them out in remote mode")
     body = spec.to_request()
-    tuning = body["supervisedTuningSpec"]
+    tuning = body.get("supervisedTuningSpec") or body["preferenceOptimizationSpec"]
     tuning["trainingDatasetUri"] = _dataset_uri(client, spec.train, spec)
     if spec.validation:
         tuning["validationDatasetUri"] = _dataset_uri(client, spec.validation, spec)

@@ -495,7 +495,7 @@ class Host:
         in ``mediaDir`` (the uploader's media uploads), paths under ``TUNERY_DATA_ROOT``, never next to the
         upload itself.
         """
-        from tunery.data.stats import default_epochs, tuning_data_stats
+        from tunery.data.stats import default_epochs, preference_data_stats, tuning_data_stats
         from tunery.data.validation import read_examples
         from tunery.models.sources import resolve_base
 
@@ -509,15 +509,18 @@ class Host:
             model_id=model,
             modalities=base.modalities,
             media_source=upload_media_source(request.get("mediaDir")),
+            objective=None,  # supervised examples or preference pairs, as the first line is
         )
+        pairs = report.objective == "DPO"
+        encoded = report.encoded_pairs if pairs else report.encoded
         stats = None
         if report.ok:
-            epochs = default_epochs(len(report.encoded))
-            stats = tuning_data_stats(report.encoded, epochs, int(_required(request, "batchSize")))
+            count = preference_data_stats if pairs else tuning_data_stats
+            stats = count(encoded, default_epochs(len(encoded)), int(_required(request, "batchSize")))
         return {
-            "exampleCount": len(report.examples),
+            "exampleCount": len(report.pairs if pairs else report.examples),
             "problems": [p.to_dict() for p in report.problems],
-            "supervisedTuningDataStats": stats,
+            ("preferenceOptimizationDataStats" if pairs else "supervisedTuningDataStats"): stats,
         }
 
     def _evict(self, request: dict[str, Any]) -> None:

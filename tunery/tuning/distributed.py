@@ -192,8 +192,11 @@ class LossModule(torch.nn.Module):
         super().__init__()
         self.core, self.loss = core, loss
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
-        return self.loss(self.core, batch)
+    def forward(
+        self, batch: dict[str, torch.Tensor], loss: Callable[[Any, dict[str, torch.Tensor]], Any] | None = None
+    ) -> Any:
+        """``loss(core, batch)``: the run's loss, or another pass through the same weights (DPO's reference)."""
+        return (loss or self.loss)(self.core, batch)
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
@@ -386,7 +389,7 @@ def helper_main(rank: int, count: int, port: int) -> int:
     import torch.distributed as dist
 
     from tunery.errors import TuningCancelled
-    from tunery.tuning import full, lora
+    from tunery.tuning.methods import method_of
     from tunery.tuning.spec import TuningSpec
 
     global _helper
@@ -394,9 +397,8 @@ def helper_main(rank: int, count: int, port: int) -> int:
     payload = json.loads(os.environ.pop(PAYLOAD_ENV))
     spec = TuningSpec.from_dict(payload["spec"])
     _helper = (rank, count, dist.TCPStore("127.0.0.1", port, count, is_master=False, timeout=JOIN_TIMEOUT))
-    method = lora if spec.is_lora else full
     with contextlib.suppress(TuningCancelled):  # process 0 reports the cancel
-        method.main(spec, Path(payload["run_dir"]), resume=payload["resume"])
+        method_of(spec).main(spec, Path(payload["run_dir"]), resume=payload["resume"])
     return 0
 
 

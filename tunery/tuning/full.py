@@ -14,8 +14,9 @@ from tunery.models.loading import load_model
 from tunery.tuning import multimodal
 from tunery.tuning.devices import load_options, place, prepare_model, resolve_device
 from tunery.tuning.distributed import Processes, processes
-from tunery.tuning.loop import Hooks, Run, fit, token_loss
+from tunery.tuning.loop import Hooks, Run, fit
 from tunery.tuning.memory import check_fits
+from tunery.tuning.methods import objective_of
 from tunery.tuning.prepare import Prepared, finish, make_run, prepare, run_hooks, start_or_resume
 from tunery.tuning.spec import TuningSpec
 
@@ -29,10 +30,15 @@ def setup(
     check_fits(prep, placement, group.count, group.fsdp, group.offload)
     torch.manual_seed(spec.seed)
     model = prepare_model(load_model(prep.base.path, **load_options(spec, placement)), spec, placement)
+    if prep.start is not None and prep.start.adapter is not None:  # a tuned LoRA model: its adapter merged in first
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(prep.start.adapter)).merge_and_unload()
     model.requires_grad_(True)
     if prep.family is not None:  # a vision-language model: its media tower and projector frozen unless opened
         multimodal.freeze_media(model, prep.family, spec.train_projector, spec.train_vision)
-    forward = group.shard(model, token_loss)  # with --fsdp (else None): before the optimizer sees the weights
+    forward = group.shard(model, objective_of(spec).loss)  # with --fsdp (else None): before the optimizer
+    # sees the weights
     run = make_run(prep, model, core=model, placement=placement, processes=group)
     run.forward = forward
     start_or_resume(prep, run, resume)

@@ -1,9 +1,8 @@
-"""The training loop shared by both methods: explicit PyTorch, one step at a time.
+"""The training loop shared by every method: explicit PyTorch, one step at a time.
 
-Loss is a sum over trained tokens divided by the number of trained tokens in the whole optimizer
-step, so splitting a step into micro-batches (gradient accumulation) never changes the result.
-Logits are computed only where a token is trained: with a 49k–262k vocabulary the output layer is a
-large share of the work, and most positions of a prompt carry no loss.
+What it computes is the run's objective (``tunery.tuning.objectives``: SFT's next-token loss, DPO's preference
+loss): its loss is a sum over what it is normalised by (trained tokens, pairs) divided by that number in the whole
+optimizer step, so splitting a step into micro-batches (gradient accumulation) never changes the result.
 """
 
 from __future__ import annotations
@@ -15,14 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import torch
-import torch.nn.functional as F
 
-from tunery.data.tokenize import IGNORE_INDEX, Encoded
+from tunery.data.tokenize import Encoded
 from tunery.errors import TuningCancelled
-from tunery.tuning import multimodal
 from tunery.tuning.batching import collate, micro_batches, plan_epoch
 from tunery.tuning.checkpoint import latest_checkpoint, save_checkpoint
 from tunery.tuning.distributed import Processes, kill_point
+from tunery.tuning.objectives import SUPERVISED, Objective
 from tunery.tuning.precision import autocast
 
 
@@ -71,14 +69,15 @@ class Run:
     batcher: Callable[[Sequence[Encoded]], dict[str, torch.Tensor]] | None = None  # default: padded, on the CPU
     processes: Processes = field(default_factory=Processes)  # the processes sharing each step (distributed.py)
     eval_batcher: Callable[[Sequence[Encoded]], dict[str, torch.Tensor]] | None = None  # multimodal: media per batch
-    forward: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, int, int]] | None = None  # sharded: FSDP's root
+    forward: Callable[..., tuple[torch.Tensor, tuple]] | None = None  # sharded: FSDP's root
+    objective: Objective = SUPERVISED  # what the loop computes: batch shape, loss, metrics (objectives.py)
 
     def batch(self, examples: Sequence[Encoded]) -> dict[str, torch.Tensor]:
         return self.batcher(examples) if self.batcher else collate(examples, self.pad_id)
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-        """``token_loss`` of ``batch``, through the sharded module when the weights are sharded."""
-        return self.forward(batch) if self.forward else token_loss(self.core, batch)
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple]:
+        """The objective's summed loss and statistics of ``batch``, through the sharded module when sharded."""
+        return self.forward(batch) if self.forward else self.objective.loss(self.core, batch)
 
     def checkpoint(self) -> Any:
         """Save a checkpoint (every process gathers sharded state; process 0 writes); returns its path."""
@@ -95,22 +94,6 @@ class Run:
         return self.steps_per_epoch * self.epochs
 
 
-def token_loss(core: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-    """Summed next-token loss over trained tokens, the count of correct argmax predictions, and the token count."""
-    inputs = {name: t for name, t in batch.items() if name != "labels"}  # attention_mask, or packed position_ids
-    hidden = multimodal.body(core)(**inputs, use_cache=False).last_hidden_state  # a VLM's takes pixels too
-    targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE_INDEX
-    logits = core.get_output_embeddings()(hidden[:, :-1][keep])
-    cap = getattr(core.config.get_text_config(), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    wanted = targets[keep]
-    loss = F.cross_entropy(logits.float(), wanted, reduction="sum")
-    correct = int((logits.argmax(-1) == wanted).sum())
-    return loss, correct, int(wanted.numel())
-
-
 @torch.no_grad()
 def evaluate(
     core: Any,
@@ -119,30 +102,39 @@ def evaluate(
     token_budget: int,
     precision: str = "fp32",
     batcher: Callable[[Sequence[Encoded]], dict[str, torch.Tensor]] | None = None,
-    forward: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, int, int]] | None = None,
+    forward: Callable[..., tuple[torch.Tensor, tuple]] | None = None,
+    objective: Objective = SUPERVISED,
 ) -> dict[str, float]:
-    """Mean loss per trained token and next-token accuracy over ``examples`` (``forward``: ``Run.loss``)."""
+    """The objective's validation metrics over ``examples`` (SFT: mean loss per trained token and next-token
+    accuracy; ``forward``: ``Run.loss``)."""
     if not examples:
         return {}
     was_training = core.training
     core.eval()
     lengths = [len(e.input_ids) for e in examples]
-    total, correct, count = 0.0, 0, 0
+    total, stats = 0.0, objective.zero
     for group in micro_batches(range(len(examples)), lengths, token_budget):
         with autocast(precision, core.device.type):
             group_examples = [examples[i] for i in group]
             found = batcher(group_examples) if batcher else collate(group_examples, pad_id)
             batch = {name: t.to(core.device) for name, t in found.items()}
-            loss, ok, n = forward(batch) if forward else token_loss(core, batch)
-        total, correct, count = total + float(loss), correct + ok, count + n
+            loss, found = forward(batch) if forward else objective.loss(core, batch)
+        total, stats = total + float(loss), tuple(a + b for a, b in zip(stats, found, strict=True))
     core.train(was_training)
-    return {"eval_loss": total / max(count, 1), "eval_token_accuracy": correct / max(count, 1)}
+    return objective.metrics("eval", total, stats, sum(objective.weight(e) for e in examples))
 
 
 def _evaluate(run: Run) -> dict[str, float]:
     """The validation loss and token accuracy of ``run``'s model now (``evaluate`` on its settings)."""
     return evaluate(
-        run.core, run.validation, run.pad_id, run.micro_batch_tokens, run.precision, run.eval_batcher, run.forward
+        run.core,
+        run.validation,
+        run.pad_id,
+        run.micro_batch_tokens,
+        run.precision,
+        run.eval_batcher,
+        run.forward,
+        run.objective,
     )
 
 
@@ -171,23 +163,23 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
                 _cancel(run, state, started)
             hooks.on_phase(f"step {state.step + 1}")
             step_examples = plan[state.batch]
-            window_tokens = sum(run.train[i].trained_tokens for i in step_examples)
-            step_loss, step_correct, step_tokens = 0.0, 0, 0
+            window = sum(run.objective.weight(run.train[i]) for i in step_examples)  # the loss is divided by
+            step_loss, step_stats, step_tokens = 0.0, run.objective.zero, 0
             shared = run.processes.share(micro_batches(step_examples, lengths, run.micro_batch_tokens))
             for index, (group, counted) in enumerate(shared):
                 if index and run.processes.stop(hooks.should_stop()):  # between micro-batches: a cancel waits for one
                     _cancel(run, state, started)
                 batch = run.batch([run.train[i] for i in group])
                 with autocast(run.precision, run.core.device.type):
-                    loss, correct, _ = run.loss(batch)
+                    loss, stats = run.loss(batch)
                 if not counted:  # sharded: a pass in step with the other processes, adding nothing
                     (loss * 0.0).backward()
                     continue
-                (loss / window_tokens).backward()
+                (loss / window).backward()
                 step_loss += float(loss.detach())
-                step_correct += correct
+                step_stats = tuple(a + b for a, b in zip(step_stats, stats, strict=True))
                 step_tokens += sum(lengths[i] for i in group)
-            step_loss, step_correct, step_tokens = run.processes.sync(params, step_loss, step_correct, step_tokens)
+            step_loss, step_tokens, *step_stats = run.processes.sync(params, step_loss, step_tokens, *step_stats)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             run.optimizer.step()
             run.scheduler.step()
@@ -200,8 +192,7 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
                 "step": state.step,
                 "total_steps": run.total_steps,
                 "epoch": state.epoch + state.batch / len(plan),
-                "train_loss": step_loss / window_tokens,
-                "train_token_accuracy": step_correct / window_tokens,
+                **run.objective.metrics("train", step_loss, step_stats, window),
                 "learning_rate": run.scheduler.get_last_lr()[0],
                 "tokens_per_second": state.tokens / max(state.seconds, 1e-9),
                 "eta_seconds": (run.total_steps - state.step) * state.seconds / state.step,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 
 from tunery.models.loading import load_model
 from tunery.tuning import multimodal
@@ -43,7 +43,10 @@ def setup(
         modules_to_save=projector,
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(base, config)
+    if prep.start is not None and prep.start.adapter is not None:  # a tuned LoRA model: its adapter trains on
+        model = PeftModel.from_pretrained(base, str(prep.start.adapter), is_trainable=True)
+    else:
+        model = get_peft_model(base, config)
     run = make_run(prep, model, core=model.get_base_model(), placement=placement, processes=group)
     start_or_resume(prep, run, resume)
     return prep, run

@@ -13,20 +13,22 @@ from typing import Any
 import torch
 
 from tunery.data.media import MediaError, MediaSource
-from tunery.data.stats import default_epochs, tuning_data_stats
+from tunery.data.stats import default_epochs, preference_data_stats, tuning_data_stats
 from tunery.data.tokenize import Encoded
 from tunery.data.validation import read_examples
-from tunery.errors import JobError
+from tunery.errors import ConfigError, JobError
 from tunery.evaluation.tasks import training_labels, training_schema
 from tunery.evaluation.tuned import evaluate_tuned
 from tunery.models.loading import is_multimodal, load_processor, load_tokenizer
-from tunery.models.sources import BaseModel, resolve_base
+from tunery.models.sources import BaseModel
 from tunery.models.tuned import MANIFEST_FILE, METRICS_FILE
 from tunery.settings import data_root, tuned_models_dir
 from tunery.tuning import multimodal
 from tunery.tuning.checkpoint import latest_checkpoint, load_checkpoint, write_atomic
 from tunery.tuning.distributed import Processes
+from tunery.tuning.lineage import Start, resolve_start
 from tunery.tuning.loop import Hooks, Run, TrainState, stop_point
+from tunery.tuning.methods import objective_of
 from tunery.tuning.packing import Batcher
 from tunery.tuning.precision import resolve_precision
 from tunery.tuning.spec import TuningSpec
@@ -51,6 +53,7 @@ class Prepared:
     family: multimodal.Family | None = None  # the model's multimodal family (tunery.tuning.multimodal)
     media_source: Any = None  # where the training file's media parts resolve
     validation_media_source: Any = None  # and the validation file's
+    start: Start | None = None  # a tuned model the run starts from: its adapter to continue, its chain (lineage.py)
 
 
 def new_run_dir(spec: TuningSpec) -> Path:
@@ -77,12 +80,16 @@ def saved_spec(run_dir: str | Path) -> TuningSpec:
 
 def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
     """Resolve the base model and read both datasets; raises DatasetError listing every problem."""
-    base = resolve_base(spec.base_model)
+    start = resolve_start(spec.base_model)  # a base model, or a tuned model to tune further
+    base = start.base
     processor = load_processor(base.path) if is_multimodal(base.path) else None
     tokenizer = processor.tokenizer if processor is not None else load_tokenizer(base.path)
     max_length = min(spec.max_length, base.context_length)
     model_id = base.id if base.id == spec.base_model else spec.base_model
     options = {"tokenizer": tokenizer, "max_length": max_length, "model_id": model_id, "modalities": base.modalities}
+    options["objective"] = spec.objective
+    if processor is not None and spec.objective != "SFT":
+        raise ConfigError(f"{spec.objective} tunes text-only models; {model_id} is a vision-language model")
     if processor is not None:
         options["tokenizer"] = None  # the processor encodes (media tokens included), below
     train = read_examples(spec.train, media_source=media_source(spec, spec.train), **options)
@@ -94,7 +101,9 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
     for report in (train, validation):
         if report is not None:
             report.raise_for_errors()
-    train_encoded, validation_encoded = train.encoded, validation.encoded if validation else []
+    pairs = spec.objective != "SFT"  # preference pairs (tokenize.EncodedPair), else examples
+    train_encoded = train.encoded_pairs if pairs else train.encoded
+    validation_encoded = (validation.encoded_pairs if pairs else validation.encoded) if validation else []
     family, source, validation_source = None, None, None
     if processor is not None:
         config = json.loads((Path(base.path) / "config.json").read_text())
@@ -110,7 +119,7 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
             ]
     epochs = spec.epochs or default_epochs(len(train_encoded))
     learning_rate = base.learning_rates[spec.method] * spec.learning_rate_multiplier
-    stats = tuning_data_stats(train_encoded, epochs, spec.batch_size)
+    stats = (preference_data_stats if pairs else tuning_data_stats)(train_encoded, epochs, spec.batch_size)
     return Prepared(
         spec,
         base,
@@ -125,6 +134,7 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
         family,
         source,
         validation_source,
+        start,
     )
 
 
@@ -159,10 +169,12 @@ def make_run(prep: Prepared, model: Any, core: Any, placement: Any = None, proce
         return (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    objective = objective_of(prep.spec)
+    device = placement.device if placement else None
     text_batcher = Batcher(prep.tokenizer.pad_token_id, placement.device, placement.packing) if placement else None
+    own = objective.batcher(prep.tokenizer.pad_token_id, device)  # a pair batch: chosen and rejected rows
     media = eval_media = None
     if prep.processor is not None and prep.family is not None:  # media decoded per batch, on the run's device
-        device = placement.device if placement else None
         media = multimodal.MultimodalCollator(prep.family, prep.processor, prep.media_source, device)
         eval_source = prep.validation_media_source or prep.media_source
         eval_media = multimodal.MultimodalCollator(prep.family, prep.processor, eval_source, device)
@@ -181,14 +193,17 @@ def make_run(prep: Prepared, model: Any, core: Any, placement: Any = None, proce
         seed=prep.spec.seed,
         pad_id=prep.tokenizer.pad_token_id,
         run_dir=prep.run_dir,
-        batcher=media or text_batcher,
+        batcher=own or media or text_batcher,
         processes=processes or Processes(),
-        eval_batcher=eval_media,
+        eval_batcher=own or eval_media,
+        objective=objective,
     )
 
 
 def start_or_resume(prep: Prepared, run: Run, resume: bool) -> None:
-    """Record the run (new) or restore its newest checkpoint (resume), keeping metrics.jsonl in step."""
+    """Record the run (new) or restore its newest checkpoint (resume), keeping metrics.jsonl in step; first, what the
+    objective fixes at step 0 (DPO's reference log-probabilities: computed now, or read back on resume)."""
+    run.objective.start(run)
     metrics = prep.run_dir / METRICS_FILE
     if not run.processes.is_main:  # process 0 records the run; the others only load its checkpoint
         checkpoint = latest_checkpoint(prep.run_dir) if resume else None
@@ -234,48 +249,59 @@ def run_hooks(hooks: Hooks | None, run_dir: Path, processes: Processes) -> Hooks
     return hooks
 
 
+DATA_STATS = {"SFT": "supervisedTuningDataStats", "DPO": "preferenceOptimizationDataStats"}
+"""The ``tuningDataStats`` key of each objective's statistics (Vertex's names)."""
+
+
 def finish(prep: Prepared, run: Run) -> Path:
     """Write tokenizer, chat template and ``tunery.json``; then, with a validation file, the final evaluation
     (``evaluation.json`` + ``predictions.jsonl``) of the finished model; drop checkpoints last, so a run stopped
     during the save or the evaluation (``stop_point``) resumes from its last checkpoint."""
     run.hooks.on_phase("save")
+    pairs = prep.spec.objective != "SFT"
     (prep.processor or prep.tokenizer).save_pretrained(prep.run_dir)
     final = {}
     for line in (prep.run_dir / METRICS_FILE).read_text().splitlines():
         final.update({k: v for k, v in json.loads(line).items() if k not in ("learning_rate", "eta_seconds")})
+    adapter_size = prep.spec.adapter_size
+    if prep.spec.is_lora and hasattr(run.model, "peft_config"):  # a continued adapter keeps its own rank
+        adapter_size = run.model.peft_config["default"].r
     labels = training_labels(prep.spec.train)
     manifest = {
         "format": 1,
         "id": prep.run_dir.name,
         "displayName": prep.spec.display_name or prep.run_dir.name,
         "tuningMode": prep.spec.method,
+        "objective": prep.spec.objective,
         "baseModel": {
             "id": prep.base.id,
             "path": str(prep.base.path),
             "sha256": prep.base.sha256,
             **({"revision": prep.base.revision, "files": prep.base.files} if prep.base.revision else {}),
         },
+        **({"tunedFrom": prep.start.chain} if prep.start and prep.start.chain else {}),
         "spec": prep.spec.to_dict(),
         "hyperParameters": {
             "epochCount": prep.epochs,
             "learningRate": prep.learning_rate,
             "learningRateMultiplier": prep.spec.learning_rate_multiplier,
-            "adapterSize": prep.spec.adapter_size if prep.spec.is_lora else None,
+            "adapterSize": adapter_size if prep.spec.is_lora else None,
             "batchSize": prep.spec.batch_size,
             "maxLength": prep.spec.max_length,
             "seed": prep.spec.seed,
             "precision": run.precision,
+            **({"beta": prep.spec.beta, "preferenceLoss": prep.spec.preference_loss} if pairs else {}),
         },
-        "tuningDataStats": {"supervisedTuningDataStats": prep.stats},
+        "tuningDataStats": {DATA_STATS[prep.spec.objective]: prep.stats},
         "labels": labels,  # a classification file's label set, else null
-        "answerSchema": training_schema(prep.spec.train) if not labels else None,  # JSON answers' closed schema
+        "answerSchema": None if labels or pairs else training_schema(prep.spec.train),  # JSON answers' closed schema
         "finalMetrics": final,
         "trainingSeconds": round(run.state.seconds, 2),
         "createTime": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     write_atomic(prep.run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2))
     stop_point(run, "during the save")
-    if prep.spec.validation:
+    if prep.spec.validation and not pairs:  # a preference run's validation is its eval_rewards, in the loop
         run.hooks.on_phase("evaluation")
         evaluate_tuned(
             prep.run_dir, prep.spec.validation, prep.spec.train, stop=lambda: stop_point(run, "during the evaluation")

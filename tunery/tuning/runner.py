@@ -1,4 +1,4 @@
-"""``tune``: run a ``TuningSpec`` to the end with the method it names (LoRA or full), new or resumed."""
+"""``tune``: run a ``TuningSpec`` to the end with the method it names (``methods.METHODS``), new or resumed."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def tune(spec: TuningSpec, hooks: Hooks | None = None, resume: bool = False) -> 
     With ``resume``, ``spec.output`` names a run directory whose saved spec and newest checkpoint are
     used. A new run whose data or model is rejected leaves no directory behind.
     """
-    from tunery.tuning import full, lora
+    from tunery.tuning.methods import method_of
 
     if resume:
         if not spec.output:
@@ -27,9 +27,8 @@ def tune(spec: TuningSpec, hooks: Hooks | None = None, resume: bool = False) -> 
     else:
         run_dir = new_run_dir(spec)
         spec.output = str(run_dir)
-    method = lora if spec.is_lora else full
     try:
-        return method.main(spec, run_dir, hooks, resume)
+        return method_of(spec).main(spec, run_dir, hooks, resume)
     except (ConfigError, DatasetError, ModelError):
         if not resume:
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -23,6 +23,7 @@ HYPER_PARAMETERS = {
     "batchSize": "batch_size",
     "maxLength": "max_length",
     "seed": "seed",
+    "beta": "beta",
 }
 """REST ``hyperParameters`` names (Vertex's, plus ``batchSize``, ``maxLength``, ``seed``) → ``TuningSpec`` fields."""
 REST_NAMES = {name: rest for rest, name in HYPER_PARAMETERS.items()}
@@ -44,17 +45,22 @@ RESUMABLE_COMPUTE = ("device", "processes", "gradient_checkpointing", "packing",
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]{1,2})?)$")
 QUANTIZE = ("4bit",)
 MAX_PROCESSES = 64
-METHODS = {"lora": PEFT_ADAPTER, "full": FULL, PEFT_ADAPTER.lower(): PEFT_ADAPTER, FULL.lower(): FULL}
+TUNING_MODES = {"lora": PEFT_ADAPTER, "full": FULL, PEFT_ADAPTER.lower(): PEFT_ADAPTER, FULL.lower(): FULL}
+SFT, DPO = "SFT", "DPO"
+OBJECTIVES = (SFT, DPO)
+"""Training objectives (``tunery.tuning.objectives``): supervised, and preference pairs."""
+PREFERENCE_LOSSES = ("sigmoid", "ipo")
 RANGES: dict[str, tuple[int, int]] = {
     "epochs": (1, 100),
     "learning_rate_multiplier": (0, 100),
     "batch_size": (1, 1024),
     "max_length": (16, 131072),
     "seed": (0, 2**32 - 1),
+    "beta": (0, 100),
 }
 """``(least, most)`` of each numeric hyperparameter, by field; ``learning_rate_multiplier`` is a float and must be
 more than its least, the others are whole numbers. The API schema derives its bounds from here."""
-ABOVE_LEAST = ("learning_rate_multiplier",)
+ABOVE_LEAST = ("learning_rate_multiplier", "beta")
 PEFT_ADAPTER_ONLY = ("adapter_size",)
 """Hyperparameters that mean nothing to ``FULL`` tuning: a request that sets one for it is refused."""
 
@@ -84,6 +90,13 @@ class TuningSpec:
     """Path of the validation JSONL (``validationDatasetUri``); evaluated at each epoch end."""
     method: str = PEFT_ADAPTER
     """``PEFT_ADAPTER`` (LoRA on all linear layers) or ``FULL`` (``tuningMode``); ``lora``/``full`` accepted."""
+    objective: str = "SFT"
+    """``SFT`` (supervised: next-token loss on the model's turns; ``supervisedTuningSpec``) or ``DPO`` (preference
+    pairs; ``preferenceOptimizationSpec``). ``tunery.tuning.methods`` pairs it with ``method``."""
+    beta: float = 0.1
+    """DPO: how far the tuned model may move from the reference (smaller: further); Vertex's and TRL's ``beta``."""
+    preference_loss: str = "sigmoid"
+    """DPO's loss: ``sigmoid`` (the DPO paper's) or ``ipo`` (Azar et al.: squared, on per-token log-probabilities)."""
     epochs: int | None = None
     """Passes over the training data (``epochCount``); None picks it from the dataset size."""
     adapter_size: int = 8
@@ -143,13 +156,18 @@ class TuningSpec:
 
     def __post_init__(self) -> None:
         problems = []
-        method = METHODS.get(str(self.method).lower())
+        method = TUNING_MODES.get(str(self.method).lower())
         if method is None:
             problems.append(f"method {self.method!r}: expected PEFT_ADAPTER (lora) or FULL (full)")
         else:
             self.method = method
         if not self.train:
             problems.append("train: a training dataset is required")
+        self.objective = str(self.objective).upper()
+        if self.objective not in OBJECTIVES:
+            problems.append(f"objective {self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        if self.preference_loss not in PREFERENCE_LOSSES:
+            problems.append(f"preferenceLoss {self.preference_loss!r}: expected one of {', '.join(PREFERENCE_LOSSES)}")
         if self.adapter_size not in ADAPTER_SIZES:
             problems.append(f"adapterSize {self.adapter_size}: expected one of {', '.join(map(str, ADAPTER_SIZES))}")
         problems += [problem for name in RANGES if (problem := range_problem(name, getattr(self, name)))]
@@ -182,6 +200,8 @@ class TuningSpec:
     def hyper_parameters(self) -> dict[str, Any]:
         """The REST ``hyperParameters`` of this spec (unset ones left out)."""
         values = {rest: getattr(self, name) for rest, name in HYPER_PARAMETERS.items()}
+        if self.objective == "SFT":
+            values.pop("beta")  # DPO's alone
         return {rest: value for rest, value in values.items() if value is not None}
 
     def compute_config(self) -> dict[str, Any]:
@@ -201,7 +221,8 @@ class TuningSpec:
             tuning["computeConfig"] = self.compute_config()
         if self.validation:
             tuning["validationDatasetUri"] = self.validation
-        request = {"baseModel": self.base_model, "supervisedTuningSpec": tuning, "tuningMode": self.method}
+        key = "supervisedTuningSpec" if self.objective == "SFT" else "preferenceOptimizationSpec"
+        request = {"baseModel": self.base_model, key: tuning, "tuningMode": self.method}
         if self.display_name:
             request["tunedModelDisplayName"] = self.display_name
         return {**request, "labels": self.labels}

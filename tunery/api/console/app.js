@@ -529,7 +529,8 @@ function distributionView(title, dist) {
 async function pageNewJob(main) {
   const doc = await schema();
   const create = component(doc, "CreateTuningJobRequest").properties || {};
-  const hyper = component(doc, "HyperParameters").properties || {};
+  const preference = component(doc, "PreferenceHyperParameters").properties || {};
+  const hyper = { ...(component(doc, "HyperParameters").properties || {}), ...(preference.beta ? { beta: preference.beta } : {}) };
   const spec = component(doc, "SupervisedTuningSpec").properties || {};
   const [catalog, files] = await Promise.all([models(true), api("/v1/files").then((r) => r.files || [])]);
   const base = catalog.filter((m) => m.source);
@@ -565,6 +566,10 @@ async function pageNewJob(main) {
 
   const modes = ((create.tuningMode || {}).anyOf || []).flatMap((s) => s.enum || []);
   const mode = h("select", { id: "tuning-mode" }, modes.map((m) => h("option", { value: m, text: m === "PEFT_ADAPTER" ? "PEFT_ADAPTER (LoRA adapter)" : m === "FULL" ? "FULL (every weight)" : m })));
+  const objective = h("select", { id: "objective" }, [
+    h("option", { value: "SFT", text: "SFT (supervised examples)" }),
+    h("option", { value: "DPO", text: "DPO (preference pairs)" }),
+  ]);
   const fileOptions = files.map((f) => h("option", { value: f.name, label: `${f.displayName} (${f.exampleCount} examples)` }));
   const train = h("input", { id: "train-uri", type: "text", list: "dataset-files", autocomplete: "off" });
   const validation = h("input", { id: "validation-uri", type: "text", list: "dataset-files", autocomplete: "off" });
@@ -599,7 +604,8 @@ async function pageNewJob(main) {
     h("section", { class: "card", "aria-labelledby": "what-h" }, h("h2", { id: "what-h", text: "Model and data" }),
       h("div", { class: "fields" },
         h("div", {}, field("baseModel", "Base model", baseModel, null), modelInfo),
-        field("tuningMode", "Method", mode, (create.tuningMode || {}).description)),
+        field("tuningMode", "Method", mode, (create.tuningMode || {}).description),
+        field("objective", "Objective", objective, "SFT: supervisedTuningSpec. DPO: preferenceOptimizationSpec, on pairs (chosen and rejected answers); beta below.")),
       h("datalist", { id: "base-models" }, base.map((m) => h("option", { value: idOf(m.name), label: m.description || idOf(m.name) }))),
       h("datalist", { id: "dataset-files" }, fileOptions),
       h("div", { class: "fields" },
@@ -619,17 +625,19 @@ async function pageNewJob(main) {
     event.preventDefault();
     for (const { input, error } of fields.values()) { input.removeAttribute("aria-invalid"); error.textContent = ""; }
     clear(formError);
-    const body = { supervisedTuningSpec: { trainingDatasetUri: train.value.trim(), hyperParameters: {} }, labels: {} };
+    const tuning = { trainingDatasetUri: train.value.trim(), hyperParameters: {} };
+    const key = objective.value === "DPO" ? "preferenceOptimizationSpec" : "supervisedTuningSpec";
+    const body = { [key]: tuning, labels: {} };
     if (baseModel.value.trim()) body.baseModel = baseModel.value.trim();
     if (mode.value) body.tuningMode = mode.value;
-    if (validation.value.trim()) body.supervisedTuningSpec.validationDatasetUri = validation.value.trim();
+    if (validation.value.trim()) tuning.validationDatasetUri = validation.value.trim();
     if (displayName.value.trim()) body.tunedModelDisplayName = displayName.value.trim();
     for (const f of hyperFields) {
       const raw = f.input.value.trim();
-      if (raw === "") continue;
+      if (raw === "" || (f.name === "beta" && key !== "preferenceOptimizationSpec")) continue;
       if (f.input.tagName === "SELECT" && f.hasDefault && raw === String(hyper[f.name].default)) continue;
       const number = Number(raw);
-      body.supervisedTuningSpec.hyperParameters[f.name] = f.input.tagName === "SELECT" || raw !== "" ? (Number.isNaN(number) ? raw : number) : raw;
+      tuning.hyperParameters[f.name] = f.input.tagName === "SELECT" || raw !== "" ? (Number.isNaN(number) ? raw : number) : raw;
     }
     for (const pair of labels.value.split(",").map((p) => p.trim()).filter(Boolean)) {
       const [k, ...rest] = pair.split(/[=:]/);
@@ -651,7 +659,7 @@ async function pageNewJob(main) {
     const unplaced = [];
     let first = null;
     for (const v of exc.violations || []) {
-      const name = String(v.field || "").replace(/ \(.*\)$/, "");
+      const name = String(v.field || "").replace(/ \(.*\)$/, "").replace(/^preferenceOptimizationSpec/, "supervisedTuningSpec");
       let target = null;
       for (const key of fields.keys()) {
         if (name === key || name.startsWith(`${key}.`) || name.startsWith(`${key}[`)) {
@@ -864,8 +872,9 @@ async function pageJob(main, signal, id) {
         ["Job", job.name],
         ["Base model", job.baseModel],
         ["Method", job.tuningMode],
-        ["Training data", (job.supervisedTuningSpec || {}).trainingDatasetUri],
-        ["Validation data", (job.supervisedTuningSpec || {}).validationDatasetUri],
+        ["Objective", job.preferenceOptimizationSpec ? "DPO" : "SFT"],
+        ["Training data", (job.preferenceOptimizationSpec || job.supervisedTuningSpec || {}).trainingDatasetUri],
+        ["Validation data", (job.preferenceOptimizationSpec || job.supervisedTuningSpec || {}).validationDatasetUri],
         ["Created", job.createTime],
         ["Started", job.startTime],
         ["Ended", job.endTime],
@@ -897,7 +906,10 @@ async function pageJob(main, signal, id) {
         event.data && event.data.state ? badge(event.data.state) : null, " ",
         event.message || ""));
     } else if (event.type === "metrics" && event.data && typeof event.data.step === "number") {
-      const d = event.data;
+      const d = { ...event.data };
+      // a DPO run's accuracy is its preference accuracy (TRL's rewards/accuracies): the same chart
+      d.train_token_accuracy ??= d["rewards/accuracies"];
+      d.eval_token_accuracy ??= d["eval_rewards/accuracies"];
       const last = points.step.length - 1;
       const isEval = d.eval_loss !== undefined && d.train_loss === undefined;
       if (last >= 0 && points.step[last] === d.step) {

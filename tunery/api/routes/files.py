@@ -132,7 +132,7 @@ def _check_and_keep(upload: Upload, tenant: str, store: Any, settings: ApiSettin
             sha256=upload.sha256,
             example_count=int(report.get("exampleCount", 0)),
             model=model_ref,
-            stats=report.get("supervisedTuningDataStats") or {},
+            stats=report.get("supervisedTuningDataStats") or report.get("preferenceOptimizationDataStats") or {},
             create_time=now(),
         ),
         store,

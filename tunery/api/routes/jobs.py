@@ -42,7 +42,8 @@ from tunery.api.schemas import (
 from tunery.errors import ConfigError, NotFoundError, TuneryError
 from tunery.jobs import inputs
 from tunery.jobs.store import Job, Store, StoredFile, new_id
-from tunery.models.catalog import PEFT_ADAPTER
+from tunery.models.catalog import CATALOG, PEFT_ADAPTER
+from tunery.tuning.lineage import TUNED_NAME
 from tunery.tuning.spec import COMPUTE_CONFIG, HYPER_PARAMETERS, PEFT_ADAPTER_ONLY, REST_NAMES, TuningSpec
 
 router = APIRouter(prefix="/v1/tuningJobs", tags=["tuningJobs"])
@@ -62,14 +63,21 @@ SSE_RESPONSE = {"text/event-stream": {"schema": {"type": "string"}}}
 
 
 REFERENCE_FIELDS = {
-    "train": "supervisedTuningSpec.trainingDatasetUri",
-    "validation": "supervisedTuningSpec.validationDatasetUri",
+    "train": "{spec}.trainingDatasetUri",
+    "validation": "{spec}.validationDatasetUri",
     "base_model": "baseModel",
 }
+SPEC_KEYS = ("supervisedTuningSpec", "preferenceOptimizationSpec")
 
 
 def _resolve(
-    train: str | None, validation: str | None, base_model: str | None, tenant: str, store: Store, settings: ApiSettings
+    train: str | None,
+    validation: str | None,
+    base_model: str | None,
+    tenant: str,
+    store: Store,
+    settings: ApiSettings,
+    spec_name: str = "supervisedTuningSpec",
 ) -> tuple[dict[str, str], dict[str, StoredFile], list[tuple[str, str]]]:
     """The paths of the datasets and the base model a create names, the uploads among them, and a
     ``(field, message)`` for each one that names nothing this tenant may use."""
@@ -79,10 +87,10 @@ def _resolve(
     for key, ref in (("train", train), ("validation", validation), ("base_model", base_model)):
         if ref is None:
             continue
-        field = REFERENCE_FIELDS[key]
+        field = REFERENCE_FIELDS[key].format(spec=spec_name)
         try:
             if key == "base_model":
-                paths[key] = resolve_base_model(ref, settings.data_root, field)
+                paths[key] = tuned_base(ref, tenant, store) or resolve_base_model(ref, settings.data_root, field)
             else:
                 paths[key], record = resolve_dataset(ref, tenant, store, settings.data_root, field)
                 if record is not None:
@@ -92,16 +100,32 @@ def _resolve(
     return paths, uploads, problems
 
 
+def tuned_base(ref: str, tenant: str, store: Store) -> str | None:
+    """The directory of the tenant's tuned model ``ref`` names (``{id}``, ``models/{id}``, OpenAI's ``ft:...:{id}``,
+    Vertex's ``projects/*/locations/*/models/{id}``), to tune further; None if it names none."""
+    found = TUNED_NAME.match(ref)
+    if found is None or ref in CATALOG:
+        return None
+    try:
+        record = store.get_tuned_model(tenant, found["id"])
+    except NotFoundError:
+        return None
+    from tunery.jobs.artifacts import local_copy  # TUNERY_ARTIFACTS a URL: a model tuned on another node
+
+    return local_copy(record.path, record.id)
+
+
 def _reference_problems(request: Request, body: Any) -> list[tuple[str, str]]:
     """The datasets and base model of a create that failed its schema, resolved as a valid one's would be, so
     that one answer lists every problem."""
     body = body if isinstance(body, dict) else {}
-    tuning = body.get("supervisedTuningSpec")
+    name = next((key for key in SPEC_KEYS if isinstance(body.get(key), dict)), SPEC_KEYS[0])
+    tuning = body.get(name)
     tuning = tuning if isinstance(tuning, dict) else {}
     train, validation = _text(tuning.get("trainingDatasetUri")), _text(tuning.get("validationDatasetUri"))
     state = request.app.state
     _, _, problems = _resolve(
-        train, validation, _text(body.get("baseModel")), request.state.tenant, state.store, state.settings
+        train, validation, _text(body.get("baseModel")), request.state.tenant, state.store, state.settings, name
     )
     return problems
 
@@ -162,11 +186,12 @@ def _spec(
     body: CreateTuningJobRequest, tenant: str, store: Store, settings: ApiSettings, job_id: str
 ) -> tuple[TuningSpec, dict[str, StoredFile]]:
     """The ``TuningSpec`` the request describes, and the uploads it names; one 400 names every problem."""
-    tuning, hp = body.supervised_tuning_spec, body.supervised_tuning_spec.hyper_parameters
+    tuning, hp, name = body.tuning, body.tuning.hyper_parameters, body.spec_name
     paths, uploads, problems = _resolve(
-        tuning.training_dataset_uri, tuning.validation_dataset_uri, body.base_model, tenant, store, settings
+        tuning.training_dataset_uri, tuning.validation_dataset_uri, body.base_model, tenant, store, settings, name
     )
     values: dict[str, Any] = {
+        "objective": "DPO" if body.preference_optimization_spec else "SFT",
         "train": paths.get("train", "unresolved"),
         "validation": paths.get("validation"),
         "base_model": paths.get("base_model"),
@@ -182,11 +207,11 @@ def _spec(
         given = {HYPER_PARAMETERS[rest]: v for rest, v in hp.model_dump(by_alias=True, exclude_unset=True).items()}
         problems += [
             (
-                f"supervisedTuningSpec.hyperParameters.{REST_NAMES[name]}",
+                f"{name}.hyperParameters.{REST_NAMES[field]}",
                 f"applies to PEFT_ADAPTER only, not {body.tuning_mode}",
             )
-            for name in PEFT_ADAPTER_ONLY
-            if given.get(name) is not None
+            for field in PEFT_ADAPTER_ONLY
+            if given.get(field) is not None
         ]
     try:
         spec = TuningSpec(
@@ -195,7 +220,7 @@ def _spec(
             labels=dict(body.labels),
         )
     except ConfigError as exc:
-        problems.append(("supervisedTuningSpec", str(exc)))
+        problems.append((name, str(exc)))
     if problems:
         raise invalid(problems)
     return spec, uploads

@@ -522,10 +522,18 @@ class SupervisedMethod(OpenAIRequest):
     hyperparameters: FineTuneHyperparameters | None = None
 
 
+class DpoHyperparameters(FineTuneHyperparameters):
+    beta: float | Auto | None = Field(None, gt=0, le=100)
+
+
+class DpoMethod(OpenAIRequest):
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class FineTuneMethod(OpenAIRequest):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DpoMethod | None = None
     reinforcement: dict[str, Any] | None = None
 
 
@@ -544,29 +552,40 @@ class FineTuningJobRequest(OpenAIRequest):
 
 
 JOB_NAMES = {
-    "supervisedTuningSpec.trainingDatasetUri": "training_file",
-    "supervisedTuningSpec.validationDatasetUri": "validation_file",
-    "supervisedTuningSpec.hyperParameters.epochCount": "hyperparameters.n_epochs",
-    "supervisedTuningSpec.hyperParameters.batchSize": "hyperparameters.batch_size",
-    "supervisedTuningSpec.hyperParameters.learningRateMultiplier": "hyperparameters.learning_rate_multiplier",
-    "supervisedTuningSpec.hyperParameters.seed": "seed",
+    **{
+        f"{spec}.{native}": openai
+        for spec in ("supervisedTuningSpec", "preferenceOptimizationSpec")
+        for native, openai in (
+            ("trainingDatasetUri", "training_file"),
+            ("validationDatasetUri", "validation_file"),
+            ("hyperParameters.epochCount", "hyperparameters.n_epochs"),
+            ("hyperParameters.batchSize", "hyperparameters.batch_size"),
+            ("hyperParameters.learningRateMultiplier", "hyperparameters.learning_rate_multiplier"),
+            ("hyperParameters.beta", "method.dpo.hyperparameters.beta"),
+            ("hyperParameters.seed", "seed"),
+        )
+    },
     "baseModel": "model",
     "tunedModelDisplayName": "suffix",
     "labels": "metadata",
 }
+TUNING_SPECS = {"supervised": "supervisedTuningSpec", "dpo": "preferenceOptimizationSpec"}
+"""OpenAI's ``method.type`` → the native request's tuning spec."""
 
 
 def fine_tuning_body(body: FineTuningJobRequest) -> dict[str, Any]:
     """The native ``POST /v1/tuningJobs`` body; 400 for a method or integration tunery does not run."""
     problems = []
-    hyper = body.hyperparameters
-    if body.method is not None:
-        if body.method.type != "supervised":
-            problems.append(("method.type", f"{body.method.type!r}: tunery runs supervised fine-tuning only"))
-        elif body.method.supervised and body.method.supervised.hyperparameters:
+    hyper: Any = body.hyperparameters
+    kind = body.method.type if body.method is not None else "supervised"
+    if kind not in TUNING_SPECS:
+        problems.append(("method.type", f"{kind!r}: tunery runs supervised and dpo fine-tuning"))
+    elif body.method is not None:
+        given = getattr(body.method, kind)
+        if given is not None and given.hyperparameters:
             if hyper is not None:
-                problems.append(("hyperparameters", "give hyperparameters or method.supervised's, not both"))
-            hyper = body.method.supervised.hyperparameters
+                problems.append(("hyperparameters", f"give hyperparameters or method.{kind}'s, not both"))
+            hyper = given.hyperparameters
     if body.integrations:
         problems.append(("integrations", "not supported"))
     if problems:
@@ -576,8 +595,9 @@ def fine_tuning_body(body: FineTuningJobRequest) -> dict[str, Any]:
         ("n_epochs", "epochCount"),
         ("batch_size", "batchSize"),
         ("learning_rate_multiplier", "learningRateMultiplier"),
+        ("beta", "beta"),
     ):
-        value = getattr(hyper, name) if hyper else None
+        value = getattr(hyper, name, None) if hyper else None
         if value is not None and value != "auto":
             values[rest] = value
     if body.seed is not None:
@@ -585,7 +605,7 @@ def fine_tuning_body(body: FineTuningJobRequest) -> dict[str, Any]:
     tuning: dict[str, Any] = {"trainingDatasetUri": body.training_file, "hyperParameters": values}
     if body.validation_file is not None:
         tuning["validationDatasetUri"] = body.validation_file
-    native: dict[str, Any] = {"baseModel": body.model, "supervisedTuningSpec": tuning}
+    native: dict[str, Any] = {"baseModel": body.model, TUNING_SPECS[kind]: tuning}
     if body.suffix:
         native["tunedModelDisplayName"] = body.suffix
     if body.metadata:
@@ -595,11 +615,13 @@ def fine_tuning_body(body: FineTuningJobRequest) -> dict[str, Any]:
 
 def openai_job(job: Job) -> dict[str, Any]:
     """A tuning job as OpenAI's ``fine_tuning.job``."""
-    spec, tuning = job.spec, job.request.get("supervisedTuningSpec", {})
+    kind = "dpo" if "preferenceOptimizationSpec" in job.request else "supervised"
+    spec, tuning = job.spec, job.request.get(TUNING_SPECS[kind], {})
     hyper = {
         "n_epochs": spec.get("epochs") or "auto",
         "batch_size": spec.get("batch_size"),
         "learning_rate_multiplier": spec.get("learning_rate_multiplier"),
+        **({"beta": spec.get("beta")} if kind == "dpo" else {}),
     }
     error = None
     if job.error:
@@ -624,7 +646,7 @@ def openai_job(job: Job) -> dict[str, Any]:
         "estimated_finish": None,
         "integrations": [],
         "metadata": job.labels or None,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "method": {"type": kind, kind: {"hyperparameters": hyper}},
         "user_provided_suffix": job.request.get("tunedModelDisplayName"),
     }
 

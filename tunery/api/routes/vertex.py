@@ -109,11 +109,21 @@ class VertexSupervisedTuningSpec(GeminiRequest):
     export_last_checkpoint_only: bool | None = Field(None, description="Accepted; tunery keeps the final model.")
 
 
+class VertexPreferenceHyperParameters(VertexHyperParameters):
+    beta: ProtoNumber | None = None
+
+
+class VertexPreferenceOptimizationSpec(VertexSupervisedTuningSpec):
+    hyper_parameters: VertexPreferenceHyperParameters | None = None
+
+
 class VertexCreateTuningJobRequest(GeminiRequest):
-    """Vertex AI's ``TuningJob`` as the SDKs send it to ``tuningJobs.create``."""
+    """Vertex AI's ``TuningJob`` as the SDKs send it to ``tuningJobs.create``: ``supervisedTuningSpec`` or
+    ``preferenceOptimizationSpec`` (DPO)."""
 
     base_model: Uri | None = None
-    supervised_tuning_spec: VertexSupervisedTuningSpec
+    supervised_tuning_spec: VertexSupervisedTuningSpec | None = None
+    preference_optimization_spec: VertexPreferenceOptimizationSpec | None = None
     tuned_model_display_name: DisplayName | None = None
     description: Annotated[str, StringConstraints(max_length=limits.MAX_DISPLAY_NAME * 8)] | None = None
     labels: dict[LabelKey, LabelValue] | None = Field(None, max_length=limits.MAX_LABELS)
@@ -123,10 +133,13 @@ class VertexCreateTuningJobRequest(GeminiRequest):
 def native_body(body: VertexCreateTuningJobRequest) -> dict[str, Any]:
     """The native ``POST /v1/tuningJobs`` body; 400 names every proto form that has no tunery meaning."""
     problems: list[tuple[str, str]] = []
-    spec = body.supervised_tuning_spec
+    if (body.supervised_tuning_spec is None) == (body.preference_optimization_spec is None):
+        raise invalid([("supervisedTuningSpec", "give supervisedTuningSpec or preferenceOptimizationSpec, one")])
+    spec: Any = body.preference_optimization_spec or body.supervised_tuning_spec
+    key = "preferenceOptimizationSpec" if body.preference_optimization_spec else "supervisedTuningSpec"
     hp = spec.hyper_parameters or VertexHyperParameters.model_validate({})
     hyper: dict[str, Any] = {}
-    field = "supervisedTuningSpec.hyperParameters"
+    field = f"{key}.hyperParameters"
     for name in ("epoch_count", "batch_size", "max_length", "seed"):
         value = getattr(hp, name)
         if isinstance(value, str):
@@ -136,16 +149,17 @@ def native_body(body: VertexCreateTuningJobRequest) -> dict[str, Any]:
             value = int(value)
         if value is not None:
             hyper[_camel(name)] = value
-    sent, rate = hp.learning_rate_multiplier, None
-    if isinstance(sent, str):
-        try:
-            rate = float(sent)
-        except ValueError:
-            problems.append((f"{field}.learningRateMultiplier", f"{sent[:40]!r}: expected a number"))
-    else:
-        rate = sent
-    if rate is not None:
-        hyper["learningRateMultiplier"] = rate
+    for name in ("learning_rate_multiplier", "beta"):
+        sent, number = getattr(hp, name, None), None
+        if isinstance(sent, str):
+            try:
+                number = float(sent)
+            except ValueError:
+                problems.append((f"{field}.{_camel(name)}", f"{sent[:40]!r}: expected a number"))
+        else:
+            number = sent
+        if number is not None:
+            hyper[_camel(name)] = number
     size = hp.adapter_size
     if size is not None and size not in UNSPECIFIED:
         rank = ADAPTER_SIZE_CODES.get(size) if isinstance(size, int) else ADAPTER_SIZE_NAMES.get(size)
@@ -160,7 +174,7 @@ def native_body(body: VertexCreateTuningJobRequest) -> dict[str, Any]:
         else:
             hyper["adapterSize"] = rank
     modes = []
-    for where, mode in (("supervisedTuningSpec.tuningMode", spec.tuning_mode), ("tuningMode", body.tuning_mode)):
+    for where, mode in ((f"{key}.tuningMode", spec.tuning_mode), ("tuningMode", body.tuning_mode)):
         if mode is None or mode in UNSPECIFIED:
             continue
         if mode not in TUNING_MODES:
@@ -168,14 +182,12 @@ def native_body(body: VertexCreateTuningJobRequest) -> dict[str, Any]:
         else:
             modes.append(TUNING_MODES[mode])
     if len(set(modes)) > 1:
-        problems.append(("tuningMode", "supervisedTuningSpec.tuningMode and tuningMode disagree"))
+        problems.append(("tuningMode", f"{key}.tuningMode and tuningMode disagree"))
     if problems:
         raise invalid(problems)
-    native: dict[str, Any] = {
-        "supervisedTuningSpec": {"trainingDatasetUri": spec.training_dataset_uri, "hyperParameters": hyper}
-    }
+    native: dict[str, Any] = {key: {"trainingDatasetUri": spec.training_dataset_uri, "hyperParameters": hyper}}
     if spec.validation_dataset_uri is not None:
-        native["supervisedTuningSpec"]["validationDatasetUri"] = spec.validation_dataset_uri
+        native[key]["validationDatasetUri"] = spec.validation_dataset_uri
     if body.base_model is not None:
         native["baseModel"] = translate.base_model_id(body.base_model)
     if modes:
@@ -204,12 +216,13 @@ def vertex_job(job: Job, parent: str) -> dict[str, Any]:
         resource["tunedModel"] = {"model": model, "endpoint": f"{prefix}endpoints/{job.tuned_model_id}"}
         if not parent:  # express mode names a model without a project: google-genai calls models/{id}
             resource["tunedModel"]["endpoint"] = model
-    spec = copy.deepcopy(resource.get("supervisedTuningSpec", {}))
+    key = "preferenceOptimizationSpec" if "preferenceOptimizationSpec" in resource else "supervisedTuningSpec"
+    spec = copy.deepcopy(resource.get(key, {}))
     hyper = spec.get("hyperParameters")
     if isinstance(hyper, dict) and hyper.get("adapterSize") in ADAPTER_SIZE_OF_RANK:
         hyper["adapterSize"] = ADAPTER_SIZE_OF_RANK[hyper["adapterSize"]]
     spec["tuningMode"] = f"TUNING_MODE_{job.tuning_mode}"
-    resource["supervisedTuningSpec"] = spec
+    resource[key] = spec
     return resource
 
 
