@@ -25,8 +25,8 @@ def train(
     *,
     tuning_mode: str = PEFT_ADAPTER,
     epochs: int | None = None,
-    adapter_size: int = 8,
-    learning_rate_multiplier: float = 1.0,
+    adapter_size: int | None = None,
+    learning_rate_multiplier: float | None = None,
     batch_size: int = 8,
     max_length: int = 1024,
     seed: int = 0,
@@ -36,6 +36,10 @@ def train(
     labels: dict[str, str] | None = None,
 ) -> TuningJob:
     """Start a tuning job and return at once; poll with ``job.refresh()``, follow with ``job.watch()``.
+
+    ``epochs``, ``adapter_size`` and ``learning_rate_multiplier`` left out are chosen from the data's shape
+    (``tunery.tuning.defaults``); without ``validation_dataset`` a stratified slice of the training data is held out
+    to validate on (``tunery.tuning.split``), and the tuned model is the best epoch's checkpoint on it.
 
     ``precision`` and ``output_dir`` are this machine's choices: a server makes its own, so they must be
     left at their defaults in remote mode.

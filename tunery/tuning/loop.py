@@ -72,6 +72,7 @@ class Run:
     processes: Processes = field(default_factory=Processes)  # the processes sharing each step (distributed.py)
     eval_batcher: Callable[[Sequence[Encoded]], dict[str, torch.Tensor]] | None = None  # multimodal: media per batch
     forward: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, int, int]] | None = None  # sharded: FSDP's root
+    on_epoch: Callable[[TrainState, dict[str, Any]], None] | None = None  # an epoch's end: keep its checkpoint
 
     def batch(self, examples: Sequence[Encoded]) -> dict[str, torch.Tensor]:
         return self.batcher(examples) if self.batcher else collate(examples, self.pad_id)
@@ -97,6 +98,13 @@ class Run:
 
 def token_loss(core: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
     """Summed next-token loss over trained tokens, the count of correct argmax predictions, and the token count."""
+    loss, correct, count, _ = scored(core, batch)
+    return loss, correct, count
+
+
+def scored(core: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int, int]:
+    """``token_loss``'s three, and the rows whose every trained token is the argmax: the answers greedy decoding
+    gives exactly (each of its tokens follows the same prefix as under teacher forcing), end of turn included."""
     inputs = {name: t for name, t in batch.items() if name != "labels"}  # attention_mask, or packed position_ids
     hidden = multimodal.body(core)(**inputs, use_cache=False).last_hidden_state  # a VLM's takes pixels too
     targets = batch["labels"][:, 1:]
@@ -107,8 +115,11 @@ def token_loss(core: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
         logits = torch.tanh(logits / cap) * cap
     wanted = targets[keep]
     loss = F.cross_entropy(logits.float(), wanted, reduction="sum")
-    correct = int((logits.argmax(-1) == wanted).sum())
-    return loss, correct, int(wanted.numel())
+    hits = logits.argmax(-1) == wanted
+    row_hits = torch.ones_like(keep)
+    row_hits[keep] = hits
+    exact = int((row_hits.all(dim=1) & keep.any(dim=1)).sum())
+    return loss, int(hits.sum()), int(wanted.numel()), exact
 
 
 @torch.no_grad()
@@ -121,22 +132,30 @@ def evaluate(
     batcher: Callable[[Sequence[Encoded]], dict[str, torch.Tensor]] | None = None,
     forward: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, int, int]] | None = None,
 ) -> dict[str, float]:
-    """Mean loss per trained token and next-token accuracy over ``examples`` (``forward``: ``Run.loss``)."""
+    """Mean loss per trained token and next-token accuracy over ``examples`` (``forward``: ``Run.loss``), and, but
+    through a sharded ``forward``, the share of answers greedy decoding reproduces exactly (``scored``)."""
     if not examples:
         return {}
     was_training = core.training
     core.eval()
     lengths = [len(e.input_ids) for e in examples]
-    total, correct, count = 0.0, 0, 0
+    total, correct, count, exact = 0.0, 0, 0, 0
     for group in micro_batches(range(len(examples)), lengths, token_budget):
         with autocast(precision, core.device.type):
             group_examples = [examples[i] for i in group]
             found = batcher(group_examples) if batcher else collate(group_examples, pad_id)
             batch = {name: t.to(core.device) for name, t in found.items()}
-            loss, ok, n = forward(batch) if forward else token_loss(core, batch)
+            if forward:
+                loss, ok, n = forward(batch)
+            else:
+                loss, ok, n, rows = scored(core, batch)
+                exact += rows
         total, correct, count = total + float(loss), correct + ok, count + n
     core.train(was_training)
-    return {"eval_loss": total / max(count, 1), "eval_token_accuracy": correct / max(count, 1)}
+    found_metrics = {"eval_loss": total / max(count, 1), "eval_token_accuracy": correct / max(count, 1)}
+    if not forward:
+        found_metrics["eval_exact_match"] = exact / len(examples)
+    return found_metrics
 
 
 def _evaluate(run: Run) -> dict[str, float]:
@@ -216,6 +235,8 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
             metrics.update(_evaluate(run))
             hooks.on_metrics(metrics)
             run.checkpoint()
+            if run.on_epoch and run.processes.is_main:
+                run.on_epoch(state, metrics)
             kill_point(state.step, run.processes.rank)
             break
     stop_point(run, "after the last step")  # a cancel during the last step: the epoch's checkpoint is just saved
