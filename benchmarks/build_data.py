@@ -83,9 +83,9 @@ def snips(folder: Path) -> None:
     rng = random.Random(SEED)
     train, test = [], []
     for intent in sorted(p.name for p in folder.iterdir() if p.is_dir()):
-        for part, file, count, into in (
-            ("train", f"train_{intent}_full.json", SNIPS_TRAIN_PER_INTENT, train),
-            ("test", f"validate_{intent}.json", SNIPS_TEST_PER_INTENT, test),
+        for file, count, into in (
+            (f"train_{intent}_full.json", SNIPS_TRAIN_PER_INTENT, train),
+            (f"validate_{intent}.json", SNIPS_TEST_PER_INTENT, test),
         ):
             queries = json.loads(text_of(folder / intent / file))[intent]
             rows = sorted({row for q in queries if (row := snips_row(q))})
