@@ -575,7 +575,7 @@ def openai_job(job: Job) -> dict[str, Any]:
     hyper = {
         "n_epochs": spec.get("epochs") or "auto",
         "batch_size": spec.get("batch_size"),
-        "learning_rate_multiplier": spec.get("learning_rate_multiplier"),
+        "learning_rate_multiplier": spec.get("learning_rate_multiplier") or "auto",
     }
     error = None
     if job.error:
