@@ -68,8 +68,9 @@ def tune(work: Path, task: str, row: str, train: Path) -> tuple[Path, float | No
     from tunery import sft
 
     output = work / f"{task}-{row}"
-    if (output / "tunery.json").is_file():
-        return output, json.loads((output / "tunery.json").read_text()).get("benchmarkSeconds")
+    if (output / "tunery.json").is_file():  # tuned before: the job's wall seconds, else its training seconds
+        manifest = json.loads((output / "tunery.json").read_text())
+        return output, manifest.get("benchmarkSeconds") or manifest.get("trainingSeconds")
     old = {"epochs": old_epochs(len(examples(train))), "adapter_size": 8, "learning_rate_multiplier": 1.0}
     settings = old | {"auto_validation": False} if row == "old" else {}
     started = time.perf_counter()

@@ -89,8 +89,9 @@ def kept_checkpoints(tuned_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def checkpoint_views(tuned_dir: str | Path, model: str | None) -> dict[str, Any]:
-    """A job resource's ``checkpoints`` (each named ``{model}:ckpt-step-N``, or by its directory when ``model`` is
-    None) and ``bestCheckpoint`` (which the tuned model is, and why); empty for a model that kept none."""
+    """A job resource's ``validation`` (where its validation examples came from: a file, a held-out slice, none),
+    ``checkpoints`` (each named ``{model}:ckpt-step-N``, or by its directory when ``model`` is None) and
+    ``bestCheckpoint`` (which the tuned model is, and why); empty for a model tuned before these were recorded."""
     path = Path(tuned_dir) / MANIFEST_FILE
     if not path.is_file():
         return {}
@@ -105,7 +106,10 @@ def checkpoint_views(tuned_dir: str | Path, model: str | None) -> dict[str, Any]
         }
         for c in manifest.get("checkpoints") or []
     ]
+    found: dict[str, Any] = {}
+    if (manifest.get("validation") or {}).get("note"):
+        found["validation"] = manifest["validation"]["note"]  # where the validation examples came from
     if not kept:
-        return {}
+        return found
     best = manifest.get("bestCheckpoint") or {}
-    return {"checkpoints": kept, "bestCheckpoint": {"checkpointId": best.get("name"), "why": best.get("why")}}
+    return {**found, "checkpoints": kept, "bestCheckpoint": {"checkpointId": best.get("name"), "why": best.get("why")}}
