@@ -183,7 +183,8 @@ def test_unsupported_fields_are_named(client, job) -> None:
         ({"n": 2}, "n"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
-        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": True, "stream": True}, "logprobs"),  # returned without a stream only
+        ({"top_logprobs": 2}, "top_logprobs"),  # needs logprobs
     ):
         with pytest.raises(openai.BadRequestError) as caught:
             client.chat.completions.create(model=job.fine_tuned_model, messages=MESSAGES, **extra)

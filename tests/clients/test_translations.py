@@ -54,7 +54,7 @@ def test_fields_that_would_change_the_answer_are_named() -> None:
             "contents": [TURN],
             "tools": [{"functionDeclarations": [{"name": "f"}]}],
             "cached_content": "cachedContents/abc",
-            "generationConfig": {"candidateCount": 2, "presencePenalty": 0.5, "responseLogprobs": True},
+            "generationConfig": {"candidateCount": 2, "presencePenalty": 0.5, "logprobs": 3},
         }
     )
     assert set(found) == {
@@ -62,7 +62,7 @@ def test_fields_that_would_change_the_answer_are_named() -> None:
         "cachedContent",
         "generationConfig.candidateCount",
         "generationConfig.presencePenalty",
-        "generationConfig.responseLogprobs",
+        "generationConfig.logprobs",  # top log probabilities without responseLogprobs
     }
     assert "not supported" in found["tools"]
     assert problems({"contents": [TURN], "systemInstruction": "a", "system_instruction": "b"}) == {

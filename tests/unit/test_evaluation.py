@@ -151,7 +151,7 @@ def test_compare_writes_the_report_with_table_and_plots(tiny, data_dir, eval_dir
     cost = 1000 * (zero.summary["prompt_tokens_mean"] * 1.0 + zero.summary["output_tokens_mean"] * 2.0) / 1e6
     assert rows[0][headers.index("$ / 1k requests")] == f"{cost:.4f}"
     html = (tmp_path / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3  # overview, F1 bars, confusion matrices
+    assert html.count("data:image/png;base64,") == 4  # overview, F1 bars, confusion matrices, calibration
     markdown = (tmp_path / "report.md").read_text()
     assert "| candidate | accuracy |" in markdown and "](plots/confusion-matrices.png)" in markdown
     assert "Error analysis: few-shot" in markdown

@@ -285,8 +285,13 @@ class GenerationConfig(GeminiRequest):
     response_modalities: list[Annotated[str, StringConstraints(max_length=32)]] | None = Field(
         None, max_length=8, description='["TEXT"] only.'
     )
-    response_logprobs: bool | None = Field(None, description="false only.")
-    response_mime_type: str | None = Field(None, description="text/plain (default), application/json or text/x.enum.")
+    response_logprobs: bool | None = Field(None, description="Return each answer token's log probability.")
+    logprobs: int | None = Field(None, ge=0, le=20, description="With responseLogprobs: the top tokens per place.")
+    response_mime_type: str | None = Field(
+        None,
+        description="text/plain, application/json or text/x.enum. Not given: a tuned model with a kept label set or "
+        "answer schema holds its answers to it; text/plain opts out.",
+    )
     response_schema: dict[str, Any] | None = Field(None, description="The answer's schema (Gemini's OpenAPI subset).")
     response_json_schema: dict[str, Any] | None = Field(None, description="The answer's schema, as JSON Schema.")
 

@@ -21,8 +21,8 @@ TRAIN_HELP = "Training file: data advice (duplicates, conflicts, imbalance, cove
 INPUT_PRICE_HELP = "Dollars per million prompt tokens, for the cost column (default 0.15)."
 OUTPUT_PRICE_HELP = "Dollars per million output tokens, for the cost column (default 0.60)."
 CONSTRAIN_HELP = (
-    "Constrained decoding: 'labels' (answers restricted to the label set seen in training) or 'schema=FILE' "
-    "(a JSON file holding a responseSchema)."
+    "Constrained decoding: 'labels' (answers restricted to the label set seen in training), 'none' (free text) "
+    "or 'schema=FILE' (a JSON file holding a responseSchema)."
 )
 MAX_TOKENS_HELP = "maxOutputTokens (default: the longest expected answer plus 8 tokens)."
 

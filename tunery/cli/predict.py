@@ -29,6 +29,9 @@ def predict(
     system: str = typer.Option(None, "--system", help="System instruction."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="maxOutputTokens."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 is greedy."),
+    free_text: bool = typer.Option(
+        False, "--free-text", help="Answer in free text even where the tuned model keeps a label set or schema."
+    ),
     input_file: Path = typer.Option(
         None, "--input", help="JSONL of requests (dataset form); prints one JSON line each."
     ),
@@ -53,7 +56,9 @@ def predict(
     from tunery.serving.multimodal import inline_media, served_modalities
 
     engine = Engine(model)
-    config = GenerationConfig(max_output_tokens=max_tokens, temperature=temperature)
+    config = GenerationConfig(
+        max_output_tokens=max_tokens, temperature=temperature, response_mime_type="text/plain" if free_text else None
+    )
     if text is not None:
         console.print(engine.generate(user_example(text, system), config).text, highlight=False, markup=False)
         return

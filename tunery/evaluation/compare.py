@@ -127,7 +127,7 @@ class Options:
     train: str | None = None  # training file for data advice and the label set
     advice: bool = True
     max_length: int = 1024  # for the truncation check of the training file
-    constrain: str | None = None  # "labels" (answers restricted to the label set) or "schema=FILE" (a JSON schema)
+    constrain: str | None = None  # "labels" (answers restricted to the label set), "none", or "schema=FILE"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "perturb", parse_perturbations(self.perturb))
@@ -226,17 +226,20 @@ def _config(engine: Engine, examples: Sequence[Example], options: Options) -> Ge
 
 
 def constraint_kind(constrain: str | None) -> tuple[str, Path | None] | None:
-    """``--constrain``: ``labels``, or ``schema=FILE`` (also ``schema:FILE``, ``schema FILE``) → (kind, file)."""
+    """``--constrain``: ``labels``, ``none`` (free text), or ``schema=FILE`` (also ``schema:FILE``, ``schema FILE``)
+    → (kind, file); None when not given."""
     if constrain is None:
         return None
     text = constrain.strip()
-    if text == "labels":
-        return "labels", None
+    if text in ("labels", "none"):
+        return text, None
     for sep in ("=", ":", " "):
         kind, found, path = text.partition(sep)
         if found and kind == "schema" and path.strip():
             return "schema", Path(path.strip())
-    raise ConfigError(f"--constrain {constrain!r}: expected labels or schema=FILE (a JSON file with a responseSchema)")
+    raise ConfigError(
+        f"--constrain {constrain!r}: expected labels, none or schema=FILE (a JSON file with a responseSchema)"
+    )
 
 
 def constrained(config: GenerationConfig, constrain: str | None, task: Task, tokenizer: Any) -> GenerationConfig:
@@ -250,12 +253,14 @@ def constrained(config: GenerationConfig, constrain: str | None, task: Task, tok
         return config
     kind, path = parsed
     fields: dict[str, Any] = {"maxOutputTokens": config.max_output_tokens}
-    if kind == "labels":
+    if kind == "none":
+        fields["responseMimeType"] = "text/plain"
+    elif kind == "labels":
         if task.kind != "classification" or not task.labels:
             raise ConfigError(f"--constrain labels needs a classification task with labels; this one is {task.kind}")
         longest = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in task.labels)
         fields = label_config(task.labels, max(config.max_output_tokens, longest + 2))
-    else:
+    elif kind == "schema":
         assert path is not None
         try:
             schema = json.loads(path.read_text(encoding="utf-8"))

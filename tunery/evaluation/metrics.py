@@ -198,3 +198,35 @@ def percentile(values: Sequence[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+# --- confidence: calibration and accuracy at coverage ------------------------------------------------------
+
+CALIBRATION_BINS = 10
+COVERAGES = (0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+def calibration(confidences: Sequence[float], correct: Sequence[bool]) -> dict[str, Any]:
+    """How far the answers' probabilities are to be trusted: per confidence bin (tenths) the mean confidence and
+    the accuracy (``bins``, the reliability diagram), their gap weighted by the bins' sizes (``ece``, expected
+    calibration error), and the accuracy when only the most confident answers are given (``coverage``: the
+    share answered, the confidence it takes, the accuracy of those)."""
+    pairs = list(zip(confidences, correct, strict=True))
+    bins = []
+    for k in range(CALIBRATION_BINS):
+        low, high = k / CALIBRATION_BINS, (k + 1) / CALIBRATION_BINS
+        inside = [(c, ok) for c, ok in pairs if low <= c < high or (k == CALIBRATION_BINS - 1 and c == 1.0)]
+        if inside:
+            confidence = sum(c for c, _ in inside) / len(inside)
+            accuracy = sum(ok for _, ok in inside) / len(inside)
+            bins.append({"low": low, "high": high, "count": len(inside), "confidence": confidence,
+                         "accuracy": accuracy})  # fmt: skip
+    ece = sum(b["count"] * abs(b["confidence"] - b["accuracy"]) for b in bins) / len(pairs) if pairs else 0.0
+    ranked = sorted(pairs, key=lambda pair: -pair[0])
+    coverage = []
+    for share in COVERAGES:
+        n = max(1, round(share * len(ranked))) if ranked else 0
+        answered = ranked[:n]
+        coverage.append({"coverage": share, "answered": n, "threshold": answered[-1][0] if answered else 1.0,
+                         "accuracy": sum(ok for _, ok in answered) / n if n else 0.0})  # fmt: skip
+    return {"ece": ece, "bins": bins, "coverage": coverage}

@@ -4,7 +4,8 @@ there is nothing to draw.
 - ``loss_curves``: training and validation loss of each tuned candidate, from its ``metrics.jsonl``;
 - ``score_bars``: per-class (classification) or per-field (extraction) F1 bars, one colour per candidate;
 - ``confusion_matrices``: one matrix per candidate (classification);
-- ``overview``: quality, prompt tokens and latency per candidate, side by side.
+- ``overview``: quality, prompt tokens and latency per candidate, side by side;
+- ``calibration``: confidence against accuracy, and accuracy at coverage (classification with label probabilities).
 """
 
 from __future__ import annotations
@@ -142,6 +143,31 @@ def overview(evaluations: Sequence[Evaluation]) -> bytes | None:
     return _png(figure)
 
 
+def calibration(evaluations: Sequence[Evaluation]) -> bytes | None:
+    """Left: each confidence bin's accuracy against its mean confidence (the diagonal is a calibrated model);
+    right: the accuracy when only the most confident share of the answers is given. None without confidences."""
+    found = [(e.candidate.name, e.summary["calibration"]) for e in evaluations if "calibration" in e.summary]
+    if not found:
+        return None
+    figure = _figure(10, 3.8)
+    reliability, coverage = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    reliability.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    for name, found_calibration in found:
+        bins = found_calibration["bins"]
+        reliability.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
+                         label=f"{name} (ECE {found_calibration['ece']:.3f})")  # fmt: skip
+        points = found_calibration["coverage"]
+        coverage.plot([c["coverage"] for c in points], [c["accuracy"] for c in points], marker="o", label=name)
+    reliability.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence (the label's probability)", ylabel="accuracy",
+                    title="Calibration")  # fmt: skip
+    coverage.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="coverage (share answered, most confident first)",
+                 ylabel="accuracy of those answered", title="Accuracy at coverage")  # fmt: skip
+    for axes in (reliability, coverage):
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    return _png(figure)
+
+
 def all_plots(evaluations: Sequence[Evaluation]) -> dict[str, bytes]:
     """Every plot that applies, by file stem, in report order."""
     made = {
@@ -149,5 +175,6 @@ def all_plots(evaluations: Sequence[Evaluation]) -> dict[str, bytes]:
         "loss-curves": loss_curves(evaluations),
         "f1-bars": score_bars(evaluations),
         "confusion-matrices": confusion_matrices(evaluations),
+        "calibration": calibration(evaluations),
     }
     return {name: png for name, png in made.items() if png is not None}

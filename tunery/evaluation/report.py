@@ -28,6 +28,7 @@ CAPTIONS = {
     "loss-curves": "Training and validation loss of the tuned model(s)",
     "f1-bars": "F1 per class or field, per candidate",
     "confusion-matrices": "Confusion matrices (rows: expected label, columns: predicted)",
+    "calibration": "Calibration (confidence against accuracy) and accuracy at coverage (most confident first)",
 }
 CLIP = 160  # characters of an input or output shown in a table cell
 THUMBNAIL = 96  # pixels, the longer side of a wrong answer's media thumbnail
@@ -113,6 +114,9 @@ def outline(comparison: Comparison, plots: dict[str, bytes]) -> list[Section]:
     )
     sections = [Section("Summary", [intro, Table(headers, rows)])]
     sections.append(Section("Plots", [Image(n, png, CAPTIONS.get(n, n)) for n, png in plots.items()]))
+    confidence = _confidence(comparison.evaluations)
+    if confidence is not None:
+        sections.append(confidence)
     if comparison.perturbations:
         sections.append(_robustness(comparison.evaluations))
     sections += [_errors(e) for e in comparison.evaluations]
@@ -129,6 +133,26 @@ def _clip(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     text = text.replace("\n", " ")
     return text if len(text) <= CLIP else text[: CLIP - 1] + "…"
+
+
+def _confidence(evaluations: Sequence[Evaluation]) -> Section | None:
+    """Accuracy at coverage per candidate: answer only when the label's probability is at least the threshold."""
+    found = [e for e in evaluations if "calibration" in e.summary]
+    if not found:
+        return None
+    coverages = [c["coverage"] for c in found[0].summary["calibration"]["coverage"]]
+    headers = ["candidate", "ECE", *(f"accuracy at {c:.0%} (threshold)" for c in coverages)]
+    rows = []
+    for e in found:
+        cal = e.summary["calibration"]
+        cells = [f"{c['accuracy']:.1%} (≥ {c['threshold']:.2f})" for c in cal["coverage"]]
+        rows.append([e.candidate.name, f"{cal['ece']:.3f}", *cells])
+    text = (
+        "Confidence is the probability the model gave its answer (the label's tokens' probabilities multiplied). "
+        "Answering only when it is at least the threshold covers that share of the examples, at that accuracy; "
+        "ECE is the mean gap between confidence and accuracy (0: calibrated)."
+    )
+    return Section("Confidence", [text, Table(headers, rows)])
 
 
 def _robustness(evaluations: Sequence[Evaluation]) -> Section:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunery.data.formats import Example
 from tunery.data.media import MediaSource
-from tunery.evaluation.metrics import percentile
+from tunery.evaluation.metrics import calibration, percentile
 from tunery.evaluation.prompts import Prompt
 from tunery.evaluation.tasks import Task
 from tunery.serving.gemini import GenerationConfig
@@ -37,6 +39,7 @@ class Prediction:
     latency_ms: float
     finish_reason: str = "STOP"
     media: tuple[str, ...] = ()  # the MIME types of the prompt's media parts, in order (the report shows the first)
+    confidence: float | None = None  # classification: the answer's probability (its tokens' logprobs summed)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Prediction:
@@ -66,9 +69,13 @@ def predict_all(
     request, a ``fileData`` path read (against ``source``, the data file's folder) as the example comes up."""
     from tunery.serving.multimodal import inline_media
 
+    config = config or GenerationConfig()
+    if task.kind == "classification":  # the label's probability: for calibration and accuracy at coverage
+        config = dataclasses.replace(config, response_logprobs=True)
     out = []
     for example in examples:
         result = engine.generate(prompt.apply(inline_media(example, source)), config)
+        logprob = result.logprob
         prediction = Prediction(
             line=example.line,
             input=example.prompt().turns[-1].text,
@@ -81,6 +88,7 @@ def predict_all(
             latency_ms=round(result.latency_ms, 2),
             finish_reason=result.finish_reason,
             media=media_types(example),
+            confidence=None if logprob is None else round(math.exp(logprob), 6),
         )
         on_prediction(prediction)
         out.append(prediction)
@@ -105,6 +113,9 @@ def summarize(predictions: Sequence[Prediction], task: Task) -> dict[str, Any]:
         "exact_match": mean([p.output.strip() == p.target.strip() for p in predictions]),
     }
     summary.update(task.metrics([p.target for p in predictions], [p.output for p in predictions]))
+    confidences = [p.confidence for p in predictions]
+    if task.kind == "classification" and predictions and all(c is not None for c in confidences):
+        summary["calibration"] = calibration([float(c) for c in confidences], [p.score == 1.0 for p in predictions])
     summary.update(
         {
             "prompt_tokens_mean": mean([p.prompt_tokens for p in predictions]),

@@ -100,6 +100,72 @@ def training_labels(path: str | Path | None) -> list[str] | None:
     return list(labels) or None
 
 
+def training_schema(path: str | Path | None) -> dict[str, Any] | None:
+    """The closed schema of a training file whose answers are all JSON objects with the same keys and value types
+    (what a tuned extraction model keeps in ``tunery.json``): Gemini's ``responseSchema``, its properties in the
+    answers' order, required where every answer has them, nullable where one is null; and ``separators``, how
+    the answers space their JSON (``[", ", ": "]``; ``[",", ":"]`` compact). None: no file, an answer that is not
+    a JSON object, a key whose values differ in type, or more than ``MAX_SCHEMA_KEYS`` keys at one level."""
+    if not path or not Path(path).is_file():
+        return None
+    from tunery.data.validation import read_examples
+
+    try:
+        targets = [e.target.strip() for e in read_examples(path, modalities=ALL_MODALITIES).examples]
+    except (OSError, ValueError, DatasetError):
+        return None
+    objects = [metrics.parse_json_object(t) for t in targets]
+    if len(objects) < MIN_PER_LABEL or any(o is None for o in objects):
+        return None
+    schema = value_schema(objects)
+    if schema is None:
+        return None
+    return {"responseSchema": schema, "separators": _separators(targets, objects)}
+
+
+MAX_SCHEMA_KEYS = 32
+_JSON_KINDS = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+
+
+def value_schema(values: Sequence[Any]) -> dict[str, Any] | None:
+    """The one schema the (non-null) ``values`` share, in Gemini's OpenAPI subset; None when they differ."""
+    kinds = {_JSON_KINDS[type(v)] for v in values if v is not None}
+    kinds = {"number"} if kinds == {"integer", "number"} else kinds
+    if len(kinds) != 1:
+        return None
+    kind = kinds.pop()
+    present = [v for v in values if v is not None]
+    schema: dict[str, Any] = {"type": kind.upper()}
+    if kind == "object":
+        keys = list(dict.fromkeys(k for v in present for k in v))
+        if len(keys) > MAX_SCHEMA_KEYS:
+            return None
+        properties = {k: value_schema([v[k] for v in present if k in v]) for k in keys}
+        if any(p is None for p in properties.values()):
+            return None
+        required = [k for k in keys if all(k in v for v in present)]
+        schema.update({"properties": properties, "required": required, "propertyOrdering": keys})
+    elif kind == "array":
+        items = value_schema([item for v in present for item in v])
+        if items is None:
+            return None
+        schema["items"] = items
+    if len(present) < len(values):
+        schema["nullable"] = True
+    return schema
+
+
+def _separators(targets: Sequence[str], objects: Sequence[Any]) -> list[str] | None:
+    """How every answer spaces its JSON, when they all do it as ``json.dumps`` does (spaced or compact)."""
+    import json
+
+    for separators in ((", ", ": "), (",", ":")):
+        if all(t in (json.dumps(o, separators=separators), json.dumps(o, separators=separators, ensure_ascii=False))
+               for t, o in zip(targets, objects, strict=True)):  # fmt: skip
+            return list(separators)
+    return None
+
+
 def _is_label_like(text: str) -> bool:
     text = text.strip()
     return bool(text) and "\n" not in text and len(text) <= MAX_LABEL_CHARS and len(text.split()) <= MAX_LABEL_WORDS

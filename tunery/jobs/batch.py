@@ -187,13 +187,13 @@ def answer(line: Line, outcome: dict[str, Any] | BaseException | None, model: st
 
 def openai_body(result: dict[str, Any], model: str, chat: bool) -> dict[str, Any]:
     """A GenerateContentResponse as OpenAI's chat.completion (or text_completion) body."""
-    from tunery.api.routes.openai import _candidate, _usage
+    from tunery.api.routes.openai import _candidate, _usage, choice_logprobs
 
     text, reason = _candidate(result)
     created = int(time.time())
     if chat:
         choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                  "finish_reason": reason or "stop", "logprobs": None}  # fmt: skip
+                  "finish_reason": reason or "stop", "logprobs": choice_logprobs(result)}  # fmt: skip
         kind, prefix = "chat.completion", "chatcmpl"
     else:
         choice = {"index": 0, "text": text, "finish_reason": reason or "stop", "logprobs": None}

@@ -37,6 +37,8 @@ class GenerationResponse:
     finish_reason: str
     usage_metadata: UsageMetadata
     latency_ms: float
+    logprobs_result: dict[str, Any] | None = None  # Gemini's logprobsResult, when response_logprobs was asked
+    avg_logprobs: float | None = None
 
 
 class GenerativeModel:
@@ -82,7 +84,15 @@ class GenerativeModel:
             return _response(self._remote().generate_content(self._model_id, body))
         result = self._engine.generate(request, config)
         usage = UsageMetadata(result.prompt_tokens, result.output_tokens)
-        return GenerationResponse(result.text, result.finish_reason, usage, result.latency_ms)
+        found = gemini.logprobs_result(result.logprobs) if result.logprobs is not None else {}
+        return GenerationResponse(
+            result.text,
+            result.finish_reason,
+            usage,
+            result.latency_ms,
+            found.get("logprobsResult"),
+            found.get("avgLogprobs"),
+        )
 
     def count_tokens(self, contents: str | list[dict[str, Any]]) -> int:
         request = self._request(contents)
@@ -112,6 +122,11 @@ def _config_json(config: GenerationConfig) -> dict[str, Any]:
         "topK": config.top_k,
         "stopSequences": list(config.stop_sequences),
         "seed": config.seed,
+        "responseMimeType": config.response_mime_type,  # None: the model's own (a tuned model's kept label set)
+        "responseSchema": config.response_schema,
+        "responseJsonSchema": config.response_json_schema,
+        "responseLogprobs": config.response_logprobs or None,
+        "logprobs": config.logprobs,
     }
     return {k: v for k, v in values.items() if v is not None}
 
@@ -126,4 +141,6 @@ def _response(answer: dict[str, Any]) -> GenerationResponse:
         finish_reason=candidate.get("finishReason", "STOP"),
         usage_metadata=UsageMetadata(usage.get("promptTokenCount", 0), usage.get("candidatesTokenCount", 0)),
         latency_ms=float(answer.get("latencyMs", 0.0)),
+        logprobs_result=candidate.get("logprobsResult"),
+        avg_logprobs=candidate.get("avgLogprobs"),
     )

@@ -42,7 +42,8 @@ SCHEMA_FIELDS = (
 MAX_DEPTH = 16
 MAX_NODES = 1000
 WRAP_UP_WINDOW = 96  # tokens before the budget's end from which a constraint checks it can still close
-WRAP_UP_MARGIN = 24  # close when the shortest completion plus this many tokens no longer fits
+WRAP_UP_MARGIN = 24  # close when the shortest completion plus this many tokens no longer fits (at most a
+WRAP_UP_SHARE = 4  # quarter of the budget: a short budget leaves the answer to the model, see _margin)
 MAX_COMPLETION = 4096
 # The order in which a closing completion prefers characters: end strings, objects and arrays first,
 # then the smallest values; any other allowed token after these, shortest first.
@@ -217,23 +218,27 @@ class Grammar:
 def grammar_for(config: GenerationConfig) -> Grammar | None:
     """The grammar a generation config asks for; None for free text."""
     mime = config.response_mime_type
-    if mime == PLAIN:
+    if mime in (None, PLAIN):
         return None
     if mime == ENUM_MIME:
         assert config.response_schema is not None
         return enum_grammar(config.response_schema["enum"])
     if config.response_json_schema is not None:
-        return json_grammar(config.response_json_schema)
+        return json_grammar(config.response_json_schema, config.json_separators)
     schema = to_json_schema(config.response_schema) if config.response_schema is not None else {}
-    return json_grammar(schema)
+    return json_grammar(schema, config.json_separators)
 
 
-def json_grammar(schema: dict[str, Any] | bool) -> Grammar:
-    """Compact JSON (no spaces between tokens) matching a JSON Schema."""
+def json_grammar(schema: dict[str, Any] | bool, separators: tuple[str, str] | None = None) -> Grammar:
+    """JSON matching a JSON Schema: compact (no spaces between tokens), or with ``separators`` (item, key) between
+    items and after keys (``", "``, ``": "``: as a tuned model's training answers were written)."""
     from llguidance import LLMatcher
 
     as_dict = schema if isinstance(schema, dict) else ({} if schema else {"not": {}})  # JSON Schema's true / false
-    text = LLMatcher.grammar_from_json_schema(as_dict, defaults={"whitespace_flexible": False})
+    options: dict[str, Any] = {"whitespace_flexible": False}
+    if separators:
+        options.update(item_separator=separators[0], key_separator=separators[1])
+    text = LLMatcher.grammar_from_json_schema(as_dict, defaults=options)
     return Grammar(text, "json", schema)
 
 
@@ -249,11 +254,32 @@ def enum_grammar(values: Sequence[str]) -> Grammar:
 
 def label_config(labels: Sequence[str], max_output_tokens: int) -> dict[str, Any]:
     """The ``generationConfig`` fields that restrict an answer to one of ``labels`` (``--constrain labels``)."""
-    return {
-        "responseMimeType": ENUM_MIME,
-        "responseSchema": {"type": "STRING", "enum": list(dict.fromkeys(labels))},
-        "maxOutputTokens": max_output_tokens,
-    }
+    return {"responseMimeType": ENUM_MIME, "responseSchema": label_schema(labels), "maxOutputTokens": max_output_tokens}
+
+
+def label_schema(labels: Sequence[str]) -> dict[str, Any]:
+    return {"type": "STRING", "enum": list(dict.fromkeys(labels))}
+
+
+def kept_constraint(config: GenerationConfig, manifest: dict[str, Any] | None) -> GenerationConfig:
+    """``config`` held to what a tuned model keeps in ``tunery.json`` when the request names no responseMimeType:
+    its closed label set (``labels``: every answer one of them), else the schema learned from its JSON answers
+    (``answerSchema``, written as the answers were spaced). A request that names one, ``text/plain`` included,
+    keeps its own (the opt-out)."""
+    import dataclasses
+
+    if config.response_mime_type is not None or not manifest:
+        return config
+    if manifest.get("labels"):
+        schema = label_schema(manifest["labels"])
+        return dataclasses.replace(config, response_mime_type=ENUM_MIME, response_schema=schema)
+    kept = manifest.get("answerSchema")
+    if kept:
+        separators = tuple(kept["separators"]) if kept.get("separators") else None
+        return dataclasses.replace(
+            config, response_mime_type=JSON_MIME, response_schema=kept["responseSchema"], json_separators=separators
+        )
+    return config
 
 
 # --- decoding --------------------------------------------------------------------------------------------
@@ -380,18 +406,33 @@ class Constraint:
             return None
         completion = self._completion()
         self.closing = len(completion)
-        if len(completion) + WRAP_UP_MARGIN < left:
+        if len(completion) + self._margin() < left:
             return None
         self.plan = completion
         return self.plan[0] if self.plan else -1
 
+    def _margin(self) -> int:
+        """How many tokens beyond the shortest completion must be left for the model to keep choosing.
+
+        The takeover writes the same completion whatever the prompt, so it must only come when needed: a fixed
+        24 tokens took over from the first token of every answer whose budget was short (evaluation gives the
+        longest gold answer plus 8), and every constrained answer was the same label. A label set needs no
+        margin: every token that would overrun is banned (``_ban_overruns`` checks them all), so the model
+        chooses until the label it is writing only just fits. JSON keeps some, at most a quarter of the budget:
+        a string or number token may not shorten the completion, and only structural tokens are checked."""
+        if self.grammar.kind == "enum":
+            return 1
+        return min(WRAP_UP_MARGIN, self.budget // WRAP_UP_SHARE)
+
     def _ban_overruns(self, bits: Any, left: int) -> None:
-        """Near the budget's end, disallow the structural tokens (a comma, a bracket, a quote...) after which the
-        shortest completion no longer fits what is left (a comma in an array asks for a whole new item)."""
+        """Near the budget's end, disallow the tokens after which the shortest completion no longer fits what is
+        left: the structural ones (a comma, a bracket, a quote...; a comma in an array asks for a whole new item),
+        and for a label set every one (a token may lead into a longer label)."""
         import numpy as np
 
         stops = set(self.vocabulary.stops)
-        for token in np.nonzero(bits & self.vocabulary.structural)[0][:MAX_SIMULATED]:
+        checked = bits if self.grammar.kind == "enum" else bits & self.vocabulary.structural
+        for token in np.nonzero(checked)[0][:MAX_SIMULATED]:
             token = int(token)
             if token in stops:
                 continue
@@ -453,7 +494,7 @@ def compile_constraint(config: GenerationConfig, tokenizer: Any) -> Constraint |
 
 
 def is_constrained(config: GenerationConfig) -> bool:
-    return config.response_mime_type != PLAIN
+    return config.response_mime_type not in (None, PLAIN)
 
 
 class ConstrainedLogits:

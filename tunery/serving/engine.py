@@ -64,7 +64,7 @@ from tunery.errors import ConfigError, ModelError
 from tunery.models.loading import load_model, load_tokenizer
 from tunery.models.sources import resolve_base
 from tunery.models.tuned import base_path, is_adapter, is_tuned_dir, read_manifest
-from tunery.serving.gemini import Generation, GenerationConfig
+from tunery.serving.gemini import Generation, GenerationConfig, TokenLogprob
 
 WEIGHTS = ("auto", "fp32", "bf16", "int8", "int4")
 BASE_SLOT = "__base__"
@@ -499,6 +499,16 @@ class Served:
         they and ``maxOutputTokens`` overflow the context."""
         return check_prompt(prompt_ids(self.tokenizer, example), config, self.context_length, limit)
 
+    def row(self, ids: list[int], config: GenerationConfig, on_text: Callable[[str], None] | None = None) -> Row:
+        """A request's row: its answer held to what this model keeps (a tuned model's label set or schema) unless
+        the request names its own responseMimeType (``constrain.kept_constraint``)."""
+        try:
+            from tunery.serving.constrain import kept_constraint
+        except ImportError:
+            return Row(self, ids, config, on_text=on_text)
+        config = kept_constraint(config, self.manifest)
+        return Row(self, ids, config, constraint=constraint_for(config, self.tokenizer), on_text=on_text)
+
 
 def check_prompt(ids: list[int], config: GenerationConfig, context_length: int, limit: int | None) -> list[int]:
     if limit is not None and len(ids) > limit:
@@ -645,6 +655,7 @@ class Row:
     sent: str = ""  # the text handed to on_text so far
     slot: int = 0
     generator: torch.Generator | None = None
+    logprobs: list[TokenLogprob] | None = None  # when the config asks for them
 
     def __post_init__(self) -> None:
         if self.config.temperature > 0:
@@ -661,6 +672,24 @@ class Row:
         if self.constraint is not None:
             allowed = self.constraint.mask(logits.shape[-1])
             logits = logits.masked_fill(~allowed, float("-inf"))
+        token = self._pick(logits)
+        if self.config.response_logprobs:
+            self._record(logits, token)
+        return token
+
+    def _record(self, logits: torch.Tensor, token: int) -> None:
+        """The chosen token's log probability and the top ones', at temperature 1 after the constraint."""
+        logprobs = logits.float().log_softmax(-1)
+        top = torch.topk(logprobs, min(self.config.logprobs or 0, logprobs.shape[-1]))
+        decode = self.served.tokenizer.decode
+        alternatives = tuple(
+            (decode([int(i)]), int(i), float(lp)) for lp, i in zip(top.values, top.indices, strict=True) if lp > -1e30
+        )
+        if self.logprobs is None:
+            self.logprobs = []
+        self.logprobs.append(TokenLogprob(decode([token]), token, float(logprobs[token]), alternatives))
+
+    def _pick(self, logits: torch.Tensor) -> int:
         config = self.config
         if config.temperature == 0:
             return int(logits.argmax())
@@ -730,7 +759,15 @@ class Row:
             prompt_tokens=len(self.ids),
             output_tokens=len(self.out),
             latency_ms=(time.perf_counter() - self.started) * 1000,
+            logprobs=self._answer_logprobs(),
         )
+
+    def _answer_logprobs(self) -> tuple[TokenLogprob, ...] | None:
+        """The answer's tokens' log probabilities, without the stop token that ended it (not part of the text)."""
+        if not self.config.response_logprobs:
+            return None
+        found = self.logprobs or []
+        return tuple(t for t in found if t.token_id not in self.served.stop_ids)
 
 
 class Batch:
@@ -921,10 +958,7 @@ class Engine:
     def generate_batch(self, prompts: list[list[int]], configs: list[GenerationConfig]) -> list[Generation]:
         """One answer per prompt (token ids from ``prompt``), decoded together; each gets the answer it gets
         alone (greedy), or one from the same distribution (sampled; the same one for the same seed)."""
-        rows = [
-            Row(self.served, ids, c, constraint=constraint_for(c, self.tokenizer))
-            for ids, c in zip(prompts, configs, strict=True)
-        ]
+        rows = [self.served.row(ids, c) for ids, c in zip(prompts, configs, strict=True)]
         return run_rows(rows)
 
 

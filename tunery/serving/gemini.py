@@ -23,6 +23,7 @@ from tunery.errors import DatasetError, ModelError
 
 MAX_OUTPUT_TOKENS = 8192
 MAX_STOP_SEQUENCES = 5
+MAX_TOP_LOGPROBS = 20  # the most alternatives per token that responseLogprobs / top_logprobs return
 GENERATE_FIELDS = ("contents", "systemInstruction", "generationConfig", "safetySettings", "labels")
 COUNT_TOKENS_FIELDS = ("contents", "systemInstruction", "generateContentRequest", "model")
 # Fields that would change the answer, which tunery cannot honour: refused by name, never ignored.
@@ -50,6 +51,7 @@ _LIMITS = {
     "top_k": _Limit("topK", int, lambda v: v >= 0, "0 (no top-k) or more"),
     "seed": _Limit("seed", int, lambda v: 0 <= v < 2**63, "0 to 2**63 - 1"),
     "candidate_count": _Limit("candidateCount", int, lambda v: v == 1, "1 (one candidate per request)"),
+    "logprobs": _Limit("logprobs", int, lambda v: 0 <= v <= MAX_TOP_LOGPROBS, f"0 to {MAX_TOP_LOGPROBS}"),
 }
 
 
@@ -63,27 +65,52 @@ class GenerationConfig:
     top_k: int = 0
     stop_sequences: tuple[str, ...] = ()
     seed: int | None = None
-    # controlled output (tunery.serving.constrain): text/plain, application/json or text/x.enum
-    response_mime_type: str = "text/plain"
+    # controlled output (tunery.serving.constrain): text/plain, application/json or text/x.enum; None (not given):
+    # the model's own, a tuned model's kept label set or schema (``kept_constraint``), else text/plain
+    response_mime_type: str | None = None
     response_schema: dict[str, Any] | None = None  # Gemini's OpenAPI subset
     response_json_schema: dict[str, Any] | None = None  # plain JSON Schema
+    response_logprobs: bool = False  # each answer token's log probability (and ``logprobs`` alternatives) returned
+    logprobs: int | None = None
+    json_separators: tuple[str, str] | None = None  # a kept schema's spacing (not a request field): compact if None
 
     def __post_init__(self) -> None:
-        for attr in ("max_output_tokens", "temperature", "top_p", "top_k", "seed"):
+        for attr in ("max_output_tokens", "temperature", "top_p", "top_k", "seed", "logprobs"):
             value, limit = getattr(self, attr), _LIMITS[attr]
             if value is not None and not limit.ok(value):
                 raise ModelError(f"{limit.name} {value}: expected {limit.expected}")
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One answer token and its log probability, with the most likely tokens at its place (``top``), from the
+    distribution the token was chosen from: the model's at temperature 1, restricted to what the request's
+    constraint allows (so a label set's first-token alternatives are its labels)."""
+
+    token: str
+    token_id: int
+    logprob: float
+    top: tuple[tuple[str, int, float], ...] = ()
+
+    def to_gemini(self) -> dict[str, Any]:
+        return {"token": self.token, "tokenId": self.token_id, "logProbability": self.logprob}
+
+
+@dataclass(frozen=True)
 class Generation:
-    """One generated answer and what it cost."""
+    """One generated answer and what it cost; ``logprobs`` when the request asked for them."""
 
     text: str
     finish_reason: str  # STOP or MAX_TOKENS
     prompt_tokens: int
     output_tokens: int
     latency_ms: float
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+    @property
+    def logprob(self) -> float | None:
+        """The answer's log probability (the sum over its tokens), when logprobs were asked for."""
+        return None if self.logprobs is None else sum(t.logprob for t in self.logprobs)
 
 
 class RequestProblem(Problem):
@@ -121,6 +148,9 @@ _CONFIG_NAMES = {
     "response_schema": "response_schema",
     "responseJsonSchema": "response_json_schema",
     "response_json_schema": "response_json_schema",
+    "responseLogprobs": "response_logprobs",
+    "response_logprobs": "response_logprobs",
+    "logprobs": "logprobs",
 }
 _CONTROLLED = ("response_mime_type", "response_schema", "response_json_schema")  # checked by constrain.py
 _GEMINI_CONFIG_NAMES = [name for name in _CONFIG_NAMES if "_" not in name]
@@ -130,14 +160,12 @@ _NEUTRAL_CONFIG: dict[str, tuple[Callable[[Any], bool], str]] = {
     "presencePenalty": (lambda v: v == 0, "0 (tunery applies no presence penalty)"),
     "frequencyPenalty": (lambda v: v == 0, "0 (tunery applies no frequency penalty)"),
     "responseModalities": (lambda v: v in ([], ["TEXT"], ["text"]), '["TEXT"] (the models answer in text only)'),
-    "responseLogprobs": (lambda v: v is False, "false (log probabilities are not returned)"),
     "enableEnhancedCivicAnswers": (lambda v: v is False, "false"),
 }
 _NEUTRAL_SNAKE = {
     "presence_penalty": "presencePenalty",
     "frequency_penalty": "frequencyPenalty",
     "response_modalities": "responseModalities",
-    "response_logprobs": "responseLogprobs",
 }
 
 
@@ -169,12 +197,14 @@ def _parse_config(value: Any, field: str) -> tuple[GenerationConfig | None, list
         elif attr in _CONTROLLED:
             kwargs[attr] = raw
         elif raw is not None:  # JSON null leaves the default
-            checked = _stop_sequences(raw, path, problems) if attr == "stop_sequences" else _number(attr, raw)
+            checked = _checked_value(attr, raw, path, problems)
             if isinstance(checked, str):
                 problems.append((path, checked))
             elif checked is not None:
                 kwargs[attr] = checked
     problems += _controlled_problems(kwargs, field)
+    if kwargs.get("logprobs") is not None and not kwargs.get("response_logprobs"):
+        problems.append((f"{field}.logprobs", "needs responseLogprobs: true"))
     if problems:
         return None, problems
     kwargs.pop("candidate_count", None)  # checked to be 1; one candidate is all the engine makes
@@ -204,6 +234,14 @@ def _number(attr: str, raw: Any) -> int | float | str:
     if not limit.ok(raw):
         return f"expected {limit.expected}, got {raw!r}"
     return raw
+
+
+def _checked_value(attr: str, raw: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    if attr == "stop_sequences":
+        return _stop_sequences(raw, path, problems)
+    if attr == "response_logprobs":
+        return raw if isinstance(raw, bool) else f"expected true or false, got {_json_type(raw)}"
+    return _number(attr, raw)
 
 
 def _stop_sequences(raw: Any, path: str, problems: list[tuple[str, str]]) -> tuple[str, ...] | None:
@@ -351,14 +389,15 @@ def _json_type(value: Any) -> str:
 
 def generate_response(gen: Generation, model_version: str) -> dict[str, Any]:
     """Gemini's ``GenerateContentResponse`` for one generation, plus ``latencyMs`` (tunery's extension)."""
+    candidate: dict[str, Any] = {
+        "content": {"role": "model", "parts": [{"text": gen.text}]},
+        "finishReason": gen.finish_reason,
+        "index": 0,
+    }
+    if gen.logprobs is not None:
+        candidate.update(logprobs_result(gen.logprobs))
     return {
-        "candidates": [
-            {
-                "content": {"role": "model", "parts": [{"text": gen.text}]},
-                "finishReason": gen.finish_reason,
-                "index": 0,
-            }
-        ],
+        "candidates": [candidate],
         "usageMetadata": {
             "promptTokenCount": gen.prompt_tokens,
             "candidatesTokenCount": gen.output_tokens,
@@ -366,6 +405,21 @@ def generate_response(gen: Generation, model_version: str) -> dict[str, Any]:
         },
         "modelVersion": model_version,
         "latencyMs": round(gen.latency_ms, 1),
+    }
+
+
+def logprobs_result(tokens: tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    """A candidate's ``logprobsResult`` (each token chosen, and the top ones at its place) and ``avgLogprobs``."""
+    total = sum(t.logprob for t in tokens)
+    return {
+        "logprobsResult": {
+            "chosenCandidates": [t.to_gemini() for t in tokens],
+            "topCandidates": [
+                {"candidates": [{"token": s, "tokenId": i, "logProbability": lp} for s, i, lp in t.top]} for t in tokens
+            ],
+            "logProbabilitySum": total,
+        },
+        "avgLogprobs": total / len(tokens) if tokens else 0.0,
     }
 
 

@@ -360,8 +360,6 @@ class Host:
 
     def _job(self, request: dict[str, Any], done: Callable[[Generation | BaseException], None], stream: bool) -> Job:
         """A generate request checked, tokenized and made a row (its model loaded if need be)."""
-        from tunery.serving.engine import Row, constraint_for
-
         model = _model(request)
         example, config = parse_generate_request(request.get("request"))
         _check_text_only(example, model, "generateContent request")
@@ -377,7 +375,7 @@ class Host:
                 sent.append(new)
                 self.send({"id": request.get("id"), "chunk": _chunk(new, version)})
 
-        row = Row(served, ids, config, constraint=constraint_for(config, served.tokenizer), on_text=on_text)
+        row = served.row(ids, config, on_text)
         job = Job(request.get("id"), row, done)
         row.job = job  # type: ignore[attr-defined]
         return job

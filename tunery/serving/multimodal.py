@@ -240,7 +240,9 @@ class VisionLanguageModel:
     def _generate(self, example: Example, config: GenerationConfig) -> Generation:
         import torch
 
-        if config.response_mime_type != "text/plain" or config.response_schema or config.response_json_schema:
+        from tunery.serving.constrain import is_constrained
+
+        if is_constrained(config) or config.response_schema or config.response_json_schema:
             raise ModelError(
                 f"{self.path}: controlled output (responseMimeType) is not served for vision-language models"
             )

@@ -139,6 +139,8 @@ def chat_request(model: str, request: dict[str, Any]) -> dict[str, Any]:
     from tunery.serving.gemini import parse_generate_request
 
     example, config = parse_generate_request(request)
+    if config.response_logprobs:
+        raise ModelError("responseLogprobs is not served with --engine vllm yet; --engine transformers returns them")
     messages: list[dict[str, str]] = [{"role": "system", "content": example.system}] if example.system else []
     messages += [{"role": "assistant" if t.role == "model" else "user", "content": t.text} for t in example.turns]
     body: dict[str, Any] = {

@@ -17,7 +17,7 @@ from tunery.data.stats import tuning_data_stats
 from tunery.data.tokenize import Encoded
 from tunery.data.validation import read_examples
 from tunery.errors import JobError
-from tunery.evaluation.tasks import closed_label_set, training_labels
+from tunery.evaluation.tasks import closed_label_set, training_labels, training_schema
 from tunery.evaluation.tuned import evaluate_tuned
 from tunery.models.loading import is_multimodal, load_processor, load_tokenizer
 from tunery.models.sources import BaseModel, resolve_base
@@ -339,6 +339,7 @@ def finish(prep: Prepared, run: Run) -> Path:
     final = {}
     for line in (prep.run_dir / METRICS_FILE).read_text().splitlines():
         final.update({k: v for k, v in json.loads(line).items() if k not in ("learning_rate", "eta_seconds")})
+    labels = training_labels(prep.spec.train)
     manifest = {
         "format": 1,
         "id": prep.run_dir.name,
@@ -373,7 +374,8 @@ def finish(prep: Prepared, run: Run) -> Path:
             else None
         ),
         "tuningDataStats": {"supervisedTuningDataStats": prep.stats},
-        "labels": training_labels(prep.spec.train),  # a classification file's label set, else null
+        "labels": labels,  # a classification file's label set, else null
+        "answerSchema": training_schema(prep.spec.train) if not labels else None,  # JSON answers' closed schema
         "finalMetrics": final,
         "trainingSeconds": round(run.state.seconds, 2),
         "createTime": datetime.now(UTC).isoformat(timespec="seconds"),

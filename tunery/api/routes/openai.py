@@ -126,7 +126,7 @@ class Sampling(OpenAIRequest):
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2, description="0 only")
     frequency_penalty: float | None = Field(None, ge=-2, le=2, description="0 only")
-    logprobs: bool | int | None = Field(None, description="false only")
+    logprobs: bool | int | None = Field(None, description="Chat: each answer token's log probability. Completions: no")
     logit_bias: dict[str, float] | None = Field(None, description="empty only")
     user: Annotated[str, StringConstraints(max_length=256)] | None = Field(None, description="Accepted; no effect")
 
@@ -137,7 +137,7 @@ class ChatCompletionRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=limits.MAX_TURNS)
     max_completion_tokens: int | None = Field(None, ge=1, le=gemini.MAX_OUTPUT_TOKENS)
     response_format: ResponseFormat | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20, description="0 only")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="With logprobs: the top tokens per place")
     tools: list[dict[str, Any]] | None = Field(None, max_length=128, description="Not supported (400)")
     tool_choice: str | dict[str, Any] | None = Field(None, description="none only")
     parallel_tool_calls: bool | None = None
@@ -170,8 +170,8 @@ def _unsupported(body: Sampling) -> list[tuple[str, str]]:
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(body, name) not in (None, 0):
             problems.append((name, "not supported: tunery applies no penalty; send 0 or leave it out"))
-    if body.logprobs not in (None, False, 0):
-        problems.append(("logprobs", "not supported: log probabilities are not returned"))
+    if isinstance(body, CompletionRequest) and body.logprobs not in (None, False, 0):
+        problems.append(("logprobs", "not supported on completions; chat completions return them"))
     if body.logit_bias:
         problems.append(("logit_bias", "not supported"))
     if isinstance(body, ChatCompletionRequest):
@@ -179,8 +179,10 @@ def _unsupported(body: Sampling) -> list[tuple[str, str]]:
             problems.append(("tools" if body.tools else "functions", "function calling is not supported"))
         if body.tool_choice not in (None, "none") or body.function_call not in (None, "none"):
             problems.append(("tool_choice", "function calling is not supported; leave it out or send 'none'"))
-        if body.top_logprobs not in (None, 0):
-            problems.append(("top_logprobs", "not supported: log probabilities are not returned"))
+        if body.top_logprobs not in (None, 0) and not body.logprobs:
+            problems.append(("top_logprobs", "needs logprobs: true"))
+        if body.logprobs and body.stream:
+            problems.append(("logprobs", "not returned on a stream; send stream: false"))
         if body.modalities and set(body.modalities) != {"text"}:
             problems.append(("modalities", 'only ["text"]: the models answer in text'))
     if isinstance(body, CompletionRequest):
@@ -206,10 +208,12 @@ def _config(body: Sampling) -> dict[str, Any]:
         config["seed"] = body.seed
     if body.stop:
         config["stopSequences"] = [body.stop] if isinstance(body.stop, str) else list(body.stop)
+    if isinstance(body, ChatCompletionRequest) and body.logprobs:
+        config["responseLogprobs"] = True
+        config["logprobs"] = body.top_logprobs or 0
     if isinstance(body, ChatCompletionRequest) and body.response_format is not None:
-        kind = body.response_format.type
-        if kind != "text":
-            config["responseMimeType"] = "application/json"
+        kind = body.response_format.type  # "text" is free text: a tuned model's kept label set or schema opts out
+        config["responseMimeType"] = "text/plain" if kind == "text" else "application/json"
         schema = body.response_format.json_schema
         if kind == "json_schema" and schema is not None and schema.schema_ is not None:
             config["responseJsonSchema"] = schema.schema_
@@ -299,6 +303,25 @@ def _usage(result: dict[str, Any]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output}
 
 
+def choice_logprobs(result: dict[str, Any]) -> dict[str, Any] | None:
+    """A choice's ``logprobs`` (``content``: each token, its log probability and bytes, and the top tokens at its
+    place) from the Gemini candidate's ``logprobsResult``; None when none was asked for."""
+    found = ((result.get("candidates") or [{}])[0]).get("logprobsResult")
+    if found is None:
+        return None
+
+    def token(entry: dict[str, Any]) -> dict[str, Any]:
+        text = entry.get("token", "")
+        return {"token": text, "logprob": entry.get("logProbability", 0.0), "bytes": list(text.encode())}
+
+    tops = found.get("topCandidates") or []
+    content = [
+        {**token(chosen), "top_logprobs": [token(t) for t in (tops[i].get("candidates") if i < len(tops) else [])]}
+        for i, chosen in enumerate(found.get("chosenCandidates") or [])
+    ]
+    return {"content": content, "refusal": None}
+
+
 def _candidate(result: dict[str, Any]) -> tuple[str, str | None]:
     """The new text of a GenerateContentResponse (or chunk), and its finish reason if it is the last."""
     candidates = result.get("candidates") or [{}]
@@ -341,7 +364,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
                 "index": 0,
                 "message": {"role": "assistant", "content": text, "refusal": None},
                 "finish_reason": reason or "stop",
-                "logprobs": None,
+                "logprobs": choice_logprobs(result),
             }
         ],
         "usage": _usage(result),
