@@ -11,7 +11,8 @@ tunery's own paths (``sft.train``, ``tunery.evaluate``):
   every example trained on, the last epoch kept);
 - ``new``: tunery with today's defaults (nothing set: ``tunery.tuning.defaults``, the held-out slice, the best
   checkpoint);
-- ``constrained``: the ``new`` model evaluated with ``constrain="labels"`` (intents only);
+- ``constrained``: the ``new`` model held to its kept label set (intents, ``constrain="labels"``) or answer schema
+  (slots, the default); the ``old`` and ``new`` rows are free answers (``constrain="none"``);
 - ``tfidf``: TF-IDF + logistic regression (scikit-learn) on the same split: the floor without a language model.
 
 Columns: accuracy, macro-F1 and answers that are no label (intents); field micro-F1, exact match and valid JSON
@@ -139,14 +140,12 @@ def measure(task: str, row: str, work: Path, limit: int | None, base_limit: int 
 
         summary = evaluate(DEFAULT_MODEL, test, train, base_limit or limit, prompt=str(base_prompt(work, task, train)))
         return {**summary, "limit": base_limit or limit}
-    if row == "constrained":
-        if task != "intents":
-            return {"skipped": "label constraint: classification only"}
+    if row == "constrained":  # the label set (intents) or the answer schema (slots) the tuned model keeps
         model, _ = tune(work, task, "new", train)
-        return evaluate(model, test, train, limit, constrain="labels")
+        return evaluate(model, test, train, limit, constrain="labels" if task == "intents" else None)
     model, seconds = tune(work, task, row, train)
     manifest = json.loads((model / "tunery.json").read_text())
-    summary = evaluate(model, test, train, limit)
+    summary = evaluate(model, test, train, limit, constrain="none")  # free answers, as before #29
     return {
         **summary,
         "tuneSeconds": seconds,
