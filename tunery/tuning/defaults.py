@@ -3,8 +3,8 @@
 The shape is what the training file says about the task: how many examples, how many distinct answers (and
 whether they form a closed label set), how many examples each answer has, and how long an answer is.
 
-- **Epochs.** Every example is seen about ``EXAMPLE_PASSES`` times in all (2 to 10 epochs: a small file needs more
-  passes) — and, for a closed label set, each label's examples at least ``LABEL_PASSES`` times, so that a file
+- **Epochs.** About 1,000 example passes in all (``tunery.data.stats.default_epochs``: 2 to 10 epochs, a small file
+  needs more passes) — and, for a closed label set, each label's examples at least ``LABEL_PASSES`` times, so that a file
   with many labels and few examples of each (60 intents × 10) is not stopped after two epochs while its labels
   are still being learned. Both within ``MOST_PASSES`` example passes in all, which bounds the time.
 - **Learning rate multiplier** and **adapter size**: 1 and rank 8 (measured on the quality benchmark,
@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-EXAMPLE_PASSES = 1000
+from tunery.data.stats import default_epochs
+
 LABEL_PASSES = 50
 MOST_PASSES = 5000
 LEAST_EPOCHS, MOST_EPOCHS = 2, 10
@@ -102,9 +103,9 @@ class Settings:
 
 
 def auto_epochs(shape: DataShape) -> int:
-    """``EXAMPLE_PASSES`` example passes, and for a closed label set ``LABEL_PASSES`` per label, within
+    """About 1,000 example passes (``default_epochs``), and for a closed label set ``LABEL_PASSES`` per label, within
     ``MOST_PASSES`` in all; 2 to 10 epochs."""
-    epochs = math.ceil(EXAMPLE_PASSES / max(shape.examples, 1))
+    epochs = default_epochs(shape.examples)
     if shape.closed:
         epochs = max(epochs, math.ceil(LABEL_PASSES / max(shape.per_answer, 1)))
         epochs = min(epochs, max(1, MOST_PASSES // max(shape.examples, 1)))
