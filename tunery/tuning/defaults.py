@@ -3,10 +3,10 @@
 The shape is what the training file says about the task: how many examples, how many distinct answers (and
 whether they form a closed label set), how many examples each answer has, and how long an answer is.
 
-- **Epochs.** About 1,000 example passes in all (``tunery.data.stats.default_epochs``: 2 to 10 epochs, a small file
-  needs more passes) — and, for a closed label set, each label's examples at least ``LABEL_PASSES`` times, so that a file
-  with many labels and few examples of each (60 intents × 10) is not stopped after two epochs while its labels
-  are still being learned. Both within ``MOST_PASSES`` example passes in all, which bounds the time.
+- **Epochs.** About 1,000 example passes in all (``tunery.data.stats.default_epochs``: 2 to 10 epochs, a small
+  file needs more passes) — and, for a closed label set, each label's examples at least ``LABEL_PASSES`` times, so
+  that a file with many labels and few examples of each (60 intents × 10) is not stopped after two epochs while
+  its labels are still being learned. Both within ``MOST_PASSES`` example passes in all, which bounds the time.
 - **Learning rate multiplier** and **adapter size**: 1 and rank 8 (measured on the quality benchmark,
   ``benchmarks/quality.py``; the README's table says what the alternatives gave).
 
