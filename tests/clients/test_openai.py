@@ -80,9 +80,45 @@ def test_fine_tuning_job(client, job) -> None:
     metrics = [e for e in events if e.type == "metrics"]
     assert metrics and all("train_loss" in e.data for e in metrics)
     assert [e.created_at for e in events] == sorted((e.created_at for e in events), reverse=True)  # newest first
+
+
+def test_checkpoints_one_per_epoch_listed_newest_first_and_each_answers_by_name(server, key, client, job) -> None:
+    """Every epoch's checkpoint is listed (``fine_tuning.job.checkpoint``), newest first, and answers as a model of
+    its own; the native job resource lists them too, with the one the tuned model is and why."""
     checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
-    assert [c.fine_tuned_model_checkpoint for c in checkpoints] == [job.fine_tuned_model]
-    assert checkpoints[0].step_number == max(e.data["step"] for e in metrics)
+    assert all(isinstance(c, openai.types.fine_tuning.jobs.FineTuningJobCheckpoint) for c in checkpoints)
+    assert len(checkpoints) == TINY_EPOCHS
+    steps = [c.step_number for c in checkpoints]
+    assert steps == sorted(steps, reverse=True) and len(set(steps)) == TINY_EPOCHS
+    metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
+    assert steps[0] == max(m["step"] for m in metrics)
+    names = [c.fine_tuned_model_checkpoint for c in checkpoints]
+    assert names == [f"{job.fine_tuned_model}:ckpt-step-{step}" for step in steps]
+    assert all(c.metrics.train_loss is not None for c in checkpoints)
+    page = client.fine_tuning.jobs.checkpoints.list(job.id, limit=1, after=checkpoints[0].id)
+    assert [c.id for c in page.data] == [checkpoints[1].id] and page.has_more
+    first = client.chat.completions.create(model=names[-1], messages=MESSAGES, temperature=0, max_tokens=12)
+    assert first.model == names[-1] and first.choices[0].finish_reason in ("stop", "length")
+
+    def answer(model: str) -> str | None:
+        done = client.chat.completions.create(model=model, messages=MESSAGES, temperature=0, max_tokens=12)
+        return done.choices[0].message.content
+
+    assert answer(names[0]) == answer(job.fine_tuned_model)  # the tuned model is its best (here: last) checkpoint
+    with pytest.raises(openai.NotFoundError, match="ckpt-step-999"):
+        client.chat.completions.create(model=f"{job.fine_tuned_model}:ckpt-step-999", messages=MESSAGES)
+    gemini = server.client.post(
+        f"/v1/models/{names[0]}:generateContent",
+        headers=server.headers(key),
+        json={"contents": [{"role": "user", "parts": [{"text": "my card never arrived"}]}],
+              "generationConfig": {"temperature": 0, "maxOutputTokens": 12}},
+    )  # fmt: skip
+    assert gemini.status_code == 200
+    assert gemini.json()["candidates"][0]["content"]["parts"][0]["text"] == answer(names[0])
+    native = server.client.get(f"/v1/tuningJobs/{job.id}", headers=server.headers(key)).json()["tunedModel"]
+    assert [c["model"] for c in native["checkpoints"]] == [f"models/{n}" for n in reversed(names)]
+    assert native["bestCheckpoint"]["why"].startswith("the last epoch's")  # 10 examples: too few to hold out
+    assert native["validation"].startswith("no validation: 10 training examples are too few")
 
 
 def test_cancel(client, uploaded) -> None:

@@ -120,6 +120,12 @@ def test_tune_predict_merge_from_the_cli(tiny, data_dir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert (out / "tunery.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    assert "epochs 2 (set)" in result.output and "adapter size 8 (auto: the default)" in result.output
+    assert "validation: classify_openai.jsonl" in result.output
+    assert "tuned model = ckpt-step-" in result.output  # the best of the epochs' checkpoints, and why
+    checkpoint = out / "epoch-checkpoints" / "ckpt-step-3"  # epoch 1 of 2 (10 examples, batch 4): a model of its own
+    by_checkpoint = invoke("predict", checkpoint, "my card never arrived", "--max-tokens", "5")
+    assert by_checkpoint.exit_code == 0, by_checkpoint.output
     first = invoke("predict", out, "my card never arrived", "--system", "Route the ticket.", "--max-tokens", "5")
     second = invoke("predict", out, "my card never arrived", "--system", "Route the ticket.", "--max-tokens", "5")
     assert first.exit_code == 0 and first.output == second.output  # greedy is deterministic

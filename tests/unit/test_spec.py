@@ -71,7 +71,7 @@ def test_adapter_sizes(size):
 
 def test_defaults_and_round_trip():
     spec = TuningSpec(train="t.jsonl")
-    assert (spec.method, spec.epochs, spec.adapter_size, spec.batch_size, spec.seed) == (PEFT_ADAPTER, None, 8, 8, 0)
+    assert (spec.method, spec.epochs, spec.adapter_size, spec.batch_size, spec.seed) == (PEFT_ADAPTER, None, None, 8, 0)
     assert TuningSpec.from_dict(spec.to_dict()) == spec
     edited = TuningSpec.from_dict({**spec.to_dict(), "method": "full", "epochs": 3})
     assert (edited.method, edited.epochs) == (FULL, 3)

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from tunery.errors import DatasetError, JobError, TuningCancelled
+from tunery.models.tuned import EPOCH_DIR
 from tunery.tuning import Hooks, TuningSpec, merge, tune
 from tunery.tuning.checkpoint import latest_checkpoint
 from tunery.tuning.loop import fit
@@ -370,7 +371,7 @@ def test_lora_output_layout(tuned_lora, tiny_model):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    expected = {ADAPTER, "adapter_config.json", *TOKENIZER_FILES, *MANIFEST_FILES, *EVALUATION_FILES}
+    expected = {ADAPTER, "adapter_config.json", *TOKENIZER_FILES, *MANIFEST_FILES, *EVALUATION_FILES, EPOCH_DIR}
     assert set(os.listdir(tuned_lora)) == expected
     config = json.loads((tuned_lora / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_model.resolve())
@@ -393,6 +394,7 @@ def test_full_output_layout(tuned_full):
         *TOKENIZER_FILES,
         *MANIFEST_FILES,
         *EVALUATION_FILES,
+        EPOCH_DIR,
     }
     model = AutoModelForCausalLM.from_pretrained(tuned_full)
     assert model.config.num_hidden_layers == 2
@@ -403,7 +405,8 @@ def test_metrics_and_manifest(request, which, tiny_model):
     run = request.getfixturevalue(which)
     lines = metric_lines(run)
     # Step 0 is the base model's validation score; then one line per step (5 steps × 4 epochs).
-    assert set(lines[0]) == {"step", "epoch", "eval_loss", "eval_token_accuracy"} and lines[0]["step"] == 0
+    assert set(lines[0]) == {"step", "epoch", "eval_loss", "eval_token_accuracy", "eval_exact_match"}
+    assert lines[0]["step"] == 0
     steps = lines[1:]
     assert [m["step"] for m in steps] == list(range(1, 21))
     step_keys = {"step", "epoch", "train_loss", "train_token_accuracy", "tokens_per_second", "eta_seconds"}
@@ -413,6 +416,7 @@ def test_metrics_and_manifest(request, which, tiny_model):
         at_epoch_end = m["step"] % 5 == 0
         assert m["epoch"] == pytest.approx(m["step"] / 5)
         assert ("eval_loss" in m) == at_epoch_end and ("eval_token_accuracy" in m) == at_epoch_end
+        assert ("eval_exact_match" in m) == at_epoch_end
     assert steps[-1]["eta_seconds"] == 0
     assert steps[-1]["eval_loss"] < lines[0]["eval_loss"]  # it learned something
 
@@ -429,6 +433,10 @@ def test_metrics_and_manifest(request, which, tiny_model):
     assert final["step"] == 20
     assert final["eval_loss"] == steps[-1]["eval_loss"] and final["train_loss"] == steps[-1]["train_loss"]
     assert manifest["spec"]["output"] == str(run)
+    assert [c["step"] for c in manifest["checkpoints"]] == [5, 10, 15, 20]  # one per epoch
+    assert manifest["bestCheckpoint"]["name"] in {c["name"] for c in manifest["checkpoints"]}
+    assert manifest["validation"]["note"] == "validation: classify_openai.jsonl"
+    assert manifest["defaults"]["reasons"]["epochs"] == "set"
 
 
 # g. Bad data leaves nothing behind ------------------------------------------------------------------

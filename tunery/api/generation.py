@@ -43,9 +43,10 @@ from tunery.api.translate import STORED_TYPE
 from tunery.api.uploads import MEDIA_BYTES
 from tunery.data.formats import modality_of
 from tunery.data.media import normalize_mime, sniff
-from tunery.errors import ConfigError, NotFoundError, ServingError
+from tunery.errors import ConfigError, ModelError, NotFoundError, ServingError
 from tunery.jobs.store import Store
 from tunery.models.catalog import CATALOG
+from tunery.models.tuned import checkpoint_dir, split_checkpoint
 
 OWN_FILE = re.compile(r"v1(beta1?)?/files/(?P<id>[^/?#]+)")
 MAX_REQUEST_MEDIA_BYTES = 64 * 2**20
@@ -59,7 +60,14 @@ def servable(model_id: str, tenant: str, store: Store) -> str:
         return model_id
     from tunery.jobs.artifacts import local_copy  # TUNERY_ARTIFACTS a URL: a model tuned on another node
 
-    return local_copy(store.get_tuned_model(tenant, model_id).path, model_id)
+    tuned, checkpoint = split_checkpoint(model_id)  # ``{id}:ckpt-step-N``: one of its kept checkpoints
+    path = local_copy(store.get_tuned_model(tenant, tuned).path, tuned)
+    if checkpoint is None:
+        return path
+    try:
+        return str(checkpoint_dir(path, checkpoint))
+    except ModelError as exc:
+        raise NotFoundError(f"models/{model_id}: {exc}") from None
 
 
 async def _servable(request: Request, tenant: str, model_id: str) -> str:

@@ -51,7 +51,12 @@ CANCEL_WAIT_SECONDS = 60.0  # after a cancel, how long the worker has to save it
 def tune(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Catalog id or local model directory."),
     train: Path = typer.Option(None, "--train", help="Training JSONL (Gemini or OpenAI form)."),
-    validation: Path = typer.Option(None, "--validation", help="Validation JSONL, evaluated each epoch."),
+    validation: Path = typer.Option(
+        None, "--validation", help="Validation JSONL, evaluated each epoch (default: a held-out slice of --train)."
+    ),
+    auto_validation: bool = typer.Option(
+        True, "--auto-validation/--no-auto-validation", help="Without --validation, hold out 10% of --train."
+    ),
     method: str = typer.Option(
         "lora",
         "--method",
@@ -60,10 +65,12 @@ def tune(
     ),
     beta: float = typer.Option(_DEFAULT.beta, "--beta", help="DPO: how far from the reference the model may move."),
     preference_loss: str = typer.Option(_DEFAULT.preference_loss, "--preference-loss", help="DPO: sigmoid or ipo."),
-    epochs: int = typer.Option(None, "--epochs", help="Epochs (default: from the dataset size)."),
-    adapter_size: int = typer.Option(_DEFAULT.adapter_size, "--adapter-size", help="LoRA rank: 1, 2, 4, 8, 16, 32."),
+    epochs: int = typer.Option(None, "--epochs", help="Epochs (default: from the data's shape)."),
+    adapter_size: int = typer.Option(
+        None, "--adapter-size", help="LoRA rank: 1, 2, 4, 8, 16, 32 (default: from the data's shape)."
+    ),
     learning_rate_multiplier: float = typer.Option(
-        1.0, "--learning-rate-multiplier", help="Times the model's default rate."
+        None, "--learning-rate-multiplier", help="Times the model's default rate (default: from the data's shape)."
     ),
     batch_size: int = typer.Option(_DEFAULT.batch_size, "--batch-size", help="Examples per optimizer step."),
     max_length: int = typer.Option(
@@ -127,6 +134,7 @@ def tune(
             beta=beta,
             preference_loss=preference_loss,
             epochs=epochs,
+            auto_validation=auto_validation,
             adapter_size=adapter_size,
             learning_rate_multiplier=learning_rate_multiplier,
             batch_size=batch_size,
@@ -150,6 +158,23 @@ def tune(
         run_as_helper(spec, resume)  # process 0 reports progress and the result
         return
     run_job(job_spec(spec, resume))
+
+
+def checkpoint_lines(tuned_dir: str | None) -> list[str]:
+    """The kept checkpoints of a tuned model and which one it is, with why (its ``tunery.json``)."""
+    from tunery.models.tuned import is_tuned_dir, read_manifest
+
+    if not tuned_dir or not is_tuned_dir(tuned_dir):
+        return []
+    manifest = read_manifest(tuned_dir)
+    lines = []
+    for kept in manifest.get("checkpoints") or []:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in kept["metrics"].items() if k.startswith("eval_"))
+        lines.append(f"checkpoint {kept['name']} (epoch {kept['epoch']}): {shown or 'no validation'}")
+    best = manifest.get("bestCheckpoint")
+    if best:
+        lines.append(f"tuned model = {best['name']}: {best['why']}")
+    return lines
 
 
 def launched_as() -> tuple[int, int, int] | None:
@@ -202,24 +227,27 @@ def job_spec(spec: TuningSpec, resume: bool) -> TuningSpec:
                 f"{out} already exists and is not empty; pass --resume to continue its run, or choose another --output"
             )
         spec.output = str(out)
-    check_datasets(spec)
+    for line in check_datasets(spec):
+        err_console.print(line, highlight=False)
     return spec
 
 
-def check_datasets(spec: TuningSpec) -> None:
+def check_datasets(spec: TuningSpec) -> list[str]:
     """Raise DatasetError with every problem of the training and validation files (with the base model's
-    tokenizer for a text model: lengths too; a vision-language model's media parts are checked by the job)."""
+    tokenizer for a text model: lengths too; a vision-language model's media parts are checked by the job); return
+    what the run will make of the data (its settings and why, its validation: ``tunery.tuning.prepare.plan``)."""
     from tunery.data.validation import read_examples
     from tunery.models.loading import is_multimodal, load_tokenizer
     from tunery.tuning.lineage import resolve_start
-    from tunery.tuning.prepare import media_source
+    from tunery.tuning.prepare import media_source, plan
 
     base = resolve_start(spec.base_model).base  # a tuned model: the base it sits on
     tokenizer = None if is_multimodal(base.path) else load_tokenizer(base.path)
     model_id = base.id if base.id == spec.base_model else spec.base_model
+    reports = []
     for path in (spec.train, spec.validation):
         if path:
-            read_examples(
+            report = read_examples(
                 path,
                 tokenizer=tokenizer,
                 max_length=min(spec.max_length, base.context_length),
@@ -227,7 +255,12 @@ def check_datasets(spec: TuningSpec) -> None:
                 modalities=base.modalities,
                 media_source=media_source(spec, path),
                 objective=spec.objective,
-            ).raise_for_errors()
+            )
+            report.raise_for_errors()
+            reports.append(report)
+    if tokenizer is None or spec.objective != "SFT":  # a preference run keeps its given settings
+        return []
+    return plan(spec, reports[0].examples, reports[0].encoded).describe()
 
 
 class JobFollower:
@@ -296,6 +329,8 @@ def run_job(spec: TuningSpec) -> None:
             resource = follower.follow(job_id, progress)
     out = resource.get("tunedModel", {}).get("model") or spec.output
     if resource["state"] == jobs.SUCCEEDED:
+        for line in checkpoint_lines(out):
+            err_console.print(line, highlight=False)
         console.print(f"tuned model: {out}", highlight=False)
         return
     if resource["state"] == jobs.CANCELLED:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunery.data.formats import Example
-from tunery.data.stats import default_epochs, tuning_data_stats
+from tunery.data.stats import tuning_data_stats
 from tunery.data.validation import ValidationReport, read_examples
 from tunery.evaluation import Candidate as EvalCandidate
 from tunery.evaluation import (
@@ -38,6 +38,7 @@ from tunery.models.loading import load_tokenizer
 from tunery.models.sources import resolve_base
 from tunery.serving.engine import Engine, GenerationConfig
 from tunery.tuning import Hooks, TuningSpec, read_manifest, tune
+from tunery.tuning.prepare import plan
 
 DATA = files("tunery.demo") / "data"
 SHORT_PROMPT = "Route the ticket."
@@ -120,7 +121,8 @@ def run_demo(
         report = read_examples(path, tokenizer=tokenizer, model_id=model, modalities=base.modalities)
         report.raise_for_errors()
         reports[name] = report
-    train_epochs = epochs or default_epochs(len(reports["train"].encoded))
+    shaped = TuningSpec(train=str(train_path), validation=str(test_path), base_model=model, epochs=epochs)
+    train_epochs = plan(shaped, reports["train"].examples, reports["train"].encoded).settings.epochs
     batch_size = TuningSpec.batch_size
     for name, report in reports.items():
         stats = tuning_data_stats(report.encoded, train_epochs, batch_size)

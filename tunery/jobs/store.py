@@ -31,6 +31,7 @@ from sqlalchemy.sql.expression import Select, TableClause
 
 from tunery.errors import ConflictError, DiskFullError, JobError, NotFoundError, disk_full
 from tunery.jobs.migrations import migrate
+from tunery.models.tuned import checkpoint_views
 from tunery.settings import database_url
 from tunery.tuning.spec import TuningSpec
 
@@ -140,6 +141,8 @@ class Job:
             else:
                 model = f"models/{self.tuned_model_id}"
                 resource["tunedModel"] = {"model": model, "endpoint": f"{api_base}v1/{model}:generateContent"}
+            named = None if api_base is None else resource["tunedModel"]["model"]
+            resource["tunedModel"].update(checkpoint_views(self.output, named))
         if self.stats:
             resource["tuningDataStats"] = {"supervisedTuningDataStats": self.stats}
         return resource

@@ -28,8 +28,8 @@ def train(
     method: str = "sft",
     beta: float = TuningSpec.beta,
     epochs: int | None = None,
-    adapter_size: int = 8,
-    learning_rate_multiplier: float = 1.0,
+    adapter_size: int | None = None,
+    learning_rate_multiplier: float | None = None,
     batch_size: int = 8,
     max_length: int = 1024,
     seed: int = 0,
@@ -37,11 +37,16 @@ def train(
     tuned_model_display_name: str | None = None,
     output_dir: str | Path | None = None,
     labels: dict[str, str] | None = None,
+    auto_validation: bool = True,
 ) -> TuningJob:
     """Start a tuning job and return at once; poll with ``job.refresh()``, follow with ``job.watch()``.
 
     ``method``: ``sft`` (supervised examples) or ``dpo`` (preference pairs, with ``beta``); ``tuning_mode`` says
     which weights either trains. ``source_model`` may be a tuned model (its directory or id) to tune further.
+    ``epochs``, ``adapter_size`` and ``learning_rate_multiplier`` left out are chosen from the data's shape
+    (``tunery.tuning.defaults``); without ``validation_dataset`` a stratified slice of the training data is held out
+    to validate on (``tunery.tuning.split``; ``auto_validation=False``: none), and the tuned model is the best
+    epoch's checkpoint on it.
 
     ``precision`` and ``output_dir`` are this machine's choices: a server makes its own, so they must be
     left at their defaults in remote mode.
@@ -63,6 +68,7 @@ def train(
         display_name=tuned_model_display_name,
         output=str(output_dir) if output_dir else None,
         labels=labels or {},
+        auto_validation=auto_validation,
     )
     client = remote.current()
     if client is not None:

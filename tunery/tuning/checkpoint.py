@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -27,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunery.errors import JobError
+from tunery.models.tuned import EPOCH_DIR
 from tunery.tuning.distributed import full_tensor, like_param
 
 
@@ -114,3 +116,106 @@ def write_atomic(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+# --- the checkpoint of each epoch: a servable tuned model each, and the best of them ------------------------------
+
+MOST_KEPT = 10
+CHECKPOINT_PREFIX = "ckpt-step-"
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
+
+
+def kept_epochs(epochs: int, most: int = MOST_KEPT) -> set[int]:
+    """The epochs (1-based) whose checkpoints a run keeps: all, or ``most`` spread evenly, the last among them."""
+    if epochs <= most:
+        return set(range(1, epochs + 1))
+    return {math.ceil(i * epochs / most) for i in range(1, most + 1)}
+
+
+def save_epoch_checkpoint(run_dir: str | Path, model: Any, step: int, epoch: int, metrics: dict[str, Any]) -> Path:
+    """Save the weights (``save_pretrained``: a LoRA adapter or full weights) and metrics of the run at an epoch's
+    end as ``EPOCH_DIR/ckpt-step-N``; ``finish_epoch_checkpoints`` makes it a tuned model directory."""
+    root = Path(run_dir) / EPOCH_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"{CHECKPOINT_PREFIX}{step}"
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        (staging / "README.md").unlink(missing_ok=True)
+        record = {"name": name, "step": step, "epoch": epoch, "metrics": _metrics_of(metrics)}
+        (staging / "checkpoint.json").write_text(json.dumps(record, indent=2))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    target = root / name
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+def _metrics_of(metrics: dict[str, Any]) -> dict[str, float]:
+    keep = ("train_loss", "train_token_accuracy", "eval_loss", "eval_token_accuracy", "eval_exact_match")
+    return {key: round(float(metrics[key]), 6) for key in keep if key in metrics}
+
+
+def epoch_checkpoints(tuned_dir: str | Path) -> list[dict[str, Any]]:
+    """The kept checkpoints of a run, by step: ``{name, step, epoch, metrics, path}``."""
+    root = Path(tuned_dir) / EPOCH_DIR
+    found = []
+    for record in root.glob(f"{CHECKPOINT_PREFIX}*/checkpoint.json") if root.is_dir() else ():
+        found.append({**json.loads(record.read_text()), "path": str(record.parent)})
+    return sorted(found, key=lambda c: c["step"])
+
+
+def best_checkpoint(checkpoints: list[dict[str, Any]], by_answers: bool) -> tuple[dict[str, Any], str] | None:
+    """The checkpoint the tuned model should be, and why: with ``by_answers`` (a closed label set or JSON answers)
+    the highest validation exact match, ties to the lower validation loss; else the lowest validation loss; the
+    last when there was no validation. None when no checkpoint was kept."""
+    if not checkpoints:
+        return None
+    last = checkpoints[-1]
+    scored = [c for c in checkpoints if "eval_loss" in c["metrics"]]
+    if not scored:
+        return last, "the last epoch's (no validation examples to choose by)"
+    if by_answers and all("eval_exact_match" in c["metrics"] for c in scored):
+        best = max(scored, key=lambda c: (c["metrics"]["eval_exact_match"], -c["metrics"]["eval_loss"]))
+        value = best["metrics"]["eval_exact_match"]
+        return best, f"highest validation exact match ({value:.1%}) at epoch {best['epoch']} of {last['epoch']}"
+    best = min(scored, key=lambda c: c["metrics"]["eval_loss"])
+    value = best["metrics"]["eval_loss"]
+    return best, f"lowest validation loss ({value:.4f}) at epoch {best['epoch']} of {last['epoch']}"
+
+
+def adopt_weights(checkpoint: str | Path, tuned_dir: str | Path) -> None:
+    """Make ``tuned_dir``'s weights those of ``checkpoint`` (its weight files replace the directory's)."""
+    source, target = Path(checkpoint), Path(tuned_dir)
+    for pattern in WEIGHT_FILES:
+        for old in target.glob(pattern):
+            old.unlink()
+    for pattern in WEIGHT_FILES:
+        for path in source.glob(pattern):
+            shutil.copy2(path, target / path.name)
+
+
+def finish_epoch_checkpoints(tuned_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Give each kept checkpoint the tuned model's other files (tokenizer, adapter config, ``tunery.json`` naming
+    the checkpoint), so that each loads and serves as a tuned model of its own."""
+    tuned_dir = Path(tuned_dir)
+    skip = {"metrics.jsonl", "run.json", "tunery.json", "evaluation.json", "predictions.jsonl"}
+    shared = [
+        p
+        for p in tuned_dir.iterdir()
+        if p.is_file() and p.name not in skip and not any(p.match(w) for w in WEIGHT_FILES) and p.suffix != ".jsonl"
+    ]
+    for checkpoint in epoch_checkpoints(tuned_dir):
+        folder = Path(checkpoint["path"])
+        for path in shared:
+            shutil.copy2(path, folder / path.name)
+        own = {
+            **manifest,
+            "id": f"{manifest['id']}:{checkpoint['name']}",
+            "checkpoint": {k: checkpoint[k] for k in ("name", "step", "epoch", "metrics")},
+        }
+        own.pop("checkpoints", None)
+        write_atomic(folder / "tunery.json", json.dumps(own, indent=2))

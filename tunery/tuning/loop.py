@@ -71,6 +71,7 @@ class Run:
     eval_batcher: Callable[[Sequence[Encoded]], dict[str, torch.Tensor]] | None = None  # multimodal: media per batch
     forward: Callable[..., tuple[torch.Tensor, tuple]] | None = None  # sharded: FSDP's root
     objective: Objective = SUPERVISED  # what the loop computes: batch shape, loss, metrics (objectives.py)
+    on_epoch: Callable[[TrainState, dict[str, Any]], None] | None = None  # an epoch's end: keep its checkpoint
 
     def batch(self, examples: Sequence[Encoded]) -> dict[str, torch.Tensor]:
         return self.batcher(examples) if self.batcher else collate(examples, self.pad_id)
@@ -105,8 +106,8 @@ def evaluate(
     forward: Callable[..., tuple[torch.Tensor, tuple]] | None = None,
     objective: Objective = SUPERVISED,
 ) -> dict[str, float]:
-    """The objective's validation metrics over ``examples`` (SFT: mean loss per trained token and next-token
-    accuracy; ``forward``: ``Run.loss``)."""
+    """The objective's validation metrics over ``examples`` (SFT: mean loss per trained token, next-token accuracy
+    and the share of answers greedy decoding reproduces exactly; ``forward``: ``Run.loss``)."""
     if not examples:
         return {}
     was_training = core.training
@@ -208,6 +209,8 @@ def fit(run: Run, hooks: Hooks) -> TrainState:
             metrics.update(_evaluate(run))
             hooks.on_metrics(metrics)
             run.checkpoint()
+            if run.on_epoch and run.processes.is_main:
+                run.on_epoch(state, metrics)
             kill_point(state.step, run.processes.rank)
             break
     stop_point(run, "after the last step")  # a cancel during the last step: the epoch's checkpoint is just saved

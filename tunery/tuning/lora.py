@@ -36,8 +36,8 @@ def setup(
         targets = multimodal.lora_targets(base, prep.family, spec.train_vision)
         projector = multimodal.projector_modules(prep.family, spec.train_projector)
     config = LoraConfig(
-        r=spec.adapter_size,
-        lora_alpha=2 * spec.adapter_size,
+        r=prep.adapter_size,
+        lora_alpha=2 * prep.adapter_size,
         lora_dropout=0.0,
         target_modules=targets,
         modules_to_save=projector,

@@ -39,10 +39,22 @@ def trained_logits(core: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
 
 def token_loss(core: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[int, int]]:
     """SFT: summed next-token loss over trained tokens; statistics: correct argmax predictions, trained tokens."""
-    logits, wanted, _ = trained_logits(core, batch)
+    loss, (correct, count, _, _) = scored_loss(core, batch)
+    return loss, (correct, count)
+
+
+def scored_loss(core: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """``token_loss``, with two more statistics: the rows whose every trained token is the argmax (the answers greedy
+    decoding gives exactly: each token follows the same prefix as under teacher forcing, end of turn included), and
+    the rows that have trained tokens."""
+    logits, wanted, keep = trained_logits(core, batch)
     loss = F.cross_entropy(logits.float(), wanted, reduction="sum")
-    correct = int((logits.argmax(-1) == wanted).sum())
-    return loss, (correct, int(wanted.numel()))
+    hits = logits.argmax(-1) == wanted
+    row_hits = torch.ones_like(keep)
+    row_hits[keep] = hits
+    answers = keep.any(dim=1)
+    exact = int((row_hits.all(dim=1) & answers).sum())
+    return loss, (int(hits.sum()), int(wanted.numel()), exact, int(answers.sum()))
 
 
 def sequence_logps(core: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

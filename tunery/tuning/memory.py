@@ -187,7 +187,7 @@ def check_fits(prep: Any, placement: Any, processes: int = 1, sharded: bool = Fa
     spec = prep.spec
     config = json.loads((Path(prep.base.path) / "config.json").read_text())
     config = {**config, **config.get("text_config", {})}
-    counts = parameter_counts(Path(prep.base.path), spec.adapter_size if spec.is_lora else None)
+    counts = parameter_counts(Path(prep.base.path), prep.adapter_size if spec.is_lora else None)
     tokens, trained = largest_micro_batch(
         prep.train, spec.batch_size, spec.micro_batch_tokens, spec.seed, placement.packing
     )

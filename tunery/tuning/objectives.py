@@ -31,7 +31,7 @@ import torch
 from tunery.data.tokenize import EncodedPair
 from tunery.tuning.batching import collate, micro_batches
 from tunery.tuning.checkpoint import write_atomic
-from tunery.tuning.losses import SIGMOID, preference_loss, sequence_logps, token_loss
+from tunery.tuning.losses import SIGMOID, preference_loss, scored_loss, sequence_logps
 from tunery.tuning.precision import autocast
 from tunery.tuning.spec import DPO, SFT
 
@@ -40,9 +40,13 @@ DEFAULT_BETA = 0.1
 
 
 def sft_metrics(split: str, loss: float, stats: Sequence[float], tokens: int) -> dict[str, float]:
-    """``train_loss``/``eval_loss`` per trained token and next-token accuracy."""
+    """``train_loss``/``eval_loss`` per trained token and next-token accuracy; on validation also
+    ``eval_exact_match``, the share of answers greedy decoding reproduces (``losses.scored_loss``)."""
     correct = stats[0]
-    return {f"{split}_loss": loss / max(tokens, 1), f"{split}_token_accuracy": correct / max(tokens, 1)}
+    found = {f"{split}_loss": loss / max(tokens, 1), f"{split}_token_accuracy": correct / max(tokens, 1)}
+    if split == "eval":
+        found["eval_exact_match"] = stats[2] / max(stats[3], 1)
+    return found
 
 
 def dpo_metrics(split: str, loss: float, stats: Sequence[float], pairs: int) -> dict[str, float]:
@@ -105,7 +109,7 @@ class Objective:
             with_reference(run)
 
 
-SUPERVISED = Objective(SFT, token_loss, lambda e: e.trained_tokens, sft_metrics, (0, 0))
+SUPERVISED = Objective(SFT, scored_loss, lambda e: e.trained_tokens, sft_metrics, (0, 0, 0, 0))
 
 
 def objective(name: str = SFT, beta: float = DEFAULT_BETA, preference_loss_kind: str = SIGMOID) -> Objective:

@@ -13,17 +13,18 @@ from typing import Any
 import torch
 
 from tunery.data.media import MediaError, MediaSource
-from tunery.data.stats import default_epochs, preference_data_stats, tuning_data_stats
+from tunery.data.stats import preference_data_stats, tuning_data_stats
 from tunery.data.tokenize import Encoded
 from tunery.data.validation import read_examples
 from tunery.errors import ConfigError, JobError
-from tunery.evaluation.tasks import training_labels, training_schema
+from tunery.evaluation.tasks import closed_label_set, training_labels, training_schema
 from tunery.evaluation.tuned import evaluate_tuned
 from tunery.models.loading import is_multimodal, load_processor, load_tokenizer
 from tunery.models.sources import BaseModel
 from tunery.models.tuned import MANIFEST_FILE, METRICS_FILE
 from tunery.settings import data_root, tuned_models_dir
-from tunery.tuning import multimodal
+from tunery.tuning import checkpoint as checkpoints
+from tunery.tuning import defaults, multimodal, split
 from tunery.tuning.checkpoint import latest_checkpoint, load_checkpoint, write_atomic
 from tunery.tuning.distributed import Processes
 from tunery.tuning.lineage import Start, resolve_start
@@ -34,6 +35,8 @@ from tunery.tuning.precision import resolve_precision
 from tunery.tuning.spec import TuningSpec
 
 RUN_FILE = "run.json"
+HELD_OUT_FILE = "validation-split.jsonl"
+"""The training lines a run held out to validate on (``tunery.tuning.split``), in the tuned model directory."""
 
 
 @dataclass
@@ -54,6 +57,14 @@ class Prepared:
     media_source: Any = None  # where the training file's media parts resolve
     validation_media_source: Any = None  # and the validation file's
     start: Start | None = None  # a tuned model the run starts from: its adapter to continue, its chain (lineage.py)
+    settings: defaults.Settings | None = None  # epochs, adapter size, learning rate multiplier, and why
+    shape: defaults.DataShape | None = None  # the training data's shape the settings were chosen from
+    validation_note: str = ""  # where the validation examples come from (a file, a held-out slice, none)
+    validation_path: str | None = None  # the validation JSONL: the spec's, or the held-out slice's file
+
+    @property
+    def adapter_size(self) -> int:
+        return self.settings.adapter_size if self.settings else defaults.ADAPTER_SIZE
 
 
 def new_run_dir(spec: TuningSpec) -> Path:
@@ -117,10 +128,17 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
                     family, processor, validation.examples, validation_source, max_length, spec.validation
                 )
             ]
-    epochs = spec.epochs or default_epochs(len(train_encoded))
-    learning_rate = base.learning_rates[spec.method] * spec.learning_rate_multiplier
+    planned = plan(spec, train.examples, train_encoded, media=processor is not None)
+    validation_path, settings, shape = spec.validation, planned.settings, planned.shape
+    if planned.held_out:
+        train_encoded, validation_encoded, validation_path = hold_out(
+            spec.train, train.examples, train_encoded, planned.held_out, run_dir
+        )
+    note = planned.note
+    epochs = settings.epochs
+    learning_rate = base.learning_rates[spec.method] * settings.learning_rate_multiplier
     stats = (preference_data_stats if pairs else tuning_data_stats)(train_encoded, epochs, spec.batch_size)
-    return Prepared(
+    prepared = Prepared(
         spec,
         base,
         tokenizer,
@@ -135,7 +153,70 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
         source,
         validation_source,
         start,
+        settings,
+        shape,
+        note,
+        validation_path,
     )
+    return prepared
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run makes of its training data before it trains: the slice it holds out, and its settings."""
+
+    held_out: tuple[int, ...]
+    note: str
+    shape: defaults.DataShape
+    settings: defaults.Settings
+
+    def describe(self) -> list[str]:
+        return [*self.settings.describe(), self.note]
+
+
+def plan(spec: TuningSpec, examples: list[Any], encoded: list[Encoded], media: bool = False) -> Plan:
+    """The validation split (``tunery.tuning.split``) and the settings (``tunery.tuning.defaults``) of a run on
+    ``examples`` (read and encoded from ``spec.train``); ``media``: a vision-language model's run (never split)."""
+    pairs = spec.objective != "SFT"  # a preference pair's answer, for its shape, is the chosen one
+    answers = [e.chosen if pairs else e.target for e in examples]
+    closed = not pairs and bool(closed_label_set(answers))
+    chosen: tuple[int, ...] = ()
+    if spec.validation:
+        note = f"validation: {Path(spec.validation).name}"
+    elif media:
+        note = "no validation: a vision-language run is split only by a validation file"
+    elif not spec.auto_validation:
+        note = "no validation: the automatic split is turned off and no validation file was given"
+    else:
+        found = split.held_out(answers, closed, spec.seed)
+        chosen, note = found.held_out, found.note
+    held = set(chosen)
+    kept = [i for i in range(len(encoded)) if i not in held]
+    shape = defaults.DataShape.of([answers[i] for i in kept], [encoded[i].trained_tokens for i in kept], closed)
+    settings = defaults.resolve(shape, spec.epochs, spec.adapter_size, spec.learning_rate_multiplier)
+    return Plan(chosen, note, shape, settings)
+
+
+def hold_out(
+    train_path: str, examples: list[Any], encoded: list[Encoded], chosen: tuple[int, ...], run_dir: Path
+) -> tuple[list[Encoded], list[Encoded], str]:
+    """Training and validation examples once ``chosen`` are held out; their lines go to ``HELD_OUT_FILE``."""
+    held = set(chosen)
+    lines = Path(train_path).read_text(encoding="utf-8").splitlines()
+    path = run_dir / HELD_OUT_FILE
+    write_atomic(path, "".join(lines[examples[i].line - 1] + "\n" for i in chosen))
+    kept = [i for i in range(len(encoded)) if i not in held]
+    return [encoded[i] for i in kept], [encoded[i] for i in chosen], str(path)
+
+
+def held_out(prep: Prepared) -> bool:
+    """Whether the run validates on a slice it held out of its training data."""
+    return bool(prep.validation_path) and not prep.spec.validation
+
+
+def by_answers(prep: Prepared) -> bool:
+    """Whether the best checkpoint is chosen by exact answers: a closed label set or JSON answers (not free text)."""
+    return bool(prep.shape and (prep.shape.closed or prep.shape.json_answers))
 
 
 def media_source(spec: TuningSpec, dataset: str) -> MediaSource:
@@ -197,7 +278,19 @@ def make_run(prep: Prepared, model: Any, core: Any, placement: Any = None, proce
         processes=processes or Processes(),
         eval_batcher=own or eval_media,
         objective=objective,
+        on_epoch=epoch_keeper(prep, model),
     )
+
+
+def epoch_keeper(prep: Prepared, model: Any) -> Any:
+    """What the loop calls at each epoch's end: keep its checkpoint if it is one of ``kept_epochs``."""
+    kept = checkpoints.kept_epochs(prep.epochs)
+
+    def keep(state: TrainState, metrics: dict[str, Any]) -> None:
+        if state.epoch in kept:
+            checkpoints.save_epoch_checkpoint(prep.run_dir, model, state.step, state.epoch, metrics)
+
+    return keep
 
 
 def start_or_resume(prep: Prepared, run: Run, resume: bool) -> None:
@@ -260,10 +353,14 @@ def finish(prep: Prepared, run: Run) -> Path:
     run.hooks.on_phase("save")
     pairs = prep.spec.objective != "SFT"
     (prep.processor or prep.tokenizer).save_pretrained(prep.run_dir)
+    kept = checkpoints.epoch_checkpoints(prep.run_dir)
+    chosen = checkpoints.best_checkpoint(kept, by_answers=by_answers(prep))
+    if chosen is not None and chosen[0] is not kept[-1]:
+        checkpoints.adopt_weights(chosen[0]["path"], prep.run_dir)
     final = {}
     for line in (prep.run_dir / METRICS_FILE).read_text().splitlines():
         final.update({k: v for k, v in json.loads(line).items() if k not in ("learning_rate", "eta_seconds")})
-    adapter_size = prep.spec.adapter_size
+    adapter_size = prep.adapter_size
     if prep.spec.is_lora and hasattr(run.model, "peft_config"):  # a continued adapter keeps its own rank
         adapter_size = run.model.peft_config["default"].r
     labels = training_labels(prep.spec.train)
@@ -284,7 +381,7 @@ def finish(prep: Prepared, run: Run) -> Path:
         "hyperParameters": {
             "epochCount": prep.epochs,
             "learningRate": prep.learning_rate,
-            "learningRateMultiplier": prep.spec.learning_rate_multiplier,
+            "learningRateMultiplier": prep.settings.learning_rate_multiplier if prep.settings else None,
             "adapterSize": adapter_size if prep.spec.is_lora else None,
             "batchSize": prep.spec.batch_size,
             "maxLength": prep.spec.max_length,
@@ -292,6 +389,17 @@ def finish(prep: Prepared, run: Run) -> Path:
             "precision": run.precision,
             **({"beta": prep.spec.beta, "preferenceLoss": prep.spec.preference_loss} if pairs else {}),
         },
+        "defaults": {
+            **(prep.settings.to_dict() if prep.settings else {}),
+            "dataShape": prep.shape.to_dict() if prep.shape else None,
+        },
+        "validation": {"note": prep.validation_note, "heldOutFile": HELD_OUT_FILE if held_out(prep) else None},
+        "checkpoints": [{k: c[k] for k in ("name", "step", "epoch", "metrics")} for c in kept],
+        "bestCheckpoint": (
+            {"name": chosen[0]["name"], "step": chosen[0]["step"], "epoch": chosen[0]["epoch"], "why": chosen[1]}
+            if chosen
+            else None
+        ),
         "tuningDataStats": {DATA_STATS[prep.spec.objective]: prep.stats},
         "labels": labels,  # a classification file's label set, else null
         "answerSchema": None if labels or pairs else training_schema(prep.spec.train),  # JSON answers' closed schema
@@ -300,11 +408,12 @@ def finish(prep: Prepared, run: Run) -> Path:
         "createTime": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     write_atomic(prep.run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2))
+    checkpoints.finish_epoch_checkpoints(prep.run_dir, manifest)
     stop_point(run, "during the save")
-    if prep.spec.validation and not pairs:  # a preference run's validation is its eval_rewards, in the loop
+    if prep.validation_path and not pairs:  # a preference run's validation is its eval_rewards, in the loop
         run.hooks.on_phase("evaluation")
         evaluate_tuned(
-            prep.run_dir, prep.spec.validation, prep.spec.train, stop=lambda: stop_point(run, "during the evaluation")
+            prep.run_dir, prep.validation_path, prep.spec.train, stop=lambda: stop_point(run, "during the evaluation")
         )
     shutil.rmtree(prep.run_dir / "checkpoints", ignore_errors=True)
     (prep.run_dir / RUN_FILE).unlink(missing_ok=True)

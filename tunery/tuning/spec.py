@@ -87,7 +87,10 @@ class TuningSpec:
     base_model: str = DEFAULT_MODEL
     """Catalog id or local Hugging Face model directory (``baseModel``)."""
     validation: str | None = None
-    """Path of the validation JSONL (``validationDatasetUri``); evaluated at each epoch end."""
+    """Path of the validation JSONL (``validationDatasetUri``); evaluated at each epoch end. None: a stratified
+    slice of the training data is held out instead (``auto_validation``, ``tunery.tuning.split``)."""
+    auto_validation: bool = True
+    """Without ``validation``, hold out a slice of the training data to validate on (``autoValidation``)."""
     method: str = PEFT_ADAPTER
     """``PEFT_ADAPTER`` (LoRA on all linear layers) or ``FULL`` (``tuningMode``); ``lora``/``full`` accepted."""
     objective: str = "SFT"
@@ -98,11 +101,12 @@ class TuningSpec:
     preference_loss: str = "sigmoid"
     """DPO's loss: ``sigmoid`` (the DPO paper's) or ``ipo`` (Azar et al.: squared, on per-token log-probabilities)."""
     epochs: int | None = None
-    """Passes over the training data (``epochCount``); None picks it from the dataset size."""
-    adapter_size: int = 8
-    """LoRA rank (``adapterSize``): 1, 2, 4, 8, 16 or 32."""
-    learning_rate_multiplier: float = 1.0
-    """Times the base model's default learning rate for the method (``learningRateMultiplier``)."""
+    """Passes over the training data (``epochCount``); None: from the data's shape (``tunery.tuning.defaults``)."""
+    adapter_size: int | None = None
+    """LoRA rank (``adapterSize``): 1, 2, 4, 8, 16 or 32; None: from the data's shape."""
+    learning_rate_multiplier: float | None = None
+    """Times the base model's default learning rate for the method (``learningRateMultiplier``); None: from the
+    data's shape."""
     batch_size: int = 8
     """Examples per optimizer step (``batchSize``); split into micro-batches by ``micro_batch_tokens``."""
     max_length: int = 1024
@@ -168,7 +172,7 @@ class TuningSpec:
             problems.append(f"objective {self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
         if self.preference_loss not in PREFERENCE_LOSSES:
             problems.append(f"preferenceLoss {self.preference_loss!r}: expected one of {', '.join(PREFERENCE_LOSSES)}")
-        if self.adapter_size not in ADAPTER_SIZES:
+        if self.adapter_size is not None and self.adapter_size not in ADAPTER_SIZES:
             problems.append(f"adapterSize {self.adapter_size}: expected one of {', '.join(map(str, ADAPTER_SIZES))}")
         problems += [problem for name in RANGES if (problem := range_problem(name, getattr(self, name)))]
         if self.precision not in PRECISIONS:

@@ -585,7 +585,8 @@ async function pageNewJob(main) {
     const hasDefault = prop.default !== null && prop.default !== undefined;
     let range = "";
     if (own.enum) {
-      input = h("select", { id }, own.enum.map((v) => h("option", { value: String(v), text: String(v) })));
+      const auto = hasDefault ? [] : [h("option", { value: "", text: "auto (from the data)" })];
+      input = h("select", { id }, [...auto, ...own.enum.map((v) => h("option", { value: String(v), text: String(v) }))]);
       if (hasDefault) input.value = String(prop.default);
       range = `one of ${own.enum.join(", ")}`;
     } else {
@@ -595,7 +596,7 @@ async function pageNewJob(main) {
     }
     input.dataset.type = own.type || "";
     const about = String(prop.description || "").replace(/\s*\(default [^)]*\)/g, "").replace(/; default from its size\./, ".");
-    const hint = `${hasDefault ? `Default ${prop.default}` : "Default: from the dataset's size"}; ${range}. ${about}`;
+    const hint = `${hasDefault ? `Default ${prop.default}` : "Default: from the data's shape"}; ${range}. ${about}`;
     return { name, input, node: field(`supervisedTuningSpec.hyperParameters.${name}`, label, input, hint), hasDefault };
   });
 

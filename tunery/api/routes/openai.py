@@ -37,6 +37,7 @@ from tunery.api.routes.models import SERVING_ERRORS
 from tunery.api.schemas import ErrorResponse, FileId, Text
 from tunery.errors import DatasetError, NotFoundError, TuneryError
 from tunery.jobs.store import CANCELLED, CANCELLING, FAILED, PENDING, RUNNING, SUCCEEDED, Job, StoredFile
+from tunery.models.tuned import kept_checkpoints
 from tunery.serving import gemini
 
 router = APIRouter(tags=["openai"])
@@ -620,7 +621,7 @@ def openai_job(job: Job) -> dict[str, Any]:
     hyper = {
         "n_epochs": spec.get("epochs") or "auto",
         "batch_size": spec.get("batch_size"),
-        "learning_rate_multiplier": spec.get("learning_rate_multiplier"),
+        "learning_rate_multiplier": spec.get("learning_rate_multiplier") or "auto",
         **({"beta": spec.get("beta")} if kind == "dpo" else {}),
     }
     error = None
@@ -758,26 +759,47 @@ def read_fine_tuning_checkpoints(
     after: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=limits.MAX_PAGE_SIZE)] = 10,
 ) -> dict[str, Any]:
-    """The servable checkpoint of a succeeded job: its tuned model, with the last step's metrics (tunery keeps
-    intermediate checkpoints for resuming only; they are not models of their own)."""
+    """The checkpoints of a succeeded job, newest first: one per kept epoch, each a model of its own named
+    ``{fine_tuned_model}:ckpt-step-N`` (the tuned model is the best of them on the validation set); a model tuned
+    before checkpoints were kept lists itself with the last step's metrics."""
     job = store.get_job(tenant, job_id)
-    if job.tuned_model_id is None or after:
+    if job.tuned_model_id is None:
         return _list([], False)
-    metrics = [e["data"] for e in store.events(tenant, job_id, 0, limits.MAX_EVENTS_PAGE) if e["type"] == "metrics"]
-    last = metrics[-1] if metrics else {}
-    checkpoint = {
-        "id": f"ftckpt-{job.id}",
+    created = unix(job.end_time) or unix(job.update_time)
+    kept = kept_checkpoints(store.get_tuned_model(tenant, job.tuned_model_id).path)
+    if not kept:
+        if after:
+            return _list([], False)
+        metrics = [e["data"] for e in store.events(tenant, job_id, 0, limits.MAX_EVENTS_PAGE) if e["type"] == "metrics"]
+        last = metrics[-1] if metrics else {}
+        return _list([_checkpoint(job, created, job.tuned_model_id, f"ftckpt-{job.id}", last)], False)
+    listed = [
+        _checkpoint(job, created, f"{job.tuned_model_id}:{c['name']}", f"ftckpt-{job.id}-{c['step']}", c)
+        for c in reversed(kept)
+    ]
+    ids = [c["id"] for c in listed]
+    start = ids.index(after) + 1 if after in ids else 0 if after is None else len(ids)
+    page = listed[start : start + limit]
+    return _list(page, start + limit < len(listed))
+
+
+def _checkpoint(job: Job, created: int | None, model: str, checkpoint_id: str, found: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``fine_tuning.job.checkpoint``; ``found``: a kept checkpoint (its ``metrics``) or a metrics record."""
+    metrics = found.get("metrics", found)
+    step = int(found.get("step", 0))
+    return {
+        "id": checkpoint_id,
         "object": "fine_tuning.job.checkpoint",
-        "created_at": unix(job.end_time) or unix(job.update_time),
-        "fine_tuned_model_checkpoint": job.tuned_model_id,
+        "created_at": created,
+        "fine_tuned_model_checkpoint": model,
         "fine_tuning_job_id": job.id,
-        "step_number": int(last.get("step", 0)),
+        "step_number": step,
         "metrics": {
-            "step": last.get("step"),
-            "train_loss": last.get("train_loss"),
-            "train_mean_token_accuracy": last.get("train_token_accuracy"),
-            "valid_loss": last.get("eval_loss"),
-            "valid_mean_token_accuracy": last.get("eval_token_accuracy"),
+            "step": step,
+            "train_loss": metrics.get("train_loss"),
+            "train_mean_token_accuracy": metrics.get("train_token_accuracy"),
+            "valid_loss": metrics.get("eval_loss"),
+            "valid_mean_token_accuracy": metrics.get("eval_token_accuracy"),
+            "valid_exact_match": metrics.get("eval_exact_match"),
         },
     }
-    return _list([checkpoint], False)

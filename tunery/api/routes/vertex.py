@@ -54,6 +54,7 @@ from tunery.api.schemas import (
 )
 from tunery.jobs.store import Job
 from tunery.models.catalog import CATALOG
+from tunery.models.tuned import checkpoint_views
 from tunery.tuning.spec import ADAPTER_SIZES
 
 router = APIRouter(tags=["vertex"])
@@ -216,6 +217,7 @@ def vertex_job(job: Job, parent: str) -> dict[str, Any]:
         resource["tunedModel"] = {"model": model, "endpoint": f"{prefix}endpoints/{job.tuned_model_id}"}
         if not parent:  # express mode names a model without a project: google-genai calls models/{id}
             resource["tunedModel"]["endpoint"] = model
+        resource["tunedModel"].update(checkpoint_views(job.output, model))
     key = "preferenceOptimizationSpec" if "preferenceOptimizationSpec" in resource else "supervisedTuningSpec"
     spec = copy.deepcopy(resource.get(key, {}))
     hyper = spec.get("hyperParameters")
