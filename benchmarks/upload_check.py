@@ -73,8 +73,9 @@ def main() -> None:
     for row in rows:
         rate = row["mib"] / row["s"]
         growth = (row["peak"] - base["peak"]) / (row["mib"] - base["mib"]) if row is not base else 0.0
+        ratio = rate / (base["mib"] / base["s"])
         print(
-            f"{row['mib']:>6g} {row['lines']:>9} {row['s']:>8.1f} {rate:>6.2f} {rate / (base['mib'] / base['s']):>7.2f}x "
+            f"{row['mib']:>6g} {row['lines']:>9} {row['s']:>8.1f} {rate:>6.2f} {ratio:>7.2f}x "
             f"{row['peak']:>9.0f} {growth:>13.1f}"
         )
 

@@ -16,6 +16,7 @@ API starts its model hosts from pool threads that end when idle, which would kil
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -46,9 +47,7 @@ def _watch(parent: int, on_gone: Callable[[], None] | None, grace: float) -> Non
     while os.getppid() == parent:
         time.sleep(POLL_SECONDS)
     if on_gone is not None:
-        try:
+        with contextlib.suppress(Exception):  # the exit below must happen whatever the wind-down did
             on_gone()
-        except Exception:  # noqa: BLE001 - the exit below must happen whatever the wind-down did
-            pass
     time.sleep(grace)
     os._exit(EXIT_ORPHANED)

@@ -90,7 +90,8 @@ def test_schemas_past_a_limit_get_a_400_naming_it(served):
 
 
 CASES = st.tuples(
-    st.sampled_from([1, 2, 6, 16, 17, 20, MAX_JSON_DEPTH - 1, MAX_JSON_DEPTH, MAX_JSON_DEPTH + 1]) | st.integers(100, 400),
+    st.sampled_from([1, 2, 6, 16, 17, 20, MAX_JSON_DEPTH - 1, MAX_JSON_DEPTH, MAX_JSON_DEPTH + 1])
+    | st.integers(100, 400),
     st.sampled_from(["object", "array", "anyOf"]),
     st.one_of(st.integers(1, 3), st.integers(MAX_ENUM_VALUES - 2, MAX_ENUM_VALUES + 2), st.integers(1990, 12_000)),
     st.booleans(),

@@ -18,7 +18,6 @@ from tunery.data.validation import read_examples
 from tunery.errors import ConfigError, DatasetError
 from tunery.evaluation import (
     Candidate,
-    Comparison,
     Prompt,
     data_advice,
     load_evaluation,
@@ -277,18 +276,3 @@ def test_advice_on_an_invalid_training_file_names_the_lines(data_dir):
     with pytest.raises(DatasetError) as info:
         data_advice(data_dir / "bad" / "mixed.jsonl")
     assert info.value.problems and all(p.line >= 1 for p in info.value.problems)
-
-
-def test_demo_reuses_the_stored_evaluation_of_the_tuned_model(tuned_lora, data_dir, tmp_path):
-    from tunery.demo import SHORT_PROMPT, Candidate, _stored
-    from tunery.evaluation import write_report
-
-    validation = data_dir / "classify_openai.jsonl"
-    test = read_examples(validation).examples[:4]
-    candidate = Candidate("tuned model + short prompt", str(tuned_lora), Prompt(name="short", system=SHORT_PROMPT))
-    reused = _stored(candidate, test, str(validation))
-    assert reused is not None and reused.candidate.name == "tuned model + short prompt"
-    assert [p.line for p in reused.predictions] == [1, 2, 3, 4] and reused.summary["examples"] == 4
-    assert _stored(candidate, test, str(data_dir / "other.jsonl")) is None  # evaluated on another file
-    files = write_report(Comparison(str(validation), reused.task, [reused]), tmp_path)
-    assert "tuned model + short prompt" in files.markdown.read_text()

@@ -3,15 +3,15 @@
 validate → statistics → base model with the best prompt → LoRA tuning → tuned model with a short
 prompt → the two side by side (accuracy, prompt tokens per request, milliseconds per request), written as
 a comparison report (``report.html``, ``report.md``) by ``tunery.evaluation``. The tuned model's numbers
-come from the evaluation that tuning stores in the tuned model directory (its validation file is the
-held-out set), so it is not evaluated twice.
+are measured on the same held-out tickets as the base model's; tuning validates on a slice it holds out of the
+training tickets (``tunery.tuning.split``), so the checkpoint it keeps is never chosen on the test tickets.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,8 @@ from tunery.evaluation import (
     Task,
     evaluate_engine,
     output_budget,
-    restrict,
     write_report,
 )
-from tunery.evaluation.tuned import stored_evaluation
 from tunery.models.catalog import DEFAULT_MODEL
 from tunery.models.loading import load_tokenizer
 from tunery.models.sources import resolve_base
@@ -121,7 +119,7 @@ def run_demo(
         report = read_examples(path, tokenizer=tokenizer, model_id=model, modalities=base.modalities)
         report.raise_for_errors()
         reports[name] = report
-    shaped = TuningSpec(train=str(train_path), validation=str(test_path), base_model=model, epochs=epochs)
+    shaped = TuningSpec(train=str(train_path), base_model=model, epochs=epochs)
     train_epochs = plan(shaped, reports["train"].examples, reports["train"].encoded).settings.epochs
     batch_size = TuningSpec.batch_size
     for name, report in reports.items():
@@ -139,11 +137,10 @@ def run_demo(
         _evaluate(candidate, engine, test, task, config, events, str(test_path))
     del engine
 
-    events.on_stage("Tuning a LoRA adapter (its final evaluation on the held-out tickets is stored with it)")
+    events.on_stage("Tuning a LoRA adapter (validated on a slice held out of the training tickets)")
     output = workdir / "tuned-model"
     spec = TuningSpec(
         train=str(train_path),
-        validation=str(test_path),
         base_model=model,
         epochs=epochs,
         output=str(output),
@@ -151,13 +148,9 @@ def run_demo(
     )
     tuned = tune(spec, Hooks(on_metrics=events.on_metrics))
     tuned_candidate = Candidate("tuned model + short prompt", str(tuned), Prompt(name="short", system=SHORT_PROMPT))
-    stored = _stored(tuned_candidate, test, str(test_path))
-    if stored is not None:
-        _finish(tuned_candidate, stored, events)
-    else:
-        events.on_stage(f"Evaluating {tuned_candidate.name} on {len(test)} held-out tickets")
-        engine = Engine(tuned)
-        _evaluate(tuned_candidate, engine, test, task, output_budget(engine, test), events, str(test_path))
+    events.on_stage(f"Evaluating {tuned_candidate.name} on {len(test)} held-out tickets")
+    engine = Engine(tuned)
+    _evaluate(tuned_candidate, engine, test, task, output_budget(engine, test), events, str(test_path))
     tuned_candidate.summary["training_seconds"] = read_manifest(tuned)["trainingSeconds"]
     candidates.append(tuned_candidate)
     (workdir / "summary.json").write_text(json.dumps({c.name: c.summary for c in candidates}, indent=2))
@@ -171,17 +164,6 @@ def comparison(candidates: list[Candidate]) -> Comparison:
     _, test_path = dataset_paths()
     task = evaluations[0].task if evaluations else Task("classification")
     return Comparison(str(test_path), task, evaluations)
-
-
-def _stored(candidate: Candidate, test: list[Example], data: str) -> Evaluation | None:
-    """The evaluation tuning stored, if it ran on these tickets with the short prompt (their own system text)."""
-    stored = stored_evaluation(candidate.model)
-    if stored is None or stored.data != data or any(e.system != SHORT_PROMPT for e in test):
-        return None
-    lines = [e.line for e in test]
-    if not set(lines) <= {p.line for p in stored.predictions}:
-        return None
-    return replace(restrict(stored, lines), candidate=EvalCandidate(candidate.name, candidate.model, candidate.prompt))
 
 
 def _evaluate(
