@@ -41,6 +41,8 @@ def setup(
     # sees the weights
     run = make_run(prep, model, core=model, placement=placement, processes=group)
     run.forward = forward
+    if forward is not None:  # sharded: weights are gathered whole once, at the end; the tuned model is the last epoch
+        run.on_epoch = None
     start_or_resume(prep, run, resume)
     return prep, run
 

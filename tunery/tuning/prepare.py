@@ -128,11 +128,12 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
                     family, processor, validation.examples, validation_source, max_length, spec.validation
                 )
             ]
-    planned = plan(spec, train.examples, train_encoded, media=processor is not None)
+    read = train.pairs if pairs else train.examples
+    planned = plan(spec, read, train_encoded, media=processor is not None)
     validation_path, settings, shape = spec.validation, planned.settings, planned.shape
     if planned.held_out:
         train_encoded, validation_encoded, validation_path = hold_out(
-            spec.train, train.examples, train_encoded, planned.held_out, run_dir
+            spec.train, read, train_encoded, planned.held_out, run_dir
         )
     note = planned.note
     epochs = settings.epochs
