@@ -108,14 +108,8 @@ def show_stats(name: str, data: dict[str, Any], epochs: int | None) -> None:
         f"{data['totalTruncatedExampleCount']} truncated",
         highlight=False,
     )
-    table = Table("tokens per example", "sum", "min", "p5", "median", "mean", "p95", "max")
-    for label, key in (
-        ("input (prompt)", "userInputTokenDistribution"),
-        ("output (trained)", "userOutputTokenDistribution"),
-    ):
-        d = data[key]
-        table.add_row(label, *(f"{d[k]:g}" for k in ("sum", "min", "p5", "median", "mean", "p95", "max")))
-    console.print(table)
+    rows = (("input (prompt)", "userInputTokenDistribution"), ("output (trained)", "userOutputTokenDistribution"))
+    console.print(distribution_table("tokens per example", rows, data))
     for line in describe_media(data.get("mediaStats") or {}):
         console.print(line, highlight=False)
 
@@ -129,12 +123,18 @@ def show_pair_stats(name: str, data: dict[str, Any], epochs: int) -> None:
         f"{len(data['truncatedRejectedExampleIndices'])} rejected)",
         highlight=False,
     )
-    table = Table("tokens per pair", "sum", "min", "p5", "median", "mean", "p95", "max")
-    for label, key in (
+    rows = (
         ("prompt", "userInputTokenDistribution"),
         ("chosen answer", "chosenOutputTokenDistribution"),
         ("rejected answer", "rejectedOutputTokenDistribution"),
-    ):
-        d = data[key]
-        table.add_row(label, *(f"{d[k]:g}" for k in ("sum", "min", "p5", "median", "mean", "p95", "max")))
-    console.print(table)
+    )
+    console.print(distribution_table("tokens per pair", rows, data))
+
+
+def distribution_table(unit: str, rows: tuple[tuple[str, str], ...], data: dict[str, Any]) -> Table:
+    """A row per (label, statistics key) of ``data``'s token distributions."""
+    columns = ("sum", "min", "p5", "median", "mean", "p95", "max")
+    table = Table(unit, *columns)
+    for label, key in rows:
+        table.add_row(label, *(f"{data[key][k]:g}" for k in columns))
+    return table
