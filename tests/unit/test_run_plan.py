@@ -11,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import classification_rows, write_jsonl
 from safetensors.torch import load_file
 
 from tunery.models.tuned import checkpoint_dir, kept_checkpoints, read_manifest, split_checkpoint
@@ -67,8 +66,8 @@ def test_too_few_examples_are_not_split_and_the_run_says_so():
     assert split.held_out == () and f"needs {LEAST_EXAMPLES}" in split.note and split.note.startswith("no validation")
 
 
-def test_held_out_examples_are_not_trained_on(tiny_model, tmp_path):
-    train = write_jsonl(tmp_path / "train.jsonl", classification_rows(60))
+def test_held_out_examples_are_not_trained_on(tiny_model, tmp_path, make_train):
+    train = make_train(60)
     spec = TuningSpec(train=str(train), base_model=str(tiny_model), output=str(tmp_path / "run"))
     (tmp_path / "run").mkdir()
     prep = prepare(spec, tmp_path / "run")
@@ -102,11 +101,11 @@ def test_best_checkpoint_by_exact_match_then_loss_or_by_loss_for_free_text():
     assert best_checkpoint(unscored, by_answers=True)[0]["epoch"] == 2
 
 
-def test_a_run_whose_last_epoch_is_worse_keeps_the_earlier_checkpoint(tiny_model, tmp_path):
+def test_a_run_whose_last_epoch_is_worse_keeps_the_earlier_checkpoint(tiny_model, tmp_path, make_train):
     """Validation answers that contradict the training labels get worse as the labels are learned (seeded: the
     first epoch matches 2 of 10 by chance, the later none): the tuned model is then an earlier epoch's checkpoint,
     with its weights, not the last one."""
-    rows = classification_rows(20)
+    rows = [json.loads(line) for line in make_train(20).read_text().splitlines()]
     rotate = {"card_arrival": "transfer_failed", "card_declined": "card_arrival", "transfer_failed": "card_declined"}
     contradicting = json.loads(json.dumps(rows[:10]))
     for row in contradicting:
@@ -144,3 +143,8 @@ def test_an_unknown_checkpoint_is_named_with_those_kept(tuned_lora):
 
     with pytest.raises(ModelError, match="no checkpoint 'ckpt-step-999'"):
         checkpoint_dir(Path(tuned_lora), "ckpt-step-999")
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
