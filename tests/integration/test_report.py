@@ -88,7 +88,7 @@ def test_compare_report_renders_in_chromium_with_its_plots(tmp_path):
     assert all(c["metrics"]["examples"] == EXAMPLES and "case" in c["robustness"] for c in candidates.values())
     assert summary["dataAdvice"]["coverage"]["prompts"] == EXAMPLES  # the tuned model's training file, found
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4  # overview, loss curves, F1 bars, confusion matrices
+    assert html.count("data:image/png;base64,") == 5  # overview, loss curves, F1 bars, confusion, calibration
     assert "](plots/loss-curves.png)" in (out / "report.md").read_text()
 
     png = tmp_path / "report.png"

@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunery import lifeline
 from tunery.errors import ConfigError
 from tunery.jobs.executor import EXIT_LOST, Resources, job_resources, worker_command
 from tunery.jobs.store import Job
@@ -58,7 +57,7 @@ class _JobWorker:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env, **lifeline.child_env()},
+                env={**os.environ, **self.env},
             )
             return self.process.wait()
 
