@@ -68,7 +68,7 @@ def test_too_few_examples_are_not_split_and_the_run_says_so():
 
 def test_held_out_examples_are_not_trained_on(tiny_model, tmp_path, make_train):
     train = make_train(60)
-    spec = TuningSpec(train=str(train), base_model=str(tiny_model), output=str(tmp_path / "run"))
+    spec = TuningSpec(train=str(train), base_model=str(tiny_model), output=str(tmp_path / "run"), auto_validation=True)
     (tmp_path / "run").mkdir()
     prep = prepare(spec, tmp_path / "run")
     held_lines = (tmp_path / "run" / HELD_OUT_FILE).read_text().splitlines()

@@ -89,8 +89,9 @@ class TuningSpec:
     validation: str | None = None
     """Path of the validation JSONL (``validationDatasetUri``); evaluated at each epoch end. None: a stratified
     slice of the training data is held out instead (``auto_validation``, ``tunery.tuning.split``)."""
-    auto_validation: bool = True
-    """Without ``validation``, hold out a slice of the training data to validate on (``autoValidation``)."""
+    auto_validation: bool = False
+    """Without ``validation``, hold out a slice of the training data to validate on. ``tunery tune`` and
+    ``sft.train`` turn it on by default; a job created over REST does not (no request field carries it yet)."""
     method: str = PEFT_ADAPTER
     """``PEFT_ADAPTER`` (LoRA on all linear layers) or ``FULL`` (``tuningMode``); ``lora``/``full`` accepted."""
     objective: str = "SFT"
