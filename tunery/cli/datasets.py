@@ -46,8 +46,11 @@ def _read(path: Path, model: str, max_length: int, allow_remote: bool = False) -
     )
 
 
-def _count(report: ValidationReport) -> str:
-    return f"{len(report.pairs)} preference pairs" if report.objective == "DPO" else f"{len(report.examples)} examples"
+def _count(report: ValidationReport, adjective: str = "") -> str:
+    """``11 examples`` or ``4 preference pairs`` (``adjective`` before the noun: ``11 valid examples``)."""
+    pairs = report.objective == "DPO"
+    n, noun = (len(report.pairs), "preference pairs") if pairs else (len(report.examples), "examples")
+    return f"{n} {adjective} {noun}" if adjective else f"{n} {noun}"
 
 
 @app.command()
@@ -61,7 +64,7 @@ def validate(
         err_console.print(str(problem), highlight=False, markup=False)
     n_err, n_warn = len(report.errors), len(report.warnings)
     if n_err:
-        err_console.print(f"[red]{report.path}: {n_err} error(s), {n_warn} warning(s); {_count(report)} valid[/red]")
+        err_console.print(f"[red]{report.path}: {n_err} error(s), {n_warn} warning(s); {_count(report, 'valid')}[/red]")
         raise typer.Exit(1)
     console.print(f"{report.path}: OK, {_count(report)} ({n_warn} warning(s))", highlight=False)
 
