@@ -169,7 +169,7 @@ def test_rest_bodies_and_keys(server, key, tuned) -> None:
     camel = {
         "systemInstruction": {"parts": [{"text": "Route the ticket."}]},
         "contents": [{"role": "user", "parts": [{"text": "my card never arrived"}]}],
-        "generationConfig": {"maxOutputTokens": 8, "temperature": 0},
+        "generationConfig": {"maxOutputTokens": 8, "temperature": 0, "responseMimeType": "text/plain"},
     }
     by_header = server.client.post(url, json=snake, headers={"x-goog-api-key": key})
     by_query = server.client.post(url, json=camel, params={"key": key})
