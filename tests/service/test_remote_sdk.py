@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -86,6 +87,18 @@ def test_train_uploads_tunes_and_the_tuned_model_answers_over_http(service):
         assert response.usage_metadata.prompt_token_count == model.count_tokens("my card never arrived")
         assert 1 <= response.usage_metadata.candidates_token_count <= 4
         assert response.finish_reason in {"STOP", "MAX_TOKENS"} and response.latency_ms > 0
+
+    # Controlled output travels over the API as it works embedded: the schema reaches the server and holds.
+    model = GenerativeModel(job.tuned_model_name)
+    schema = {"type": "OBJECT", "properties": {"team": {"type": "STRING", "enum": ["billing", "tech"]},
+                                                "urgent": {"type": "BOOLEAN"}}, "required": ["team", "urgent"]}  # fmt: skip
+    config = {"responseMimeType": "application/json", "responseSchema": schema, "maxOutputTokens": 40}
+    answer = json.loads(model.generate_content("my card never arrived", generation_config=config).text)
+    assert set(answer) == {"team", "urgent"} and answer["team"] in {"billing", "tech"}
+    assert isinstance(answer["urgent"], bool)
+    json_schema = {"type": "string", "enum": ["refund please", "wrong size"]}
+    config = {"responseMimeType": "application/json", "responseJsonSchema": json_schema, "maxOutputTokens": 12}
+    assert json.loads(model.generate_content("refund", generation_config=config).text) in json_schema["enum"]
 
 
 def test_remote_mode_never_loads_a_model_in_this_process(service, monkeypatch):
