@@ -90,8 +90,8 @@ def test_train_uploads_tunes_and_the_tuned_model_answers_over_http(service):
 
     # Controlled output travels over the API as it works embedded: the schema reaches the server and holds.
     model = GenerativeModel(job.tuned_model_name)
-    schema = {"type": "OBJECT", "properties": {"team": {"type": "STRING", "enum": ["billing", "tech"]},
-                                                "urgent": {"type": "BOOLEAN"}}, "required": ["team", "urgent"]}  # fmt: skip
+    fields = {"team": {"type": "STRING", "enum": ["billing", "tech"]}, "urgent": {"type": "BOOLEAN"}}
+    schema = {"type": "OBJECT", "properties": fields, "required": ["team", "urgent"]}
     config = {"responseMimeType": "application/json", "responseSchema": schema, "maxOutputTokens": 40}
     answer = json.loads(model.generate_content("my card never arrived", generation_config=config).text)
     assert set(answer) == {"team", "urgent"} and answer["team"] in {"billing", "tech"}
