@@ -92,9 +92,13 @@ def llama_server_answers(gguf: Path, examples: list[Any]) -> tuple[list[str], in
     """Answers from ``llama-server --jinja`` (greedy), and how many finished at a stop token."""
     port = free_port()
     command = ["llama-server", "-m", str(gguf), "--jinja", "--port", str(port), "-c", "2048", "-t", "2", "-np", "1"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the server below)
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         for _ in range(600):
+            if server.poll() is not None:
+                log.seek(0)
+                raise SystemExit(f"llama-server ended before it served {gguf.name}:\n{log.read().decode()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                     if r.status == 200:
@@ -114,6 +118,7 @@ def llama_server_answers(gguf: Path, examples: list[Any]) -> tuple[list[str], in
     finally:
         server.terminate()
         server.wait(30)
+        log.close()
 
 
 def main() -> None:

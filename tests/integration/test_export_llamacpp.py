@@ -91,3 +91,21 @@ def test_llama_server_answers_as_tunery_and_stops_at_the_end_of_turn(tuned_lora,
     assert [c["message"]["content"].strip() for c in choices] == [text for text, _ in want]
     assert [c["finish_reason"] == "stop" for c in choices] == [stopped for _, stopped in want]
     assert sum(stopped for _, stopped in want) >= len(want) - 1  # the tuned model ends its answers
+
+
+@pytest.mark.skipif(shutil.which("llama-quantize") is None, reason="llama.cpp's llama-quantize is not on PATH")
+def test_a_q4_k_m_export_is_written_by_llama_quantize_and_served(tuned_lora, data_dir, tmp_path):
+    import gguf
+
+    exported = export_gguf(tuned_lora, tmp_path / "q4_k_m", quant="q4_k_m")
+    assert sorted(p.name for p in exported.gguf.parent.iterdir()) == [exported.gguf.name]  # the f16 step is gone
+    field = gguf.GGUFReader(exported.gguf).fields["general.file_type"]
+    assert int(field.parts[field.data[0]][0]) == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    line = json.loads((data_dir / "classify_openai.jsonl").read_text().splitlines()[0])
+    server, port = _serve(exported.gguf)
+    try:
+        choice = _ask(port, parse_example(line)[0].prompt().messages())
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert choice["finish_reason"] in ("stop", "length") and isinstance(choice["message"]["content"], str)

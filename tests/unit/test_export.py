@@ -95,6 +95,7 @@ def test_the_gguf_carries_the_training_template_stop_tokens_and_model_card(tuned
     assert fields["tokenizer.ggml.eot_token_id"] == tokenizer.convert_tokens_to_ids(eot) != tokenizer.unk_token_id
     assert fields["tokenizer.ggml.eos_token_id"] == tokenizer.eos_token_id
     assert fields["tokenizer.ggml.add_bos_token"] is False
+    assert fields["tokenizer.ggml.pre"] == "gpt-2"  # llama.cpp's name for plain byte-level BPE: "gpt2" fails its load
     manifest = json.loads((tuned_lora / "tunery.json").read_text())
     assert fields["tunery.base_model"] == fields["tunery.tuned_from"] == manifest["baseModel"]["id"]
     assert json.loads(fields["tunery.data_stats"]) == manifest["tuningDataStats"]

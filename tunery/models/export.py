@@ -255,8 +255,8 @@ def _write_model(
     on_progress: Progress, deadline: float,
 ) -> Path:  # fmt: skip
     fam = writer.family(model.config)
-    metadata = _metadata(src, model, tokenizer, end_of_turn, quant)
-    direct = quant if quant in writer.PYTHON_QUANTS else "f16"
+    direct = quant if quant in writer.PYTHON_QUANTS else "f16"  # a K-quant: f16 first, then llama-quantize
+    metadata = _metadata(src, model, tokenizer, end_of_turn, direct)
     count = len(model.state_dict())
 
     def on_tensor(n: int) -> None:

@@ -54,7 +54,7 @@ QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 PRE_TOKENIZERS = {
-    ("ByteLevel",): "gpt2",
+    ("ByteLevel",): "gpt-2",  # llama.cpp spells it with a hyphen; "gpt2" fails its vocabulary load
     ("Digits", "ByteLevel"): "smollm",
     ("Split:" + LLAMA3_SPLIT, "ByteLevel"): "llama-bpe",
     ("Split:" + QWEN2_SPLIT, "ByteLevel"): "qwen2",
