@@ -175,7 +175,7 @@ def test_cli_predict_writes_results_with_a_progress_bar(tmp_path, tiny_model, fo
     output = tmp_path / "results.jsonl"
     result = CliRunner().invoke(app, ["predict", str(tiny_model), "--input", str(source), "--output", str(output)])
     assert result.exit_code == 0, result.output
-    assert "10 of 10 lines" in result.output
+    assert "10 of 10 lines" in result.output and "lines answered: 10/10" in result.output  # a line for a log
     records = [json.loads(x) for x in output.read_text().splitlines()]
     assert len(records) == 10 and all("response" in r for r in records)
     again = CliRunner().invoke(app, ["predict", str(tiny_model), "--input", str(source), "--output", str(output)])

@@ -123,6 +123,7 @@ def test_tune_predict_merge_from_the_cli(tiny, data_dir, tmp_path):
     assert "epochs 2 (set)" in result.output and "adapter size 8 (auto: the default)" in result.output
     assert "validation: classify_openai.jsonl" in result.output
     assert "tuned model = ckpt-step-" in result.output  # the best of the epochs' checkpoints, and why
+    assert "tuning step: 1/6" in result.output and "tuning step: 6/6" in result.output  # not a terminal: lines
     checkpoint = out / "epoch-checkpoints" / "ckpt-step-3"  # epoch 1 of 2 (10 examples, batch 4): a model of its own
     by_checkpoint = invoke("predict", checkpoint, "my card never arrived", "--max-tokens", "5")
     assert by_checkpoint.exit_code == 0, by_checkpoint.output

@@ -238,6 +238,7 @@ def test_cli_evaluate_prints_the_table(tiny, data_dir, tmp_path):
                     "--max-tokens", "2", "--limit", "3")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "chatml: accuracy" in result.output and "$ / 1k" in result.output
+    assert "examples answered: 0/3" in result.output and "examples answered: 3/3" in result.output  # in a log too
     assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 3
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -68,6 +69,32 @@ class StopFlag:
         return self.requested
 
 
+class LogLines:
+    """Progress for a log: a live bar draws nothing into a file or a pipe until it ends, so where stderr is not a
+    terminal a long step prints a plain line instead, at the start, then at most every ``TUNERY_PROGRESS_SECONDS``
+    (default 30), and at the end."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.on = not err_console.is_terminal
+        self.every = float(os.environ.get("TUNERY_PROGRESS_SECONDS", "30"))
+        self.started = time.monotonic()
+        self.last: float | None = None
+        self.ended = False
+
+    def __call__(self, done: int, total: int | None, info: str = "") -> None:
+        if not self.on or self.ended:
+            return
+        now = time.monotonic()
+        self.ended = total is not None and done >= total
+        if self.last is not None and now - self.last < self.every and not self.ended:
+            return
+        self.last = now
+        count = f"{done}/{total}" if total else str(done)
+        line = f"{self.label}: {count}{'  ' + info if info else ''}  {now - self.started:.0f} s elapsed"
+        err_console.print(line, highlight=False, markup=False)
+
+
 class TrainingProgress:
     """A progress bar with loss, tokens/s and ETA, fed by the loop's metrics."""
 
@@ -82,6 +109,7 @@ class TrainingProgress:
             transient=False,
         )
         self.task = self.progress.add_task("tuning", total=None, info="")
+        self.lines = LogLines("tuning step")
 
     def __enter__(self) -> TrainingProgress:
         self.progress.start()
@@ -101,3 +129,4 @@ class TrainingProgress:
             return
         info = f"loss {m['train_loss']:.4f}  {m['tokens_per_second']:.0f} tok/s  ETA {m['eta_seconds']:.0f}s"
         self.progress.update(self.task, completed=m["step"], total=m["total_steps"], info=info)
+        self.lines(m["step"], m["total_steps"], info)

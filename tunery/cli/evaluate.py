@@ -8,7 +8,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tunery.cli._common import console, handle_errors, print_json
+from tunery.cli._common import LogLines, console, handle_errors, print_json
 from tunery.evaluation import Comparison, Evaluation, Events, Prediction
 from tunery.sdk.evaluation import EvaluationRun
 from tunery.sdk.evaluation import advise as run_advise
@@ -33,6 +33,8 @@ class ProgressEvents:
 
     def __init__(self) -> None:
         self.progress: Progress | None = None
+        self.lines: LogLines | None = None
+        self.total = 0
 
     def events(self) -> Events:
         return Events(on_start=self.on_start, on_prediction=self.on_prediction, on_done=self.on_done)
@@ -44,10 +46,15 @@ class ProgressEvents:
         )
         self.progress.add_task(name, total=total)
         self.progress.start()
+        self.lines, self.total = LogLines(f"{name}: examples answered"), total
+        self.lines(0, total)
 
     def on_prediction(self, name: str, prediction: Prediction) -> None:
         if self.progress is not None:
-            self.progress.advance(self.progress.task_ids[0])
+            task = self.progress.task_ids[0]
+            self.progress.advance(task)
+            if self.lines is not None:
+                self.lines(int(self.progress.tasks[0].completed), self.total)
 
     def on_done(self, evaluation: Evaluation) -> None:
         self.stop()

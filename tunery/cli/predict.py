@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from tunery.cli._common import console, err_console, handle_errors
+from tunery.cli._common import LogLines, console, err_console, handle_errors
 from tunery.data.formats import user_example
 from tunery.data.media import MediaSource
 from tunery.data.validation import read_examples
@@ -101,16 +102,20 @@ def predict_file(model: str, input_file: Path, output: Path) -> None:
     spec = BatchSpec(model=model, input=str(input_file), output=str(output.parent or Path(".")))
     bar = Progress(TextColumn("[bold]predicting[/bold]"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[speed]}"), TimeRemainingColumn(), console=err_console)  # fmt: skip
+    total = count_lines(input_file)
+    lines = LogLines("lines answered")
+
+    def show(p: Any) -> None:
+        speed = f"{p.tokens_per_second:.1f} tokens/s"
+        bar.update(task, completed=p.done, speed=speed)
+        lines(p.done, total, speed)
+
     with ModelHost() as host, bar:
-        task = bar.add_task("lines", total=count_lines(input_file), speed="")
-        result = run_batch(
-            spec,
-            host_generate(host, model),
-            lambda p: bar.update(task, completed=p.done, speed=f"{p.tokens_per_second:.1f} tokens/s"),
-            names=names,
-            media=_media(input_file),
-        )
+        task = bar.add_task("lines", total=total, speed="")
+        lines(0, total)
+        result = run_batch(spec, host_generate(host, model), show, names=names, media=_media(input_file))
         bar.update(task, completed=result.done)
+        lines(result.done, result.done)
     console.print(
         f"{result.succeeded} of {result.total} lines answered, {result.failed} failed: {output}", highlight=False
     )
