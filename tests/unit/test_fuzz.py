@@ -32,7 +32,7 @@ from tunery.data.validation import MAX_MESSAGE_CHARS, read_examples
 from tunery.jobs.store import Store
 from tunery.tuning.spec import HYPER_PARAMETERS
 
-FUZZ_SECONDS = 60.0 if os.environ.get("CI") == "true" else 3.0
+FUZZ_SECONDS = 20.0 if os.environ.get("CI") == "true" else 3.0
 FUZZ = settings(
     max_examples=25,
     deadline=None,

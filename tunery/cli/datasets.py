@@ -66,7 +66,8 @@ def validate(
     if n_err:
         err_console.print(f"[red]{report.path}: {n_err} error(s), {n_warn} warning(s); {_count(report, 'valid')}[/red]")
         raise typer.Exit(1)
-    console.print(f"{report.path}: OK, {_count(report)} ({n_warn} warning(s))", highlight=False)
+    summary = f"{report.path}: OK, {_count(report)} ({n_warn} warning(s))"
+    console.print(summary, highlight=False, soft_wrap=True)  # one line, however long the path
 
 
 @app.command()
