@@ -34,7 +34,6 @@ class ProgressEvents:
     def __init__(self) -> None:
         self.progress: Progress | None = None
         self.lines: LogLines | None = None
-        self.total = 0
 
     def events(self) -> Events:
         return Events(on_start=self.on_start, on_prediction=self.on_prediction, on_done=self.on_done)
@@ -46,15 +45,14 @@ class ProgressEvents:
         )
         self.progress.add_task(name, total=total)
         self.progress.start()
-        self.lines, self.total = LogLines(f"{name}: examples answered"), total
+        self.lines = LogLines(f"{name}: examples answered")
         self.lines(0, total)
 
     def on_prediction(self, name: str, prediction: Prediction) -> None:
-        if self.progress is not None:
-            task = self.progress.task_ids[0]
-            self.progress.advance(task)
-            if self.lines is not None:
-                self.lines(int(self.progress.tasks[0].completed), self.total)
+        if self.progress is not None and self.lines is not None:
+            task = self.progress.tasks[0]
+            self.progress.advance(task.id)
+            self.lines(int(task.completed), int(task.total or 0))
 
     def on_done(self, evaluation: Evaluation) -> None:
         self.stop()
