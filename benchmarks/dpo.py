@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import torch
 from tunery.data.tokenize import encode_pair
 from tunery.data.validation import read_examples
 from tunery.demo import dataset_paths
+from tunery.hardware import cpu_kind
 from tunery.models.catalog import DEFAULT_MODEL
 from tunery.models.tuned import load_tuned
 from tunery.sdk.evaluation import evaluate
@@ -135,7 +135,7 @@ def main() -> None:
     ]
     print(
         f"SmolLM2-135M-Instruct ({args.model}), {args.train} training tickets, {len(test)} test tickets; "
-        f"CPU {platform.processor() or platform.machine()} (AMD EPYC, AVX2 only: no AVX512-BF16/AMX), fp32, "
+        f"CPU {cpu_kind()}, fp32, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     print(

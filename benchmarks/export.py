@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -32,6 +31,7 @@ import torch
 
 from tunery.data.formats import parse_example
 from tunery.demo import dataset_paths
+from tunery.hardware import cpu_kind
 from tunery.models.export import K_QUANTS, LLAMA_QUANTIZE, export_gguf
 from tunery.models.loading import load_tokenizer
 from tunery.models.tuned import load_tuned
@@ -173,8 +173,7 @@ def main() -> None:
         "weights", "export s", "MB", "max abs logit diff (8 tickets)", "same as tunery (transformers)",
         "right (transformers)", "same as tunery (llama.cpp)", "right (llama.cpp)", "stopped at end of turn (llama.cpp)",
     ]  # fmt: skip
-    print(f"\nsmollm2-135m-instruct demo LoRA, {platform.processor() or platform.machine()} CPU "
-          f"({_cpu()}), torch threads {torch.get_num_threads()}\n")  # fmt: skip
+    print(f"\nsmollm2-135m-instruct demo LoRA, CPU {cpu_kind()}, torch threads {torch.get_num_threads()}\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
@@ -188,15 +187,6 @@ def _same(a: list[str], b: list[str]) -> int:
 
 def _right(answers: list[str], gold: list[str]) -> int:
     return sum(x == y for x, y in zip(answers, gold, strict=True))
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            flags = Path("/proc/cpuinfo").read_text()
-            extra = "AVX512" if "avx512f" in flags else "AVX2 only, no AVX512-BF16/AMX"
-            return f"{line.split(':', 1)[1].strip()}, {extra}"
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -30,24 +30,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunery.hardware import cpu_kind
+
 HERE = Path(__file__).parent / "data"
 TASKS = {
     "intents": (HERE / "clinc75_train.jsonl", HERE / "clinc75_test.jsonl"),
     "slots": (HERE / "snips_slots_train.jsonl", HERE / "snips_slots_test.jsonl"),
 }
 ROWS = ("base", "old", "new", "constrained", "tfidf")
-
-
-def cpu_kind() -> str:
-    """The CPU's model name and whether it computes bf16 fast (AVX512-BF16, AMX) or only AVX2."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    flags = set(text.split())
-    fast = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    simd = ", ".join(fast) if fast else ("AVX2 only (no AVX512-BF16/AMX)" if "avx2" in flags else "no AVX2")
-    import os
-
-    return f"{name}, {os.cpu_count()} cores visible, {simd}"
 
 
 def examples(path: Path) -> list[tuple[str, str]]:

@@ -72,9 +72,10 @@ def today_generate(model: Any, ids: list[int], max_tokens: int, stop_ids: list[i
 
 def faster_weights() -> list[str]:
     """The weight forms besides fp32 that this machine's kernels run (int8 and int4 need fast bf16)."""
-    from tunery.serving.engine import _int4_kernel_works, _int8_kernel_works, fast_bf16_cpu
+    from tunery.hardware import cpu_has_fast_bf16
+    from tunery.serving.engine import _int4_kernel_works, _int8_kernel_works
 
-    if not fast_bf16_cpu():
+    if not cpu_has_fast_bf16():
         return []
     return [w for w, works in (("int8", _int8_kernel_works), ("int4", _int4_kernel_works)) if works()]
 

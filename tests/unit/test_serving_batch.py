@@ -156,9 +156,10 @@ def test_streamed_text_joins_to_the_answer(tuned_lora):
 
 @pytest.mark.parametrize("weights", ["bf16", "int8", "int4"])
 def test_faster_weights_answer_like_fp32_on_the_tuned_model(tuned_lora, weights):
-    from tunery.serving.engine import _int4_kernel_works, _int8_kernel_works, fast_bf16_cpu
+    from tunery.hardware import cpu_has_fast_bf16
+    from tunery.serving.engine import _int4_kernel_works, _int8_kernel_works
 
-    if weights == "int8" and not (fast_bf16_cpu() and _int8_kernel_works()):
+    if weights == "int8" and not (cpu_has_fast_bf16() and _int8_kernel_works()):
         pytest.skip("no int8 kernel for this CPU (needs AVX512-BF16 or AMX)")
     if weights == "int4" and not _int4_kernel_works():
         pytest.skip("no CPU int4 kernel in this torch")

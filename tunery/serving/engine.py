@@ -61,6 +61,7 @@ from torch import nn
 from tunery.data.formats import Example
 from tunery.data.tokenize import end_of_turn_token, prompt_ids
 from tunery.errors import ConfigError, ModelError
+from tunery.hardware import cpu_has_fast_bf16
 from tunery.models.loading import load_model, load_tokenizer
 from tunery.models.sources import resolve_base
 from tunery.models.tuned import base_path, is_adapter, is_tuned_dir, read_manifest
@@ -73,13 +74,6 @@ BASE_SLOT = "__base__"
 # --- weights: fp32, bf16, int8 weight-only ----------------------------------------------------------------
 
 
-def fast_bf16_cpu() -> bool:
-    """Whether this CPU multiplies bf16 fast (AVX512-BF16 or AMX); the int8 kernel needs it too."""
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = set(cpuinfo.read_text().split()) if cpuinfo.is_file() else set()
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
 def resolve_weights(weights: str) -> str:
     """``auto`` becomes the fastest form this machine runs (int4, else int8, on a CPU with fast bf16; else fp32)."""
     if weights not in WEIGHTS:
@@ -88,7 +82,7 @@ def resolve_weights(weights: str) -> str:
         raise ConfigError("weights int4: this build of torch has no CPU int4 kernel (_weight_int4pack_mm_for_cpu)")
     if weights != "auto":
         return weights
-    if not fast_bf16_cpu():
+    if not cpu_has_fast_bf16():
         return "fp32"
     return "int4" if _int4_kernel_works() else "int8" if _int8_kernel_works() else "fp32"
 

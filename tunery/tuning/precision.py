@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
+
+from tunery.hardware import cpu_has_fast_bf16
 
 
 def has_fast_bf16() -> bool:
     """A CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX (bf16 matmuls there run ~2× fp32)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = set(cpuinfo.read_text().split()) if cpuinfo.is_file() else set()
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return cpu_has_fast_bf16()
 
 
 def resolve_precision(precision: str) -> str:
