@@ -21,7 +21,7 @@ from tunery.data.formats import parse_preference
 from tunery.data.validation import read_examples
 from tunery.errors import DatasetError, TuningCancelled
 from tunery.tuning import Hooks, TuningSpec, tune
-from tunery.tuning.losses import dpo_loss, sequence_logps
+from tunery.tuning.losses import dpo_loss, preference_loss, sequence_logps
 from tunery.tuning.methods import METHODS, method_named, method_of
 from tunery.tuning.objectives import PairBatcher
 
@@ -126,19 +126,54 @@ def test_dpo_loss_equals_a_hand_computation(beta):
     assert ipo.tolist() == pytest.approx([(m - 1 / (2 * beta)) ** 2 for m in margins], rel=1e-6)
 
 
-@pytest.mark.parametrize("beta", [0.1, 0.5])
-def test_dpo_loss_equals_trl(beta):
-    """TRL's own DPO loss on the same log-probabilities (where ``trl`` is installed)."""
+@pytest.mark.parametrize(("kind", "beta"), [("sigmoid", 0.1), ("sigmoid", 0.5), ("ipo", 0.1)])
+def test_preference_loss_equals_trls_dpo_trainer(kind, beta):
+    """TRL's ``DPOTrainer`` and tunery's loss on the same model, reference and batch (TRL's own tokenization and
+    collation): the same loss and the same ``rewards/*`` metrics. The policy is the reference perturbed, so the
+    log-ratios are not zero."""
     trl = pytest.importorskip("trl")
-    trainer = trl.DPOTrainer.__new__(trl.DPOTrainer)
-    trainer.beta, trainer.loss_type, trainer.label_smoothing = beta, "sigmoid", 0.0
-    trainer.reference_free, trainer.use_weighting = False, False
-    trainer.f_divergence_type, trainer.f_alpha_divergence_coef = "reverse_kl", 1.0
-    trainer.accelerator = type("A", (), {"device": torch.device("cpu")})()
-    theirs = trainer.dpo_loss(*(torch.tensor(LOGPS[k]) for k in LOGPS))
-    ours = dpo_loss(*(torch.tensor(LOGPS[k]) for k in LOGPS), beta=beta)
-    for a, b in zip(ours, theirs[:3], strict=True):
-        torch.testing.assert_close(a, b)
+    datasets = pytest.importorskip("datasets")
+    import copy
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from conftest import build_model, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    reference = build_model(tokenizer).eval()
+    policy = copy.deepcopy(reference).train()  # as in a training step (the tiny model has no dropout)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in policy.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    rows = [{"prompt": f"{topic} card payment", "chosen": f" {good}", "rejected": f" {bad} {bad}"}
+            for topic, good, bad in zip(TOPICS, PREFERRED * 2, OTHER * 2)][:6]  # fmt: skip
+    args = trl.DPOConfig(
+        output_dir="unused", beta=beta, loss_type=[kind], per_device_train_batch_size=6, report_to=[], use_cpu=True,
+        bf16=False, gradient_checkpointing=False,
+    )  # fmt: skip
+    trainer = trl.DPOTrainer(
+        model=policy, ref_model=reference, args=args, train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )  # fmt: skip
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.no_grad():
+        theirs = float(trainer.compute_loss(policy, batch))
+        metrics = {name: values[-1] for name, values in trainer._metrics["train"].items()}
+        ours_batch = {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "labels": batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100),
+        }
+        reference_logps, _ = sequence_logps(reference, ours_batch)
+        pairs = len(rows)
+        ours_batch |= {"reference_chosen": reference_logps[:pairs], "reference_rejected": reference_logps[pairs:]}
+        loss, (chosen, rejected, right) = preference_loss(policy, ours_batch, beta=beta, kind=kind)
+    assert abs(theirs) > 1e-3 and abs(metrics["rewards/margins"]) > 1e-4  # not the trivial step-0 case
+    assert float(loss) / pairs == pytest.approx(theirs, rel=1e-5)
+    assert chosen / pairs == pytest.approx(metrics["rewards/chosen"], rel=1e-4, abs=1e-6)
+    assert rejected / pairs == pytest.approx(metrics["rewards/rejected"], rel=1e-4, abs=1e-6)
+    assert right / pairs == pytest.approx(metrics["rewards/accuracies"])
 
 
 # The methods table -----------------------------------------------------------------------------------------

@@ -16,11 +16,10 @@ import torch.nn.functional as F
 
 from tunery.data.tokenize import IGNORE_INDEX
 from tunery.tuning import multimodal
+from tunery.tuning.spec import IPO, PREFERENCE_LOSSES, SIGMOID
 
-SIGMOID, IPO = "sigmoid", "ipo"
 NOT_MODEL_INPUTS = ("labels", "reference_chosen", "reference_rejected")
 """Batch entries the model does not take: the targets, and a pair batch's reference log-probabilities."""
-PREFERENCE_LOSSES = (SIGMOID, IPO)
 
 
 def trained_logits(core: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -101,11 +100,10 @@ def preference_loss(
     log-probabilities of each): the summed loss; statistics: summed chosen and rejected rewards, pairs whose chosen
     reward is the higher."""
     logps, counts = sequence_logps(core, batch)
-    reference = torch.stack([batch["reference_chosen"], batch["reference_rejected"]]).to(logps)
-    if kind == IPO:  # per-token averages
-        n = logps.shape[0] // 2
-        logps = logps / counts.clamp(min=1)
-        reference = reference / torch.stack([counts[:n], counts[n:]]).clamp(min=1)
     n = logps.shape[0] // 2
-    losses, chosen, rejected = dpo_loss(logps[:n], logps[n:], reference[0], reference[1], beta, kind)
+    reference = torch.cat([batch["reference_chosen"], batch["reference_rejected"]]).to(logps)
+    losses, chosen, rejected = dpo_loss(logps[:n], logps[n:], reference[:n], reference[n:], beta, kind)
+    if kind == IPO:  # the loss on per-token averages (as TRL does); the rewards stay whole-answer, as for sigmoid
+        logps, reference = logps / counts.clamp(min=1), reference / counts.clamp(min=1)
+        losses = dpo_loss(logps[:n], logps[n:], reference[:n], reference[n:], beta, kind)[0]
     return losses.sum(), (float(chosen.sum()), float(rejected.sum()), int((chosen > rejected).sum()))

@@ -49,7 +49,9 @@ TUNING_MODES = {"lora": PEFT_ADAPTER, "full": FULL, PEFT_ADAPTER.lower(): PEFT_A
 SFT, DPO = "SFT", "DPO"
 OBJECTIVES = (SFT, DPO)
 """Training objectives (``tunery.tuning.objectives``): supervised, and preference pairs."""
-PREFERENCE_LOSSES = ("sigmoid", "ipo")
+SIGMOID, IPO = "sigmoid", "ipo"
+PREFERENCE_LOSSES = (SIGMOID, IPO)
+"""DPO's losses (``tunery.tuning.losses.dpo_loss``)."""
 RANGES: dict[str, tuple[int, int]] = {
     "epochs": (1, 100),
     "learning_rate_multiplier": (0, 100),
