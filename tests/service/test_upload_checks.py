@@ -93,3 +93,26 @@ def test_each_tenant_has_one_big_check_at_a_time():
         checks.enter("carol")
     checks.leave("alice")
     checks.enter("alice")
+
+
+def test_a_check_at_its_time_bound_keeps_what_it_checked_and_the_job_checks_the_rest(uploads):
+    """The check reads for 0.8 of TUNERY_UPLOAD_CHECK_SECONDS; a file it could not finish is kept, marked partly
+    checked, and a bad line past that point fails the tuning job that reads it, named by number."""
+    svc = uploads(TUNERY_UPLOAD_CHECK_SECONDS="10")
+    bad = b'{"contents": [{"role": "user", "parts": [{"text": "no answer"}]}]}\n'
+    data = big_file(4 * 2**20) + bad  # 19,000 lines: more than the tiny tokenizer's check reads in 8 s
+    total = data.count(b"\n")
+    response = svc.client.post("/v1/files", files={"file": ("big.jsonl", data)}, timeout=120)
+    assert response.status_code == 201, response.text
+    record = response.json()
+    partial = record["partialCheck"]
+    assert 0 < partial["checkedLines"] < total and 0 < partial["checkedBytes"] < len(data), partial
+    assert record["exampleCount"] == partial["checkedLines"] and record["supervisedTuningDataStats"] == {}
+    assert "checked when a tuning job reads the file" in record["status_details"] and checkers(svc) == []
+    listed = svc.client.get("/v1/files").json()["files"]
+    assert [f["name"] for f in listed] == [record["name"]] and listed[0]["partialCheck"] == partial
+    body = {"baseModel": "tiny", "supervisedTuningSpec": {"trainingDatasetUri": record["name"]}}
+    job = svc.client.post("/v1/tuningJobs", json=body)
+    assert job.status_code == 201, job.text
+    failed = svc.wait_job(job.json()["name"])
+    assert failed["state"] == "JOB_STATE_FAILED" and f":{total}: contents: no model turn" in str(failed["error"]), failed

@@ -134,10 +134,8 @@ def test_preference_loss_equals_trls_dpo_trainer(kind, beta):
     trl = pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
     import copy
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).parents[1]))
-    from conftest import build_model, build_tokenizer
+    from tests.conftest import build_model, build_tokenizer
 
     tokenizer = build_tokenizer()
     reference = build_model(tokenizer).eval()

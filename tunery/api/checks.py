@@ -7,15 +7,20 @@ A file under ``TUNERY_UPLOAD_OWN_CHECKER_BYTES`` (default 4 MiB) is checked on t
 
 - each tenant has at most one big check running (another is refused with 429 and ``Retry-After``), and the
   server at most ``MAX_BIG_CHECKS`` in all, so a tenant's big files never queue behind another tenant's;
-- the check is stopped, its process killed and its memory freed, as soon as its client goes away or it runs
-  past ``TUNERY_UPLOAD_CHECK_SECONDS`` (default 600); the client then gets a 504 that says how big the file was,
-  how long the check ran, and how to proceed (split the file, or ask the operator for more time).
+- the check reads in flat memory and stops itself at ``CHECK_SHARE`` of ``TUNERY_UPLOAD_CHECK_SECONDS``
+  (default 600): a file whose lines checked so far have no error is then kept, marked partly checked (how many
+  lines and bytes), and the rest of it is checked when a tuning job reads it, before the job's first step (a bad
+  line there fails the job, naming the line);
+- the check is stopped, its process killed and its memory freed, as soon as its client goes away, or when the
+  checker does not answer within ``TUNERY_UPLOAD_CHECK_SECONDS`` (it could not even start); the client then gets a
+  504 that says how big the file was, how long the check ran, and how to proceed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,6 +34,9 @@ T = TypeVar("T")
 MIB = 2**20
 MAX_BIG_CHECKS = 2
 DISCONNECT_POLL_SECONDS = 0.5
+CHECK_SHARE = 0.8
+"""The share of ``TUNERY_UPLOAD_CHECK_SECONDS`` a big check reads lines for (the rest: its checker's start and
+the tokenizer's load)."""
 
 
 class BigChecks:
@@ -58,17 +66,18 @@ class BigChecks:
 _big = BigChecks()
 
 
-async def run(request: Request, tenant: str, size: int, shared: Any, check: Callable[[Any], T]) -> T:
-    """``check(checker)`` on the shared checker for a small file, else on a checker of its own (module doc)."""
+async def run(request: Request, tenant: str, size: int, shared: Any, check: Callable[[Any, float | None], T]) -> T:
+    """``check(checker, until)`` on the shared checker for a small file (``until`` None: it reads every line),
+    else on a checker of its own that stops reading at ``until`` (a ``time.time()``; module doc)."""
     if size < upload_own_checker_bytes():
-        return await run_in_threadpool(check, shared)
+        return await run_in_threadpool(check, shared, None)
     from tunery.serving.process import ModelHost
 
     _big.enter(tenant)
     limit = upload_check_seconds()
     own = ModelHost(timeout=limit)
     try:
-        task = asyncio.ensure_future(run_in_threadpool(check, own))
+        task = asyncio.ensure_future(run_in_threadpool(check, own, time.time() + CHECK_SHARE * limit))
         while not task.done():
             await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
             if not task.done() and await request.is_disconnected():

@@ -245,7 +245,12 @@ class File(Response):
     create_time: str
     example_count: int
     tokenized_with: str
-    supervised_tuning_data_stats: dict[str, Any]
+    supervised_tuning_data_stats: dict[str, Any] = Field(description="Empty for a partly checked file.")
+    partial_check: dict[str, Any] | None = Field(
+        None,
+        description="A big file whose check reached its time bound: the lines and bytes checked (no error among "
+        "them); the rest is checked when a tuning job reads the file, before its first step.",
+    )
 
 
 class ListFilesResponse(Response):

@@ -10,8 +10,11 @@ length check. A processor's exact count (tuning a vision-language model) replace
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import statistics
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,64 +77,112 @@ def default_epochs(example_count: int) -> int:
     return max(2, min(10, math.ceil(1000 / max(example_count, 1))))
 
 
-def distribution(values: Sequence[int]) -> dict[str, float]:
-    """sum, min, max, mean, median, p5 and p95 of a list of token counts."""
-    if not values:
+def distribution(values: Sequence[int] | Counter[int]) -> dict[str, float]:
+    """sum, min, max, mean, median, p5 and p95 of token counts: a list, or a ``Counter`` of value → how many
+    (what a streaming check keeps: its memory grows with the distinct values, never with the examples)."""
+    counts = values if isinstance(values, Counter) else Counter(values)
+    n = counts.total()
+    if not n:
         return {"sum": 0, "min": 0, "max": 0, "mean": 0.0, "median": 0.0, "p5": 0.0, "p95": 0.0}
-    ordered = sorted(values)
+    ordered = _Ranked(counts)
+    total = sum(value * count for value, count in counts.items())
+    middle = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
     return {
-        "sum": sum(ordered),
+        "sum": total,
         "min": ordered[0],
-        "max": ordered[-1],
-        "mean": round(statistics.fmean(ordered), 2),
-        "median": float(statistics.median(ordered)),
-        "p5": round(_percentile(ordered, 5), 2),
-        "p95": round(_percentile(ordered, 95), 2),
+        "max": ordered[n - 1],
+        "mean": round(total / n, 2),
+        "median": float(middle),
+        "p5": round(_percentile(ordered, n, 5), 2),
+        "p95": round(_percentile(ordered, n, 95), 2),
     }
 
 
-def buckets(values: Sequence[int], most: int = BUCKETS) -> list[dict[str, int]]:
+def buckets(values: Sequence[int] | Counter[int], most: int = BUCKETS) -> list[dict[str, int]]:
     """A histogram as Vertex's ``DatasetDistribution.buckets``: at most ``most`` equal whole-number bins
     ``[left, right)`` from the least value to past the largest, each with its ``count``."""
-    if not values:
+    counts = values if isinstance(values, Counter) else Counter(values)
+    if not counts.total():
         return []
-    lo, hi = min(values), max(values)
+    lo, hi = min(counts), max(counts)
     width = max(1, math.ceil((hi - lo + 1) / most))
-    counts = [0] * ((hi - lo) // width + 1)
-    for value in values:
-        counts[(value - lo) // width] += 1
-    return [{"count": n, "left": lo + i * width, "right": lo + (i + 1) * width} for i, n in enumerate(counts)]
+    bins = [0] * ((hi - lo) // width + 1)
+    for value, count in counts.items():
+        bins[(value - lo) // width] += count
+    return [{"count": n, "left": lo + i * width, "right": lo + (i + 1) * width} for i, n in enumerate(bins)]
 
 
-def _histogram(values: Sequence[int]) -> dict[str, Any]:
+def _histogram(values: Sequence[int] | Counter[int]) -> dict[str, Any]:
     return {**distribution(values), "buckets": buckets(values)}
 
 
-def _percentile(ordered: Sequence[int], q: float) -> float:
+class _Ranked:
+    """``counts`` read as the sorted list of its values: ``ranked[i]`` is the i-th smallest (0-based)."""
+
+    def __init__(self, counts: Counter[int]) -> None:
+        self.values = sorted(counts)
+        self.ends = list(itertools.accumulate(counts[value] for value in self.values))
+
+    def __getitem__(self, rank: int) -> int:
+        return self.values[bisect.bisect_right(self.ends, rank)]
+
+
+def _percentile(ordered: _Ranked, n: int, q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default method)."""
-    pos = (len(ordered) - 1) * q / 100
+    pos = (n - 1) * q / 100
     lo, hi = math.floor(pos), math.ceil(pos)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def tuning_data_stats(encoded: Sequence[Encoded], epochs: int, batch_size: int) -> dict[str, Any]:
     """``supervisedTuningDataStats`` for a tokenized dataset tuned for ``epochs`` at ``batch_size``."""
-    kept = [len(e.input_ids) + media_tokens(e) for e in encoded]
-    truncated = [i for i, e in enumerate(encoded) if e.truncated]
-    stats: dict[str, Any] = {
-        "tuningDatasetExampleCount": len(encoded),
-        "totalBillableTokenCount": sum(kept) * epochs,
-        "tuningStepCount": math.ceil(len(encoded) / batch_size) * epochs if encoded else 0,
-        "userInputTokenDistribution": _histogram([e.input_tokens + media_tokens(e) for e in encoded]),
-        "userOutputTokenDistribution": _histogram([e.trained_tokens for e in encoded]),
-        "exampleTokenDistribution": _histogram(kept),
-        "totalTruncatedExampleCount": len(truncated),
-        "truncatedExampleIndices": truncated,
-    }
-    with_media = [e for e in encoded if isinstance(e, EncodedWithMedia)]
-    if with_media:
-        stats["mediaStats"] = media_stats([e.media for e in with_media], [e.media_tokens for e in with_media])
-    return stats
+    tally = SupervisedTally()
+    for example in encoded:
+        tally.add(example)
+    return tally.stats(epochs, batch_size)
+
+
+@dataclass
+class SupervisedTally:
+    """What ``supervisedTuningDataStats`` needs of a dataset, added one encoded example at a time (a streaming
+    check keeps this, not the examples): token counts as ``Counter``s, the truncated examples' indices, and the
+    media of the examples that have any."""
+
+    count: int = 0
+    prompt: Counter[int] = field(default_factory=Counter)
+    answer: Counter[int] = field(default_factory=Counter)
+    whole: Counter[int] = field(default_factory=Counter)
+    truncated: list[int] = field(default_factory=list)
+    media: list[ExampleMedia] = field(default_factory=list)
+    media_tokens: list[int] = field(default_factory=list)
+
+    def add(self, encoded: Encoded) -> None:
+        extra = media_tokens(encoded)
+        self.prompt[encoded.input_tokens + extra] += 1
+        self.answer[encoded.trained_tokens] += 1
+        self.whole[len(encoded.input_ids) + extra] += 1
+        if encoded.truncated:
+            self.truncated.append(self.count)
+        if isinstance(encoded, EncodedWithMedia):
+            self.media.append(encoded.media)
+            self.media_tokens.append(encoded.media_tokens)
+        self.count += 1
+
+    def stats(self, epochs: int, batch_size: int) -> dict[str, Any]:
+        tokens = sum(value * count for value, count in self.whole.items())
+        stats: dict[str, Any] = {
+            "tuningDatasetExampleCount": self.count,
+            "totalBillableTokenCount": tokens * epochs,
+            "tuningStepCount": math.ceil(self.count / batch_size) * epochs,
+            "userInputTokenDistribution": _histogram(self.prompt),
+            "userOutputTokenDistribution": _histogram(self.answer),
+            "exampleTokenDistribution": _histogram(self.whole),
+            "totalTruncatedExampleCount": len(self.truncated),
+            "truncatedExampleIndices": list(self.truncated),
+        }
+        if self.media:
+            stats["mediaStats"] = media_stats(self.media, self.media_tokens)
+        return stats
 
 
 MODALITIES = ("image", "audio", "pdf", "video")
@@ -228,16 +279,44 @@ def preference_data_stats(pairs: Sequence[Any], epochs: int, batch_size: int) ->
     """``preferenceOptimizationDataStats`` for tokenized preference pairs (``tokenize.EncodedPair``): pair count,
     billable tokens and steps, the prompt's tokens and each side's answer tokens, the pairs cut by ``maxLength``
     (which side: ``truncatedChosenExampleIndices``, ``truncatedRejectedExampleIndices``)."""
-    chosen = [i for i, p in enumerate(pairs) if p.chosen.truncated]
-    rejected = [i for i, p in enumerate(pairs) if p.rejected.truncated]
-    return {
-        "tuningDatasetExampleCount": len(pairs),
-        "totalBillableTokenCount": sum(len(p.input_ids) for p in pairs) * epochs,
-        "tuningStepCount": math.ceil(len(pairs) / batch_size) * epochs if pairs else 0,
-        "userInputTokenDistribution": _histogram([p.chosen.input_tokens for p in pairs]),
-        "chosenOutputTokenDistribution": _histogram([p.chosen.trained_tokens for p in pairs]),
-        "rejectedOutputTokenDistribution": _histogram([p.rejected.trained_tokens for p in pairs]),
-        "totalTruncatedExampleCount": len(set(chosen) | set(rejected)),
-        "truncatedChosenExampleIndices": chosen,
-        "truncatedRejectedExampleIndices": rejected,
-    }
+    tally = PreferenceTally()
+    for pair in pairs:
+        tally.add(pair)
+    return tally.stats(epochs, batch_size)
+
+
+@dataclass
+class PreferenceTally:
+    """``SupervisedTally``'s counterpart for preference pairs."""
+
+    count: int = 0
+    tokens: int = 0
+    prompt: Counter[int] = field(default_factory=Counter)
+    chosen: Counter[int] = field(default_factory=Counter)
+    rejected: Counter[int] = field(default_factory=Counter)
+    truncated_chosen: list[int] = field(default_factory=list)
+    truncated_rejected: list[int] = field(default_factory=list)
+
+    def add(self, pair: Any) -> None:
+        self.tokens += len(pair.chosen.input_ids) + len(pair.rejected.input_ids)
+        self.prompt[pair.chosen.input_tokens] += 1
+        self.chosen[pair.chosen.trained_tokens] += 1
+        self.rejected[pair.rejected.trained_tokens] += 1
+        if pair.chosen.truncated:
+            self.truncated_chosen.append(self.count)
+        if pair.rejected.truncated:
+            self.truncated_rejected.append(self.count)
+        self.count += 1
+
+    def stats(self, epochs: int, batch_size: int) -> dict[str, Any]:
+        return {
+            "tuningDatasetExampleCount": self.count,
+            "totalBillableTokenCount": self.tokens * epochs,
+            "tuningStepCount": math.ceil(self.count / batch_size) * epochs,
+            "userInputTokenDistribution": _histogram(self.prompt),
+            "chosenOutputTokenDistribution": _histogram(self.chosen),
+            "rejectedOutputTokenDistribution": _histogram(self.rejected),
+            "totalTruncatedExampleCount": len(set(self.truncated_chosen) | set(self.truncated_rejected)),
+            "truncatedChosenExampleIndices": list(self.truncated_chosen),
+            "truncatedRejectedExampleIndices": list(self.truncated_rejected),
+        }

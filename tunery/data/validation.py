@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from tunery import settings
 from tunery.data.documents import takes_pdf
 from tunery.data.formats import Example, Part, Preference, is_preference, parse_example, parse_preference
 from tunery.data.media import MediaError, MediaInfo, MediaSource, open_media, probe
-from tunery.data.stats import EncodedWithMedia, ExampleMedia
+from tunery.data.stats import EncodedWithMedia, ExampleMedia, PreferenceTally, SupervisedTally
 from tunery.data.tokenize import Encoded, EncodedPair, TemplateError, encode, encode_pair
 from tunery.errors import DatasetError
 
@@ -93,6 +94,41 @@ class ValidationReport:
     pairs: list[Preference] = field(default_factory=list)
     """A preference file's valid pairs, and their encodings in ``encoded_pairs`` (with a tokenizer)."""
     encoded_pairs: list[EncodedPair] = field(default_factory=list)
+    keep: bool = True
+    """False: a streaming check. The valid examples are counted (``count``) and tallied for the statistics
+    (``tally``), not kept: memory stays flat however long the file is."""
+    count: int = 0
+    """Valid examples (or pairs) read."""
+    tally: SupervisedTally | PreferenceTally | None = None
+    """With a tokenizer: the statistics' counts of every valid example (or pair), in both modes."""
+    lines: int = 0
+    """Lines checked."""
+    stopped_at: tuple[int, int] | None = None
+    """``(line, bytes)`` where a check with a deadline stopped: the lines from there on were not read."""
+
+    def add(self, example: Example, encoded: Encoded | None, media: ExampleMedia | None) -> None:
+        self.count += 1
+        if encoded is not None:
+            self.tally = self.tally or SupervisedTally()
+            self.tally.add(encoded)
+        if not self.keep:
+            return
+        self.examples.append(example)
+        if encoded is not None:
+            self.encoded.append(encoded)
+        if media is not None:
+            self.media.append(media)
+
+    def add_pair(self, pair: Preference, encoded: EncodedPair | None) -> None:
+        self.count += 1
+        if encoded is not None:
+            self.tally = self.tally or PreferenceTally()
+            self.tally.add(encoded)
+        if not self.keep:
+            return
+        self.pairs.append(pair)
+        if encoded is not None:
+            self.encoded_pairs.append(encoded)
 
     @property
     def errors(self) -> list[Problem]:
@@ -125,12 +161,16 @@ def read_examples(
     max_example_chars: int | None = None,
     media_source: MediaSource | None = None,
     objective: str | None = "SFT",
+    keep: bool = True,
+    deadline: float | None = None,
 ) -> ValidationReport:
     """Parse and check every line of ``path`` (a file, a FIFO, or an open binary stream named ``name``); with a
     tokenizer, also encode and check lengths. The bounds default to the settings. ``media_source`` says where
     ``fileData`` URIs resolve (the server passes one whose ``resolve_file`` knows the uploader's ``files/{id}``);
     None: the file's own folder. ``objective``: ``SFT`` wants supervised examples, ``DPO`` preference pairs (Vertex,
-    OpenAI or TRL shape, ``formats.parse_preference``), None takes the kind of the file's first line."""
+    OpenAI or TRL shape, ``formats.parse_preference``), None takes the kind of the file's first line. ``keep=False``
+    checks in flat memory (``ValidationReport.keep``); ``deadline`` (a ``time.monotonic()`` value) stops the check
+    there, noted in ``stopped_at``."""
     line_limit = max_line_bytes or settings.max_line_bytes()
     char_limit = max_example_chars or settings.max_example_chars()
     if isinstance(path, (str, Path)):
@@ -156,14 +196,21 @@ def read_examples(
                     max_example_chars=char_limit,
                     media_source=media_source,
                     objective=objective,
+                    keep=keep,
+                    deadline=deadline,
                 )
         except OSError as exc:
             raise DatasetError(f"{name}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     name = name or getattr(path, "name", None) or "<stream>"
     media = media_source or MediaSource()  # a stream has no folder: inline data, files/{id} and roots only
-    report = ValidationReport(path=name, objective=objective)
-    errors = unlisted = 0
+    report = ValidationReport(path=name, objective=objective, keep=keep)
+    errors = unlisted = checked = 0
     for number, raw, size in _lines(path, line_limit):
+        if deadline is not None and time.monotonic() > deadline:
+            report.stopped_at = (number, checked)
+            break
+        checked += size
+        report.lines = number
         if raw is None:
             problems: Found = [
                 (
@@ -188,7 +235,7 @@ def read_examples(
             break
     if unlisted:
         report.problems.append(Problem(name, 0, "file", f"{unlisted} more warnings not listed", "warning"))
-    if not report.examples and not report.pairs and not report.errors:
+    if not report.count and not report.errors and report.stopped_at is None:
         report.problems.append(Problem(name, 0, "file", "no examples; the file is empty"))
     return report
 
@@ -343,10 +390,7 @@ def _check_line(
         if media is not None:
             encoded, warning = _with_media(encoded, media, modalities, max_length)
             found += warning
-        report.encoded.append(encoded)
-    report.examples.append(example)
-    if media is not None:
-        report.media.append(media)
+    report.add(example, encoded if tokenizer is not None else None, media)
     return found
 
 
@@ -381,8 +425,7 @@ def _check_pair(
             found += _side_length(side, field_name, one, max_length)
         if any(severity == "error" for *_, severity in found):
             return found
-        report.encoded_pairs.append(encoded)
-    report.pairs.append(pair)
+    report.add_pair(pair, encoded if tokenizer is not None else None)
     return found
 
 

@@ -171,7 +171,8 @@ class StoredFile:
             "createTime": self.create_time,
             "exampleCount": self.example_count,
             "tokenizedWith": self.model,
-            "supervisedTuningDataStats": self.stats,
+            "supervisedTuningDataStats": {k: v for k, v in self.stats.items() if k != "partialCheck"},
+            **({"partialCheck": self.stats["partialCheck"]} if "partialCheck" in self.stats else {}),
         }
 
 

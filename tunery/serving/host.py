@@ -41,6 +41,7 @@ import os
 import re
 import sys
 import threading
+import time
 import traceback
 import warnings
 from collections import OrderedDict, deque
@@ -487,21 +488,24 @@ class Host:
         return count_tokens_response(len(prompt_ids(self._tokenizer(model), example)))
 
     def validate(self, request: dict[str, Any]) -> dict[str, Any]:
-        """``{path, model?, maxLength, batchSize, mediaDir?}`` → ``{exampleCount, problems, ...DataStats}``.
+        """``{path, model?, maxLength, batchSize, mediaDir?, until?}`` → ``{exampleCount, problems, complete,
+        checkedLines, checkedBytes, ...DataStats}``.
 
-        Checks and counts as ``tunery datasets validate``/``stats`` do, with the automatic epoch count.
-        Problems are returned, not raised; the statistics are null when there is any error (tuning
-        refuses such a file). Media parts resolve as a server's do (``upload_media_source``): ``files/{id}``
-        in ``mediaDir`` (the uploader's media uploads), paths under ``TUNERY_DATA_ROOT``, never next to the
-        upload itself.
+        Checks and counts as ``tunery datasets validate``/``stats`` do, with the automatic epoch count, in flat
+        memory (the examples are tallied, not kept). Problems are returned, not raised; the statistics are null
+        when there is any error (tuning refuses such a file) or when the check stopped at ``until``
+        (``complete`` false: the first ``checkedLines`` lines, ``checkedBytes`` bytes, were checked, the rest
+        not). Media parts resolve as a server's do (``upload_media_source``): ``files/{id}`` in ``mediaDir`` (the
+        uploader's media uploads), paths under ``TUNERY_DATA_ROOT``, never next to the upload itself.
         """
-        from tunery.data.stats import default_epochs, preference_data_stats, tuning_data_stats
+        from tunery.data.stats import default_epochs
         from tunery.data.validation import read_examples
         from tunery.models.sources import resolve_base
 
         path = _required(request, "path")
         model = request.get("model") or DEFAULT_MODEL
         base = resolve_base(model)
+        until = request.get("until")  # a time.time(), from the server (same clock), so its start is counted too
         report = read_examples(
             path,
             tokenizer=self._tokenizer(model),
@@ -510,17 +514,19 @@ class Host:
             modalities=base.modalities,
             media_source=upload_media_source(request.get("mediaDir")),
             objective=None,  # supervised examples or preference pairs, as the first line is
+            keep=False,
+            deadline=time.monotonic() + float(until) - time.time() if until else None,
         )
-        pairs = report.objective == "DPO"
-        encoded = report.encoded_pairs if pairs else report.encoded
         stats = None
-        if report.ok:
-            count = preference_data_stats if pairs else tuning_data_stats
-            stats = count(encoded, default_epochs(len(encoded)), int(_required(request, "batchSize")))
+        if report.ok and report.stopped_at is None and report.tally is not None:
+            stats = report.tally.stats(default_epochs(report.count), int(_required(request, "batchSize")))
         return {
-            "exampleCount": len(report.pairs if pairs else report.examples),
+            "exampleCount": report.count,
             "problems": [p.to_dict() for p in report.problems],
-            ("preferenceOptimizationDataStats" if pairs else "supervisedTuningDataStats"): stats,
+            "complete": report.stopped_at is None,
+            "checkedLines": report.lines,
+            "checkedBytes": report.stopped_at[1] if report.stopped_at else Path(path).stat().st_size,
+            ("preferenceOptimizationDataStats" if report.objective == "DPO" else "supervisedTuningDataStats"): stats,
         }
 
     def _evict(self, request: dict[str, Any]) -> None:

@@ -191,13 +191,26 @@ class ModelHost:
         return self.call("countTokens", model=model, request=request)
 
     def validate(
-        self, path: str | Path, model: str, max_length: int, batch_size: int, media_dir: str | None = None
+        self,
+        path: str | Path,
+        model: str,
+        max_length: int,
+        batch_size: int,
+        media_dir: str | None = None,
+        until: float | None = None,
     ) -> dict[str, Any]:
-        """``{exampleCount, problems, supervisedTuningDataStats}`` for a JSONL file, tokenized for ``model``;
-        the statistics count steps for ``batch_size`` and the automatic epoch count. ``files/{id}`` media parts
-        resolve in ``media_dir`` (the uploader's media uploads) only."""
+        """``{exampleCount, problems, supervisedTuningDataStats, complete, checkedLines, checkedBytes}`` for a
+        JSONL file, tokenized for ``model``; the statistics count steps for ``batch_size`` and the automatic epoch
+        count. ``files/{id}`` media parts resolve in ``media_dir`` (the uploader's media uploads) only. ``until``
+        (a ``time.time()``): the check stops reading lines then (``complete`` false)."""
         return self.call(
-            "validate", path=str(path), model=model, maxLength=max_length, batchSize=batch_size, mediaDir=media_dir
+            "validate",
+            path=str(path),
+            model=model,
+            maxLength=max_length,
+            batchSize=batch_size,
+            mediaDir=media_dir,
+            until=until,
         )
 
     def evict(self, model: str, timeout: float = EVICT_TIMEOUT) -> bool:

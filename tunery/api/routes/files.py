@@ -77,7 +77,11 @@ async def create_file(
     )
     try:
         record = await checks.run(
-            request, tenant, upload.size, checker, lambda own: _check_and_keep(upload, tenant, store, settings, own)
+            request,
+            tenant,
+            upload.size,
+            checker,
+            lambda own, until: _check_and_keep(upload, tenant, store, settings, own, until),
         )
     finally:
         upload.discard()
@@ -91,7 +95,9 @@ def _both(record: StoredFile) -> dict[str, Any]:
     return {**record.resource(), **openai_file(record)}
 
 
-def _check_and_keep(upload: Upload, tenant: str, store: Any, settings: ApiSettings, checker: Any) -> StoredFile:
+def _check_and_keep(
+    upload: Upload, tenant: str, store: Any, settings: ApiSettings, checker: Any, until: float | None = None
+) -> StoredFile:
     model_ref, model, max_length = _options(upload, settings)
     real, purpose = media_type(upload.path), upload.fields.get("purpose")
     if real is not None and purpose in (None, *MEDIA_PURPOSES):
@@ -108,7 +114,12 @@ def _check_and_keep(upload: Upload, tenant: str, store: Any, settings: ApiSettin
         report, model_ref = check_batch_file(upload.path), ""
     else:
         report = checker.validate(
-            str(upload.path), model, max_length, TuningSpec.batch_size, media_dir=str(media_dir(settings, tenant))
+            str(upload.path),
+            model,
+            max_length,
+            TuningSpec.batch_size,
+            media_dir=str(media_dir(settings, tenant)),
+            until=until,
         )
     problems = [
         Problem(upload.filename, p.get("line", 0), p.get("field", ""), p.get("message", ""), p.get("severity", "error"))
@@ -119,6 +130,9 @@ def _check_and_keep(upload: Upload, tenant: str, store: Any, settings: ApiSettin
         n = len(errors)
         first = "; ".join(f"line {p.line}: {p.field or 'line'}: {p.message}" for p in errors[:5])  # clients show this
         raise DatasetError(f"{upload.filename}: {n} problem{'s' * (n != 1)}; the file was not kept: {first}", errors)
+    stats = report.get("supervisedTuningDataStats") or report.get("preferenceOptimizationDataStats") or {}
+    if report.get("complete") is False:
+        stats = {"partialCheck": partial_check(report, upload.size)}
     file_id = new_id()
     return _keep(
         upload,
@@ -132,11 +146,25 @@ def _check_and_keep(upload: Upload, tenant: str, store: Any, settings: ApiSettin
             sha256=upload.sha256,
             example_count=int(report.get("exampleCount", 0)),
             model=model_ref,
-            stats=report.get("supervisedTuningDataStats") or report.get("preferenceOptimizationDataStats") or {},
+            stats=stats,
             create_time=now(),
         ),
         store,
     )
+
+
+def partial_check(report: dict[str, Any], size: int) -> dict[str, Any]:
+    """What a check stopped by its time bound read (its lines had no error), and what happens to the rest."""
+    lines, checked = int(report.get("checkedLines") or 0), int(report.get("checkedBytes") or 0)
+    return {
+        "checkedLines": lines,
+        "checkedBytes": checked,
+        "message": (
+            f"checked the first {lines} lines ({checked / size:.0%} of the file) within the upload's time bound "
+            "(TUNERY_UPLOAD_CHECK_SECONDS) and found no error; the rest is checked when a tuning job reads the file, "
+            "before its first step (a bad line there fails the job, naming the line); the statistics come with it"
+        ),
+    }
 
 
 def _keep(upload: Upload, path: Path, record: StoredFile, store: Any) -> StoredFile:

@@ -487,6 +487,7 @@ def openai_file(record: StoredFile) -> dict[str, Any]:
         "filename": record.display_name,
         "purpose": record.stats.get("purpose", "fine-tune"),
         "status": "processed",
+        **({"status_details": record.stats["partialCheck"]["message"]} if "partialCheck" in record.stats else {}),
     }
 
 
