@@ -115,4 +115,5 @@ def test_a_check_at_its_time_bound_keeps_what_it_checked_and_the_job_checks_the_
     job = svc.client.post("/v1/tuningJobs", json=body)
     assert job.status_code == 201, job.text
     failed = svc.wait_job(job.json()["name"])
-    assert failed["state"] == "JOB_STATE_FAILED" and f":{total}: contents: no model turn" in str(failed["error"]), failed
+    assert failed["state"] == "JOB_STATE_FAILED", failed
+    assert f":{total}: contents: no model turn" in failed["error"]["message"], failed
