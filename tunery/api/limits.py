@@ -2,7 +2,7 @@
 
 Settings come from the environment (``ApiSettings.from_env``); tests pass their own. A JSON body is at
 most ``max_body_bytes`` (1 MiB), an upload at most ``max_upload_bytes`` (``TUNERY_MAX_UPLOAD_BYTES``,
-100 MiB); larger ones are 413 before the handler sees them (or as soon as the bytes cross the limit,
+256 MiB); larger ones are 413 before the handler sees them (or as soon as the bytes cross the limit,
 for a body sent without ``Content-Length``).
 """
 
@@ -63,7 +63,7 @@ class ApiSettings:
     """Parent of every tuned model directory the service writes."""
     max_body_bytes: int = MIB
     """Largest JSON request body."""
-    max_upload_bytes: int = 100 * MIB
+    max_upload_bytes: int = 256 * MIB
     """Largest uploaded file (``TUNERY_MAX_UPLOAD_BYTES``)."""
     max_prompt_tokens: int = MAX_PROMPT_TOKENS
     """Longest prompt generateContent accepts, in the model's tokens."""
@@ -74,7 +74,7 @@ class ApiSettings:
 
     @classmethod
     def from_env(cls) -> ApiSettings:
-        return cls(max_upload_bytes=_env_int("TUNERY_MAX_UPLOAD_BYTES", 100 * MIB))
+        return cls(max_upload_bytes=_env_int("TUNERY_MAX_UPLOAD_BYTES", 256 * MIB))
 
 
 class BodyLimitMiddleware:

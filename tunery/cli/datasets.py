@@ -11,7 +11,7 @@ from rich.table import Table
 
 from tunery.cli._common import console, err_console, handle_errors, print_json
 from tunery.data.media import MediaSource
-from tunery.data.stats import default_epochs, describe_media, preference_data_stats, tuning_data_stats
+from tunery.data.stats import PreferenceTally, SupervisedTally, default_epochs, describe_media
 from tunery.data.validation import ValidationReport, read_examples
 from tunery.models.catalog import DEFAULT_MODEL
 from tunery.models.loading import load_tokenizer
@@ -43,13 +43,14 @@ def _read(path: Path, model: str, max_length: int, allow_remote: bool = False) -
         model_id=model,
         modalities=base.modalities,
         objective=None,  # supervised examples or preference pairs, as the first line is
+        keep=False,  # counted and tallied, not kept: memory flat in the file's size
     )
 
 
 def _count(report: ValidationReport, adjective: str = "") -> str:
     """``11 examples`` or ``4 preference pairs`` (``adjective`` before the noun: ``11 valid examples``)."""
     pairs = report.objective == "DPO"
-    n, noun = (len(report.pairs), "preference pairs") if pairs else (len(report.examples), "examples")
+    n, noun = report.count, "preference pairs" if pairs else "examples"
     return f"{n} {adjective} {noun}" if adjective else f"{n} {noun}"
 
 
@@ -86,16 +87,16 @@ def stats(
     """Statistics in the shape of Vertex's supervisedTuningDataStats (preferenceOptimizationDataStats for pairs)."""
     report = _read(file, model, max_length, allow_remote_media)
     report.raise_for_errors()
+    tally = report.tally or (PreferenceTally() if report.objective == "DPO" else SupervisedTally())
+    epochs = epochs or default_epochs(report.count)
     if report.objective == "DPO":
-        epochs = epochs or default_epochs(len(report.encoded_pairs))
-        pairs = preference_data_stats(report.encoded_pairs, epochs, batch_size)
+        pairs = tally.stats(epochs, batch_size)
         if as_json:
             print_json({"preferenceOptimizationDataStats": pairs})
             return
         show_pair_stats(report.path, pairs, epochs)
         return
-    epochs = epochs or default_epochs(len(report.encoded))
-    data = tuning_data_stats(report.encoded, epochs, batch_size)
+    data = tally.stats(epochs, batch_size)
     if as_json:
         print_json({"supervisedTuningDataStats": data})
         return

@@ -84,7 +84,7 @@ def trained_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, 
         if message["role"] != "assistant":
             continue
         before = render(tokenizer, messages[:i], add_generation_prompt=True)
-        through = render(tokenizer, messages[: i + 1])
+        through = full if i + 1 == len(messages) else render(tokenizer, messages[: i + 1])
         if not (through.startswith(before) and full.startswith(through)):
             raise TemplateError("the chat template does not render a conversation turn by turn")
         added = through[len(before) :]
