@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--dpo-rate", type=float, default=1.0, help="DPO's learningRateMultiplier")
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--sft", type=Path, help="an SFT model of an earlier run of this script, reused (same --train)")
     args = parser.parse_args()
     train_file, test_file = dataset_paths()
     train = read_examples(train_file).examples[: args.train]
@@ -106,12 +107,12 @@ def main() -> None:
     common = {"precision": "fp32", "device": "cpu", "batch_size": 8, "seed": 0}
 
     started = time.perf_counter()
-    sft = tune(
+    sft = args.sft or tune(
         TuningSpec(
             train=str(sft_train), base_model=args.model, epochs=args.sft_epochs, output=str(root / "sft"), **common
         )
     )
-    sft_seconds = time.perf_counter() - started
+    sft_seconds = None if args.sft else time.perf_counter() - started  # reused: tuned in an earlier run
     started = time.perf_counter()
     dpo = tune(
         TuningSpec(
@@ -152,7 +153,8 @@ def main() -> None:
         match = exact_match(model_dir, test_file, root / f"eval-{model_dir.name}")
         rewards = f"{last['eval_rewards/accuracies']:.3f}" if last else "-"
         margins = f"{last['eval_rewards/margins']:.3f}" if last else "-"
-        print(f"| {name} | {seconds:.0f} | {accuracy:.3f} | {rewards} | {margins} | {match:.3f} |", flush=True)
+        took = "earlier run" if seconds is None else f"{seconds:.0f}"
+        print(f"| {name} | {took} | {accuracy:.3f} | {rewards} | {margins} | {match:.3f} |", flush=True)
     print(f"runs kept in {root}", file=sys.stderr)
 
 
