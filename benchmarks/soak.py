@@ -5,7 +5,8 @@
 Traffic (each tenant a thread, one call after another, at random): small uploads, large uploads (checked in a
 checker of their own: ``TUNERY_UPLOAD_OWN_CHECKER_BYTES`` is 256 KiB here), tuning jobs (SmolLM2, 10 examples,
 one epoch), generateContent, streamGenerateContent, batch prediction jobs, cancels of running jobs and deletes of
-tuned models. A fault injector SIGKILLs, at random times, a model host or checker process and a job worker, and
+tuned models. A fault injector SIGKILLs, at random times, the model host and the upload checker (twice each; their
+``TUNERY_HOST_ROLE`` tells them apart) and a job worker (twice), and
 fills the disk once (``TUNERY_HOME`` is a 512 MiB tmpfs, filled to ENOSPC for 20 s). ``/healthz`` is polled 5
 times a second, and every process's RSS every 5 s.
 
@@ -34,6 +35,8 @@ from pathlib import Path
 
 import httpx
 import psutil
+
+from tunery.hardware import cpu_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "data" / "classify_gemini.jsonl"
@@ -91,6 +94,25 @@ class Soak:
         except psutil.NoSuchProcess:
             return []
         return [p for p in kids if needle in " ".join(p.cmdline())]
+
+    def hosts(self, role: str) -> list[psutil.Process]:
+        """The model host (``host``) or the shared upload checker (``checker``): ``TUNERY_HOST_ROLE`` says which."""
+        found = []
+        for proc in self.children("tunery.serving.host"):
+            try:
+                if proc.environ().get("TUNERY_HOST_ROLE") == role:
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
+    def role(self, proc: psutil.Process) -> str:
+        try:
+            if "serving.host" in " ".join(proc.cmdline()):
+                return proc.environ().get("TUNERY_HOST_ROLE", "host")
+            return "worker" if "jobs.worker" in " ".join(proc.cmdline()) else proc.name()
+        except psutil.Error:
+            return "gone"
 
     # --- traffic ------------------------------------------------------------------------------------------------
 
@@ -179,7 +201,8 @@ class Soak:
     def faults_loop(self) -> None:
         rng = random.Random(7)
         seconds = self.minutes * 60
-        plan = sorted([("host", rng.uniform(0.1, 0.9) * seconds) for _ in range(3)]
+        plan = sorted([("host", rng.uniform(0.1, 0.9) * seconds) for _ in range(2)]
+                      + [("checker", rng.uniform(0.1, 0.9) * seconds) for _ in range(2)]
                       + [("worker", rng.uniform(0.2, 0.9) * seconds) for _ in range(2)]
                       + [("disk", rng.uniform(0.4, 0.6) * seconds)], key=lambda x: x[1])  # fmt: skip
         started = time.monotonic()
@@ -190,7 +213,7 @@ class Soak:
             if kind == "disk":
                 self.fill_disk()
                 continue
-            victims = self.children("tunery.serving.host" if kind == "host" else "tunery.jobs.worker")
+            victims = self.hosts(kind) if kind in ("host", "checker") else self.children("tunery.jobs.worker")
             if victims:
                 victim = rng.choice(victims)
                 victim.kill()
@@ -223,8 +246,7 @@ class Soak:
             if time.monotonic() - last_memory > 5:
                 last_memory = time.monotonic()
                 procs = [("server", psutil.Process(self.server.pid))] + [
-                    (("host/checker" if "serving.host" in " ".join(p.cmdline()) else "worker"), p)
-                    for p in psutil.Process(self.server.pid).children(recursive=True)
+                    (self.role(p), p) for p in psutil.Process(self.server.pid).children(recursive=True)
                 ]
                 for name, proc in procs:
                     try:
@@ -275,8 +297,7 @@ class Soak:
         subprocess.run(["umount", "-l", str(self.home)], check=False)
 
     def report(self) -> None:
-        print(f"soak: {self.minutes:g} min, 3 tenants, `tunery serve --workers 1`, {MODEL}; "
-              f"{os.cpu_count()} shared CPUs (AMD EPYC, AVX2 only, no AVX512-BF16/AMX)")  # fmt: skip
+        print(f"soak: {self.minutes:g} min, 3 tenants, `tunery serve --workers 1`, {MODEL}; CPU {cpu_kind()}")
         print("\ncall            statuses (count)                              undocumented")
         for op, counts in sorted(self.statuses.items()):
             bad = sum(n for s, n in counts.items() if s not in DOCUMENTED)

@@ -71,11 +71,12 @@ async def run(request: Request, tenant: str, size: int, shared: Any, check: Call
     else on a checker of its own that stops reading at ``until`` (a ``time.time()``; module doc)."""
     if size < upload_own_checker_bytes():
         return await run_in_threadpool(check, shared, None)
+    from tunery.api.deps import ROLE_ENV
     from tunery.serving.process import ModelHost
 
     _big.enter(tenant)
     limit = upload_check_seconds()
-    own = ModelHost(timeout=limit)
+    own = ModelHost(env={ROLE_ENV: "upload-check"}, timeout=limit)
     try:
         task = asyncio.ensure_future(run_in_threadpool(check, own, time.time() + CHECK_SHARE * limit))
         while not task.done():

@@ -179,12 +179,17 @@ def get_checker(request: Request) -> Any:
     return _host(request.app.state, "checker")
 
 
+ROLE_ENV = "TUNERY_HOST_ROLE"
+"""In a host process's environment: ``host`` (generation), ``checker`` (the shared upload checker) or
+``upload-check`` (a big upload's own checker)."""
+
+
 def _host(state: Any, name: str) -> Any:
     with state.host_lock:
         if getattr(state, name) is None:
             from tunery.serving.process import ModelHost
 
-            setattr(state, name, ModelHost())
+            setattr(state, name, ModelHost(env={ROLE_ENV: name}))  # "host" or "checker", for ps and fault tests
         return getattr(state, name)
 
 
