@@ -48,8 +48,8 @@ PROMPT = {"contents": [{"role": "user", "parts": [{"text": "my card never arrive
 
 
 class Soak:
-    def __init__(self, minutes: float, root: Path) -> None:
-        self.minutes, self.root = minutes, root
+    def __init__(self, minutes: float, root: Path, log: Path) -> None:
+        self.minutes, self.root, self.log = minutes, root, log
         self.home, self.data = root / "home", root / "data"
         self.statuses: dict[str, dict[int, int]] = {}
         self.jobs: list[tuple[str, str]] = []  # (tenant, job name)
@@ -57,6 +57,7 @@ class Soak:
         self.health: list[tuple[float, float]] = []
         self.memory: dict[str, list[tuple[float, float]]] = {}
         self.faults: list[str] = []
+        self.undocumented: list[str] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
 
@@ -76,11 +77,19 @@ class Soak:
         command = [sys.executable, "-m", "tunery", "serve", "--port", "0", "--workers", "1"]
         self.server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert self.server.stdout is not None
+        log = self.log.open("w")
         for line in self.server.stdout:
+            log.write(line)
             if line.startswith("tunery serving on "):
                 self.url = line.split()[-1]
                 break
-        threading.Thread(target=lambda: [None for _ in self.server.stdout], daemon=True).start()  # type: ignore
+
+        def keep_log() -> None:
+            for line in self.server.stdout:  # type: ignore[union-attr]
+                log.write(line)
+                log.flush()
+
+        threading.Thread(target=keep_log, daemon=True).start()
         self.keys = {}
         for tenant in ("a", "b", "c"):
             out = subprocess.run([sys.executable, "-m", "tunery", "keys", "create", "--tenant", tenant], env=env,
@@ -93,7 +102,14 @@ class Soak:
             kids = psutil.Process(self.server.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        return [p for p in kids if needle in " ".join(p.cmdline())]
+        found = []
+        for proc in kids:
+            try:
+                if needle in " ".join(proc.cmdline()):
+                    found.append(proc)
+            except psutil.Error:  # ended (a zombie) since the listing
+                continue
+        return found
 
     def hosts(self, role: str) -> list[psutil.Process]:
         """The model host (``host``) or the shared upload checker (``checker``): ``TUNERY_HOST_ROLE`` says which."""
@@ -109,7 +125,7 @@ class Soak:
     def role(self, proc: psutil.Process) -> str:
         try:
             if "serving.host" in " ".join(proc.cmdline()):
-                return proc.environ().get("TUNERY_HOST_ROLE", "host")
+                return proc.environ().get("TUNERY_HOST_ROLE", "batch host")  # a batch job's worker started it
             return "worker" if "jobs.worker" in " ".join(proc.cmdline()) else proc.name()
         except psutil.Error:
             return "gone"
@@ -122,7 +138,15 @@ class Soak:
             self.statuses[op][status] += 1
 
     def tenant(self, name: str) -> None:
-        client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.keys[name]}"}, timeout=700)
+        def keep_undocumented(response: httpx.Response) -> None:
+            if response.status_code not in DOCUMENTED:
+                response.read()
+                with self.lock:
+                    self.undocumented.append(f"{response.request.method} {response.request.url.path} "
+                                             f"{response.status_code}: {response.text[:300]}")  # fmt: skip
+
+        client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.keys[name]}"}, timeout=700,
+                              event_hooks={"response": [keep_undocumented]})  # fmt: skip
         rng = random.Random(name)
         ops = [self.upload_small, self.upload_large, self.tune, self.generate, self.stream, self.batch, self.cancel,
                self.delete]  # fmt: skip
@@ -308,6 +332,10 @@ class Soak:
         print(f"\njobs created {len(self.jobs)}: {json.dumps(ended)}; lost {ended.get('LOST', 0)}, "
               f"duplicated {duplicated}, stuck {stuck - ended.get('LOST', 0)}")  # fmt: skip
         print(f"faults: {'; '.join(self.faults)}")
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        print(f"server log ({self.log}): {text.count('Traceback')} tracebacks")
+        for line in self.undocumented:
+            print(f"undocumented: {line}")
         print(f"left behind: processes {self.left_processes or 'none'}, files {self.left_files or 'none'}")
         print("\nprocess                 lived s  peak MiB  MiB after its 1st min  slope after (MiB/min)")
         for key, samples in sorted(self.memory.items()):
@@ -332,9 +360,10 @@ class Soak:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--log", type=Path, default=Path("tunery-soak-server.log"), help="the server's output")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tunery-soak-") as tmp:
-        soak = Soak(args.minutes, Path(tmp))
+        soak = Soak(args.minutes, Path(tmp), args.log.resolve())
         try:
             soak.run()
         finally:
