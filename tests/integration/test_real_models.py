@@ -41,6 +41,27 @@ def test_conversion_is_cached(smollm):
     assert "quantization_config" not in config
 
 
+def test_a_fresh_host_warms_and_checks_at_once(smollm, tmp_path):
+    """A restarted checker loads its tokenizer (the warm-up, on the loader thread) while the first upload's check
+    runs (on the pool): both first touch transformers' lazy AutoTokenizer. Before the host imported it once up
+    front, one of the two failed with 'cannot import name AutoTokenizer' in about half of such starts (a 500 on the
+    upload, found by benchmarks/soak.py; 3 of 6 here)."""
+    from tunery.serving.process import ModelHost
+
+    train = dataset_paths()[0]
+    for attempt in range(3):
+        with ModelHost(timeout=120, log_path=tmp_path / f"host-{attempt}.log") as fresh:
+            fresh.warm(tokenizers=[smollm.id])
+            time.sleep(0.3 * attempt)
+            assert fresh.validate(train, smollm.id, 1024, 8)["exampleCount"] == 240
+            deadline = time.monotonic() + 60
+            while fresh.readiness not in ("ready",) and not fresh.readiness.startswith("failed"):
+                assert time.monotonic() < deadline, fresh.readiness
+                time.sleep(0.1)
+            assert fresh.readiness == "ready", fresh.readiness
+        assert "Traceback" not in (tmp_path / f"host-{attempt}.log").read_text()
+
+
 def test_short_lora_run_lowers_validation_loss_and_reloads_with_plain_peft(smollm, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

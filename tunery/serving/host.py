@@ -266,6 +266,14 @@ class Host:
             "validate": self.validate,
             "ping": self.ping,
         }
+        self.imported = threading.Event()
+        threading.Thread(target=_import_transformers, args=(self.imported,), name="tunery-import", daemon=True).start()
+
+    def _after_imports(self, work: Callable[..., Any], *args: Any) -> Any:
+        """Run ``work`` once transformers' classes are imported (``_import_transformers``), at most
+        ``IMPORT_WAIT_SECONDS`` from now."""
+        self.imported.wait(IMPORT_WAIT_SECONDS)
+        return work(*args)
 
     @property
     def models(self) -> Models:
@@ -300,19 +308,21 @@ class Host:
         self._begin()
         try:
             if op == "generate":
-                self.loader.submit(self._generate, request)
+                self.loader.submit(self._after_imports, self._generate, request)
             elif op == "generateBatch":
-                self.loader.submit(self._generate_batch, request)
+                self.loader.submit(self._after_imports, self._generate_batch, request)
             elif op == "cancel":
                 self._reply(request_id, outcome(lambda: self.cancel(request)))
             elif op == "evict":
                 self.pool.submit(self._evict, request)
             elif op == "warm":  # on the loader: a generate request that comes meanwhile waits for this load
-                self.loader.submit(lambda: self._reply(request_id, outcome(lambda: self.warm(request))))
+                warm = lambda: self._reply(request_id, outcome(lambda: self.warm(request)))  # noqa: E731
+                self.loader.submit(self._after_imports, warm)
             elif op == "ping":
                 self._reply(request_id, outcome(lambda: self.ping(request)))
             elif op in self.ops:
-                self.pool.submit(lambda: self._reply(request_id, outcome(lambda: self.ops[op](request))))
+                run = lambda: self._reply(request_id, outcome(lambda: self.ops[op](request)))  # noqa: E731
+                self.pool.submit(self._after_imports, run)
             else:
                 known = ", ".join(("generate", "generateBatch", "cancel", *self.ops, "evict", "warm"))
                 raise ProtocolError(f"unknown op {op!r}; expected one of {known}")
@@ -593,6 +603,26 @@ def _chunk(text: str, version: str) -> dict[str, Any]:
         "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}],
         "modelVersion": version,
     }
+
+
+IMPORT_WAIT_SECONDS = 300.0
+LAZY_CLASSES = ("AutoConfig", "AutoTokenizer", "AutoModelForCausalLM", "PreTrainedTokenizerFast")
+
+
+def _import_transformers(done: threading.Event) -> None:
+    """Import transformers and the lazily loaded classes tunery uses, on one thread, before any op runs: two threads
+    that first touch ``transformers.AutoTokenizer`` at the same moment (a restarted checker's warm-up and the first
+    upload's check) could see it half made, and one of them failed with 'cannot import name AutoTokenizer' (found
+    by benchmarks/soak.py). An import that fails here fails again in the op that needs it, which reports it."""
+    try:
+        import transformers
+
+        for name in LAZY_CLASSES:
+            getattr(transformers, name)
+    except Exception:  # noqa: BLE001, S110 - reported by the op that imports it again
+        pass
+    finally:
+        done.set()
 
 
 def _load_tokenizer(model: str) -> Any:
