@@ -2,7 +2,7 @@
 preference accuracy and exact match, SFT model and DPO model side by side, same run.
 
     nice -n 5 .venv/bin/python benchmarks/dpo.py                          # 120 training tickets, 80 test
-    .venv/bin/python benchmarks/dpo.py --train 240 --sft-epochs 3 --dpo-epochs 2 --beta 0.1
+    .venv/bin/python benchmarks/dpo.py --train 240 --sft-epochs 3            # the run in docs/preference.md
 
 The pairs: each training ticket's right team preferred over a wrong one (drawn with a fixed seed from the other
 teams); the held-out pairs are the test tickets', the DPO run's validation file. Reported per model: the share
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--sft-epochs", type=int, default=2)
     parser.add_argument("--dpo-epochs", type=int, default=1)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--dpo-rate", type=float, default=1.0, help="DPO's learningRateMultiplier")
+    parser.add_argument("--dpo-rate", type=float, help="DPO's learningRateMultiplier (default: tunery's, 0.1)")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--sft", type=Path, help="an SFT model of an earlier run of this script, reused (same --train)")
     args = parser.parse_args()
@@ -140,7 +140,7 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     print(
-        f"DPO: beta {args.beta}, {args.dpo_epochs} epoch(s), learningRateMultiplier {args.dpo_rate}; "
+        f"DPO: beta {args.beta}, {args.dpo_epochs} epoch(s), learningRateMultiplier {args.dpo_rate or 'auto (0.1)'}; "
         f"eval_rewards/accuracies at step 0: {evals[0]['eval_rewards/accuracies']:.3f} (reference = policy)"
     )
     print(

@@ -194,7 +194,9 @@ def plan(spec: TuningSpec, examples: list[Any], encoded: list[Encoded], media: b
     held = set(chosen)
     kept = [i for i in range(len(encoded)) if i not in held]
     shape = defaults.DataShape.of([answers[i] for i in kept], [encoded[i].trained_tokens for i in kept], closed)
-    settings = defaults.resolve(shape, spec.epochs, spec.adapter_size, spec.learning_rate_multiplier)
+    settings = defaults.resolve(
+        shape, spec.epochs, spec.adapter_size, spec.learning_rate_multiplier, "DPO" if pairs else "SFT"
+    )
     return Plan(chosen, note, shape, settings)
 
 
