@@ -341,3 +341,30 @@ def test_a_fifo_and_a_stream_read_like_a_file(tmp_path):
     assert report.ok and len(report.examples) == 2 and report.path == str(fifo)
     with pytest.raises(DatasetError, match="is a directory"):
         read_examples(tmp_path)
+
+
+def test_a_streaming_check_keeps_counts_not_examples(data_dir, tiny_tokenizer):
+    """``keep=False`` (the upload checker, ``tunery datasets``): the same count and statistics as a kept read, in
+    memory that does not grow with the file; a deadline stops it and says where."""
+    from tunery.data.stats import tuning_data_stats
+
+    lines = (data_dir / "classify_gemini.jsonl").read_bytes() * 20
+    kept = read_examples(io.BytesIO(lines), tokenizer=tiny_tokenizer())
+    streamed = read_examples(io.BytesIO(lines), tokenizer=tiny_tokenizer(), keep=False)
+    assert streamed.count == kept.count == len(kept.encoded) == 200 and streamed.examples == streamed.encoded == []
+    assert streamed.tally.stats(3, 8) == tuning_data_stats(kept.encoded, 3, 8)
+
+    def peak(copies: int) -> int:
+        data = io.BytesIO((GOOD + "\n").encode() * copies)  # made before tracing: the file, not the check
+        tracemalloc.start()
+        report = read_examples(data, keep=False)
+        found = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert report.count == copies and report.ok
+        return found
+
+    small, large = peak(500), peak(5_000)
+    assert large < small * 1.5 + 64 * 1024, (small, large)  # 10 times the lines, about the same memory
+
+    stopped = read_examples(io.BytesIO(lines), keep=False, deadline=time.monotonic() - 1)
+    assert stopped.stopped_at == (1, 0) and stopped.count == 0 and stopped.ok  # nothing read, so no "empty" error
