@@ -93,15 +93,21 @@ def tune(
         None, "--packing/--no-packing", help="Padding-free micro-batches (default: on CUDA only)."
     ),
     train_projector: bool = typer.Option(
-        False, "--train-projector", help="Vision-language models: train the projector too (frozen by default)."
+        _DEFAULT.train_projector,
+        "--train-projector",
+        help="Vision-language models: train the projector too (frozen by default).",
     ),
     train_vision: bool = typer.Option(
-        False, "--train-vision", help="Vision-language models: train the vision tower too (frozen by default)."
+        _DEFAULT.train_vision,
+        "--train-vision",
+        help="Vision-language models: train the vision tower too (frozen by default).",
     ),
     fsdp: bool = typer.Option(
-        False, "--fsdp", help="Full tuning over --processes: shard weights and optimizer state (FSDP)."
+        _DEFAULT.fsdp, "--fsdp", help="Full tuning over --processes: shard weights and optimizer state (FSDP)."
     ),
-    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="With --fsdp: keep the shards in CPU memory."),
+    cpu_offload: bool = typer.Option(
+        _DEFAULT.cpu_offload, "--cpu-offload", help="With --fsdp: keep the shards in CPU memory."
+    ),
     allow_remote_media: bool = typer.Option(
         False, "--allow-remote-media", help="Fetch http(s):// media parts of the datasets (off: they are errors)."
     ),
