@@ -238,6 +238,10 @@ class Soak:
                 self.fill_disk()
                 continue
             victims = self.hosts(kind) if kind in ("host", "checker") else self.children("tunery.jobs.worker")
+            waited = time.monotonic()
+            while not victims and kind == "worker" and time.monotonic() - waited < 300 and not self.stop.is_set():
+                time.sleep(1)  # no job runs now: kill the next worker that starts (within 5 minutes)
+                victims = self.children("tunery.jobs.worker")
             if victims:
                 victim = rng.choice(victims)
                 victim.kill()
