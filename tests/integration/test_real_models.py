@@ -49,7 +49,7 @@ def test_a_fresh_host_warms_and_checks_at_once(smollm, tmp_path):
     from tunery.serving.process import ModelHost
 
     train = dataset_paths()[0]
-    for attempt in range(3):
+    for attempt in range(2):
         with ModelHost(timeout=120, log_path=tmp_path / f"host-{attempt}.log") as fresh:
             fresh.warm(tokenizers=[smollm.id])
             time.sleep(0.3 * attempt)

@@ -55,11 +55,14 @@ class FakeHost:
         if self.fail is not None:
             raise self.fail
 
-    def validate(self, path: str, model: str, max_length: int, batch_size: int, media_dir: Any = None) -> dict:
+    def validate(
+        self, path: str, model: str, max_length: int, batch_size: int, media_dir: Any = None, until: Any = None
+    ) -> dict:
         self._call("validate", Path(path).read_bytes(), model, max_length)
         return {
             "exampleCount": 2,
             "problems": self.problems,
+            "complete": True,
             "supervisedTuningDataStats": {"tuningDatasetExampleCount": 2},
         }
 
