@@ -1,6 +1,6 @@
 """Dataset checks of uploads, so that no tenant's big file holds up another's upload.
 
-    record = await checks.run(request, tenant, upload.size, shared_checker, lambda checker: check(checker))
+    record = await checks.run(request, tenant, upload.size, shared, lambda checker, until: check(checker, until))
 
 A file under ``TUNERY_UPLOAD_OWN_CHECKER_BYTES`` (default 4 MiB) is checked on the server's shared, warm checker
 (a check of that size takes well under a second). A bigger one is checked in a checker process of its own:
