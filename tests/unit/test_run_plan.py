@@ -44,6 +44,10 @@ def test_epochs_follow_the_shape_and_set_values_are_kept():
     given = rules.resolve(many_labels, 3, 16, 2.0)
     assert (given.epochs, given.adapter_size, given.learning_rate_multiplier) == (3, 16, 2.0)
     assert set(given.reasons.values()) == {"set"}
+    assert chosen.learning_rate_multiplier == 1.0
+    preference = rules.resolve(free_text, None, None, None, objective="DPO")  # benchmarks/dpo.py: a tenth
+    assert preference.describe()[2] == "learning rate multiplier 0.1 (auto: a tenth of SFT's, for DPO)"
+    assert rules.resolve(free_text, None, None, 0.5, objective="DPO").learning_rate_multiplier == 0.5
 
 
 # b. the validation slice: stratified, never trained on, refused when the data are too few -----------------------
