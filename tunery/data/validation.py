@@ -100,7 +100,8 @@ class ValidationReport:
     count: int = 0
     """Valid examples (or pairs) read."""
     tally: SupervisedTally | PreferenceTally | None = None
-    """With a tokenizer: the statistics' counts of every valid example (or pair), in both modes."""
+    """A streaming check with a tokenizer: the statistics' counts of every valid example (or pair); a kept read
+    has its encodings, from which ``stats.tuning_data_stats`` counts."""
     lines: int = 0
     """Lines checked."""
     stopped_at: tuple[int, int] | None = None
@@ -108,7 +109,7 @@ class ValidationReport:
 
     def add(self, example: Example, encoded: Encoded | None, media: ExampleMedia | None) -> None:
         self.count += 1
-        if encoded is not None:
+        if encoded is not None and not self.keep:
             self.tally = self.tally or SupervisedTally()
             self.tally.add(encoded)
         if not self.keep:
@@ -121,7 +122,7 @@ class ValidationReport:
 
     def add_pair(self, pair: Preference, encoded: EncodedPair | None) -> None:
         self.count += 1
-        if encoded is not None:
+        if encoded is not None and not self.keep:
             self.tally = self.tally or PreferenceTally()
             self.tally.add(encoded)
         if not self.keep:
