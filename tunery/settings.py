@@ -233,6 +233,12 @@ def serving_max_batch() -> int:
     return _serving_int("TUNERY_SERVING_MAX_BATCH", 8)
 
 
+def serving_prefix_cache_bytes() -> int:
+    """``$TUNERY_SERVING_PREFIX_CACHE_MIB`` (default 256; 0 turns it off): the keys and values of recent prompts kept
+    per loaded base, so a prompt that starts like one of them prefills only the rest (``tunery.serving.prefix``)."""
+    return _env_int("TUNERY_SERVING_PREFIX_CACHE_MIB", 256, least=0) << 20
+
+
 def serving_weights() -> str:
     """``$TUNERY_SERVING_WEIGHTS`` (default ``auto``): how the model host holds weights: ``auto`` (the fastest this
     machine runs: int4 on a CPU with AVX512-BF16/AMX, else fp32), ``fp32`` (the reference: the answers ``tunery

@@ -162,3 +162,27 @@ def test_on_own_thread_returns_and_raises():
     assert on_own_thread(lambda: 41 + 1) == 42
     with pytest.raises(ZeroDivisionError):
         on_own_thread(lambda: 1 / 0)
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_a_shared_prefix_is_computed_once_with_the_same_answers(lean):
+    """Prompts that start alike (one the start of another, one repeated, one on an adapter) prefill only what
+    follows the longest kept start: the logits equal a fresh prefill's and the greedy answers are the same."""
+    fresh, cached = (Base("m", model=_llama(), lean=lean) for _ in range(2))
+    fresh.prefixes.max_bytes = 0
+    for base in (fresh, cached):
+        for name, (a, b) in _adapter(_llama(), rank=4, seed=5).items():
+            base._set(name, 1, a, b)
+    torch.manual_seed(4)
+    shared = torch.randint(0, 95, (40,)).tolist()
+    prompts = [shared + torch.randint(0, 95, (n,)).tolist() for n in (6, 9, 1)] + [shared[:30], shared + [5]]
+    prompts += [prompts[1], shared + [5, 6, 7]]
+    slots = [0, 0, 0, 0, 0, 0, 1]
+    for ids, slot in zip(prompts, slots, strict=True):
+        got, want = cached.prefill(ids, slot)[0], fresh.prefill(ids, slot)[0]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert cached.prefixes.hits == 5 and fresh.prefixes.hits == 0  # the slot-1 prompt found none of slot 0's
+    assert cached.prefixes.reused == 40 + 40 + 29 + 40 + 48  # a whole kept prompt: all but its last token
+    assert _decode(cached, prompts, slots) == _decode(fresh, prompts, slots)
+    cached._clear(1)
+    assert not any(entry.slot == 1 for entry in cached.prefixes.entries.values())

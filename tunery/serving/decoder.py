@@ -371,11 +371,13 @@ class Decoder:
 
         ``ids`` [rows, n]; ``mask`` [rows, width]: 1 where the cache, after this step, holds a real token (None:
         no padding); ``positions`` [rows, n]; ``slots`` [rows]: each row's adapter slot (None: all the base).
-        With n > 1 the rows must be unpadded and of one length, into an empty cache (a prefill): attention is
-        causal from the first position."""
+        With n > 1 the rows must be unpadded and of one length (a prefill): attention is causal, each position
+        also seeing every position already in the cache (a shared prefix computed before)."""
         rows, n = ids.shape
-        if n > 1 and cache is not None and cache.layers[0].length:
-            raise ValueError("a forward of more than one position goes into an empty cache (a prefill)")
+        past = cache.layers[0].length if cache is not None else 0
+        if n > 1 and past and mask is not None and not bool(mask.all()):
+            raise ValueError("a prefill after cached positions goes in unpadded")
+        causal = torch.ones(n, past + n, dtype=torch.bool).tril(past) if n > 1 and past else None
         x = F.embedding(ids.reshape(-1), self.embed)  # [rows * n, hidden]
         cos = self.cos[positions].reshape(rows, n, 1, self.head_dim)
         sin = self.sin[positions].reshape(rows, n, 1, self.head_dim)
@@ -404,7 +406,13 @@ class Decoder:
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, scale=layer.scaling)
             else:
                 out = F.scaled_dot_product_attention(
-                    q, k, v, is_causal=True, scale=layer.scaling, enable_gqa=self.kv_heads != self.heads
+                    q,
+                    k,
+                    v,
+                    attn_mask=causal,
+                    is_causal=causal is None,
+                    scale=layer.scaling,
+                    enable_gqa=self.kv_heads != self.heads,
                 ).transpose(1, 2)
             out = out.reshape(rows * n, q_width)
             attn = layer.o(out)

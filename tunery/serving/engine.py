@@ -23,6 +23,11 @@ sampling settings and ``torch.Generator``, stop tokens, stop sequences, optional
 ``tunery.serving.constrain``: ``mask``/``advance``/``is_finished``) and stream callback, so it gets the
 answer it gets alone (greedy) or the same distribution (sampled).
 
+**Shared prefixes.** Each base keeps the keys and values of recent prompts per adapter slot
+(``tunery.serving.prefix``, ``$TUNERY_SERVING_PREFIX_CACHE_MIB``): a new row's prefill starts after the longest
+start it shares with one of them (a system instruction, few-shot turns, one prompt over a whole evaluation or
+batch file), with the logits a whole prefill gives (fp32, tested).
+
 **Weights.** ``fp32`` is the reference (what ``transformers`` computes). ``bf16`` halves the bytes each step
 reads; ``int8`` stores every linear layer's weight as int8 with one scale per output channel and multiplies
 with ``torch._weight_int8pack_mm`` on bf16 activations (a quarter of the bytes: decoding at batch 1 on a CPU
@@ -66,6 +71,8 @@ from tunery.models.loading import load_model, load_tokenizer
 from tunery.models.sources import resolve_base
 from tunery.models.tuned import base_path, is_adapter, is_tuned_dir, read_manifest
 from tunery.serving.gemini import Generation, GenerationConfig, TokenLogprob
+from tunery.serving.prefix import Prefixes
+from tunery.settings import serving_prefix_cache_bytes
 
 WEIGHTS = ("auto", "fp32", "bf16", "int8", "int4")
 BASE_SLOT = "__base__"
@@ -368,6 +375,7 @@ class Base:
         self.adapters: OrderedDict[str, int] = OrderedDict()  # tuned dir → slot, least recently used first
         self.in_use: dict[int, int] = {}  # slot → rows running with it
         self.lock = threading.RLock()  # held by whoever runs a forward or changes the slots
+        self.prefixes = Prefixes(serving_prefix_cache_bytes())  # recent prompts' keys and values, per slot
 
     def slot(self, adapter: str) -> int | None:
         """The slot of a loaded adapter (marked recently used), else None."""
@@ -406,6 +414,7 @@ class Base:
             return True
 
     def _clear(self, slot: int) -> None:
+        self.prefixes.drop(slot)
         if self.decoder is not None:
             self.decoder.clear(slot)
         for module in self.model.modules():
@@ -413,6 +422,7 @@ class Base:
                 module.set(slot, None, None)
 
     def _set(self, name: str, slot: int, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.prefixes.drop(slot)
         if self.decoder is None:
             self._lora_module(name).set(slot, a, b)
             return
@@ -426,6 +436,27 @@ class Base:
         from transformers import DynamicCache
 
         return self.decoder.new_cache() if self.decoder is not None else DynamicCache()
+
+    def prefill(self, ids: list[int], slot: int) -> tuple[torch.Tensor, Any]:
+        """The last position's logits [1, vocab] of one prompt and its cache; the tokens a kept prompt of the slot
+        starts with are not computed again (``tunery.serving.prefix``), and this prompt is kept for the next."""
+        cache, n = self.new_cache(), len(ids)
+        with self.lock:
+            start, past = self.prefixes.longest(slot, ids)
+            for index, (k, v) in enumerate(past):
+                if self.decoder is not None:
+                    cache.layers[index].keys, cache.layers[index].values = k, v  # copied as the prompt is appended
+                else:
+                    cache.update(k, v, index)  # concatenated onto an empty layer: a copy
+            logits = self.forward(
+                torch.tensor([ids[start:]]),
+                torch.ones(1, n, dtype=torch.long),
+                torch.arange(start, n)[None],
+                cache,
+                torch.tensor([slot]),
+            )
+            self.prefixes.keep(slot, ids, [(layer.keys, layer.values) for layer in cache.layers])
+        return logits, cache
 
     def _lora_module(self, name: str) -> MultiLoraLinear:
         try:
@@ -782,15 +813,8 @@ class Batch:
     def add(self, row: Row) -> None:
         """Prefill ``row`` alone and merge its cache into the batch's; it decodes with the others from the next
         step (it has its first token already, and may be done with it)."""
-        cache = self.base.new_cache()
         n = len(row.ids)
-        logits = self.base.forward(
-            torch.tensor([row.ids]),
-            torch.ones(1, n, dtype=torch.long),
-            torch.arange(n)[None],
-            cache,
-            torch.tensor([row.slot]),
-        )
+        logits, cache = self.base.prefill(row.ids, row.slot)
         row.push(row.choose(logits[0]))
         if row.done:
             return
