@@ -437,6 +437,17 @@ def test_create_job_stores_a_pending_job_with_the_spec_and_wakes_the_scheduler(a
     assert spec["display_name"] == "tickets" and spec["method"] == "PEFT_ADAPTER"
 
 
+@pytest.mark.parametrize("given", [None, True, False])
+def test_a_job_without_a_validation_file_holds_out_a_slice_unless_told_not_to(api: Api, given: bool | None) -> None:
+    tuning: dict = {"trainingDatasetUri": "classify_gemini.jsonl"}
+    if given is not None:
+        tuning["autoValidation"] = given
+    response = api.create(baseModel="tiny", supervisedTuningSpec=tuning)
+    assert response.status_code == 201, response.text
+    stored = api.store.get_job("default", response.json()["name"].split("/")[1])
+    assert stored.spec["auto_validation"] is (given is not False) and stored.spec["validation"] is None
+
+
 def test_every_problem_of_a_create_is_reported_at_once(api: Api) -> None:
     response = api.create(
         baseModel="../tiny",

@@ -127,6 +127,12 @@ class SupervisedTuningSpec(Request):
         description="An uploaded file (`files/{id}` or its id), or a JSONL path under the server's data root."
     )
     validation_dataset_uri: Uri | None = Field(None, description="Same forms as trainingDatasetUri.")
+    auto_validation: bool = Field(
+        True,
+        description="Without validationDatasetUri, hold out a stratified 10 % of the training examples (at most "
+        "200; a file of fewer than 40 is not split) to validate on and choose the best checkpoint by; they are not "
+        "trained on. false: train on every example (a tunery extension).",
+    )
     hyper_parameters: HyperParameters = Field(default_factory=lambda: HyperParameters.model_validate({}))
     compute_config: ComputeConfig | None = Field(None, description="Where the job computes (default: tunery's).")
 

@@ -55,7 +55,9 @@ def tune(
         None, "--validation", help="Validation JSONL, evaluated each epoch (default: a held-out slice of --train)."
     ),
     auto_validation: bool = typer.Option(
-        True, "--auto-validation/--no-auto-validation", help="Without --validation, hold out 10% of --train."
+        _DEFAULT.auto_validation,
+        "--auto-validation/--no-auto-validation",
+        help="Without --validation, hold out 10% of --train.",
     ),
     method: str = typer.Option(
         "lora",

@@ -37,7 +37,7 @@ def train(
     tuned_model_display_name: str | None = None,
     output_dir: str | Path | None = None,
     labels: dict[str, str] | None = None,
-    auto_validation: bool = True,
+    auto_validation: bool = TuningSpec.auto_validation,
 ) -> TuningJob:
     """Start a tuning job and return at once; poll with ``job.refresh()``, follow with ``job.watch()``.
 

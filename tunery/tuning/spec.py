@@ -91,9 +91,9 @@ class TuningSpec:
     validation: str | None = None
     """Path of the validation JSONL (``validationDatasetUri``); evaluated at each epoch end. None: a stratified
     slice of the training data is held out instead (``auto_validation``, ``tunery.tuning.split``)."""
-    auto_validation: bool = False
-    """Without ``validation``, hold out a slice of the training data to validate on. ``tunery tune`` and
-    ``sft.train`` turn it on by default; a job created over REST does not (no request field carries it yet)."""
+    auto_validation: bool = True
+    """Without ``validation``, hold out a stratified slice of the training data to validate on (REST:
+    ``autoValidation``; ``tunery tune --no-auto-validation``); a file of fewer than 40 examples is never split."""
     method: str = PEFT_ADAPTER
     """``PEFT_ADAPTER`` (LoRA on all linear layers) or ``FULL`` (``tuningMode``); ``lora``/``full`` accepted."""
     objective: str = "SFT"
@@ -228,6 +228,8 @@ class TuningSpec:
             tuning["computeConfig"] = self.compute_config()
         if self.validation:
             tuning["validationDatasetUri"] = self.validation
+        if not self.auto_validation:
+            tuning["autoValidation"] = False
         key = "supervisedTuningSpec" if self.objective == "SFT" else "preferenceOptimizationSpec"
         request = {"baseModel": self.base_model, key: tuning, "tuningMode": self.method}
         if self.display_name:

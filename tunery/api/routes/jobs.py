@@ -196,6 +196,7 @@ def _spec(
         "validation": paths.get("validation"),
         "base_model": paths.get("base_model"),
         "method": body.tuning_mode,
+        "auto_validation": tuning.auto_validation,
         "display_name": body.tuned_model_display_name,
         **{HYPER_PARAMETERS[name]: value for name, value in hp.model_dump(by_alias=True).items()},
         **{
