@@ -1,7 +1,7 @@
 """Serving on this machine: today's path against the new engine and model host, each row measured in one run.
 
     python benchmarks/serving.py                     # all rows (about 10-20 minutes on 2 busy cores)
-    python benchmarks/serving.py --only single       # one row: single, adapters, arrivals, agreement or batch
+    python benchmarks/serving.py --only single       # one part: single, agreement, adapters, arrivals, batch, prefill
     python benchmarks/serving.py --requests 3 --callers 16
 
 Rows (``smollm2-135m-instruct``; ``OMP_NUM_THREADS`` as set, else torch's default):
@@ -18,6 +18,9 @@ Rows (``smollm2-135m-instruct``; ``OMP_NUM_THREADS`` as set, else torch's defaul
   tokens/s of each, their ratio, and each host's resident memory (``VmRSS``) beside 8 merged copies.
 - **batch**: the demo's 80 held-out tickets as one batch prediction file (``tunery.jobs.batch``, chunks of 8
   sent to the host together) against a loop of generateContent calls one after another: wall time.
+- **prefill**: 4 streaming calls (64 tokens) while a ~2,000-token prompt joins their batch 1 s in: the gaps
+  between the streams' chunks (p50, p99, max) with the prompt prefilled whole (``TUNERY_SERVING_PREFILL_CHUNK=0``)
+  and ``--chunks`` tokens between two steps (128, the default, and 256), beside the same streams with no long prompt.
 - **arrivals**: ``--callers`` (32) requests arriving at random times (Poisson, ``--rate`` 1 a second,
   seeded; 8 to 64 output tokens each) on a model host with continuous batching, against batch-at-once
   (today's host: the calls that wait go together as one ``generate`` and the next batch starts when it
@@ -441,16 +444,94 @@ def arrivals(callers: int, rate: float) -> list[list[str]]:
     ]  # fmt: skip
 
 
+# --- a long prompt joining a running batch: chunked prefill against a whole one --------------------------
+
+
+def long_prompt(tokens: int) -> str:
+    """A user message of about ``tokens`` tokens of the default model."""
+    from tunery.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(resolve_base(DEFAULT_MODEL).path)
+    words, text = 0, ""
+    while len(tokenizer(text)["input_ids"]) < tokens:
+        words += 50
+        text = "Summarize these notes: " + " ".join(f"note {i} says item{i * 7 % 997} is due" for i in range(words))
+    return text
+
+
+async def stall_run(host: ModelHost, streams: int, long_text: str | None) -> tuple[list[float], float | None]:
+    """``streams`` streaming calls of 64 tokens; 1 s after they start, ``long_text`` (8 tokens out), if given:
+    the gaps between the streams' chunks, and the long call's latency."""
+    import asyncio
+    import contextlib
+
+    gaps: list[float] = []
+
+    async def stream(i: int) -> None:
+        body = {"contents": [{"role": "user", "parts": [{"text": f"{STORY} ({i})"}]}],
+                "generationConfig": {"maxOutputTokens": 64}}  # fmt: skip
+        last = None
+        async with contextlib.aclosing(host.astream(DEFAULT_MODEL, body)) as chunks:
+            async for _ in chunks:
+                now = time.perf_counter()
+                if last is not None:
+                    gaps.append(now - last)
+                last = now
+
+    async def long() -> float:
+        await asyncio.sleep(1.0)
+        started = time.perf_counter()
+        body = {"contents": [{"role": "user", "parts": [{"text": long_text}]}],
+                "generationConfig": {"maxOutputTokens": 8}}  # fmt: skip
+        await host.agenerate(DEFAULT_MODEL, body)
+        return time.perf_counter() - started
+
+    calls = [stream(i) for i in range(streams)] + ([long()] if long_text else [])
+    results = await asyncio.gather(*calls)
+    return gaps, (results[-1] if long_text else None)
+
+
+def prefill_stall(chunks: list[int], streams: int = 4, tokens: int = 2000) -> list[list[str]]:
+    """Inter-chunk gaps of ``streams`` running streams while a ``tokens``-token prompt joins: prefilled whole
+    (``TUNERY_SERVING_PREFILL_CHUNK=0``) against ``chunks`` tokens between steps, beside no long prompt."""
+    import asyncio
+
+    from tunery.settings import serving_prefill_chunk
+
+    text, default = long_prompt(tokens), serving_prefill_chunk()
+    rows, runs = [], [("no long prompt", "0", None), ("long prompt prefilled whole", "0", text)]
+    for chunk in chunks:
+        mark = " (default)" if chunk == default else ""
+        runs.append((f"long prompt, {chunk} tokens between steps{mark}", str(chunk), text))
+    base = None
+    for label, chunk, long_text in runs:
+        with ModelHost(env={"TUNERY_SERVING_PREFILL_CHUNK": chunk}, timeout=1800) as host:
+            host.generate(DEFAULT_MODEL, {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                                          "generationConfig": {"maxOutputTokens": 2}})  # fmt: skip
+            gaps, latency = asyncio.run(stall_run(host, streams, long_text))
+        p99 = p(gaps, 0.99)
+        base = base or p99
+        rows.append(
+            [f"{streams} streams, {label}" + (f" (~{tokens} tokens)" if long_text else ""),
+             f"gap p50 {p(gaps, 0.5) * 1000:.0f} ms", f"p99 {p99 * 1000:.0f} ms, max {max(gaps) * 1000:.0f} ms"
+             + (f"; long call {latency:.1f} s" if latency is not None else ""), f"p99 {p99 / base:.2f}x"]
+        )  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["single", "agreement", "adapters", "arrivals", "batch"], action="append")
+    parser.add_argument(
+        "--only", choices=["single", "agreement", "adapters", "arrivals", "batch", "prefill"], action="append"
+    )
     parser.add_argument("--requests", type=int, default=5, help="requests per path (single) or per caller (adapters)")
     parser.add_argument("--tokens", type=int, default=32, help="output tokens per request in the adapters row")
     parser.add_argument("--callers", type=int, default=32)
     parser.add_argument("--rate", type=float, default=1.0, help="arrivals per second in the arrivals row")
     parser.add_argument("--tickets", type=int, default=None, help="held-out tickets for agreement (default: all 80)")
+    parser.add_argument("--chunks", default="128,256", help="prefill chunk sizes the prefill row compares")
     args = parser.parse_args()
-    parts = args.only or ["single", "agreement", "adapters", "arrivals", "batch"]
+    parts = args.only or ["single", "agreement", "adapters", "arrivals", "batch", "prefill"]
     print(f"# {DEFAULT_MODEL}, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}",
           file=sys.stderr)  # fmt: skip
     rows: list[list[str]] = []
@@ -464,6 +545,8 @@ def main() -> None:
             rows += batch_prediction(args.tickets)
         elif part == "adapters":
             rows += adapters(max(1, args.requests // 2), args.tokens)
+        elif part == "prefill":
+            rows += prefill_stall([int(c) for c in args.chunks.split(",")])
         else:
             rows += arrivals(args.callers, args.rate)
         print(f"# {part}: {time.perf_counter() - started:.0f} s: {rows}", file=sys.stderr, flush=True)

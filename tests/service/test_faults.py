@@ -34,6 +34,7 @@ def create(svc, epochs: int = 3, **extra) -> dict:
         "baseModel": "tiny",
         "supervisedTuningSpec": {
             "trainingDatasetUri": "long.jsonl",
+            "autoValidation": False,  # every example trains: 50 steps an epoch
             "hyperParameters": {"epochCount": epochs, "batchSize": 8},
         },
         **extra,

@@ -186,3 +186,31 @@ def test_a_shared_prefix_is_computed_once_with_the_same_answers(lean):
     assert _decode(cached, prompts, slots) == _decode(fresh, prompts, slots)
     cached._clear(1)
     assert not any(entry.slot == 1 for entry in cached.prefixes.entries.values())
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_a_prompt_prefilled_in_chunks_between_steps_gets_the_same_answer(lean):
+    """A long prompt joins a running batch a few tokens per step (``begin``/``fill``): the rows already
+    decoding keep stepping meanwhile, and every row's greedy answer is the one it gets alone."""
+    base = Base("m", model=_llama(), lean=lean)
+    base.prefixes.max_bytes = 0
+    served = _served(base)
+    torch.manual_seed(7)
+    prompts = [torch.randint(0, 95, (n,)).tolist() for n in (5, 9, 37)]
+    alone = [_decode(base, [ids], [0], tokens=10)[0] for ids in prompts]
+    rows = [Row(served, ids, GenerationConfig(max_output_tokens=10)) for ids in prompts]
+    batch = Batch(base)
+    batch.add(rows[0])
+    batch.add(rows[1])
+    batch.step()
+    batch.begin(rows[2])
+    steps = 0
+    while batch.filling:
+        assert batch.fill(4) is None or not batch.filling
+        batch.step()
+        steps += 1
+    assert steps == 10 and len(rows[0].out) > 3  # 37 tokens in chunks of 4; the others decoded meanwhile
+    while batch.rows:
+        batch.step()
+    assert [row.out for row in rows] == alone
+    assert base.in_use[0] == 0

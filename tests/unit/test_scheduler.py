@@ -43,7 +43,13 @@ def scheduler(store):
 
 
 def submit(store: Store, tiny_model: Path, train: Path, output: Path, **kwargs) -> Job:
-    spec = TuningSpec(train=str(train), base_model=str(tiny_model), output=str(output), batch_size=2, **kwargs)
+    spec = TuningSpec(
+        train=str(train),
+        base_model=str(tiny_model),
+        output=str(output),
+        batch_size=2,
+        **{"auto_validation": False, **kwargs},
+    )
     return store.create_job("acme", spec, {"supervisedTuningSpec": {"trainingDatasetUri": str(train)}})[0]
 
 

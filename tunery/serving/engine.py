@@ -41,11 +41,11 @@ decoder, it decoded at 5.45x the rate of fp32 ``generate`` against int8's 4.59x,
 the demo's 80 free-text answers against int8's 40 and bf16's 53 (``benchmarks/serving.py``, one idle run).
 Only the model host uses ``auto`` by default; in-process engines compute in fp32.
 
-**The forward.** fp32 runs ``transformers``' forward, the reference. Every other form runs a llama-family model
-(Llama, SmolLM2, Qwen2, Mistral without a sliding window) on ``tunery.serving.decoder``: the same computation
-with fused q|k|v and gate|up layers, a KV cache written in place and the weight kernels called directly
-(equal to ``transformers`` in fp32, tested). Other families keep
-``transformers``' forward in every form.
+**The forward.** A llama-family model (Llama, SmolLM2, Qwen2, Mistral without a sliding window) runs on
+``tunery.serving.decoder`` in every form: the same computation as ``transformers``' forward with fused q|k|v and
+gate|up layers, a KV cache written in place and the weight kernels called directly (equal to ``transformers`` in
+fp32, tested; about 1.3x its decode rate at batch 1 in fp32 on an AVX2 CPU). Other families keep
+``transformers``' forward in every form (``Base(lean=False)`` is that path for any model).
 """
 
 from __future__ import annotations
@@ -359,8 +359,8 @@ class Base:
         self.path, self.weights = str(path), resolve_weights(weights)
         model = load_model(path) if model is None else model
         reason = decoder.unsupported(model)
-        if lean is None:  # fp32 is transformers' reference path; every other form runs the lean forward
-            lean = self.weights != "fp32" and reason is None
+        if lean is None:  # the lean forward wherever it runs the model (in fp32 it equals transformers', tested)
+            lean = reason is None
         elif lean and reason:
             raise ModelError(f"{path}: the lean decoder does not run this model: {reason}")
         if lean:
@@ -438,25 +438,43 @@ class Base:
         return self.decoder.new_cache() if self.decoder is not None else DynamicCache()
 
     def prefill(self, ids: list[int], slot: int) -> tuple[torch.Tensor, Any]:
-        """The last position's logits [1, vocab] of one prompt and its cache; the tokens a kept prompt of the slot
-        starts with are not computed again (``tunery.serving.prefix``), and this prompt is kept for the next."""
-        cache, n = self.new_cache(), len(ids)
+        """The last position's logits [1, vocab] of one prompt and its cache, computed at once (``start``)."""
+        fill = self.start(ids, slot)
+        logits = self.extend(fill)
+        assert logits is not None
+        return logits, fill.cache
+
+    def start(self, ids: list[int], slot: int) -> Prefill:
+        """A prompt's prefill, begun: its cache holds the longest start a kept prompt of the slot shares with it
+        (``tunery.serving.prefix``: those tokens are not computed again); ``extend`` computes the rest."""
+        cache = self.new_cache()
         with self.lock:
-            start, past = self.prefixes.longest(slot, ids)
+            done, past = self.prefixes.longest(slot, ids)
             for index, (k, v) in enumerate(past):
                 if self.decoder is not None:
                     cache.layers[index].keys, cache.layers[index].values = k, v  # copied as the prompt is appended
                 else:
                     cache.update(k, v, index)  # concatenated onto an empty layer: a copy
+        return Prefill(ids, slot, cache, done)
+
+    def extend(self, fill: Prefill, chunk: int | None = None) -> torch.Tensor | None:
+        """Compute the next ``chunk`` positions of a prefill (None: all that are left): the last position's logits
+        [1, vocab] once the whole prompt is in (it is then kept for the prompts after it), else None."""
+        n = len(fill.ids)
+        end = n if chunk is None else min(n, fill.done + chunk)
+        with self.lock:
             logits = self.forward(
-                torch.tensor([ids[start:]]),
-                torch.ones(1, n, dtype=torch.long),
-                torch.arange(start, n)[None],
-                cache,
-                torch.tensor([slot]),
+                torch.tensor([fill.ids[fill.done : end]]),
+                torch.ones(1, end, dtype=torch.long),
+                torch.arange(fill.done, end)[None],
+                fill.cache,
+                torch.tensor([fill.slot]),
             )
-            self.prefixes.keep(slot, ids, [(layer.keys, layer.values) for layer in cache.layers])
-        return logits, cache
+            fill.done = end
+            if end < n:
+                return None
+            self.prefixes.keep(fill.slot, fill.ids, [(layer.keys, layer.values) for layer in fill.cache.layers])
+        return logits
 
     def _lora_module(self, name: str) -> MultiLoraLinear:
         try:
@@ -495,6 +513,16 @@ class Base:
             finally:
                 self.selection.select(None)
         return out.logits[:, -1, :].float()
+
+
+@dataclass
+class Prefill:
+    """One prompt's prefill under way: its cache holds the first ``done`` of its ``ids``."""
+
+    ids: list[int]
+    slot: int
+    cache: Any
+    done: int
 
 
 @dataclass
@@ -797,30 +825,51 @@ class Row:
 
 
 class Batch:
-    """Rows of one base decoding together: one KV cache, left-padded to a common width."""
+    """Rows of one base decoding together: one KV cache, left-padded to a common width, and the rows whose
+    prompts are still being prefilled (``begin``/``fill``, a chunk between two steps) before they join."""
 
     def __init__(self, base: Base) -> None:
         self.base = base
         self.rows: list[Row] = []
+        self.filling: list[tuple[Row, Prefill]] = []  # oldest first
         self.cache: Any = None
         self.mask = torch.zeros(0, 0, dtype=torch.long)  # [rows, width]: 1 where the cache holds a real token
         self.next_ids = torch.zeros(0, dtype=torch.long)  # each row's last token, the next step's input
         self.positions = torch.zeros(0, dtype=torch.long)  # the position that token takes
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.rows) + len(self.filling)
 
     def add(self, row: Row) -> None:
-        """Prefill ``row`` alone and merge its cache into the batch's; it decodes with the others from the next
-        step (it has its first token already, and may be done with it)."""
-        n = len(row.ids)
-        logits, cache = self.base.prefill(row.ids, row.slot)
+        """Prefill ``row`` alone, at once, and merge its cache into the batch's; it decodes with the others from
+        the next step (it has its first token already, and may be done with it)."""
+        self.begin(row)
+        self._fill(self.filling[-1], None)
+
+    def begin(self, row: Row) -> None:
+        """Take ``row`` in; its prompt is prefilled by ``fill`` calls (its adapter slot is held from now on)."""
+        self.base.in_use[row.slot] = self.base.in_use.get(row.slot, 0) + 1
+        self.filling.append((row, self.base.start(row.ids, row.slot)))
+
+    def fill(self, chunk: int | None) -> Row | None:
+        """Prefill the oldest waiting row's next ``chunk`` prompt tokens (None: all); the row once its prompt is
+        in (it has joined the batch with its first token, or is done with it and has left), else None."""
+        return self._fill(self.filling[0], chunk) if self.filling else None
+
+    def _fill(self, entry: tuple[Row, Prefill], chunk: int | None) -> Row | None:
+        row, prefill = entry
+        logits = self.base.extend(prefill, chunk)
+        if logits is None:
+            return None
+        self.filling.remove(entry)
         row.push(row.choose(logits[0]))
         if row.done:
-            return
-        self._merge(cache, torch.ones(1, n, dtype=torch.long), row.out[-1], n)
+            self.base.in_use[row.slot] -= 1
+            return row
+        n = len(row.ids)
+        self._merge(prefill.cache, torch.ones(1, n, dtype=torch.long), row.out[-1], n)
         self.rows.append(row)
-        self.base.in_use[row.slot] = self.base.in_use.get(row.slot, 0) + 1
+        return row
 
     def _merge(self, cache: Any, mask: torch.Tensor, token: int, position: int) -> None:
         if self.cache is None:
@@ -860,7 +909,11 @@ class Batch:
         return finished
 
     def remove(self, rows: list[Row]) -> None:
-        """Take rows out (finished or cancelled), and the padding columns no row needs any more."""
+        """Take rows out (finished or cancelled, decoding or still prefilling), and the padding columns no row
+        needs any more."""
+        for entry in [entry for entry in self.filling if entry[0] in rows]:
+            self.filling.remove(entry)
+            self.base.in_use[entry[0].slot] -= 1
         keep = [i for i, row in enumerate(self.rows) if row not in rows]
         for row in self.rows:
             if row in rows:

@@ -25,7 +25,9 @@ Threads: the reader (this one) answers ``ping`` and ``cancel`` itself; generate 
 tokenized, and their model or adapter loaded, by a loader thread; ``countTokens``, ``validate`` and
 ``evict`` run on a small pool; the decode loop (``Scheduler``) runs every generation with continuous
 batching (``tunery.serving.engine.Batch``), one batch per loaded base, at most
-``$TUNERY_SERVING_MAX_BATCH`` rows each. So a count or a check never waits behind a generation.
+``$TUNERY_SERVING_MAX_BATCH`` rows each; a joining row's prompt is prefilled ``$TUNERY_SERVING_PREFILL_CHUNK``
+(128) tokens between two steps, so a long prompt does not stall the rows decoding. So a count or a check never
+waits behind a generation.
 
 A ``TuneryError`` answers code 400 with its message (a ``DatasetError`` also sends ``summary`` and
 ``problems``), a model that does not exist 404, anything else 500 with its traceback on stderr.
@@ -97,11 +99,13 @@ class Job:
 @dataclass
 class Scheduler:
     """The decode loop: rows wait in ``pending`` (oldest first) until their base's batch has room (and their
-    adapter a slot), join it with a prefill, and leave it as they finish. Every loop turn steps each base's
-    batch once, so a request that arrives mid-batch decodes from the next step on."""
+    adapter a slot), join it with a prefill, and leave it as they finish. Every loop turn prefills the next
+    ``prefill_chunk`` tokens of each base's oldest joining prompt and steps its batch once, so a request that
+    arrives mid-batch decodes once its prompt is in, and the rows decoding keep their pace meanwhile."""
 
     models: Models
     max_batch: int = 8
+    prefill_chunk: int | None = 128  # prompt tokens prefilled between two steps (None: a whole prompt at once)
     pending: deque[Job] = field(default_factory=deque)
     batches: dict[str, Batch] = field(default_factory=dict)
     running: dict[Any, Job] = field(default_factory=dict)  # by request id: pending and decoding
@@ -148,7 +152,9 @@ class Scheduler:
             self._drop_cancelled()
             self._admit()
             for batch in list(self.batches.values()):
-                if len(batch):
+                if batch.filling:
+                    self._fill(batch)
+                if batch.rows:
                     self._step(batch)
             self._evict()
 
@@ -158,7 +164,7 @@ class Scheduler:
             for job in gone:
                 self.pending.remove(job)
         for batch in self.batches.values():
-            rows = [row for row in batch.rows if self._job(row).cancelled]
+            rows = [row for row in [*batch.rows, *(r for r, _ in batch.filling)] if self._job(row).cancelled]
             if rows:
                 batch.remove(rows)
                 gone += [self._job(row) for row in rows]
@@ -169,7 +175,8 @@ class Scheduler:
         return row.job  # type: ignore[attr-defined]
 
     def _admit(self) -> None:
-        """Move waiting rows into their batches, oldest first, while there is room; each is prefilled alone."""
+        """Move waiting rows into their batches, oldest first, while there is room; each is prefilled alone, a
+        chunk of its prompt between two steps (``_fill``)."""
         from tunery.serving.engine import Batch
 
         with self.wake:
@@ -188,15 +195,25 @@ class Scheduler:
                 job.row.slot = slot
                 with self.wake:
                     self.pending.remove(job)
-                batch.add(job.row)
+                batch.begin(job.row)
             except Exception as exc:
                 with self.wake:
                     if job in self.pending:
                         self.pending.remove(job)
                 self._finish(job, exc)
-                continue
-            if job.row.done:
-                self._finish(job, job.row.generation())
+
+    def _fill(self, batch: Batch) -> None:
+        """The next chunk of the oldest prompt waiting to join ``batch``; its job ends if the first token ends it."""
+        row = batch.filling[0][0]
+        try:
+            joined = batch.fill(self.prefill_chunk)
+        except Exception as exc:  # a bug or out of memory: this row fails, the loop goes on
+            traceback.print_exc()
+            batch.remove([row])
+            self._finish(self._job(row), exc)
+            return
+        if joined is not None and joined.done:
+            self._finish(self._job(joined), joined.generation())
 
     def _step(self, batch: Batch) -> None:
         try:
@@ -245,10 +262,11 @@ class Host:
         max_adapters: int = 8,
         max_batch: int = 8,
         weights: str = "auto",
+        prefill_chunk: int | None = 128,
     ) -> None:
         self.send = send
         self.limits = {"max_bases": max_models, "max_adapters": max_adapters, "weights": weights}
-        self.max_batch = max_batch
+        self.max_batch, self.prefill_chunk = max_batch, prefill_chunk
         self._models: Models | None = None  # made on first use, so torch loads off the reader thread
         self._scheduler: Scheduler | None = None
         self._vlms: dict[str, Any] = {}  # vision-language models (tunery.serving.multimodal), by name
@@ -293,7 +311,7 @@ class Host:
                 from tunery.serving.engine import Models
 
                 self._models = Models(**self.limits)  # type: ignore[arg-type]
-                self._scheduler = Scheduler(self._models, self.max_batch)
+                self._scheduler = Scheduler(self._models, self.max_batch, prefill_chunk=self.prefill_chunk)
 
     def handle_line(self, line: str) -> None:
         """Take one request line: answer it now (ping, cancel, a bad line) or start it on its thread."""
@@ -744,6 +762,7 @@ def main() -> None:
         max_adapters=settings.serving_max_adapters(),
         max_batch=settings.serving_max_batch(),
         weights=settings.serving_weights(),
+        prefill_chunk=settings.serving_prefill_chunk(),
     )
     try:
         for line in iter(sys.stdin.readline, ""):
