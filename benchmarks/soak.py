@@ -169,9 +169,15 @@ class Soak:
         self.record("upload_large", client.post("/v1/files", files={"file": ("l.jsonl", data)}).status_code)
 
     def room(self, tenant: str, kind: str) -> bool:
-        """Whether ``tenant`` may create another job of ``kind``: one per 10 minutes of soak each (one worker)."""
+        """Whether ``tenant`` may create another job of ``kind``: one per 10 minutes of soak each (one worker),
+        spread over the run (tenant i's k-th from (k + i/3) windows in), so that jobs start all through it and
+        the fault injector finds workers to kill."""
+        quota = max(1, round(self.minutes / 10))
+        window = self.minutes * 60 / quota
+        offset = window * sorted(self.keys).index(tenant) / len(self.keys)
+        due = int((time.monotonic() - self.began - offset) // window) + 1
         made = sum(1 for t, name in self.jobs if t == tenant and name.startswith(kind))
-        return made < max(1, round(self.minutes / 10))
+        return made < min(quota, due)
 
     def tune(self, client: httpx.Client, tenant: str) -> None:
         if not self.room(tenant, "tuningJobs"):
@@ -227,7 +233,7 @@ class Soak:
         seconds = self.minutes * 60
         plan = sorted([("host", rng.uniform(0.1, 0.9) * seconds) for _ in range(2)]
                       + [("checker", rng.uniform(0.1, 0.9) * seconds) for _ in range(2)]
-                      + [("worker", rng.uniform(0.2, 0.9) * seconds) for _ in range(2)]
+                      + [("worker", rng.uniform(0.2, 0.8) * seconds) for _ in range(2)]
                       + [("disk", rng.uniform(0.4, 0.6) * seconds)], key=lambda x: x[1])  # fmt: skip
         started = time.monotonic()
         for kind, at in plan:
