@@ -780,7 +780,11 @@ TINY_JOB = {
 }
 LONG_JOB = {
     "baseModel": "tiny",
-    "supervisedTuningSpec": {"trainingDatasetUri": "long.jsonl", "hyperParameters": {"epochCount": 3, "batchSize": 8}},
+    "supervisedTuningSpec": {
+        "trainingDatasetUri": "long.jsonl",
+        "autoValidation": False,
+        "hyperParameters": {"epochCount": 3, "batchSize": 8},
+    },
 }
 
 

@@ -240,7 +240,11 @@ def stopped_host_phase(svc: Any, a: dict[str, str], b: dict[str, str], model_a: 
 
 LONG_JOB = {
     "baseModel": "tiny",
-    "supervisedTuningSpec": {"trainingDatasetUri": "long.jsonl", "hyperParameters": {"epochCount": 20, "batchSize": 8}},
+    "supervisedTuningSpec": {
+        "trainingDatasetUri": "long.jsonl",
+        "autoValidation": False,
+        "hyperParameters": {"epochCount": 20, "batchSize": 8},
+    },
 }
 
 

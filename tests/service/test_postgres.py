@@ -14,7 +14,11 @@ from tunery.jobs.store import ENDED
 
 LONG_JOB = {
     "baseModel": "tiny",
-    "supervisedTuningSpec": {"trainingDatasetUri": "long.jsonl", "hyperParameters": {"epochCount": 2, "batchSize": 8}},
+    "supervisedTuningSpec": {
+        "trainingDatasetUri": "long.jsonl",
+        "autoValidation": False,  # every example trains: the steps counted below
+        "hyperParameters": {"epochCount": 2, "batchSize": 8},
+    },
 }
 
 
