@@ -98,9 +98,9 @@ def test_each_tenant_has_one_big_check_at_a_time():
 def test_a_check_at_its_time_bound_keeps_what_it_checked_and_the_job_checks_the_rest(uploads):
     """The check reads for 0.8 of TUNERY_UPLOAD_CHECK_SECONDS; a file it could not finish is kept, marked partly
     checked, and a bad line past that point fails the tuning job that reads it, named by number."""
-    svc = uploads(TUNERY_UPLOAD_CHECK_SECONDS="10")
+    svc = uploads(TUNERY_UPLOAD_CHECK_SECONDS="20")  # 16 s: the checker's start, then ~800 lines/s (idle)
     bad = b'{"contents": [{"role": "user", "parts": [{"text": "no answer"}]}]}\n'
-    data = big_file(4 * 2**20) + bad  # 19,000 lines: more than the tiny tokenizer's check reads in 8 s
+    data = big_file(4 * 2**20) + bad  # 19,000 lines: more than the check reads in 16 s (3,267 in 8 s, idle)
     total = data.count(b"\n")
     response = svc.client.post("/v1/files", files={"file": ("big.jsonl", data)}, timeout=120)
     assert response.status_code == 201, response.text
