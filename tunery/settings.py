@@ -239,10 +239,13 @@ def serving_prefix_cache_bytes() -> int:
     return _env_int("TUNERY_SERVING_PREFIX_CACHE_MIB", 256, least=0) << 20
 
 
+SERVING_PREFILL_CHUNK = 128
+
+
 def serving_prefill_chunk() -> int | None:
     """``$TUNERY_SERVING_PREFILL_CHUNK`` (default 128; 0: a whole prompt at once): the prompt tokens the model host
     prefills between two decode steps, so a long prompt joining a running batch does not stall the rows in it."""
-    return _env_int("TUNERY_SERVING_PREFILL_CHUNK", 128, least=0) or None
+    return _env_int("TUNERY_SERVING_PREFILL_CHUNK", SERVING_PREFILL_CHUNK, least=0) or None
 
 
 def serving_weights() -> str:

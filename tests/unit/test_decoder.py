@@ -179,7 +179,7 @@ def test_a_shared_prefix_is_computed_once_with_the_same_answers(lean):
     prompts += [prompts[1], shared + [5, 6, 7]]
     slots = [0, 0, 0, 0, 0, 0, 1]
     for ids, slot in zip(prompts, slots, strict=True):
-        got, want = cached.prefill(ids, slot)[0], fresh.prefill(ids, slot)[0]
+        got, want = (base.extend(base.start(ids, slot)) for base in (cached, fresh))
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert cached.prefixes.hits == 5 and fresh.prefixes.hits == 0  # the slot-1 prompt found none of slot 0's
     assert cached.prefixes.reused == 40 + 40 + 29 + 40 + 48  # a whole kept prompt: all but its last token

@@ -128,7 +128,7 @@ class SupervisedTuningSpec(Request):
     )
     validation_dataset_uri: Uri | None = Field(None, description="Same forms as trainingDatasetUri.")
     auto_validation: bool = Field(
-        True,
+        TuningSpec.auto_validation,
         description="Without validationDatasetUri, hold out a stratified 10 % of the training examples (at most "
         "200; a file of fewer than 40 is not split) to validate on and choose the best checkpoint by; they are not "
         "trained on. false: train on every example (a tunery extension).",

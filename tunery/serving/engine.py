@@ -363,10 +363,11 @@ class Base:
             lean = reason is None
         elif lean and reason:
             raise ModelError(f"{path}: the lean decoder does not run this model: {reason}")
-        if lean:  # weights copied out of the mapped file first (its pages would stay resident beside the fused ones)
-            with torch.no_grad():
+        if lean and self.weights == "fp32":  # copied out of the mapped file (its pages stay resident beside the
+            with torch.no_grad():  # fused copies); every other form converts every weight anyway
                 for parameter in model.parameters():
                     parameter.data = parameter.data.clone()
+        if lean:
             decoder.fuse(model)
         self.dtype = prepare_weights(model, self.weights)
         self.model = model.eval()
@@ -425,7 +426,6 @@ class Base:
                 module.set(slot, None, None)
 
     def _set(self, name: str, slot: int, a: torch.Tensor, b: torch.Tensor) -> None:
-        self.prefixes.drop(slot)
         if self.decoder is None:
             self._lora_module(name).set(slot, a, b)
             return
@@ -439,13 +439,6 @@ class Base:
         from transformers import DynamicCache
 
         return self.decoder.new_cache() if self.decoder is not None else DynamicCache()
-
-    def prefill(self, ids: list[int], slot: int) -> tuple[torch.Tensor, Any]:
-        """The last position's logits [1, vocab] of one prompt and its cache, computed at once (``start``)."""
-        fill = self.start(ids, slot)
-        logits = self.extend(fill)
-        assert logits is not None
-        return logits, fill.cache
 
     def start(self, ids: list[int], slot: int) -> Prefill:
         """A prompt's prefill, begun: its cache holds the longest start a kept prompt of the slot shares with it

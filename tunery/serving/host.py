@@ -105,7 +105,7 @@ class Scheduler:
 
     models: Models
     max_batch: int = 8
-    prefill_chunk: int | None = 128  # prompt tokens prefilled between two steps (None: a whole prompt at once)
+    prefill_chunk: int | None = settings.SERVING_PREFILL_CHUNK  # tokens between two steps (None: all)
     pending: deque[Job] = field(default_factory=deque)
     batches: dict[str, Batch] = field(default_factory=dict)
     running: dict[Any, Job] = field(default_factory=dict)  # by request id: pending and decoding
@@ -262,7 +262,7 @@ class Host:
         max_adapters: int = 8,
         max_batch: int = 8,
         weights: str = "auto",
-        prefill_chunk: int | None = 128,
+        prefill_chunk: int | None = settings.SERVING_PREFILL_CHUNK,
     ) -> None:
         self.send = send
         self.limits = {"max_bases": max_models, "max_adapters": max_adapters, "weights": weights}
