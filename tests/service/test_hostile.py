@@ -39,8 +39,9 @@ from tunery.settings import tunery_home
 
 LOCAL = ("127.0.0.1", 50000)
 CHECKER_CEILING = 1024 * 2**20
-"""Peak resident memory of the dataset checker (and of ``tunery datasets validate``) on the whole corpus; README
-states it. Measured: about 400 MB for the CLI and 350 MB for the checker process, as on a 10-line file."""
+"""Peak resident memory of the dataset checker (and of ``tunery datasets validate``) on the whole corpus;
+docs/datasets.md states it. Measured: about 400 MB for the CLI and 350 MB for the checker process, as on a
+10-line file."""
 GOOD = json.dumps(
     {"contents": [{"role": "user", "parts": [{"text": "hi"}]}, {"role": "model", "parts": [{"text": "ok"}]}]}
 )

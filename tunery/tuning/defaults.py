@@ -8,7 +8,7 @@ whether they form a closed label set), how many examples each answer has, and ho
   that a file with many labels and few examples of each (60 intents × 10) is not stopped after two epochs while
   its labels are still being learned. Both within ``MOST_PASSES`` example passes in all, which bounds the time.
 - **Learning rate multiplier** and **adapter size**: 1 and rank 8 (measured on the quality benchmark,
-  ``benchmarks/quality.py``; the README's table says what the alternatives gave).
+  ``benchmarks/quality.py``; ``docs/quality.md`` says what was measured).
 
 Each choice comes with its reason, which the run records (``tunery.json``, the job) and ``tunery tune`` prints:
 ``epochs 6 (auto: 675 examples, 75 answers, 9 per answer, of ~4 tokens)``.

@@ -1,10 +1,11 @@
-"""The README's "Use your existing client" snippets, each run as written against a real ``tunery serve``.
+"""The "Use your existing client" snippets (docs/clients.md, linked from the README), each run as written
+against a real ``tunery serve``.
 
-The snippets are taken from README.md itself; the test changes only what a reader would: the address and
+The snippets are taken from docs/clients.md itself; the test changes only what a reader would: the address and
 key line, the base model (the tiny model instead of the catalog's), the polling interval, and runs them in a
 folder holding ``train.jsonl`` (also under the server's data root, where the Vertex AI snippet names it).
 
-    .venv/bin/python -m pytest tests/clients/test_readme.py -x -q
+    .venv/bin/python -m pytest tests/clients/test_client_snippets.py -x -q
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-SECTION = "### Use your existing client"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "clients.md"
+TITLE = "# Use your existing client"
 ADDRESS_LINE = 'URL, KEY = "http://localhost:8080", "tk_..."'
 
 pytestmark = [
@@ -29,11 +30,11 @@ pytestmark = [
 
 
 def snippets() -> dict[str, str]:
-    """The section's Python blocks, by the client each imports."""
-    text = README.read_text()
-    assert SECTION in text, f"README.md has no {SECTION!r} section"
-    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    """The page's Python blocks, by the client each imports."""
+    assert PAGE.is_file(), f"{PAGE} is missing: the client snippets this test runs live there"
+    text = PAGE.read_text()
+    assert text.startswith(TITLE + "\n"), f"{PAGE} does not open with {TITLE!r}: is it still the clients page?"
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     found = {}
     for block in blocks:
         for name, module in (
@@ -43,7 +44,7 @@ def snippets() -> dict[str, str]:
         ):
             if module in block:
                 found[name] = block
-    assert set(found) == {"google-genai", "vertexai", "openai"}, sorted(found)
+    assert set(found) == {"google-genai", "vertexai", "openai"}, f"{PAGE.name} has snippets for {sorted(found)} only"
     return found
 
 
@@ -61,7 +62,7 @@ def test_snippet_runs(name: str, server, key, tmp_path, monkeypatch) -> None:
     printed = io.StringIO()
     namespace: dict[str, object] = {"__name__": f"readme_{name}"}
     with contextlib.redirect_stdout(printed):
-        exec(compile(code, f"README.md ({name})", "exec"), namespace)  # noqa: S102 - the README's own code
+        exec(compile(code, f"docs/clients.md ({name})", "exec"), namespace)  # noqa: S102 - the page's own code
     job = namespace["job"]
     state = getattr(job, "status", None) or getattr(getattr(job, "state", None), "name", None)
     if name == "vertexai":
