@@ -8,6 +8,10 @@ from pathlib import Path
 
 from tunery.errors import ConfigError
 
+DEFAULT_MODEL = "smollm2-135m-instruct"
+"""The catalog's default base model (``tunery.models.catalog``): what a job, a prediction or an upload that names
+none uses. Kept here, below the catalog, so that settings such as ``warm_models()`` name it without importing it."""
+
 
 def tunery_home() -> Path:
     """The root of tunery's state: converted base models, tuned models, jobs."""
@@ -111,8 +115,6 @@ def warm_start() -> bool:
 def warm_models() -> list[str]:
     """``TUNERY_WARM_MODELS``: the comma-separated models the model host loads at start (default the catalog's
     default model; empty: none, only the engine is imported)."""
-    from tunery.models.catalog import DEFAULT_MODEL
-
     raw = os.environ.get("TUNERY_WARM_MODELS")
     return [DEFAULT_MODEL] if raw is None else [name.strip() for name in raw.split(",") if name.strip()]
 
@@ -251,7 +253,8 @@ def serving_prefill_chunk() -> int | None:
 def serving_weights() -> str:
     """``$TUNERY_SERVING_WEIGHTS`` (default ``auto``): how the model host holds weights: ``auto`` (the fastest this
     machine runs: int4 on a CPU with AVX512-BF16/AMX, else fp32), ``fp32`` (the reference: the answers ``tunery
-    evaluate`` measured), ``bf16``, ``int8`` or ``int4`` (weight-only, bf16 activations; see the engine)."""
+    evaluate`` measured), ``bf16``, ``int8`` or ``int4`` (weight-only, bf16 activations:
+    ``tunery.serving.quantized``)."""
     from tunery.errors import ConfigError
 
     raw = os.environ.get("TUNERY_SERVING_WEIGHTS", "").strip() or "auto"
@@ -270,6 +273,12 @@ def _serving_int(name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigError(f"{name}={raw!r}: expected a whole number, at least 1")
     return int(raw)
+
+
+def executor() -> str | None:
+    """``$TUNERY_EXECUTOR`` (``local`` or ``ray``): where the server's scheduler runs job workers when ``tunery serve
+    --executor`` names none; unset, local processes (``tunery.jobs.scheduler.make_executor``)."""
+    return os.environ.get("TUNERY_EXECUTOR") or None
 
 
 def vllm_server() -> tuple[str, str] | None:
