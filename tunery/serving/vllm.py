@@ -336,14 +336,9 @@ def adapters_of(base: str, tuned: list[tuple[str, str, str]]) -> dict[str, str]:
 
 
 def stored_adapters(store: Any, base: str) -> dict[str, str]:
-    """Every tenant's tuned models of ``base`` in the job store, by id (vLLM's adapter names)."""
-    from sqlalchemy import select
-
-    from tunery.jobs.store import models_t
-
-    with store.engine.connect() as conn:
-        rows = conn.execute(select(models_t.c.id, models_t.c.base_model, models_t.c.path)).all()
-    return adapters_of(base, [(r.id, r.base_model, r.path) for r in rows])
+    """Every tenant's tuned models of ``base`` in the job store (``Store.every_tuned_model``), by id (vLLM's adapter
+    names)."""
+    return adapters_of(base, [(m.id, m.base_model, m.path) for m in store.every_tuned_model()])
 
 
 def start_for_service(store: Any, base: str, max_lora_rank: int, max_loras: int, log_path: str | None) -> VllmHost:
