@@ -2,10 +2,10 @@
 
 tunery starts vLLM's OpenAI-compatible server for one base model with ``--enable-lora`` and registers each
 tuned adapter of that base (``--lora-modules`` at launch, vLLM's ``/v1/load_lora_adapter`` for adapters
-tuned later). ``VllmHost`` has the ``ModelHost`` calls the API uses (``generate``, ``agenerate``,
-``generate_batch``, ``count_tokens``), so generateContent, chat completions and batch prediction all go to
-vLLM: a Gemini request becomes a chat completion (``responseSchema`` a ``json_schema`` response format,
-``text/x.enum`` a guided choice), and vLLM's answer a GenerateContentResponse.
+tuned later). ``VllmHost`` is a ``tunery.serving.process.GenerationHost``, as ``ModelHost`` is (``generate``,
+``agenerate``, ``astream``: one chunk, ``generate_batch``, ``count_tokens``, ``evict``), so generateContent, chat
+completions and batch prediction all go to vLLM: a Gemini request becomes a chat completion (``responseSchema`` a
+``json_schema`` response format, ``text/x.enum`` a guided choice), and vLLM's answer a GenerateContentResponse.
 
 Before launching, every adapter is checked against what vLLM serves (``check_adapter``): a LoRA adapter
 (not DoRA, no bias, no ``modules_to_save``) of rank at most ``--max-lora-rank`` on supported linear
@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -307,6 +308,35 @@ class VllmHost:
                         model_version: str | None = None, timeout: float | None = None) -> dict[str, Any]:  # fmt: skip
         work = partial(self.generate, model, request, max_prompt_tokens, model_version)
         return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, work), timeout)
+
+    async def astream(
+        self,
+        model: str,
+        request: dict[str, Any],
+        *,
+        max_prompt_tokens: int | None = None,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The answer as one ``GenerateContentResponse`` chunk (its ``finishReason`` and ``usageMetadata`` with it)."""
+        yield await self.agenerate(
+            model, request, max_prompt_tokens=max_prompt_tokens, model_version=model_version, timeout=timeout
+        )
+
+    async def acount_tokens(
+        self, model: str, request: dict[str, Any], *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        work = partial(self.count_tokens, model, request)
+        return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, work), timeout)
+
+    def evict(self, model: str) -> bool:
+        """Unload a tuned adapter (its directory was deleted) from vLLM; whether it was loaded. Starts no server."""
+        name = self._by_path.get(str(Path(model).resolve()))
+        if name is None or (self._proc is None and not self._external):
+            return False
+        self._post("/v1/unload_lora_adapter", {"lora_name": name})
+        del self._by_path[str(Path(model).resolve())], self.adapters[name]
+        return True
 
     def count_tokens(self, model: str, request: dict[str, Any]) -> dict[str, Any]:
         body = chat_request(self.served_name(model), {**request, "generationConfig": {}})
