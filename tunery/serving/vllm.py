@@ -28,6 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from tunery import settings
 from tunery.errors import ConfigError, ModelError, ServingError
 
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank takes
@@ -376,15 +377,14 @@ def start_for_service(store: Any, base: str, max_lora_rank: int, max_loras: int,
     rest, and tell worker processes (batch prediction) where it is."""
     require_vllm()
     from tunery.models.catalog import CATALOG
-    from tunery.settings import models_cache
 
-    model = str(models_cache() / base) if base in CATALOG else base  # a catalog model's converted HF directory
+    model = str(settings.models_cache() / base) if base in CATALOG else base  # a catalog model's converted HF directory
     host = VllmHost(model, stored_adapters(store, base), max_lora_rank=max_lora_rank, max_loras=max_loras,
                     log_path=log_path)  # fmt: skip
     for check in host.skipped:
         sys.stderr.write(f"vLLM will not serve tuned model {check.name}: {'; '.join(check.problems)}\n")
     host.start()
-    os.environ["TUNERY_VLLM_URL"], os.environ["TUNERY_VLLM_BASE"] = host.url, base
+    settings.announce_vllm_server(host.url, base)
     return host
 
 

@@ -49,6 +49,7 @@ from typing import Any, cast
 
 import torch
 
+from tunery import settings
 from tunery.errors import ConfigError, JobError
 
 JOIN_TIMEOUT = timedelta(minutes=2)
@@ -216,14 +217,14 @@ def like_param(param: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-KILL_ENV = "TUNERY_TEST_KILL_AFTER_STEP"
+KILL_ENV = settings.KILL_AFTER_STEP_ENV
 
 
 def kill_point(step: int, rank: int) -> None:
     """Fault injection for tests: ``TUNERY_TEST_KILL_AFTER_STEP=STEP[:RANK]`` SIGKILLs process RANK (0 unless
     given) once its step STEP is done, that step's checkpoint included: a death at a known point of the run
     rather than one that races a timer."""
-    wanted = os.environ.get(KILL_ENV)
+    wanted = settings.kill_after_step()
     if not wanted:
         return
     at, _, who = wanted.partition(":")
