@@ -51,8 +51,9 @@ from tunery.models.catalog import DEFAULT_MODEL
 from tunery.models.loading import load_model
 from tunery.models.sources import resolve_base
 from tunery.serving import GenerationConfig
-from tunery.serving.engine import Engine, resolve_weights
+from tunery.serving.engine import Engine
 from tunery.serving.process import ModelHost
+from tunery.serving.quantized import resolve_weights
 
 STORY = "Write a long story about a cat and a dog who meet in a park, with many details."
 
@@ -81,9 +82,9 @@ def today_generate(model: Any, ids: list[int], max_tokens: int, stop_ids: list[i
 def faster_weights() -> list[str]:
     """The weight-only forms besides fp32 whose kernels this torch runs on this CPU (measured on every CPU kind:
     their activations are bf16, in hardware with AVX512-BF16/AMX, emulated on AVX2)."""
-    from tunery.serving.engine import _int4_kernel_works, _int8_kernel_works
+    from tunery.serving.quantized import int4_kernel_works, int8_kernel_works
 
-    return [w for w, works in (("int8", _int8_kernel_works), ("int4", _int4_kernel_works)) if works()]
+    return [w for w, works in (("int8", int8_kernel_works), ("int4", int4_kernel_works)) if works()]
 
 
 def llama_cpp_model() -> Any:

@@ -8,6 +8,10 @@ from pathlib import Path
 
 from tunery.errors import ConfigError
 
+DEFAULT_MODEL = "smollm2-135m-instruct"
+"""The catalog's default base model (``tunery.models.catalog``): what a job, a prediction or an upload that names
+none uses. Kept here, below the catalog, so that settings such as ``warm_models()`` name it without importing it."""
+
 
 def tunery_home() -> Path:
     """The root of tunery's state: converted base models, tuned models, jobs."""
@@ -19,12 +23,18 @@ def models_cache() -> Path:
     return tunery_home() / "models"
 
 
+def artifacts() -> str | None:
+    """``$TUNERY_ARTIFACTS``: where tuned models go, a path every Ray node reaches or an fsspec URL (``s3://...``)
+    they are copied to (``tunery.jobs.artifacts``); unset, under ``$TUNERY_HOME``."""
+    return os.environ.get("TUNERY_ARTIFACTS") or None
+
+
 def tuned_models_dir() -> Path:
     """Default parent of tuned model directories: ``TUNERY_ARTIFACTS`` (a path every Ray node reaches) if set; a
     URL there (``s3://...``) is a copy (``tunery.jobs.artifacts``) and the directories stay under ``$TUNERY_HOME``."""
-    artifacts = os.environ.get("TUNERY_ARTIFACTS")
-    if artifacts and "://" not in artifacts:
-        return Path(artifacts).expanduser()
+    artifacts_ = artifacts()
+    if artifacts_ and "://" not in artifacts_:
+        return Path(artifacts_).expanduser()
     return tunery_home() / "tuned-models"
 
 
@@ -111,10 +121,13 @@ def warm_start() -> bool:
 def warm_models() -> list[str]:
     """``TUNERY_WARM_MODELS``: the comma-separated models the model host loads at start (default the catalog's
     default model; empty: none, only the engine is imported)."""
-    from tunery.models.catalog import DEFAULT_MODEL
-
     raw = os.environ.get("TUNERY_WARM_MODELS")
     return [DEFAULT_MODEL] if raw is None else [name.strip() for name in raw.split(",") if name.strip()]
+
+
+def max_upload_bytes() -> int:
+    """``$TUNERY_MAX_UPLOAD_BYTES`` (default 256 MiB): the largest dataset file the service accepts in one upload."""
+    return _env_int("TUNERY_MAX_UPLOAD_BYTES", 256 * 2**20)
 
 
 def upload_own_checker_bytes() -> int:
@@ -251,7 +264,8 @@ def serving_prefill_chunk() -> int | None:
 def serving_weights() -> str:
     """``$TUNERY_SERVING_WEIGHTS`` (default ``auto``): how the model host holds weights: ``auto`` (the fastest this
     machine runs: int4 on a CPU with AVX512-BF16/AMX, else fp32), ``fp32`` (the reference: the answers ``tunery
-    evaluate`` measured), ``bf16``, ``int8`` or ``int4`` (weight-only, bf16 activations; see the engine)."""
+    evaluate`` measured), ``bf16``, ``int8`` or ``int4`` (weight-only, bf16 activations:
+    ``tunery.serving.quantized``)."""
     from tunery.errors import ConfigError
 
     raw = os.environ.get("TUNERY_SERVING_WEIGHTS", "").strip() or "auto"
@@ -270,6 +284,42 @@ def _serving_int(name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigError(f"{name}={raw!r}: expected a whole number, at least 1")
     return int(raw)
+
+
+def executor() -> str | None:
+    """``$TUNERY_EXECUTOR`` (``local`` or ``ray``): where the server's scheduler runs job workers when ``tunery serve
+    --executor`` names none; unset, local processes (``tunery.jobs.scheduler.make_executor``)."""
+    return os.environ.get("TUNERY_EXECUTOR") or None
+
+
+API_ENDPOINT_ENV = "TUNERY_API_ENDPOINT"
+API_KEY_ENV = "TUNERY_API_KEY"
+
+
+def api_client() -> tuple[str, str]:
+    """``($TUNERY_API_ENDPOINT, $TUNERY_API_KEY)``, each ``""`` when unset: the tunery server the SDK and the CLI's
+    remote commands talk to, and the key they send; no endpoint: the SDK is embedded."""
+    return os.environ.get(API_ENDPOINT_ENV) or "", os.environ.get(API_KEY_ENV) or ""
+
+
+def progress_seconds() -> float:
+    """``$TUNERY_PROGRESS_SECONDS`` (default 30): away from a terminal, the CLI prints a long step's progress line
+    at most this often."""
+    return float(os.environ.get("TUNERY_PROGRESS_SECONDS", "30"))
+
+
+KILL_AFTER_STEP_ENV = "TUNERY_TEST_KILL_AFTER_STEP"
+
+
+def kill_after_step() -> str | None:
+    """``$TUNERY_TEST_KILL_AFTER_STEP`` (``STEP[:RANK]``), for fault tests: the step after which a tuning process
+    kills itself (``tunery.tuning.distributed.kill_point``)."""
+    return os.environ.get(KILL_AFTER_STEP_ENV) or None
+
+
+def announce_vllm_server(url: str, base: str) -> None:
+    """Set ``vllm_server()`` for this process and the workers it starts (``tunery serve --engine vllm``)."""
+    os.environ["TUNERY_VLLM_URL"], os.environ["TUNERY_VLLM_BASE"] = url, base
 
 
 def vllm_server() -> tuple[str, str] | None:

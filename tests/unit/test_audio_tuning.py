@@ -23,6 +23,7 @@ import torch
 
 from tunery.data.formats import Example, Part, Turn
 from tunery.data.tokenize import IGNORE_INDEX
+from tunery.models import multimodal as families
 from tunery.tuning import multimodal
 
 soundfile = pytest.importorskip("soundfile")
@@ -125,7 +126,7 @@ def clips(rng: random.Random, per_label: int) -> list[tuple[str, float, float]]:
 @pytest.mark.parametrize("template", [None, KEYED_TEMPLATE], ids=["default-template", "keyed-template"])
 def test_loss_mask_is_model_turns_and_end_of_turn(template: str | None) -> None:
     model, processor = qwen2_audio(template)
-    family = multimodal.require_family(model.config)
+    family = families.require_family(model.config)
     assert family.name == "Qwen2-Audio"
     two_turns = Example(
         turns=(
@@ -179,7 +180,7 @@ def test_an_image_part_to_the_audio_model_is_refused_by_line(tmp_path: Path) -> 
     from tunery.tuning import TuningSpec, tune
 
     model, processor = qwen2_audio()
-    family = multimodal.require_family(model.config)
+    family = families.require_family(model.config)
     image = Part("inlineData", mime_type="image/png", data=base64.b64encode(b"\x89PNG\r\n\x1a\n").decode())
     example = Example(
         turns=(Turn("user", (image, Part("text", PROMPT))), Turn("model", (Part("text", "low"),))), line=4
@@ -231,7 +232,7 @@ def test_an_image_part_to_the_audio_model_is_refused_by_line(tmp_path: Path) -> 
 
 def test_lora_targets_the_language_model_only() -> None:
     model, _ = qwen2_audio()
-    family = multimodal.require_family(model.config)
+    family = families.require_family(model.config)
     assert model.model.audio_tower is model.get_submodule(family.tower[0])
     assert model.model.multi_modal_projector is model.get_submodule(family.projector[0])
     language = multimodal.lora_targets(model, family)
@@ -250,15 +251,15 @@ def test_lora_targets_the_language_model_only() -> None:
 @torch.no_grad()
 def exact_match(model: torch.nn.Module, processor, items: list[tuple[str, float, float]]) -> float:
     """Greedy answers to the same prompt on each clip, compared whole with the label."""
-    family = multimodal.require_family(model.config)
+    family = families.require_family(model.config)
     model.eval()
     right = 0
     for label, freq, amplitude in items:
         prompt = Example(turns=(Turn("user", (audio_part(freq, amplitude), Part("text", PROMPT))),))
         text = processor.apply_chat_template(
-            multimodal.chat_messages(prompt, family), tokenize=False, add_generation_prompt=True
+            families.chat_messages(prompt, family), tokenize=False, add_generation_prompt=True
         )
-        samples = multimodal.decoded_media(prompt, family, None, processor)["audio"]
+        samples = families.decoded_media(prompt, family, None, processor)["audio"]
         inputs = processor(text=[text], audio=samples, sampling_rate=RATE, return_tensors="pt")
         inputs = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         out = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
@@ -378,7 +379,7 @@ def test_lora_tuning_adapts_the_language_model_and_keeps_the_projector_whole(tmp
 def test_audio_is_processed_under_an_evaluation_autocast() -> None:
     """Evaluation collates inside bf16 autocast (CPU bf16-mixed): Whisper's log-mel must still be float32."""
     model, processor = qwen2_audio()
-    family = multimodal.require_family(model.config)
+    family = families.require_family(model.config)
     example = Example(
         turns=(Turn("user", (audio_part(TONES["low"]), Part("text", PROMPT))), Turn("model", (Part("text", "low"),)))
     )

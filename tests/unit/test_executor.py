@@ -12,8 +12,8 @@ import time
 import pytest
 
 from tunery.errors import ConfigError
-from tunery.jobs.executor import EXIT_LOST, LocalExecutor, Resources, job_resources, make_executor
-from tunery.jobs.scheduler import Scheduler
+from tunery.jobs.executor import EXIT_LOST, LocalExecutor, Resources, job_resources
+from tunery.jobs.scheduler import Scheduler, make_executor
 from tunery.jobs.store import RUNNING, SUCCEEDED, Store
 from tunery.tuning.spec import TuningSpec
 

@@ -16,6 +16,7 @@ import torch
 
 from tunery.data import IGNORE_INDEX, Example, Part, Turn, documents, encode, prompt_ids
 from tunery.errors import DatasetError
+from tunery.models import multimodal as families
 from tunery.tuning import multimodal
 
 pytest.importorskip("pypdf")
@@ -114,7 +115,7 @@ def test_vlm_gets_one_image_per_page_and_the_text_layer() -> None:
     # Page order: each rendered page is its own (the ink differs page to page), the same as the image parts.
     pixels = [image.tobytes() for image in images]
     assert len(set(pixels)) == len(PAGES)
-    assert [multimodal.decode_image(p, None).tobytes() for p in parts[:-1]] == pixels
+    assert [families.decode_image(p, None).tobytes() for p in parts[:-1]] == pixels
     # Pages without text: no text part, the page count kept.
     blank = documents.expand_pdf_for_vlm(pdf_part([None, None]), None)
     assert [p.mime_type for p in blank] == ["image/png", "image/png"]
@@ -122,7 +123,7 @@ def test_vlm_gets_one_image_per_page_and_the_text_layer() -> None:
 
 def test_tiny_qwen2_vl_takes_the_pages_as_images_and_trains_on_them() -> None:
     model, processor = vlm.qwen2_vl()
-    family = multimodal.require_family(model.config)
+    family = families.require_family(model.config)
     part = pdf_part(PAGES)
     example = document_example(part)
     batch, media = multimodal.process(family, processor, [example], None)
@@ -155,7 +156,7 @@ def test_tiny_qwen2_vl_takes_the_pages_as_images_and_trains_on_them() -> None:
 
 def test_unsupported_media_beside_a_pdf_is_named_by_its_own_index() -> None:
     _, processor = vlm.qwen2_vl()
-    family = multimodal.QWEN2_VL
+    family = families.QWEN2_VL
     audio = Part("inlineData", mime_type="audio/wav", data="AAAA")
     example = Example(turns=(Turn("user", (pdf_part(PAGES), audio)), Turn("model", (Part("text", "red"),))), line=9)
     with pytest.raises(DatasetError, match=r"line 9: contents\[0\]\.parts\[1\]: Qwen2-VL models take text, image"):

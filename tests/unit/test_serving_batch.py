@@ -157,11 +157,11 @@ def test_streamed_text_joins_to_the_answer(tuned_lora):
 @pytest.mark.parametrize("weights", ["bf16", "int8", "int4"])
 def test_faster_weights_answer_like_fp32_on_the_tuned_model(tuned_lora, weights):
     from tunery.hardware import cpu_has_fast_bf16
-    from tunery.serving.engine import _int4_kernel_works, _int8_kernel_works
+    from tunery.serving.quantized import int4_kernel_works, int8_kernel_works
 
-    if weights == "int8" and not (cpu_has_fast_bf16() and _int8_kernel_works()):
+    if weights == "int8" and not (cpu_has_fast_bf16() and int8_kernel_works()):
         pytest.skip("no int8 kernel for this CPU (needs AVX512-BF16 or AMX)")
-    if weights == "int4" and not _int4_kernel_works():
+    if weights == "int4" and not int4_kernel_works():
         pytest.skip("no CPU int4 kernel in this torch")
     reference, fast = Engine(tuned_lora), Engine(tuned_lora, weights=weights)
     labels = {json.dumps(reference.generate(user_example(q)).text) for q in QUESTIONS}
@@ -175,9 +175,9 @@ def test_int4_keeps_the_grid_the_weights_lie_on():
     fp32 layer does up to bf16's rounding of the activations and scales."""
     from torch import nn
 
-    from tunery.serving.engine import Int4Linear, Int8Linear, _int4_kernel_works, prepare_weights
+    from tunery.serving.quantized import Int4Linear, Int8Linear, int4_kernel_works, prepare_weights
 
-    if not _int4_kernel_works():
+    if not int4_kernel_works():
         pytest.skip("no CPU int4 kernel in this torch")
     torch.manual_seed(0)
     out, width = 48, 96
@@ -212,9 +212,10 @@ def test_an_adapter_is_served_on_int4_weights():
     on those as on any linear layer, and a row with it gets the fp32 model's delta on top."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tunery.serving.engine import Base, Int4Linear, MultiLoraLinear, _int4_kernel_works
+    from tunery.serving.engine import Base, MultiLoraLinear
+    from tunery.serving.quantized import Int4Linear, int4_kernel_works
 
-    if not _int4_kernel_works():
+    if not int4_kernel_works():
         pytest.skip("no CPU int4 kernel in this torch")
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,

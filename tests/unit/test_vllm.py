@@ -62,6 +62,44 @@ def test_host_leaves_out_adapters_it_cannot_serve(tmp_path, tuned_lora):
     assert modules == [{"name": "good", "path": str(tuned_lora), "base_model_name": "base"}]
 
 
+def test_the_host_serves_every_tenants_tuned_models_of_its_base_from_the_store(tmp_path):
+    from tunery.jobs.store import Store, TunedModel
+
+    store = Store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    for model_id, tenant, base in (("a", "acme", "tiny"), ("b", "globex", "tiny"), ("c", "acme", "other")):
+        path = f"/tuned/{model_id}"
+        store.add_tuned_model(TunedModel(model_id, tenant, "j", model_id, base, "PEFT_ADAPTER", path, "t"))
+    assert vllm.stored_adapters(store, "tiny") == {"a": "/tuned/a", "b": "/tuned/b"}
+    assert vllm.stored_adapters(store, "none") == {}
+
+
+def test_both_model_hosts_are_generation_hosts():
+    from tunery.serving.process import GenerationHost, ModelHost
+
+    assert isinstance(ModelHost(), GenerationHost)  # starts nothing until its first call
+    assert isinstance(vllm.VllmHost("tiny"), GenerationHost)
+
+
+def test_the_vllm_host_unloads_an_evicted_adapter_and_counts_tokens_awaited(monkeypatch, tmp_path, tuned_lora):
+    import asyncio
+
+    host = vllm.VllmHost("tiny", {"router": str(tuned_lora)})
+    assert not host.evict(str(tuned_lora))  # no server started: nothing loaded, nothing started
+    posted = []
+
+    def post(path, body):
+        posted.append((path, body))
+        return {"count": 7}
+
+    monkeypatch.setattr(host, "_post", post)
+    host._external = True  # as if attached to a running server
+    assert asyncio.run(host.acount_tokens("tiny", {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})) == {
+        "totalTokens": 7
+    }
+    assert host.evict(str(tuned_lora)) and posted[-1] == ("/v1/unload_lora_adapter", {"lora_name": "router"})
+    assert not host.evict(str(tuned_lora)) and host.adapters == {}
+
+
 def test_launch_command_checks_the_rank_and_picks_the_smallest_covering_one():
     with pytest.raises(ConfigError, match="max-lora-rank 12"):
         vllm.launch_command("m", {}, port=1, max_lora_rank=12)

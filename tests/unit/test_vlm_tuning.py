@@ -19,6 +19,7 @@ import torch
 
 from tunery.data.formats import Example, Part, Turn
 from tunery.data.tokenize import IGNORE_INDEX
+from tunery.models import multimodal as families
 from tunery.tuning import multimodal
 
 pytest.importorskip("PIL")
@@ -276,7 +277,7 @@ def shade(rgb: tuple[int, int, int], rng: random.Random, spread: int = 25) -> tu
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_loss_mask_is_model_turns_and_end_of_turn(name: str) -> None:
     model, processor = BUILDERS[name]()
-    family = multimodal.require_family(model.config)
+    family = families.require_family(model.config)
     example = Example(
         turns=(
             Turn("user", (image_part(COLOURS["red"]), Part("text", PROMPT))),
@@ -326,7 +327,7 @@ def test_loss_mask_is_model_turns_and_end_of_turn(name: str) -> None:
 
 def test_unsupported_media_names_the_line_and_part() -> None:
     model, processor = qwen2_vl()
-    family = multimodal.require_family(model.config)
+    family = families.require_family(model.config)
     audio = Example(
         turns=(
             Turn("user", (Part("text", PROMPT), Part("inlineData", mime_type="audio/wav", data="AAAA"))),
@@ -362,15 +363,15 @@ def write_rows(path: Path, items: list[tuple[str, tuple[int, int, int]]]) -> Pat
 @torch.no_grad()
 def exact_match(model: torch.nn.Module, processor, items: list[tuple[str, tuple[int, int, int]]]) -> float:
     """Greedy answers to the same prompt on each image, compared whole with the label."""
-    family = multimodal.require_family(model.config)
+    family = families.require_family(model.config)
     model.eval()
     right = 0
     for label, rgb in items:
         prompt = Example(turns=(Turn("user", (image_part(rgb), Part("text", PROMPT))),))
-        messages = multimodal.chat_messages(prompt, family)
+        messages = families.chat_messages(prompt, family)
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         inputs = processor(
-            text=[text], images=[[multimodal.decode_image(prompt.turns[0].parts[0], None)]], return_tensors="pt"
+            text=[text], images=[[families.decode_image(prompt.turns[0].parts[0], None)]], return_tensors="pt"
         )
         out = model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
         answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -446,7 +447,7 @@ def test_tiny_vlm_learns_colours_from_pixels(name: str, method: str, train_proje
     )
     assert before <= 0.5
     assert after >= 0.95
-    family = multimodal.require_family(model.config)
+    family = families.require_family(model.config)
     if validation is not None:  # evaluated in the loop, media decoded from the validation file's folder
         records = [json.loads(line) for line in (tuned / "metrics.jsonl").read_text().splitlines()]
         evaluated = [r for r in records if "eval_loss" in r]
@@ -475,10 +476,10 @@ def test_media_is_decoded_per_batch_not_kept() -> None:
 
     def counting(part: Part, source: object, proc: object) -> object:
         calls.append(part.data[-12:])
-        return multimodal.decode_image(part, source, proc)
+        return families.decode_image(part, source, proc)
 
     family = dataclasses.replace(
-        multimodal.require_family(model.config), media={"image": multimodal.MediaKind("image", "images", counting)}
+        families.require_family(model.config), media={"image": families.MediaKind("image", "images", counting)}
     )
     examples = [
         Example(turns=(Turn("user", (image_part(rgb), Part("text", PROMPT))), Turn("model", (Part("text", label),))))
@@ -499,7 +500,7 @@ def test_media_is_decoded_per_batch_not_kept() -> None:
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_lora_targets_the_language_model_and_opens_the_tower_on_request(name: str) -> None:
     model, _ = BUILDERS[name]()
-    family = multimodal.require_family(model.config)
+    family = families.require_family(model.config)
     in_tower = lambda n: n.startswith(TOWERS) and not n.startswith(tuple(p + "." for p in family.projector))  # noqa: E731
     in_projector = lambda n: n.startswith(tuple(p + "." for p in family.projector))  # noqa: E731
     language = multimodal.lora_targets(model, family)

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from tunery import settings
 from tunery.errors import DatasetError, TuneryError
 
 # Written to a file or a pipe, rich would wrap tables at 80 columns and split every cell; a log
@@ -77,7 +78,7 @@ class LogLines:
     def __init__(self, label: str) -> None:
         self.label = label
         self.on = not err_console.is_terminal
-        self.every = float(os.environ.get("TUNERY_PROGRESS_SECONDS", "30"))
+        self.every = settings.progress_seconds()
         self.started = time.monotonic()
         self.last: float | None = None
         self.ended = False

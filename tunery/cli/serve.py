@@ -31,6 +31,6 @@ def serve(
         if not vllm_base:
             raise ConfigError("--engine vllm needs --vllm-base MODEL: the base model its adapters were tuned from")
         vllm = {"base": vllm_base, "max_lora_rank": max_lora_rank, "max_loras": max_loras}
-    from tunery.jobs.executor import make_executor
+    from tunery.jobs.scheduler import make_executor
 
     run(host=host, port=port, workers=workers, vllm=vllm, executor=make_executor(executor))

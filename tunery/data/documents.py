@@ -20,11 +20,10 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Callable, Collection
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunery.data.formats import Example, Part, Turn
-from tunery.data.media import Media, MediaError, MediaSource, open_media, pdf_text
+from tunery.data.media import Media, MediaError, media_source, open_media, pdf_text
 from tunery.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -53,17 +52,11 @@ def takes_pdf(modalities: Collection[str]) -> bool:
     return "text" in modalities or "image" in modalities
 
 
-def _source(source: Any) -> MediaSource:
-    if isinstance(source, MediaSource):
-        return source
-    return MediaSource(base=Path(source) if source is not None else None)
-
-
 def _media(part: Part, source: Any) -> Media:
     """The PDF's bytes, read once (text and pages are both read from them; no file is left open)."""
     if not is_pdf(part):
         raise MediaError(f"not a PDF part (mimeType {part.mime_type or 'text'!r})")
-    media = open_media(part, _source(source))
+    media = open_media(part, media_source(source))
     return media if media.payload is not None else Media(media.mime_type, payload=media.read(), name=media.name)
 
 

@@ -65,6 +65,13 @@ class MediaSource:
         return [p.resolve() for p in (self.base, self.root) if p is not None]
 
 
+def media_source(source: MediaSource | str | Path | None) -> MediaSource:
+    """``source`` as a ``MediaSource``: given as one, or as the dataset's folder (a path), or None (inline only)."""
+    if isinstance(source, MediaSource):
+        return source
+    return MediaSource(base=Path(source) if source is not None else None)
+
+
 @dataclass
 class Media:
     """A media part's bytes (read lazily from ``path``, or given) and its declared MIME type."""

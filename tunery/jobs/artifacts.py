@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tunery import settings
 from tunery.errors import ConfigError
 
 POINTER = "checkpoints/latest"
@@ -31,7 +32,7 @@ _PULLING = threading.Lock()
 
 def artifacts_url() -> str | None:
     """``TUNERY_ARTIFACTS`` when it is a URL (``scheme://...``), else None (a path, or unset)."""
-    value = os.environ.get("TUNERY_ARTIFACTS") or ""
+    value = settings.artifacts() or ""
     return value.rstrip("/") if "://" in value else None
 
 

@@ -9,6 +9,8 @@ worker's exit means (retry from the checkpoint, CANCELLED, FAILED), whatever exe
 - ``RayExecutor`` (``tunery.jobs.ray_executor``): a Ray task on a node with the job's CPUs/GPUs/memory;
   ``tunery serve --executor ray`` and ``RAY_ADDRESS``.
 
+The scheduler picks one by name (``tunery.jobs.scheduler.make_executor``).
+
 The exit status follows the worker's: 0 ended, ``EXIT_INTERRUPTED`` stopped at a checkpoint, anything else
 (a negative status: killed by that signal; ``EXIT_LOST``: the node or the task was lost) a crash that the
 scheduler retries from the last checkpoint.
@@ -147,16 +149,3 @@ class LocalExecutor:
         with contextlib.suppress(ProcessLookupError):
             handle.kill()
         handle.wait()
-
-
-def make_executor(name: str | None = None, address: str | None = None) -> Executor:
-    """The executor called ``name`` (default ``TUNERY_EXECUTOR`` or local); Ray connects to ``address``
-    (default ``RAY_ADDRESS``; none: a Ray instance on this machine)."""
-    name = name or os.environ.get("TUNERY_EXECUTOR") or "local"
-    if name == "local":
-        return LocalExecutor()
-    if name == "ray":
-        from tunery.jobs.ray_executor import RayExecutor
-
-        return RayExecutor(address)
-    raise ConfigError(f"executor {name!r}: expected one of {', '.join(EXECUTORS)}")

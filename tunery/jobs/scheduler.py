@@ -30,8 +30,10 @@ import sys
 import threading
 from pathlib import Path
 
+from tunery import settings
+from tunery.errors import ConfigError
 from tunery.jobs import inputs
-from tunery.jobs.executor import EXIT_LOST, Executor, Handle, LocalExecutor
+from tunery.jobs.executor import EXECUTORS, EXIT_LOST, Executor, Handle, LocalExecutor
 from tunery.jobs.store import (
     CANCELLED,
     CODE_CANCELLED,
@@ -46,6 +48,19 @@ from tunery.jobs.store import (
 )
 
 MAX_BACKOFF_SECONDS = 30.0
+
+
+def make_executor(name: str | None = None, address: str | None = None) -> Executor:
+    """The executor called ``name`` (default ``TUNERY_EXECUTOR`` or local); Ray connects to ``address``
+    (default ``RAY_ADDRESS``; none: a Ray instance on this machine)."""
+    name = name or settings.executor() or "local"
+    if name == "local":
+        return LocalExecutor()
+    if name == "ray":
+        from tunery.jobs.ray_executor import RayExecutor
+
+        return RayExecutor(address)
+    raise ConfigError(f"executor {name!r}: expected one of {', '.join(EXECUTORS)}")
 
 
 class Scheduler:

@@ -627,6 +627,12 @@ class Store:
     def list_tuned_models(self, tenant: str) -> list[TunedModel]:
         return [TunedModel(**row) for row in self._list(models_t, tenant)]
 
+    def every_tuned_model(self) -> list[TunedModel]:
+        """Every tenant's tuned models (the vLLM host loads those of its base as adapters), oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(select(models_t).order_by(models_t.c.create_time))
+            return [TunedModel(**_decode(row)) for row in rows]
+
     def delete_tuned_model(self, tenant: str, model_id: str) -> TunedModel:
         """Forget the tuned model (the caller removes its directory); its job keeps its record."""
         record = self.get_tuned_model(tenant, model_id)

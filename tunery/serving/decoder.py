@@ -6,7 +6,7 @@ as separate ``Linear`` modules. ``Decoder`` runs the same computation with fewer
 one matrix product, gate and up another, the rotary table is computed once per model, the KV cache is a
 buffer written in place (``KV``), a decode step's query heads that share a KV head attend as one group (no
 repeated keys), and the weight kernels are called directly on 2-D activations. It holds the weights that
-``tunery.serving.engine.prepare_weights`` made (int4, int8, bf16; or fp32, where it equals ``transformers``
+``tunery.serving.quantized.prepare_weights`` made (int4, int8, bf16; or fp32, where it equals ``transformers``
 to float rounding, tested), and the LoRA adapters of the base's slots as stacks per fused layer
 (``LoraStack``), so a batch that mixes adapters makes two small products per fused layer.
 
@@ -26,6 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tunery.serving.quantized import GROUP, Int4Linear, Int8Linear, int8_kernel_works
 
 FAMILIES = ("llama", "qwen2", "mistral")
 INT8_K = 16  # torch._weight_int8pack_mm's inner dimension must be a multiple of this (other widths crash)
@@ -96,7 +98,6 @@ def fuse(model: nn.Module) -> None:
 
 def kernel(layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x`` [rows, in] (contiguous, in the model's activation dtype) → [rows, out], without the module call."""
-    from tunery.serving.engine import GROUP, Int4Linear, Int8Linear
 
     bias = getattr(layer, "bias", None)
     if isinstance(layer, Int4Linear):
@@ -326,9 +327,7 @@ class Decoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         # bf16 activations (int4, int8, bf16 weights): the adapters' stacks as int8 too, where the kernel runs;
         # fp32: the stacks in fp32, the exact sum
-        from tunery.serving.engine import _int8_kernel_works
-
-        quantized = self.dtype == torch.bfloat16 and _int8_kernel_works()
+        quantized = self.dtype == torch.bfloat16 and int8_kernel_works()
         self.layers = [_Layer(layer, slots, quantized) for layer in core.layers]
         self.slots = slots
         length = int(getattr(config, "max_position_embeddings", 2048) or 2048)

@@ -33,7 +33,7 @@ A ``TuneryError`` answers code 400 with its message (a ``DatasetError`` also sen
 ``problems``), a model that does not exist 404, anything else 500 with its traceback on stderr.
 At most ``$TUNERY_SERVING_MAX_MODELS`` (default 2) bases stay loaded and at most
 ``$TUNERY_SERVING_MAX_ADAPTERS`` (default 8) adapters on each, least recently used dropped first;
-``$TUNERY_SERVING_WEIGHTS`` (default ``auto``) says how their weights are held (see the engine).
+``$TUNERY_SERVING_WEIGHTS`` (default ``auto``) says how their weights are held (``tunery.serving.quantized``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Serving a vision-language model: a model dir whose config is a multimodal family (``tunery.tuning.multimodal``).
+"""Serving a vision-language model: a model dir whose config is a multimodal family (``tunery.models.multimodal``).
 
     vlm = VisionLanguageModel(path)            # AutoModelForImageTextToText + its processor, no trust_remote_code
     vlm.generate(example, GenerationConfig())  # Generation; greedy equals model.generate on the processor's inputs
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from tunery.data.formats import Example, Part, Turn
-from tunery.data.media import MediaError, MediaSource, open_media
+from tunery.data.media import MediaError, MediaSource, media_source, open_media
 from tunery.errors import DatasetError, ModelError
 from tunery.serving.gemini import Generation, GenerationConfig
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 
 def _family_dir(path: Path) -> bool:
-    from tunery.tuning.multimodal import family_of
+    from tunery.models.multimodal import family_of
 
     config = path / "config.json"
     if not config.is_file():
@@ -78,7 +78,7 @@ def is_vision_language(path: str | Path) -> bool:
 def served_modalities(name: str | Path) -> tuple[str, ...]:
     """The modalities a model takes as it is served: its family's (text first) for a multimodal model, else text."""
     from tunery.models.catalog import CATALOG
-    from tunery.tuning.multimodal import family_of
+    from tunery.models.multimodal import family_of
 
     found = vlm_location(name)
     if found is None:
@@ -111,17 +111,11 @@ def _inline_bytes(part: Part, source: MediaSource, where: str) -> str:
         raise DatasetError(f"{where}: {exc}") from None
 
 
-def _source(source: MediaSource | str | Path | None) -> MediaSource:
-    if isinstance(source, MediaSource):
-        return source
-    return MediaSource(base=Path(source) if source is not None else None)
-
-
 def inline_media(example: Example, source: MediaSource | str | Path | None) -> Example:
     """``example`` with each ``fileData`` part that ``source`` resolves (a path against its folder; see ``_local``)
     read into an ``inlineData`` part of the same MIME type; the same object when it has none. ``DatasetError``
     names the line and part of a file that is missing or outside the roots."""
-    media = _source(source)
+    media = media_source(source)
     if not any(p.kind == "fileData" and _local(p.uri, media) for t in example.turns for p in t.parts):
         return example
     turns = []
@@ -139,7 +133,7 @@ def inline_media(example: Example, source: MediaSource | str | Path | None) -> E
 def inline_request(body: dict[str, Any], source: MediaSource | str | Path | None) -> dict[str, Any]:
     """A generateContent body (JSON, camelCase or snake_case parts) with its resolvable ``fileData`` parts read
     into ``inlineData`` (see ``inline_media``); the same dict when it has none. ``DatasetError`` names the field."""
-    media = _source(source)
+    media = media_source(source)
     contents = body.get("contents")
     if not isinstance(contents, list):
         return body
@@ -172,8 +166,8 @@ class VisionLanguageModel:
 
     def __init__(self, path: str | Path, model: Any = None, processor: Any = None) -> None:
         from tunery.models.loading import load_processor
+        from tunery.models.multimodal import require_family
         from tunery.models.tuned import is_tuned_dir, read_manifest
-        from tunery.tuning.multimodal import require_family
 
         self.path = str(path)
         self.manifest = read_manifest(path) if is_tuned_dir(path) else None
@@ -212,7 +206,7 @@ class VisionLanguageModel:
         """The processor's tensors for ``example``'s prompt (its final model turn dropped), generation prompt on."""
         import torch
 
-        from tunery.tuning.multimodal import chat_messages, decoded_media
+        from tunery.models.multimodal import chat_messages, decoded_media
 
         prompt = example.prompt()
         text = self.processor.apply_chat_template(

@@ -38,9 +38,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol, runtime_checkable
 
 from tunery import lifeline, settings
 from tunery.data.validation import Problem
@@ -68,6 +68,54 @@ USER_ERRORS: dict[str, type[TuneryError]] = {
 
 Sink = Callable[[dict[str, Any] | ServingError], None]
 """Where a call's messages go (its chunks and final reply, or the error that ended the host), from any thread."""
+
+
+@runtime_checkable
+class GenerationHost(Protocol):
+    """What the API and batch prediction call on a model host: ``ModelHost`` (tunery's own engine, in a subprocess)
+    and ``tunery.serving.vllm.VllmHost`` (a vLLM server) both are one. Requests and answers are Gemini's JSON
+    (generateContent, countTokens bodies); errors are ``TuneryError``s. The awaited calls' ``timeout`` bounds the
+    whole call (``ServingError`` 504 past it) and cancelling the awaiting task cancels the call."""
+
+    def generate(
+        self,
+        model: str,
+        request: dict[str, Any],
+        max_prompt_tokens: int | None = None,
+        model_version: str | None = None,
+    ) -> dict[str, Any]: ...
+
+    def generate_batch(self, items: list[dict[str, Any]]) -> Sequence[dict[str, Any] | BaseException]: ...
+
+    def count_tokens(self, model: str, request: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def agenerate(
+        self,
+        model: str,
+        request: dict[str, Any],
+        *,
+        max_prompt_tokens: int | None = None,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]: ...
+
+    def astream(
+        self,
+        model: str,
+        request: dict[str, Any],
+        *,
+        max_prompt_tokens: int | None = None,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def acount_tokens(
+        self, model: str, request: dict[str, Any], *, timeout: float | None = None
+    ) -> dict[str, Any]: ...
+
+    def evict(self, model: str) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class ModelHost:

@@ -2,10 +2,10 @@
 
 tunery starts vLLM's OpenAI-compatible server for one base model with ``--enable-lora`` and registers each
 tuned adapter of that base (``--lora-modules`` at launch, vLLM's ``/v1/load_lora_adapter`` for adapters
-tuned later). ``VllmHost`` has the ``ModelHost`` calls the API uses (``generate``, ``agenerate``,
-``generate_batch``, ``count_tokens``), so generateContent, chat completions and batch prediction all go to
-vLLM: a Gemini request becomes a chat completion (``responseSchema`` a ``json_schema`` response format,
-``text/x.enum`` a guided choice), and vLLM's answer a GenerateContentResponse.
+tuned later). ``VllmHost`` is a ``tunery.serving.process.GenerationHost``, as ``ModelHost`` is (``generate``,
+``agenerate``, ``astream``: one chunk, ``generate_batch``, ``count_tokens``, ``evict``), so generateContent, chat
+completions and batch prediction all go to vLLM: a Gemini request becomes a chat completion (``responseSchema`` a
+``json_schema`` response format, ``text/x.enum`` a guided choice), and vLLM's answer a GenerateContentResponse.
 
 Before launching, every adapter is checked against what vLLM serves (``check_adapter``): a LoRA adapter
 (not DoRA, no bias, no ``modules_to_save``) of rank at most ``--max-lora-rank`` on supported linear
@@ -22,11 +22,13 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from tunery import settings
 from tunery.errors import ConfigError, ModelError, ServingError
 
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank takes
@@ -308,6 +310,35 @@ class VllmHost:
         work = partial(self.generate, model, request, max_prompt_tokens, model_version)
         return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, work), timeout)
 
+    async def astream(
+        self,
+        model: str,
+        request: dict[str, Any],
+        *,
+        max_prompt_tokens: int | None = None,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The answer as one ``GenerateContentResponse`` chunk (its ``finishReason`` and ``usageMetadata`` with it)."""
+        yield await self.agenerate(
+            model, request, max_prompt_tokens=max_prompt_tokens, model_version=model_version, timeout=timeout
+        )
+
+    async def acount_tokens(
+        self, model: str, request: dict[str, Any], *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        work = partial(self.count_tokens, model, request)
+        return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, work), timeout)
+
+    def evict(self, model: str) -> bool:
+        """Unload a tuned adapter (its directory was deleted) from vLLM; whether it was loaded. Starts no server."""
+        name = self._by_path.get(str(Path(model).resolve()))
+        if name is None or (self._proc is None and not self._external):
+            return False
+        self._post("/v1/unload_lora_adapter", {"lora_name": name})
+        del self._by_path[str(Path(model).resolve())], self.adapters[name]
+        return True
+
     def count_tokens(self, model: str, request: dict[str, Any]) -> dict[str, Any]:
         body = chat_request(self.served_name(model), {**request, "generationConfig": {}})
         answer = self._post("/tokenize", {"model": body["model"], "messages": body["messages"]})
@@ -336,14 +367,9 @@ def adapters_of(base: str, tuned: list[tuple[str, str, str]]) -> dict[str, str]:
 
 
 def stored_adapters(store: Any, base: str) -> dict[str, str]:
-    """Every tenant's tuned models of ``base`` in the job store, by id (vLLM's adapter names)."""
-    from sqlalchemy import select
-
-    from tunery.jobs.store import models_t
-
-    with store.engine.connect() as conn:
-        rows = conn.execute(select(models_t.c.id, models_t.c.base_model, models_t.c.path)).all()
-    return adapters_of(base, [(r.id, r.base_model, r.path) for r in rows])
+    """Every tenant's tuned models of ``base`` in the job store (``Store.every_tuned_model``), by id (vLLM's adapter
+    names)."""
+    return adapters_of(base, [(m.id, m.base_model, m.path) for m in store.every_tuned_model()])
 
 
 def start_for_service(store: Any, base: str, max_lora_rank: int, max_loras: int, log_path: str | None) -> VllmHost:
@@ -351,15 +377,14 @@ def start_for_service(store: Any, base: str, max_lora_rank: int, max_loras: int,
     rest, and tell worker processes (batch prediction) where it is."""
     require_vllm()
     from tunery.models.catalog import CATALOG
-    from tunery.settings import models_cache
 
-    model = str(models_cache() / base) if base in CATALOG else base  # a catalog model's converted HF directory
+    model = str(settings.models_cache() / base) if base in CATALOG else base  # a catalog model's converted HF directory
     host = VllmHost(model, stored_adapters(store, base), max_lora_rank=max_lora_rank, max_loras=max_loras,
                     log_path=log_path)  # fmt: skip
     for check in host.skipped:
         sys.stderr.write(f"vLLM will not serve tuned model {check.name}: {'; '.join(check.problems)}\n")
     host.start()
-    os.environ["TUNERY_VLLM_URL"], os.environ["TUNERY_VLLM_BASE"] = host.url, base
+    settings.announce_vllm_server(host.url, base)
     return host
 
 

@@ -27,7 +27,7 @@ gradients, summed, after every micro-batch. Each process then runs the same numb
 into full tensors and written by process 0 in the one-process format, so a sharded run resumes with any N.
 
 With ``--processes N`` the calling process (the CLI, or a job's worker) is process 0, with its
-hooks; it starts N-1 helpers (``python -m tunery.tuning.distributed``) that meet it through a
+hooks; it starts N-1 helpers (``python -m tunery.tuning.helper``) that meet it through a
 TCPStore on 127.0.0.1 whose port the OS picks. Under torchrun or ``accelerate launch`` the
 launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) is used instead. (Without a
 config, ``accelerate launch --num_processes N`` alone on a machine without GPUs starts one process, and tells
@@ -36,14 +36,12 @@ it nothing of N: pass ``--multi_gpu`` or ``--use_fsdp``, or use a MULTI_CPU conf
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -51,6 +49,7 @@ from typing import Any, cast
 
 import torch
 
+from tunery import settings
 from tunery.errors import ConfigError, JobError
 
 JOIN_TIMEOUT = timedelta(minutes=2)
@@ -218,14 +217,14 @@ def like_param(param: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-KILL_ENV = "TUNERY_TEST_KILL_AFTER_STEP"
+KILL_ENV = settings.KILL_AFTER_STEP_ENV
 
 
 def kill_point(step: int, rank: int) -> None:
     """Fault injection for tests: ``TUNERY_TEST_KILL_AFTER_STEP=STEP[:RANK]`` SIGKILLs process RANK (0 unless
     given) once its step STEP is done, that step's checkpoint included: a death at a known point of the run
     rather than one that races a timer."""
-    wanted = os.environ.get(KILL_ENV)
+    wanted = settings.kill_after_step()
     if not wanted:
         return
     at, _, who = wanted.partition(":")
@@ -308,7 +307,7 @@ class Helpers:
                 cmd = [
                     sys.executable,
                     "-m",
-                    "tunery.tuning.distributed",
+                    "tunery.tuning.helper",
                     str(rank),
                     str(self.count),
                     str(self.store.port),
@@ -384,32 +383,14 @@ def watch_parent(every: float = 1.0) -> None:
     threading.Thread(target=watch, name="tunery-watch-parent", daemon=True).start()
 
 
-def helper_main(rank: int, count: int, port: int) -> int:
-    """A helper process of ``--processes N``: join process 0's group and train alongside it."""
+def join_as_helper(rank: int, count: int, port: int) -> dict[str, Any]:
+    """In a helper process of ``--processes N`` (``tunery.tuning.helper``): end with process 0, meet it at its store
+    on ``port`` (``processes`` then joins the group as ``rank``), and return what it was started with: the spec (as
+    a dict), the run directory and whether it resumes."""
     import torch.distributed as dist
-
-    from tunery.errors import TuningCancelled
-    from tunery.tuning.methods import method_of
-    from tunery.tuning.spec import TuningSpec
 
     global _helper
     watch_parent()
     payload = json.loads(os.environ.pop(PAYLOAD_ENV))
-    spec = TuningSpec.from_dict(payload["spec"])
     _helper = (rank, count, dist.TCPStore("127.0.0.1", port, count, is_master=False, timeout=JOIN_TIMEOUT))
-    with contextlib.suppress(TuningCancelled):  # process 0 reports the cancel
-        method_of(spec).main(spec, Path(payload["run_dir"]), resume=payload["resume"])
-    return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m tunery.tuning.distributed")
-    parser.add_argument("rank", type=int)
-    parser.add_argument("count", type=int)
-    parser.add_argument("port", type=int)
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    from tunery.tuning import distributed  # this file runs as __main__: its state must live in the real module
-
-    sys.exit(distributed.helper_main(args.rank, args.count, args.port))
+    return payload

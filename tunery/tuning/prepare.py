@@ -20,6 +20,7 @@ from tunery.errors import ConfigError, JobError
 from tunery.evaluation.tasks import closed_label_set, training_labels, training_schema
 from tunery.evaluation.tuned import evaluate_tuned
 from tunery.models.loading import is_multimodal, load_processor, load_tokenizer
+from tunery.models.multimodal import Family, require_family
 from tunery.models.sources import BaseModel
 from tunery.models.tuned import MANIFEST_FILE, METRICS_FILE
 from tunery.settings import data_root, tuned_models_dir
@@ -53,7 +54,7 @@ class Prepared:
     run_dir: Path
     stats: dict[str, Any]
     processor: Any = None  # a vision-language model's processor (its tokenizer is ``tokenizer``)
-    family: multimodal.Family | None = None  # the model's multimodal family (tunery.tuning.multimodal)
+    family: Family | None = None  # the model's multimodal family (tunery.models.multimodal)
     media_source: Any = None  # where the training file's media parts resolve
     validation_media_source: Any = None  # and the validation file's
     start: Start | None = None  # a tuned model the run starts from: its adapter to continue, its chain (lineage.py)
@@ -118,7 +119,7 @@ def prepare(spec: TuningSpec, run_dir: Path) -> Prepared:
     family, source, validation_source = None, None, None
     if processor is not None:
         config = json.loads((Path(base.path) / "config.json").read_text())
-        family = multimodal.require_family(config, model_id)
+        family = require_family(config, model_id)
         source = media_source(spec, spec.train)
         train_encoded = [*multimodal.encode_all(family, processor, train.examples, source, max_length, spec.train)]
         if validation is not None and spec.validation:

@@ -1,12 +1,13 @@
-"""Tuning audio-language models (Qwen2-Audio): the family registered into ``tunery.tuning.multimodal``.
+"""Audio-language models (Qwen2-Audio): decoding an audio part for the family in ``tunery.models.multimodal``.
 
 An audio part becomes the chat template's ``{"type": "audio", "audio": None}`` item (Qwen2-Audio-Instruct's
 own template tests for the ``audio`` key, transformers' default one for the type); the processor expands the
 template's ``<|AUDIO|>`` into one ``<|AUDIO|>`` per encoder frame between ``<|audio_bos|>`` and ``<|audio_eos|>``
 and passes the clip to its Whisper feature extractor (128 log-mel bins at 16 kHz, padded to the extractor's
-chunk length: 30 s for the released model, 750 audio tokens). Loss masks come from the shared ``loss_labels``:
-model turns plus ``<|im_end|>``, never the audio placeholders, the prompt, or the template's default system line
-(``You are a helpful assistant.``, written when an example has no system instruction).
+chunk length: 30 s for the released model, 750 audio tokens). Loss masks come from the shared ``loss_labels``
+(``tunery.tuning.multimodal``): model turns plus ``<|im_end|>``, never the audio placeholders, the prompt, or the
+template's default system line (``You are a helpful assistant.``, written when an example has no system
+instruction).
 
 The model is ``Qwen2AudioForConditionalGeneration`` (``AutoModelForMultimodalLM``; ``tunery.models.loading``
 loads a directory whose config has an ``audio_config``): ``model.audio_tower`` (the Whisper-style encoder,
@@ -24,8 +25,7 @@ from typing import Any
 import numpy as np
 
 from tunery.data.formats import Part
-from tunery.data.media import load_audio, open_media
-from tunery.tuning.multimodal import Family, MediaKind, media_source, register_family
+from tunery.data.media import load_audio, media_source, open_media
 
 
 def sampling_rate_of(processor: Any) -> int:
@@ -53,26 +53,3 @@ def decode_audio(part: Part, source: Any, processor: Any = None) -> np.ndarray:
             "(its feature extractor's chunk_length): cut it into parts of at most that length"
         )
     return samples
-
-
-AUDIO = MediaKind(
-    "audio",
-    "audio",
-    decode_audio,
-    nested=False,
-    options=lambda processor: {"sampling_rate": sampling_rate_of(processor)},
-    item={"audio": None},
-)
-
-QWEN2_AUDIO = register_family(
-    Family(
-        name="Qwen2-Audio",
-        model_types=("qwen2_audio",),
-        media={"audio": AUDIO},
-        model_turn="<|im_start|>assistant\n",
-        end_of_turn="<|im_end|>",
-        placeholder_tokens=("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"),
-        tower=("model.audio_tower",),
-        projector=("model.multi_modal_projector",),
-    )
-)
