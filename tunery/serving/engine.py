@@ -39,7 +39,8 @@ per channel; the only rounding left is bf16's, in the scales and the activations
 the CPU has AVX512-BF16 or AMX (and torch its int4 kernel), else fp32: on the default model, on the lean
 decoder, it decoded at 5.45x the rate of fp32 ``generate`` against int8's 4.59x, and agreed with fp32 on 53 of
 the demo's 80 free-text answers against int8's 40 and bf16's 53 (``benchmarks/serving.py``, one idle run).
-Only the model host uses ``auto`` by default; in-process engines compute in fp32.
+The model host holds ``served_weights()`` (``$TUNERY_SERVING_WEIGHTS``, default ``auto``); the evaluation, the
+SDK's in-process model and ``tunery predict`` load that same form by default and name it (``Engine.weights``).
 
 **The forward.** A llama-family model (Llama, SmolLM2, Qwen2, Mistral without a sliding window) runs on
 ``tunery.serving.decoder`` in every form: the same computation as ``transformers``' forward with fused q|k|v and
@@ -966,6 +967,14 @@ def constraint_for(config: GenerationConfig, tokenizer: Any) -> Any:
 # --- one model, alone ----------------------------------------------------------------------------------------
 
 
+def served_weights() -> str:
+    """The weights form ``tunery serve`` holds on this machine (``$TUNERY_SERVING_WEIGHTS`` resolved: ``auto`` is
+    the fastest form this CPU runs): what an evaluation or the playground measures by default."""
+    from tunery.settings import serving_weights
+
+    return resolve_weights(serving_weights())
+
+
 class Engine:
     """One loaded model: a catalog id, a local HF directory, or a tuned model directory (an adapter is served
     on its base through the adapter stacks, a full model as its own base). ``weights``: see the module doc."""
@@ -980,8 +989,10 @@ class Engine:
             self.manifest, self.tokenizer, self.model = self.vlm.manifest, self.vlm.tokenizer, self.vlm.model
             self.context_length = int(getattr(self.model.config.get_text_config(), "max_position_embeddings", 2048))
             self.stop_ids = [self.tokenizer.eos_token_id]
+            self.weights = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(self.model.dtype, str(self.model.dtype))
             return
         self.models = Models(max_bases=1, max_adapters=1, weights=weights)
+        self.weights = self.models.weights  # the form resolved (``auto`` named)
         self.served = self.models.get(self.name)
         self.manifest = self.served.manifest
         self.tokenizer = self.served.tokenizer
