@@ -98,9 +98,11 @@ class Comparison:
         for e in self.evaluations:
             s = e.summary
             row = [e.candidate.name, *(_format(s[key], k) for key, _, k in quality), e.weights]
-            if references:
-                same, total = agreement(e.predictions, e.reference.predictions) if e.reference else (0, 0)
-                row += [_format(e.reference.summary[metric], kind), f"{same}/{total}"] if e.reference else ["-", "-"]
+            if references and e.reference is None:
+                row += ["-", "-"]
+            elif references and e.reference is not None:
+                same, total = agreement(e.predictions, e.reference.predictions)
+                row += [_format(e.reference.summary[metric], kind), f"{same}/{total}"]
             row += [f"{s['prompt_tokens_mean']:.0f}", f"{s['output_tokens_mean']:.1f}", f"{s['latency_ms_p50']:.0f}",
                     f"{s['latency_ms_p95']:.0f}", f"{self.pricing.per_1k_requests(s):.4f}"]  # fmt: skip
             row += [_drop(e.robustness.get(n), self.task) for n in self.perturbations]
