@@ -274,6 +274,21 @@ def serving_weights() -> str:
     return raw
 
 
+EVALUATION_WEIGHTS = ("served", "auto", "fp32", "bf16", "int8", "int4")
+
+
+def evaluation_weights() -> str:
+    """``$TUNERY_EVALUATION_WEIGHTS`` (default ``served``): the weights an evaluation measures: ``served`` (the form
+    ``tunery serve`` holds here, ``$TUNERY_SERVING_WEIGHTS`` resolved), ``auto`` or a form; any form but fp32 is
+    measured beside fp32, and ``fp32`` alone."""
+    from tunery.errors import ConfigError
+
+    raw = os.environ.get("TUNERY_EVALUATION_WEIGHTS", "").strip() or "served"
+    if raw not in EVALUATION_WEIGHTS:
+        raise ConfigError(f"TUNERY_EVALUATION_WEIGHTS={raw!r}: expected one of {', '.join(EVALUATION_WEIGHTS)}")
+    return raw
+
+
 def _serving_int(name: str, default: int) -> int:
     """A whole-number serving setting of at least 1; anything else is a ``ConfigError`` naming it."""
     from tunery.errors import ConfigError

@@ -841,6 +841,10 @@ def test_a_job_tunes_streams_its_events_and_serves_its_tuned_model(service) -> N
     evaluation = svc.client.get(f"/v1/{model}/evaluation").json()  # run on validationDatasetUri after tuning
     assert evaluation["model"] == model and evaluation["task"]["kind"] == "classification", evaluation
     assert 0 <= evaluation["metrics"]["accuracy"] <= 1 and evaluation["metrics"]["examples"] == 10
+    from tunery.serving.engine import served_weights  # what the job's evaluation measured: the form served here
+
+    served = served_weights()
+    assert evaluation["weights"] == served and ("reference" in evaluation) == (served != "fp32"), evaluation
     assert str(svc.home) not in json.dumps(evaluation)  # no server paths
     assert svc.client.get("/v1/models/smollm2-135m-instruct/evaluation").status_code == 404
     assert not maps_torch(svc.process.pid)  # tuning and generation ran in other processes

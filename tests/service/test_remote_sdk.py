@@ -101,6 +101,25 @@ def test_train_uploads_tunes_and_the_tuned_model_answers_over_http(service):
     assert json.loads(model.generate_content("refund", generation_config=config).text) in json_schema["enum"]
 
 
+def test_a_remote_model_given_a_response_schema_answers_schema_valid_json(service, tuned_lora):
+    """``generation_config``'s responseSchema reaches the server from the SDK (``_config_json``) and holds there; a
+    tuned model's own label set would answer otherwise. The session's tuned model is registered, not tuned again."""
+    from tunery.jobs.store import TunedModel, new_id, now
+    from tunery.serving.gemini import GenerationConfig
+
+    svc = service()
+    record = TunedModel(new_id(), "default", new_id(), "router", "tiny", "PEFT_ADAPTER", str(tuned_lora), now())
+    svc.store.add_tuned_model(record)
+    tunery.init(api_endpoint=svc.url)
+    model = GenerativeModel(f"models/{record.id}")
+    fields = {"team": {"type": "STRING", "enum": ["billing", "tech"]}, "urgent": {"type": "BOOLEAN"}}
+    schema = {"type": "OBJECT", "properties": fields, "required": ["team", "urgent"]}
+    config = GenerationConfig(max_output_tokens=40, response_mime_type="application/json", response_schema=schema)
+    answer = json.loads(model.generate_content("my card never arrived", generation_config=config).text)
+    assert set(answer) == {"team", "urgent"} and answer["team"] in {"billing", "tech"}
+    assert isinstance(answer["urgent"], bool)
+
+
 def test_remote_mode_never_loads_a_model_in_this_process(service, monkeypatch):
     svc = service()
     tunery.init(api_endpoint=svc.url)

@@ -188,6 +188,85 @@ def test_error_analysis_and_restrict(tiny, data_dir, tmp_path):
     assert half.summary["examples"] == 5 and [p.line for p in half.predictions] == [1, 2, 3, 4, 5]
 
 
+# what is evaluated is what is served --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def served_int8(monkeypatch):
+    """The model server's form forced to int8 (weight-only, bf16 activations: its kernel runs on AVX2 too)."""
+    from tunery.serving.engine import _int8_kernel_works
+
+    if not _int8_kernel_works():
+        pytest.skip("no int8 weight kernel in this torch")
+    monkeypatch.setenv("TUNERY_SERVING_WEIGHTS", "int8")
+    monkeypatch.delenv("TUNERY_EVALUATION_WEIGHTS", raising=False)
+    return monkeypatch
+
+
+def test_evaluation_measures_the_served_weights_beside_fp32(served_int8, tiny, data_dir, tmp_path):
+    run = evaluate(tiny, data_dir / "classify_gemini.jsonl", output=tmp_path / "int8", max_output_tokens=3, limit=4,
+                   advice=False)  # fmt: skip
+    e = run.comparison.evaluations[0]
+    assert e.weights == "int8" and e.reference is not None and e.reference.weights == "fp32"
+    assert len(e.reference.predictions) == 4
+    stored = json.loads((tmp_path / "int8" / "evaluation.json").read_text())
+    assert stored["weights"] == "int8" and stored["reference"]["weights"] == "fp32"
+    assert stored["reference"]["metrics"]["accuracy"] == e.reference.summary["accuracy"]
+    same = sum(p.output == r.output for p, r in zip(e.predictions, e.reference.predictions, strict=True))
+    assert stored["reference"]["agreement"] == {"same": same, "examples": 4}
+    headers, rows = run.comparison.table()
+    assert rows[0][headers.index("weights")] == "int8" and rows[0][headers.index("answers as fp32")] == f"{same}/4"
+    assert rows[0][headers.index("accuracy (fp32)")] == f"{e.reference.summary['accuracy']:.1%}"
+    markdown = (tmp_path / "int8" / "report.md").read_text()
+    assert "## Served weights beside fp32" in markdown and "| int8 |" in markdown and "| fp32 |" in markdown
+    reloaded = load_evaluation(tmp_path / "int8")
+    assert reloaded.weights == "int8" and reloaded.reference is not None and reloaded.reference.weights == "fp32"
+    assert [p.output for p in reloaded.reference.predictions] == [p.output for p in e.reference.predictions]
+
+    served_int8.setenv("TUNERY_SERVING_WEIGHTS", "fp32")  # served in fp32: one score, named
+    run = evaluate(tiny, data_dir / "classify_gemini.jsonl", output=tmp_path / "fp32", max_output_tokens=3, limit=4,
+                   advice=False)  # fmt: skip
+    e = run.comparison.evaluations[0]
+    assert e.weights == "fp32" and e.reference is None
+    stored = json.loads((tmp_path / "fp32" / "evaluation.json").read_text())
+    assert stored["weights"] == "fp32" and "reference" not in stored
+    headers, rows = run.comparison.table()
+    assert rows[0][headers.index("weights")] == "fp32" and not any("fp32)" in h for h in headers)
+    assert "Served weights beside fp32" not in (tmp_path / "fp32" / "report.md").read_text()
+
+
+def test_the_weights_option_measures_fp32_alone_or_a_given_form(served_int8, tiny, data_dir, tmp_path):
+    result = invoke("evaluate", tiny, "--data", data_dir / "classify_gemini.jsonl", "--output", tmp_path / "a",
+                    "--max-tokens", "2", "--limit", "2", "--weights", "fp32", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "a" / "evaluation.json").read_text())["weights"] == "fp32"
+    assert not (tmp_path / "a" / "predictions-fp32.jsonl").exists()
+    served_int8.setenv("TUNERY_EVALUATION_WEIGHTS", "bf16")
+    run = evaluate(tiny, data_dir / "classify_gemini.jsonl", output=tmp_path / "b", max_output_tokens=2, limit=2)
+    assert [run.comparison.evaluations[0].weights, run.comparison.evaluations[0].reference.weights] == ["bf16", "fp32"]
+    with pytest.raises(ConfigError, match="weights 'int3'"):
+        evaluate(tiny, data_dir / "classify_gemini.jsonl", output=tmp_path / "c", limit=2, weights="int3")
+
+
+def test_the_evaluation_after_tuning_and_the_sdk_model_use_the_served_weights(served_int8, tuned_lora, data_dir,
+                                                                             tmp_path):  # fmt: skip
+    import shutil
+
+    from tunery.evaluation.tuned import evaluate_tuned
+    from tunery.sdk.generative import GenerativeModel
+
+    tuned = shutil.copytree(tuned_lora, tmp_path / "tuned")  # the session's fixture keeps its own evaluation
+    evaluation = evaluate_tuned(tuned, data_dir / "classify_openai.jsonl")
+    assert evaluation is not None and evaluation.weights == "int8" and evaluation.reference is not None
+    stored = json.loads((tuned / "evaluation.json").read_text())
+    assert stored["weights"] == "int8" and stored["reference"]["metrics"]["examples"] == 10
+    assert len((tuned / "predictions-fp32.jsonl").read_text().splitlines()) == 10
+    model = GenerativeModel(tuned)
+    answer = model.generate_content("my card never arrived", {"maxOutputTokens": 2})
+    assert model.weights == answer.weights == "int8"
+    assert GenerativeModel(tuned, weights="fp32").weights == "fp32"
+
+
 # data advice ---------------------------------------------------------------------------------------------------
 
 

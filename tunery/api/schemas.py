@@ -284,6 +284,10 @@ class ModelEvaluation(Response):
     metrics: dict[str, Any] | None = Field(None, description="accuracy, macro-F1, ... ; tokens and latency")
     error_analysis: dict[str, Any] | None = None
     robustness: dict[str, Any] | None = None
+    weights: str | None = Field(None, description="the weights form measured: the model server's on that machine")
+    reference: dict[str, Any] | None = Field(
+        None, description="when weights is not fp32: the fp32 weights' metrics and how many answers agree"
+    )
     error: str | None = Field(None, description="why the evaluation did not finish (the tuned model is fine)")
 
 

@@ -69,10 +69,19 @@ def demo(
     def on_candidate(c: Candidate) -> None:
         if c.name in bars:
             bars.pop(c.name).stop()
-        s = c.summary
+        s, e = c.summary, c.evaluation
+        if e is not None and e.reference is not None:  # the fp32 reference, measured after the served form
+            r = e.reference_dict()
+            console.print(
+                f"{c.name}: accuracy {r['metrics']['accuracy']:.1%} in fp32 (the reference), "
+                f"{r['agreement']['same']} of {r['agreement']['examples']} answers as with {e.weights} weights",
+                highlight=False,
+            )
+            return
+        weights = f", {e.weights} weights" if e is not None else ""
         console.print(
             f"{c.name}: accuracy {s['accuracy']:.1%}, {s['prompt_tokens_mean']:.0f} prompt tokens, "
-            f"{s['latency_ms_mean']:.0f} ms per request",
+            f"{s['latency_ms_mean']:.0f} ms per request{weights}",
             highlight=False,
         )
 

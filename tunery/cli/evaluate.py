@@ -26,6 +26,11 @@ CONSTRAIN_HELP = (
     "schema (tunery.json), else free text."
 )
 MAX_TOKENS_HELP = "maxOutputTokens (default: the longest expected answer plus 8 tokens)."
+WEIGHTS_HELP = (
+    "Weights measured: served (the form `tunery serve` holds on this machine; $TUNERY_SERVING_WEIGHTS), fp32 "
+    "(alone), auto, bf16, int8 or int4; any form but fp32 is measured beside fp32 and both scores are reported. "
+    "Default: $TUNERY_EVALUATION_WEIGHTS, else served."
+)
 
 
 class ProgressEvents:
@@ -60,7 +65,7 @@ class ProgressEvents:
         metric = evaluation.task.primary_metric
         console.print(
             f"{evaluation.candidate.name}: {metric} {s[metric]:.3f}, {s['prompt_tokens_mean']:.0f} prompt tokens, "
-            f"{s['latency_ms_p50']:.0f} ms per request (p50)",
+            f"{s['latency_ms_p50']:.0f} ms per request (p50), {evaluation.weights} weights",
             highlight=False,
         )
 
@@ -105,6 +110,7 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Seed of the perturbations."),
     json_output: bool = typer.Option(False, "--json", help="Print the metrics as JSON instead of a table."),
     constrain: str = typer.Option(None, "--constrain", help=CONSTRAIN_HELP),
+    weights: str = typer.Option(None, "--weights", help=WEIGHTS_HELP),
 ) -> None:
     """Evaluate one model: task metrics, tokens and latency per request, every prediction in a JSONL."""
     progress = ProgressEvents()
@@ -112,7 +118,7 @@ def evaluate(
         run = run_evaluate(
             model, data, prompt, task=task, output=output, perturb=perturb, train=train, input_price=input_price,
             output_price=output_price, max_output_tokens=max_tokens, limit=limit, seed=seed, events=progress.events(),
-            constrain=constrain,
+            constrain=constrain, weights=weights,
         )  # fmt: skip
     finally:
         progress.stop()
@@ -139,6 +145,7 @@ def compare(
     limit: int = typer.Option(None, "--limit", help="Evaluate the first N examples only."),
     seed: int = typer.Option(0, "--seed", help="Seed of the perturbations."),
     constrain: str = typer.Option(None, "--constrain", help=CONSTRAIN_HELP),
+    weights: str = typer.Option(None, "--weights", help=WEIGHTS_HELP),
 ) -> None:
     """Compare models and prompts on the same examples; writes an HTML and a Markdown report, prints the table."""
     progress = ProgressEvents()
@@ -146,7 +153,7 @@ def compare(
         run = run_compare(
             data, candidate, task=task, output=output, perturb=perturb, train=train, input_price=input_price,
             output_price=output_price, max_output_tokens=max_tokens, limit=limit, seed=seed, events=progress.events(),
-            constrain=constrain,
+            constrain=constrain, weights=weights,
         )  # fmt: skip
     finally:
         progress.stop()

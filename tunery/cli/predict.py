@@ -53,10 +53,10 @@ def predict(
             raise typer.Exit(2)
         predict_file(model, input_file, output)
         return
-    from tunery.serving.engine import Engine  # torch: loaded by the command, not by `tunery --help`
+    from tunery.serving.engine import Engine, served_weights  # torch: loaded by the command, not by `tunery --help`
     from tunery.serving.multimodal import inline_media, served_modalities
 
-    engine = Engine(model)
+    engine = Engine(model, weights=served_weights())  # what `tunery serve` would answer on this machine
     config = GenerationConfig(
         max_output_tokens=max_tokens, temperature=temperature, response_mime_type="text/plain" if free_text else None
     )

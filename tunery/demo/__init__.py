@@ -6,6 +6,8 @@ a comparison report (``report.html``, ``report.md``) by ``tunery.evaluation``. T
 are measured on the same held-out tickets as the base model's. Tuning trains on all 240 training tickets with no
 validation slice (``auto_validation=False``: with 24 held out, one run scored 71.2 % on the test tickets, below the
 77.5 % of runs trained on all 240), so the tuned model is the last epoch's and nothing is chosen on the test tickets.
+Each model is measured with the weights ``tunery serve`` holds on this machine, and in fp32 beside them where that is
+another form (``measured_weights``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from tunery.evaluation import (
     Prompt,
     Task,
     evaluate_engine,
+    measured_weights,
     output_budget,
+    with_reference,
     write_report,
 )
 from tunery.models.catalog import DEFAULT_MODEL
@@ -131,12 +135,14 @@ def run_demo(
     candidates = [Candidate("base model + best prompt (few-shot)", model, few_shot_prompt(labels, reports["train"]))]
     if zero_shot:  # scores lower than few-shot on this task; shown on request
         candidates.insert(0, Candidate("base model + zero-shot prompt", model, zero_shot_prompt(labels)))
-    engine = Engine(model)
-    config = output_budget(engine, test)
-    for candidate in candidates:
-        events.on_stage(f"Evaluating {candidate.name} on {len(test)} held-out tickets")
-        _evaluate(candidate, engine, test, task, config, events, str(test_path))
-    del engine
+    forms = measured_weights()
+    for weights in forms:
+        engine = Engine(model, weights=weights)
+        config = output_budget(engine, test)
+        for candidate in candidates:
+            events.on_stage(f"Evaluating {candidate.name} on {len(test)} held-out tickets{_with(weights, forms)}")
+            _evaluate(candidate, engine, test, task, config, events, str(test_path))
+        del engine
 
     events.on_stage("Tuning a LoRA adapter on the 240 training tickets")
     output = workdir / "tuned-model"
@@ -150,9 +156,11 @@ def run_demo(
     )
     tuned = tune(spec, Hooks(on_metrics=events.on_metrics))
     tuned_candidate = Candidate("tuned model + short prompt", str(tuned), Prompt(name="short", system=SHORT_PROMPT))
-    events.on_stage(f"Evaluating {tuned_candidate.name} on {len(test)} held-out tickets")
-    engine = Engine(tuned)
-    _evaluate(tuned_candidate, engine, test, task, output_budget(engine, test), events, str(test_path))
+    for weights in forms:
+        events.on_stage(f"Evaluating {tuned_candidate.name} on {len(test)} held-out tickets{_with(weights, forms)}")
+        engine = Engine(tuned, weights=weights)
+        _evaluate(tuned_candidate, engine, test, task, output_budget(engine, test), events, str(test_path))
+        del engine
     tuned_candidate.summary["training_seconds"] = read_manifest(tuned)["trainingSeconds"]
     candidates.append(tuned_candidate)
     (workdir / "summary.json").write_text(json.dumps({c.name: c.summary for c in candidates}, indent=2))
@@ -185,7 +193,16 @@ def _evaluate(
     _finish(candidate, evaluation, events)
 
 
+def _with(weights: str, forms: tuple[str, ...]) -> str:
+    return f" ({weights} weights)" if len(forms) > 1 else ""
+
+
 def _finish(candidate: Candidate, evaluation: Evaluation, events: DemoEvents) -> None:
+    """The first form measured is the candidate's; a later one (fp32) becomes its reference."""
+    if candidate.evaluation is not None:
+        candidate.evaluation = with_reference([candidate.evaluation, evaluation])
+        events.on_candidate(candidate)
+        return
     candidate.evaluation = evaluation
     candidate.predictions = evaluation.predictions
     candidate.summary = dict(evaluation.summary)

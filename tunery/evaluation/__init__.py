@@ -15,8 +15,10 @@ from tunery.evaluation.evaluate import (
     evaluate_engine,
     from_predictions,
     load_evaluation,
+    measured_weights,
     parse_candidate,
     restrict,
+    with_reference,
 )
 from tunery.evaluation.metrics import classification_metrics, extraction_metrics, generation_metrics, match_label
 from tunery.evaluation.perturb import parse_perturbations, perturb_example
@@ -47,6 +49,7 @@ __all__ = [
     "load_evaluation",
     "load_prompt",
     "match_label",
+    "measured_weights",
     "output_budget",
     "parse_candidate",
     "parse_perturbations",
@@ -56,6 +59,7 @@ __all__ = [
     "resolve_task",
     "restrict",
     "summarize",
+    "with_reference",
     "write_predictions",
     "write_report",
 ]

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 from tunery.data.formats import Example
 from tunery.data.validation import read_examples
 from tunery.errors import ConfigError, DatasetError
-from tunery.evaluation.evaluate import Candidate, Evaluation, Events, evaluate_engine
+from tunery.evaluation.evaluate import (
+    Candidate,
+    Evaluation,
+    Events,
+    agreement,
+    evaluate_engine,
+    measured_weights,
+    with_reference,
+)
 from tunery.evaluation.perturb import parse_perturbations
 from tunery.evaluation.run import output_budget
 from tunery.evaluation.tasks import ALL_MODALITIES, Task, resolve_task
@@ -76,16 +84,25 @@ class Comparison:
         return list(dict.fromkeys(n for e in self.evaluations for n in e.robustness))
 
     def table(self) -> tuple[list[str], list[list[str]]]:
-        """Headers and rows (strings): quality, mean prompt and output tokens per request, latency per request
-        (p50, p95), cost per 1,000 requests, and the quality drop per perturbation."""
+        """Headers and rows (strings): quality, the weights it was measured with (and, where that is not fp32, the
+        primary metric in fp32 and the answers that agree), mean prompt and output tokens per request, latency per
+        request (p50, p95), cost per 1,000 requests, and the quality drop per perturbation."""
         quality = QUALITY_COLUMNS[self.task.kind]
-        headers = ["candidate", *(title for _, title, _ in quality), "prompt tokens", "output tokens",
-                   "p50 ms", "p95 ms", "$ / 1k requests"]  # fmt: skip
+        metric, title, kind = next(c for c in quality if c[0] == self.task.primary_metric)
+        references = any(e.reference is not None for e in self.evaluations)
+        headers = ["candidate", *(t for _, t, _ in quality), "weights"]
+        headers += [f"{title} (fp32)", "answers as fp32"] if references else []
+        headers += ["prompt tokens", "output tokens", "p50 ms", "p95 ms", "$ / 1k requests"]
         headers += [f"drop: {n}" for n in self.perturbations]
         rows = []
         for e in self.evaluations:
             s = e.summary
-            row = [e.candidate.name, *(_format(s[key], kind) for key, _, kind in quality)]
+            row = [e.candidate.name, *(_format(s[key], k) for key, _, k in quality), e.weights]
+            if references and e.reference is None:
+                row += ["-", "-"]
+            elif references and e.reference is not None:
+                same, total = agreement(e.predictions, e.reference.predictions)
+                row += [_format(e.reference.summary[metric], kind), f"{same}/{total}"]
             row += [f"{s['prompt_tokens_mean']:.0f}", f"{s['output_tokens_mean']:.1f}", f"{s['latency_ms_p50']:.0f}",
                     f"{s['latency_ms_p95']:.0f}", f"{self.pricing.per_1k_requests(s):.4f}"]  # fmt: skip
             row += [_drop(e.robustness.get(n), self.task) for n in self.perturbations]
@@ -128,6 +145,7 @@ class Options:
     advice: bool = True
     max_length: int = 1024  # for the truncation check of the training file
     constrain: str | None = None  # "labels" (answers restricted to the label set), "none", or "schema=FILE"
+    weights: str | None = None  # "served", "auto", "fp32", "bf16", "int8", "int4"; None: $TUNERY_EVALUATION_WEIGHTS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "perturb", parse_perturbations(self.perturb))
@@ -197,19 +215,10 @@ def compare_models(
         label_sources += read_examples(train, modalities=ALL_MODALITIES).examples
     known = [label for c in candidates if is_tuned_dir(c.model) for label in read_manifest(c.model).get("labels") or []]
     task = resolve_task(options.task, examples, label_sources, str(data), known)
-    from tunery.serving.engine import Engine  # torch: only when a model runs
-
-    evaluations = []
-    engines: dict[str, Engine] = {}
-    for i, candidate in enumerate(candidates):
-        engine = engines.get(candidate.model) or Engine(candidate.model)
-        engines[candidate.model] = engine
-        config = constrained(_config(engine, examples, options), options.constrain, task, engine.tokenizer)
-        evaluations.append(
-            evaluate_engine(engine, examples, candidate, task, config, options.perturb, options.seed, str(data), events)
-        )
-        if all(c.model != candidate.model for c in candidates[i + 1 :]):
-            del engines[candidate.model]  # free the weights before the next model loads
+    forms = measured_weights(options.weights)
+    runs = [_run_candidates(form, candidates, examples, task, options, str(data), events, i == 0) for i, form in
+            enumerate(forms)]  # fmt: skip
+    evaluations = [with_reference(each) for each in zip(*runs, strict=True)]
     advice = None
     if train and options.advice:
         from tunery.evaluation.analysis import data_advice
@@ -217,6 +226,34 @@ def compare_models(
         tokenizer, max_length = _training_tokenizer(candidates, options.max_length)
         advice = data_advice(train, examples, tokenizer, max_length)
     return Comparison(str(data), task, evaluations, options.pricing, advice)
+
+
+def _run_candidates(
+    weights: str,
+    candidates: Sequence[Candidate],
+    examples: Sequence[Example],
+    task: Task,
+    options: Options,
+    data: str,
+    events: Events | None,
+    perturb: bool,
+) -> list[Evaluation]:
+    """Every candidate with ``weights`` (each model loaded once; perturbations only if ``perturb``)."""
+    from tunery.serving.engine import Engine  # torch: only when a model runs
+
+    evaluations = []
+    engines: dict[str, Engine] = {}
+    perturbations = options.perturb if perturb else ()
+    for i, candidate in enumerate(candidates):
+        engine = engines.get(candidate.model) or Engine(candidate.model, weights=weights)
+        engines[candidate.model] = engine
+        config = constrained(_config(engine, examples, options), options.constrain, task, engine.tokenizer)
+        evaluations.append(
+            evaluate_engine(engine, examples, candidate, task, config, perturbations, options.seed, data, events)
+        )
+        if all(c.model != candidate.model for c in candidates[i + 1 :]):
+            del engines[candidate.model]  # free the weights before the next model loads
+    return evaluations
 
 
 def _config(engine: Engine, examples: Sequence[Example], options: Options) -> GenerationConfig:

@@ -3,6 +3,10 @@
 ``evaluate_engine`` runs a loaded model; ``Evaluation.save`` writes ``evaluation.json`` (metrics,
 error analysis, robustness) and ``predictions.jsonl`` (one line per example) beside it, plus
 ``predictions-<perturbation>.jsonl`` for each perturbation.
+
+What is evaluated is what is served: ``measured_weights`` says which weights forms an evaluation runs, by default
+the form ``tunery serve`` holds on this machine, and fp32 beside it when that is another form (the evaluation's
+``reference``, written to ``predictions-fp32.jsonl``): the report shows both scores and how many answers agree.
 """
 
 from __future__ import annotations
@@ -73,6 +77,8 @@ class Evaluation:
     errors: dict[str, Any]
     robustness: dict[str, dict[str, Any]] = field(default_factory=dict)
     perturbed: dict[str, list[Prediction]] = field(default_factory=dict)
+    weights: str = "fp32"  # the form the predictions were made with (``Engine.weights``)
+    reference: Evaluation | None = None  # the same candidate in fp32, when ``weights`` is another form
 
     @property
     def quality(self) -> float:
@@ -86,7 +92,16 @@ class Evaluation:
             "metrics": self.summary,
             "errorAnalysis": self.errors,
             "robustness": self.robustness,
+            "weights": self.weights,
+            **({"reference": self.reference_dict()} if self.reference is not None else {}),
         }
+
+    def reference_dict(self) -> dict[str, Any]:
+        """The fp32 reference's weights, metrics, and how many answers equal this evaluation's."""
+        assert self.reference is not None
+        same, total = agreement(self.predictions, self.reference.predictions)
+        return {"weights": self.reference.weights, "metrics": self.reference.summary,
+                "agreement": {"same": same, "examples": total}}  # fmt: skip
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
@@ -94,6 +109,8 @@ class Evaluation:
         write_predictions(self.predictions, directory / PREDICTIONS_FILE)
         for name, predictions in self.perturbed.items():
             write_predictions(predictions, directory / f"predictions-{name}.jsonl")
+        if self.reference is not None:
+            write_predictions(self.reference.predictions, directory / f"predictions-{self.reference.weights}.jsonl")
         path = directory / EVALUATION_FILE
         path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return path
@@ -115,15 +132,23 @@ def load_evaluation(directory: str | Path) -> Evaluation | None:
         for name in data.get("robustness", {})
         if (directory / f"predictions-{name}.jsonl").is_file()
     }
+    candidate, task = Candidate(c["name"], c["model"], prompt), Task(t["kind"], tuple(t["labels"]))
+    reference = None
+    found = data.get("reference")
+    if found and (directory / f"predictions-{found['weights']}.jsonl").is_file():
+        rows = read_predictions(directory / f"predictions-{found['weights']}.jsonl")
+        reference = from_predictions(candidate, task, data["data"], rows, weights=found["weights"])
     return Evaluation(
-        candidate=Candidate(c["name"], c["model"], prompt),
-        task=Task(t["kind"], tuple(t["labels"])),
+        candidate=candidate,
+        task=task,
         data=data["data"],
         predictions=read_predictions(directory / PREDICTIONS_FILE),
         summary=data["metrics"],
         errors=data["errorAnalysis"],
         robustness=data.get("robustness", {}),
         perturbed=perturbed,
+        weights=data.get("weights", "fp32"),  # evaluations stored before the field were fp32's
+        reference=reference,
     )
 
 
@@ -133,10 +158,12 @@ def from_predictions(
     data: str,
     predictions: list[Prediction],
     perturbed: dict[str, list[Prediction]] | None = None,
+    weights: str = "fp32",
 ) -> Evaluation:
-    """Metrics, error analysis and robustness computed from predictions already made."""
+    """Metrics, error analysis and robustness computed from predictions already made (with ``weights``)."""
     summary = summarize(predictions, task)
     evaluation = Evaluation(candidate, task, data, predictions, summary, error_analysis(predictions, task))
+    evaluation.weights = weights
     for name, rows in (perturbed or {}).items():
         evaluation.perturbed[name] = rows
         evaluation.robustness[name] = robustness(evaluation, rows)
@@ -158,7 +185,39 @@ def restrict(evaluation: Evaluation, lines: Sequence[int]) -> Evaluation:
     keep = set(lines)
     perturbed = {n: [p for p in rows if p.line in keep] for n, rows in evaluation.perturbed.items()}
     predictions = [p for p in evaluation.predictions if p.line in keep]
-    return from_predictions(evaluation.candidate, evaluation.task, evaluation.data, predictions, perturbed)
+    e = evaluation
+    restricted = from_predictions(e.candidate, e.task, e.data, predictions, perturbed, e.weights)
+    if e.reference is not None:
+        restricted.reference = restrict(e.reference, lines)
+    return restricted
+
+
+def agreement(predictions: Sequence[Prediction], others: Sequence[Prediction]) -> tuple[int, int]:
+    """How many of the examples in both got the same answer, of how many."""
+    by_line = {p.line: p.output for p in others}
+    common = [p for p in predictions if p.line in by_line]
+    return sum(p.output == by_line[p.line] for p in common), len(common)
+
+
+def measured_weights(choice: str | None = None) -> tuple[str, ...]:
+    """The weights forms an evaluation runs, the first being the one its report leads with: ``choice`` (default
+    ``$TUNERY_EVALUATION_WEIGHTS``, else ``served``: the form ``tunery serve`` holds on this machine), then fp32
+    beside any other form; ``fp32`` alone."""
+    from tunery.serving.engine import resolve_weights, served_weights  # torch: only when a model runs
+    from tunery.settings import EVALUATION_WEIGHTS, evaluation_weights
+
+    choice = choice or evaluation_weights()
+    if choice not in EVALUATION_WEIGHTS:
+        raise ConfigError(f"weights {choice!r}: expected one of {', '.join(EVALUATION_WEIGHTS)}")
+    form = served_weights() if choice == "served" else resolve_weights(choice)
+    return (form,) if form == "fp32" else (form, "fp32")
+
+
+def with_reference(evaluations: Sequence[Evaluation]) -> Evaluation:
+    """The first form's evaluation, the fp32 one (if measured too) its ``reference``."""
+    first, *rest = evaluations
+    first.reference = next((e for e in rest if e.weights == "fp32" and first.weights != "fp32"), None)
+    return first
 
 
 @dataclass
@@ -193,14 +252,16 @@ def evaluate_engine(
     events = events or Events()
     runs = [("", list(examples))] + [(n, [perturb_example(e, n, seed) for e in examples]) for n in perturbations]
     results: dict[str, list[Prediction]] = {}
+    weights = getattr(engine, "weights", "fp32")
     for name, inputs in runs:
-        label = f"{candidate.name} ({name})" if name else candidate.name
+        label = ", ".join(x for x in (name, "" if weights == "fp32" else f"{weights} weights") if x)
+        label = f"{candidate.name} ({label})" if label else candidate.name
         events.on_start(label, len(inputs))
         try:
             results[name] = predict_all(engine, inputs, candidate.prompt, task, config, _relay(events, label), source)
         except ModelError as exc:
             raise ModelError(f"candidate {candidate.name!r} ({candidate.model}): {exc}") from None
     clean = results.pop("")
-    evaluation = from_predictions(candidate, task, data, clean, results)
+    evaluation = from_predictions(candidate, task, data, clean, results, weights)
     events.on_done(evaluation)
     return evaluation

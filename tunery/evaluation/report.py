@@ -19,8 +19,8 @@ from typing import Any
 
 from tunery.data.media import Media, load_image, normalize_mime, open_media
 from tunery.errors import TuneryError
-from tunery.evaluation.compare import Comparison, save_comparison, slug
-from tunery.evaluation.evaluate import Evaluation
+from tunery.evaluation.compare import QUALITY_COLUMNS, Comparison, save_comparison, slug
+from tunery.evaluation.evaluate import Evaluation, agreement
 from tunery.evaluation.plots import all_plots
 
 CAPTIONS = {
@@ -112,7 +112,10 @@ def outline(comparison: Comparison, plots: dict[str, bytes]) -> list[Section]:
         + f". Cost assumes ${p.input_per_million:g} per million prompt tokens and ${p.output_per_million:g} per "
         f"million output tokens. Generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}."
     )
-    sections = [Section("Summary", [intro, Table(headers, rows)])]
+    sections = [Section("Summary", [intro + " " + _weights_note(comparison.evaluations), Table(headers, rows)])]
+    weights = _weights(comparison)
+    if weights is not None:
+        sections.append(weights)
     sections.append(Section("Plots", [Image(n, png, CAPTIONS.get(n, n)) for n, png in plots.items()]))
     confidence = _confidence(comparison.evaluations)
     if confidence is not None:
@@ -123,6 +126,35 @@ def outline(comparison: Comparison, plots: dict[str, bytes]) -> list[Section]:
     if comparison.advice:
         sections.append(_advice(comparison.advice))
     return sections
+
+
+def _weights_note(evaluations: Sequence[Evaluation]) -> str:
+    forms = sorted({e.weights for e in evaluations})
+    note = f"Weights measured: {', '.join(forms)}"
+    if any(e.reference is not None for e in evaluations):
+        note += ", each beside fp32 (the reference)"
+    return note + " (the model server's form on this machine, unless the evaluation was told another)."
+
+
+def _weights(comparison: Comparison) -> Section | None:
+    """Every quality metric with the weights measured beside fp32's, and the answers the two forms agree on."""
+    found = [e for e in comparison.evaluations if e.reference is not None]
+    if not found:
+        return None
+    quality = QUALITY_COLUMNS[comparison.task.kind]
+    headers = ["candidate", "weights", *(title for _, title, _ in quality), "answers as fp32"]
+    rows = []
+    for e in found:
+        assert e.reference is not None
+        same, total = agreement(e.predictions, e.reference.predictions)
+        for each in (e, e.reference):
+            values = [f"{each.summary[key]:.3f}" for key, _, _ in quality]
+            rows.append([e.candidate.name, each.weights, *values, f"{same}/{total}" if each is e else "-"])
+    text = (
+        "The model server computes with another weights form than fp32 on this machine; both were measured on the "
+        "same examples, and the report's other sections show the served form's answers."
+    )
+    return Section("Served weights beside fp32", [text, Table(headers, rows)])
 
 
 def _clip(value: Any) -> str:

@@ -2,7 +2,8 @@
 
 Tuning calls ``evaluate_tuned`` last when it has a validation file: greedy decoding, the examples'
 own system instructions (the prompt the model was trained with), and room for the longest expected
-answer plus a few tokens, so it stays cheap. ``evaluation.json`` and ``predictions.jsonl`` land
+answer plus a few tokens, so it stays cheap; with the weights the model server holds on this machine, and fp32
+beside them when that is another form (``measured_weights``). ``evaluation.json`` and ``predictions.jsonl`` land
 beside ``tunery.json``; ``stored_evaluation`` reads them back (the demo does, instead of
 evaluating the tuned model twice).
 """
@@ -23,6 +24,8 @@ from tunery.evaluation.evaluate import (
     Events,
     evaluate_engine,
     load_evaluation,
+    measured_weights,
+    with_reference,
 )
 from tunery.evaluation.prompts import Prompt
 from tunery.evaluation.run import output_budget
@@ -53,18 +56,18 @@ def evaluate_tuned(
         if train and Path(train).is_file():
             label_sources = read_examples(train, modalities=ALL_MODALITIES).examples
         task = resolve_task("auto", examples, label_sources, str(validation))
-        engine = Engine(tuned_dir)
         candidate = Candidate("tuned model", str(tuned_dir), Prompt(name="as-is"))
-        stop()
-        evaluation = evaluate_engine(
-            engine,
-            examples,
-            candidate,
-            task,
-            output_budget(engine, examples),
-            data=str(validation),
-            events=Events(on_prediction=lambda name, prediction: stop()),
-        )
+        events = Events(on_prediction=lambda name, prediction: stop())
+        evaluations = []
+        for weights in measured_weights():
+            engine = Engine(tuned_dir, weights=weights)
+            stop()
+            config = output_budget(engine, examples)
+            evaluations.append(
+                evaluate_engine(engine, examples, candidate, task, config, data=str(validation), events=events)
+            )
+            del engine  # the next form loads from the files
+        evaluation = with_reference(evaluations)
     except TuningCancelled:
         raise
     except TuneryError as exc:

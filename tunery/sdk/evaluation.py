@@ -96,16 +96,19 @@ def evaluate(
     advice: bool = True,
     events: Events | None = None,
     constrain: str | None = None,
+    weights: str | None = None,
 ) -> EvaluationRun:
     """Evaluate one model (catalog id, model dir or tuned model) with an optional prompt YAML.
 
     Writes ``evaluation.json`` (metrics, error analysis, robustness), ``predictions.jsonl`` and the
-    report (``report.html``, ``report.md``) under ``output``.
+    report (``report.html``, ``report.md``) under ``output``. ``weights``: ``served`` (default, or
+    ``$TUNERY_EVALUATION_WEIGHTS``: the form ``tunery serve`` holds here, beside fp32 when it is another), ``fp32``
+    (alone), ``auto``, ``bf16``, ``int8`` or ``int4`` (beside fp32).
     """
     name = Path(str(model)).name or str(model)
     candidate = Candidate(name, str(model), load_prompt(prompt) if prompt else Prompt())
     options = _options(task, perturb, train, input_price, output_price, max_output_tokens, limit, seed, advice)
-    options = dataclasses.replace(options, constrain=constrain)  # "labels" or "schema=FILE"
+    options = dataclasses.replace(options, constrain=constrain, weights=weights)  # constrain: "labels", "schema=FILE"
     comparison = compare_models(data, [candidate], options, events)
     files = write_report(
         comparison, _output(output, Path(str(model)).name), title=f"Evaluation of {model}", single=True
@@ -129,6 +132,7 @@ def compare(
     advice: bool = True,
     events: Events | None = None,
     constrain: str | None = None,
+    weights: str | None = None,
 ) -> EvaluationRun:
     """Run each candidate (``"NAME=MODEL[:PROMPT.yaml]"`` or a ``Candidate``) over the same examples.
 
@@ -137,7 +141,7 @@ def compare(
     """
     parsed = [c if isinstance(c, Candidate) else parse_candidate(c) for c in candidates]
     options = _options(task, perturb, train, input_price, output_price, max_output_tokens, limit, seed, advice)
-    options = dataclasses.replace(options, constrain=constrain)  # "labels" or "schema=FILE"
+    options = dataclasses.replace(options, constrain=constrain, weights=weights)  # constrain: "labels", "schema=FILE"
     comparison = compare_models(data, parsed, options, events)
     files = write_report(comparison, _output(output, "compare"), title="Comparison")
     return EvaluationRun(comparison, files)

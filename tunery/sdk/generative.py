@@ -39,23 +39,31 @@ class GenerationResponse:
     latency_ms: float
     logprobs_result: dict[str, Any] | None = None  # Gemini's logprobsResult, when response_logprobs was asked
     avg_logprobs: float | None = None
+    weights: str | None = None  # in this process: the weights form that answered (remote: the server's own)
 
 
 class GenerativeModel:
     """A catalog id, a local model directory or a tuned model directory, loaded once; after ``tunery.init``,
-    a model on the server: ``models/ID`` (``job.tuned_model_name``), a bare id, or a catalog id."""
+    a model on the server: ``models/ID`` (``job.tuned_model_name``), a bare id, or a catalog id.
 
-    def __init__(self, model_name: str | Path = DEFAULT_MODEL, system_instruction: str | None = None) -> None:
+    In this process the model answers with ``weights`` (default: the form ``tunery serve`` holds on this machine,
+    so what is tried here is what is served); ``self.weights`` names the form (None when remote)."""
+
+    def __init__(
+        self, model_name: str | Path = DEFAULT_MODEL, system_instruction: str | None = None, weights: str | None = None
+    ) -> None:
         self.model_name = str(model_name)
         self.system_instruction = system_instruction
         self._client = remote.current()
         self._engine: Engine | None = None
+        self.weights: str | None = None
         if self._client is not None:
             self._model_id = remote.model_id(self.model_name)
         else:
-            from tunery.serving.engine import Engine  # torch: only for a model in this process
+            from tunery.serving.engine import Engine, served_weights  # torch: only for a model in this process
 
-            self._engine = Engine(model_name)
+            self._engine = Engine(model_name, weights=weights or served_weights())
+            self.weights = self._engine.weights
 
     def _request(self, contents: str | list[dict[str, Any]]) -> Example:
         if isinstance(contents, str):
@@ -92,6 +100,7 @@ class GenerativeModel:
             result.latency_ms,
             found.get("logprobsResult"),
             found.get("avgLogprobs"),
+            self.weights,
         )
 
     def count_tokens(self, contents: str | list[dict[str, Any]]) -> int:

@@ -29,8 +29,9 @@ start it shares with one of them (a system instruction, few-shot turns, one prom
 batch file), with the logits a whole prefill gives (fp32, tested).
 
 **Weights.** ``fp32`` is the reference (what ``transformers`` computes); ``bf16``, ``int8`` and ``int4`` are held
-as ``tunery.serving.quantized`` makes them (``auto``: the fastest form this machine runs). Only the model host
-uses ``auto`` by default; in-process engines compute in fp32.
+as ``tunery.serving.quantized`` makes them (``auto``: the fastest form this machine runs). The model host holds
+``served_weights()`` (``$TUNERY_SERVING_WEIGHTS``, default ``auto``); the evaluation, the SDK's in-process model
+and ``tunery predict`` load that same form by default and name it (``Engine.weights``).
 
 **The forward.** A llama-family model (Llama, SmolLM2, Qwen2, Mistral without a sliding window) runs on
 ``tunery.serving.decoder`` in every form: the same computation as ``transformers``' forward with fused q|k|v and
@@ -805,6 +806,14 @@ def constraint_for(config: GenerationConfig, tokenizer: Any) -> Any:
 # --- one model, alone ----------------------------------------------------------------------------------------
 
 
+def served_weights() -> str:
+    """The weights form ``tunery serve`` holds on this machine (``$TUNERY_SERVING_WEIGHTS`` resolved: ``auto`` is
+    the fastest form this CPU runs): what an evaluation or the playground measures by default."""
+    from tunery.settings import serving_weights
+
+    return resolve_weights(serving_weights())
+
+
 class Engine:
     """One loaded model: a catalog id, a local HF directory, or a tuned model directory (an adapter is served
     on its base through the adapter stacks, a full model as its own base). ``weights``: see the module doc."""
@@ -819,8 +828,10 @@ class Engine:
             self.manifest, self.tokenizer, self.model = self.vlm.manifest, self.vlm.tokenizer, self.vlm.model
             self.context_length = int(getattr(self.model.config.get_text_config(), "max_position_embeddings", 2048))
             self.stop_ids = [self.tokenizer.eos_token_id]
+            self.weights = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(self.model.dtype, str(self.model.dtype))
             return
         self.models = Models(max_bases=1, max_adapters=1, weights=weights)
+        self.weights = self.models.weights  # the form resolved (``auto`` named)
         self.served = self.models.get(self.name)
         self.manifest = self.served.manifest
         self.tokenizer = self.served.tokenizer

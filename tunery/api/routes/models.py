@@ -121,7 +121,7 @@ def read_evaluation(model_id: ModelId, tenant: Tenant, store: StoreDep) -> dict[
     stored = json.loads(path.read_text(encoding="utf-8"))
     if "metrics" not in stored:  # the evaluation failed after tuning; the model is fine
         return {"model": name, "error": stored.get("error", "the evaluation did not finish")}
-    keep = ("task", "metrics", "errorAnalysis", "robustness")  # not the server's paths
+    keep = ("task", "metrics", "errorAnalysis", "robustness", "weights", "reference")  # not the server's paths
     return {"model": name, **{key: stored[key] for key in keep if key in stored}}
 
 
