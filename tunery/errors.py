@@ -30,6 +30,13 @@ if TYPE_CHECKING:
     from tunery.data.validation import Problem
 
 
+def problems_message(problems: list[tuple[str, str]], what: str = "request") -> str:
+    """One line naming how many ``(field, message)`` problems a request has, and the first ten."""
+    n = len(problems)
+    summary = "; ".join(f"{f}: {m}" for f, m in problems[:10])
+    return f"invalid {what}: {n} problem{'s' * (n != 1)}: {summary}"
+
+
 class TuneryError(Exception):
     """Base class of every error tunery raises on purpose."""
 

@@ -37,6 +37,7 @@ from tunery.errors import (
     ServingError,
     TuneryError,
     disk_full,
+    problems_message,
 )
 from tunery.settings import tunery_home
 
@@ -83,10 +84,7 @@ class ApiError(HTTPException):
 def invalid(problems: Iterable[tuple[str, str]], what: str = "request") -> ApiError:
     """400 naming every ``(field, message)`` at fault."""
     found = list(problems)
-    n = len(found)
-    summary = "; ".join(f"{f}: {m}" for f, m in found[:10])
-    message = f"invalid {what}: {n} problem{'s' * (n != 1)}: {summary}"
-    return ApiError(400, message, bad_request({"field": f, "description": m} for f, m in found))
+    return ApiError(400, problems_message(found, what), bad_request({"field": f, "description": m} for f, m in found))
 
 
 def error_body(code: int, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:

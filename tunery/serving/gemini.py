@@ -22,6 +22,11 @@ from tunery.data.validation import Problem
 from tunery.errors import DatasetError, ModelError
 
 MAX_OUTPUT_TOKENS = 8192
+# What one request body may hold, in every wire format (the API's schemas and tunery.serving.openai take these)
+MAX_BODY_CHARS = 1024 * 1024  # one text field can fill a JSON body, no more
+MAX_URI_LENGTH = 2048
+MAX_TURNS = 1000
+MAX_PARTS = 100
 MAX_STOP_SEQUENCES = 5
 MAX_TOP_LOGPROBS = 20  # the most alternatives per token that responseLogprobs / top_logprobs return
 GENERATE_FIELDS = ("contents", "systemInstruction", "generationConfig", "safetySettings", "labels")

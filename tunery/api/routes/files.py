@@ -33,6 +33,7 @@ from tunery.api.limits import ApiSettings
 from tunery.api.paths import resolve_base_model
 from tunery.api.schemas import Empty, ErrorResponse, File, FileId, FileUploadForm, ListFilesResponse
 from tunery.api.uploads import Upload, check_media, media_type, receive_upload
+from tunery.api.views import file_view
 from tunery.data.formats import modality_of
 from tunery.data.validation import Problem
 from tunery.errors import ConfigError, DatasetError, NotFoundError
@@ -85,14 +86,7 @@ async def create_file(
         )
     finally:
         upload.discard()
-    return _both(record)
-
-
-def _both(record: StoredFile) -> dict[str, Any]:
-    """The file with OpenAI's ``FileObject`` fields too: OpenAI's client uploads to this same path (#12)."""
-    from tunery.api.routes.openai import openai_file
-
-    return {**record.resource(), **openai_file(record)}
+    return file_view(record)
 
 
 def _check_and_keep(
@@ -267,7 +261,7 @@ def _options(upload: Upload, settings: ApiSettings) -> tuple[str, str, int]:
     "", response_model=None, summary="List uploaded files", responses={200: {"model": ListFilesResponse}, **ERRORS}
 )
 def read_files(tenant: Tenant, store: StoreDep) -> dict[str, Any]:
-    listed = [_both(record) for record in store.list_files(tenant)]
+    listed = [file_view(record) for record in store.list_files(tenant)]
     return {"files": listed, "object": "list", "data": listed, "has_more": False}  # Gemini reads files, OpenAI data
 
 
@@ -275,7 +269,7 @@ def read_files(tenant: Tenant, store: StoreDep) -> dict[str, Any]:
     "/{file_id}", response_model=None, summary="Read an uploaded file", responses={200: {"model": File}, **ERRORS}
 )
 def read_file(file_id: FileId, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
-    return _both(store.get_file(tenant, file_id))
+    return file_view(store.get_file(tenant, file_id))
 
 
 @router.delete(

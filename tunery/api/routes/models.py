@@ -29,6 +29,7 @@ from tunery.api.schemas import (
     ModelEvaluation,
     ModelId,
 )
+from tunery.api.views import model_view
 from tunery.errors import ConfigError, NotFoundError, TuneryError
 from tunery.evaluation.evaluate import EVALUATION_FILE
 from tunery.models.catalog import CATALOG, CatalogEntry
@@ -64,22 +65,15 @@ def read_models(request: Request, tenant: Tenant, store: StoreDep) -> dict[str, 
     """The catalog's base models, then the tenant's tuned models (newest first)."""
     api_base = public_url(request)
     tuned = [model.resource(api_base) for model in store.list_tuned_models(tenant)]
-    listed = [_both(resource, tenant) for resource in [base_resource(entry) for entry in CATALOG.values()] + tuned]
+    listed = [model_view(resource, tenant) for resource in [base_resource(entry) for entry in CATALOG.values()] + tuned]
     return {"models": listed, "object": "list", "data": listed}  # Gemini's clients read models, OpenAI's data
-
-
-def _both(resource: dict[str, Any], tenant: str) -> dict[str, Any]:
-    """A model resource with OpenAI's ``id``, ``object``, ``created`` and ``owned_by`` too (the path is shared)."""
-    from tunery.api.routes.openai import openai_model
-
-    return {**resource, **openai_model(resource, tenant)}
 
 
 @router.get("/{model_id}", response_model=None, summary="Read a model", responses={200: {"model": Model}, **ERRORS})
 def read_model(model_id: ModelId, request: Request, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
     if model_id in CATALOG:
-        return _both(base_resource(CATALOG[model_id]), tenant)
-    return _both(store.get_tuned_model(tenant, model_id).resource(public_url(request)), tenant)
+        return model_view(base_resource(CATALOG[model_id]), tenant)
+    return model_view(store.get_tuned_model(tenant, model_id).resource(public_url(request)), tenant)
 
 
 @router.delete(

@@ -1,0 +1,207 @@
+"""The REST resource views of the OpenAI shape: jobs, files, models, events and checkpoints as OpenAI's clients
+read them, built from the job store's rows (the native and Vertex views are the rows' own ``resource()``).
+
+    openai_job(job)            # fine_tuning.job          openai_event(event)   # fine_tuning.job.event
+    openai_file(record)        # file                     openai_model(resource, tenant)   # model
+    openai_batch(job)          # batch                    output_file(file_id)  # a batch's output file id → its job
+    file_view(record)          # an upload, in the Gemini and OpenAI fields at once (/v1/files is shared)
+    model_view(resource, tenant)   # a model, in the Gemini and OpenAI fields at once (/v1/models is shared)
+    checkpoint(job, created, model, checkpoint_id, found)  # fine_tuning.job.checkpoint
+
+Routes import these; no route imports another route for a view.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from tunery.jobs.batch import BatchSpec
+from tunery.jobs.store import CANCELLED, CANCELLING, FAILED, PENDING, RUNNING, SUCCEEDED, Job, StoredFile
+from tunery.serving.openai import TUNING_SPECS
+
+STATUSES = {
+    PENDING: "queued",
+    RUNNING: "running",
+    CANCELLING: "running",
+    SUCCEEDED: "succeeded",
+    FAILED: "failed",
+    CANCELLED: "cancelled",
+}
+OPENAI_BATCH_STATUS = {PENDING: "validating", RUNNING: "in_progress", SUCCEEDED: "completed", FAILED: "failed",
+                       CANCELLED: "cancelled"}  # fmt: skip
+OUTPUT_FILE = re.compile(r"file-batch-([0-9a-f]+)-(output|errors)")
+
+
+def unix(stamp: str | None) -> int | None:
+    """An RFC 3339 time as Unix seconds, as OpenAI writes times."""
+    if not stamp:
+        return None
+    return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
+
+
+def openai_model(resource: dict[str, Any], tenant: str) -> dict[str, Any]:
+    """OpenAI's ``Model`` fields for a Gemini model resource (``models/{id}``)."""
+    return {
+        "id": resource["name"].removeprefix("models/"),
+        "object": "model",
+        "created": unix(resource.get("createTime")) or 0,
+        "owned_by": tenant if resource.get("tuningJob") else "tunery",
+    }
+
+
+def openai_file(record: StoredFile) -> dict[str, Any]:
+    """OpenAI's ``FileObject`` fields for an upload; its ``id`` is what ``training_file`` takes."""
+    return {
+        "id": record.id,
+        "object": "file",
+        "bytes": record.size_bytes,
+        "created_at": unix(record.create_time) or 0,
+        "filename": record.display_name,
+        "purpose": record.stats.get("purpose", "fine-tune"),
+        "status": "processed",
+        **({"status_details": record.stats["partialCheck"]["message"]} if "partialCheck" in record.stats else {}),
+    }
+
+
+def openai_job(job: Job) -> dict[str, Any]:
+    """A tuning job as OpenAI's ``fine_tuning.job``."""
+    kind = "dpo" if "preferenceOptimizationSpec" in job.request else "supervised"
+    spec, tuning = job.spec, job.request.get(TUNING_SPECS[kind], {})
+    hyper = {
+        "n_epochs": spec.get("epochs") or "auto",
+        "batch_size": spec.get("batch_size"),
+        "learning_rate_multiplier": spec.get("learning_rate_multiplier") or "auto",
+        **({"beta": spec.get("beta")} if kind == "dpo" else {}),
+    }
+    error = None
+    if job.error:
+        error = {"code": str(job.error.get("code", "")), "message": job.error.get("message", ""), "param": None}
+    stats = job.stats or {}
+    return {
+        "id": job.id,
+        "object": "fine_tuning.job",
+        "created_at": unix(job.create_time),
+        "finished_at": unix(job.end_time),
+        "model": job.request.get("baseModel", job.base_model),
+        "fine_tuned_model": job.tuned_model_id,
+        "organization_id": job.tenant,
+        "status": STATUSES.get(job.state, "queued"),
+        "hyperparameters": hyper,
+        "training_file": tuning.get("trainingDatasetUri"),
+        "validation_file": tuning.get("validationDatasetUri"),
+        "result_files": [],
+        "trained_tokens": stats.get("totalBillableTokenCount") if job.state == SUCCEEDED else None,
+        "error": error,
+        "seed": spec.get("seed", 0),
+        "estimated_finish": None,
+        "integrations": [],
+        "metadata": job.labels or None,
+        "method": {"type": kind, kind: {"hyperparameters": hyper}},
+        "user_provided_suffix": job.request.get("tunedModelDisplayName"),
+    }
+
+
+def openai_event(event: dict[str, Any]) -> dict[str, Any]:
+    """A job event as OpenAI's ``fine_tuning.job.event``; a metrics event keeps tunery's names and adds OpenAI's."""
+    data = dict(event.get("data") or {})
+    kind = "metrics" if event.get("type") == "metrics" else "message"
+    message = event.get("message")
+    if kind == "metrics":
+        data.setdefault("train_mean_token_accuracy", data.get("train_token_accuracy"))
+        if "eval_loss" in data:
+            data.setdefault("valid_loss", data["eval_loss"])
+        loss = data.get("train_loss")
+        message = message or f"Step {data.get('step')}/{data.get('total_steps')}: training loss={loss}"
+    failed = event.get("type") == "state" and (event.get("data") or {}).get("state") == FAILED
+    return {
+        "id": f"ftevent-{event['id']}",
+        "object": "fine_tuning.job.event",
+        "created_at": unix(event.get("createTime")),
+        "level": "error" if failed else "info",
+        "message": message or event.get("type", ""),
+        "type": kind,
+        "data": data,
+    }
+
+
+def checkpoint(job: Job, created: int | None, model: str, checkpoint_id: str, found: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``fine_tuning.job.checkpoint``; ``found``: a kept checkpoint (its ``metrics``) or a metrics record."""
+    metrics = found.get("metrics", found)
+    step = int(found.get("step", 0))
+    return {
+        "id": checkpoint_id,
+        "object": "fine_tuning.job.checkpoint",
+        "created_at": created,
+        "fine_tuned_model_checkpoint": model,
+        "fine_tuning_job_id": job.id,
+        "step_number": step,
+        "metrics": {
+            "step": step,
+            "train_loss": metrics.get("train_loss"),
+            "train_mean_token_accuracy": metrics.get("train_token_accuracy"),
+            "valid_loss": metrics.get("eval_loss"),
+            "valid_mean_token_accuracy": metrics.get("eval_token_accuracy"),
+            "valid_exact_match": metrics.get("eval_exact_match"),
+        },
+    }
+
+
+def openai_batch(job: Job) -> dict[str, Any]:
+    """A batch prediction job as OpenAI's ``batch``."""
+    stats = job.stats or {}
+    status = (
+        "cancelling" if job.cancel_requested and not job.has_ended else OPENAI_BATCH_STATUS.get(job.state, "failed")
+    )
+    spec = BatchSpec.from_dict(job.spec)
+    return {
+        "id": f"batch_{job.id}",
+        "object": "batch",
+        "endpoint": spec.request.get("endpoint", "/v1/chat/completions"),
+        "errors": {"object": "list", "data": [_batch_error(job.error)]} if job.error else None,
+        "input_file_id": spec.request.get("input_file_id"),
+        "completion_window": spec.request.get("completion_window", "24h"),
+        "status": status,
+        "output_file_id": output_file_id(job, "output") if stats.get("successfulCount") else None,
+        "error_file_id": output_file_id(job, "errors") if stats.get("failedCount") else None,
+        "created_at": unix(job.create_time) or 0,
+        "in_progress_at": unix(job.start_time) if job.start_time else None,
+        "completed_at": unix(job.end_time) if job.state == SUCCEEDED and job.end_time else None,
+        "failed_at": unix(job.end_time) if job.state == FAILED and job.end_time else None,
+        "cancelled_at": unix(job.end_time) if job.state == CANCELLED and job.end_time else None,
+        "request_counts": {
+            "total": stats.get("linesTotal", 0),
+            "completed": stats.get("successfulCount", 0),
+            "failed": stats.get("failedCount", 0),
+        },
+        "metadata": job.labels or None,
+    }
+
+
+def _batch_error(error: dict[str, Any]) -> dict[str, Any]:
+    """A job's error as OpenAI's ``BatchError`` (``code`` a string)."""
+    return {"code": str(error.get("code", "")), "message": error.get("message", ""), "param": None, "line": None}
+
+
+def output_file_id(job: Job, which: str) -> str:
+    """The OpenAI file id of a batch's ``output`` or ``errors`` file (a file id has no slash)."""
+    return f"file-batch-{job.id}-{which}"
+
+
+def output_file(file_id: str) -> tuple[str, str] | None:
+    """``(job id, "results" | "errors")`` for an id ``output_file_id`` made, else None."""
+    found = OUTPUT_FILE.fullmatch(file_id)
+    if found is None:
+        return None
+    return found[1], "results" if found[2] == "output" else "errors"
+
+
+def file_view(record: StoredFile) -> dict[str, Any]:
+    """The file with OpenAI's ``FileObject`` fields too: OpenAI's client uploads to this same path (#12)."""
+    return {**record.resource(), **openai_file(record)}
+
+
+def model_view(resource: dict[str, Any], tenant: str) -> dict[str, Any]:
+    """A model resource with OpenAI's ``id``, ``object``, ``created`` and ``owned_by`` too (the path is shared)."""
+    return {**resource, **openai_model(resource, tenant)}
