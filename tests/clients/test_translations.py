@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tunery.api.routes import vertex
 from tunery.api.errors import ApiError
+from tunery.api.routes import vertex
 from tunery.errors import DatasetError
 from tunery.serving import gemini
 from tunery.serving import openai as wire
