@@ -430,6 +430,14 @@ class ErrorResponse(Response):
     error: Status
 
 
+MODEL_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid request: every field at fault is named"},
+    401: {"model": ErrorResponse, "description": "Missing or invalid API key"},
+    404: {"model": ErrorResponse, "description": "No such model for this tenant"},
+}
+SERVING_ERRORS = {**MODEL_ERRORS, 503: {"model": ErrorResponse, "description": "The model host is unavailable"}}
+
+
 class Empty(Response):
     pass
 

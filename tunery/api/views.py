@@ -1,11 +1,12 @@
-"""The REST resource views of the OpenAI shape: jobs, files, models, events and checkpoints as OpenAI's clients
-read them, built from the job store's rows (the native and Vertex views are the rows' own ``resource()``).
+"""The REST resource views of the OpenAI and Gemini shapes: jobs, files, models, events and checkpoints as their
+clients read them, built from the job store's rows (the native view is the rows' own ``resource()``).
 
     openai_job(job)            # fine_tuning.job          openai_event(event)   # fine_tuning.job.event
     openai_file(record)        # file                     openai_model(resource, tenant)   # model
     openai_batch(job)          # batch                    output_file(file_id)  # a batch's output file id → its job
     file_view(record)          # an upload, in the Gemini and OpenAI fields at once (/v1/files is shared)
     model_view(resource, tenant)   # a model, in the Gemini and OpenAI fields at once (/v1/models is shared)
+    tuned_model(job)           # the Gemini API's TunedModel: a tuning job and the model it makes
     checkpoint(job, created, model, checkpoint_id, found)  # fine_tuning.job.checkpoint
 
 Routes import these; no route imports another route for a view.
@@ -31,6 +32,7 @@ STATUSES = {
 }
 OPENAI_BATCH_STATUS = {PENDING: "validating", RUNNING: "in_progress", SUCCEEDED: "completed", FAILED: "failed",
                        CANCELLED: "cancelled"}  # fmt: skip
+TUNED_STATES = {SUCCEEDED: "ACTIVE", FAILED: "FAILED", "JOB_STATE_CANCELLED": "FAILED"}
 OUTPUT_FILE = re.compile(r"file-batch-([0-9a-f]+)-(output|errors)")
 
 
@@ -205,3 +207,27 @@ def file_view(record: StoredFile) -> dict[str, Any]:
 def model_view(resource: dict[str, Any], tenant: str) -> dict[str, Any]:
     """A model resource with OpenAI's ``id``, ``object``, ``created`` and ``owned_by`` too (the path is shared)."""
     return {**resource, **openai_model(resource, tenant)}
+
+
+def tuned_model(job: Job) -> dict[str, Any]:
+    """A job as the Gemini API's ``TunedModel``: ``CREATING`` until it has succeeded (``ACTIVE``)."""
+    spec = job.request.get("supervisedTuningSpec", {})
+    resource: dict[str, Any] = {
+        "name": f"tunedModels/{job.id}",
+        "displayName": job.display_name,
+        "baseModel": f"models/{job.request.get('baseModel', job.base_model)}",
+        "state": TUNED_STATES.get(job.state, "CREATING"),
+        "createTime": job.create_time,
+        "updateTime": job.update_time,
+        "tuningTask": {"hyperparameters": dict(spec.get("hyperParameters", {}))},
+        "tuningJob": f"tuningJobs/{job.id}",
+    }
+    if job.start_time:
+        resource["tuningTask"]["startTime"] = job.start_time
+    if job.end_time:
+        resource["tuningTask"]["completeTime"] = job.end_time
+    if job.error:
+        resource["error"] = job.error
+    elif job.state == "JOB_STATE_CANCELLED":
+        resource["error"] = {"code": 1, "message": "the tuning job was cancelled"}
+    return resource

@@ -27,8 +27,7 @@ from tunery.api import generation, limits, translate
 from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, wake_scheduler
 from tunery.api.errors import ApiError, error_body, invalid, status_for
 from tunery.api.routes import batches
-from tunery.api.routes.models import SERVING_ERRORS
-from tunery.api.schemas import ErrorResponse, FileId
+from tunery.api.schemas import SERVING_ERRORS, ErrorResponse, FileId
 from tunery.api.views import checkpoint, openai_event, openai_job, output_file, unix
 from tunery.errors import DatasetError, NotFoundError, TuneryError
 from tunery.models.tuned import kept_checkpoints

@@ -20,31 +20,21 @@ from __future__ import annotations
 import copy
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Header, Query, Request
 from pydantic import Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from tunery.api import limits, translate
 from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, public_url, wake_scheduler
 from tunery.api.errors import invalid
+from tunery.api.predict import Segment, add_routes
+from tunery.api.predict import VertexVersion as Version
 from tunery.api.routes import jobs as jobs_route
-from tunery.api.routes.gemini import (
-    COUNT_RESPONSES,
-    GENERATE_RESPONSES,
-    STREAM_RESPONSES,
-    Alt,
-    count_tokens,
-    generate,
-    stream,
-)
-from tunery.api.routes.models import ERRORS as MODEL_ERRORS
 from tunery.api.routes.models import base_resource
 from tunery.api.schemas import (
-    CountTokensRequest,
+    MODEL_ERRORS,
     DisplayName,
     GeminiRequest,
-    GenerateContentRequest,
     JobId,
     LabelKey,
     LabelValue,
@@ -59,8 +49,6 @@ from tunery.tuning.spec import ADAPTER_SIZES
 
 router = APIRouter(tags=["vertex"])
 
-Version = Annotated[str, Path(pattern=r"^v1(beta1)?$", description="v1 or v1beta1")]
-Segment = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,128}$", description="Accepted and echoed in names")]
 PREFIX = "/{version}/projects/{project}/locations/{location}"
 
 # SupervisedHyperParameters.AdapterSize, by name and by proto number (the SDKs send either)
@@ -365,168 +353,7 @@ def cancel_job(
     return {}
 
 
-# --- prediction -------------------------------------------------------------------------------------------
-
-PUBLISHER = "/{version}/publishers/google/models/{model_id}"
-PROJECT_PUBLISHER = PREFIX + "/publishers/google/models/{model_id}"
-ENDPOINT = PREFIX + "/endpoints/{model_id}"
-
-
-@router.post(
-    PROJECT_PUBLISHER + ":generateContent",
-    response_model=None,
-    summary="Generate (Vertex AI)",
-    responses=GENERATE_RESPONSES,
-)
-async def generate_content(
-    version: Version,
-    project: Segment,
-    location: Segment,
-    model_id: ModelId,
-    body: GenerateContentRequest,
-    request: Request,
-    tenant: Tenant,
-) -> dict[str, Any]:
-    return await generate(request, tenant, model_id, body)
-
-
-@router.post(
-    PROJECT_PUBLISHER + ":streamGenerateContent",
-    response_model=None,
-    summary="Stream (Vertex AI)",
-    responses=STREAM_RESPONSES,
-)
-async def stream_generate_content(
-    version: Version,
-    project: Segment,
-    location: Segment,
-    model_id: ModelId,
-    body: GenerateContentRequest,
-    request: Request,
-    tenant: Tenant,
-    alt: Alt = "json",
-) -> StreamingResponse:
-    return await stream(request, tenant, model_id, body, alt)
-
-
-@router.post(
-    PROJECT_PUBLISHER + ":countTokens",
-    response_model=None,
-    summary="Count tokens (Vertex AI)",
-    responses=COUNT_RESPONSES,
-)
-async def count_tokens_content(
-    version: Version,
-    project: Segment,
-    location: Segment,
-    model_id: ModelId,
-    body: CountTokensRequest,
-    request: Request,
-    tenant: Tenant,
-) -> dict[str, Any]:
-    return await count_tokens(request, tenant, model_id, body)
-
-
-@router.post(
-    ENDPOINT + ":generateContent",
-    response_model=None,
-    summary="Generate with a tuned model's endpoint",
-    include_in_schema=False,  # the same handler as a documented path: fuzzed there
-    responses=GENERATE_RESPONSES,
-)
-async def generate_endpoint(
-    version: Version,
-    project: Segment,
-    location: Segment,
-    model_id: ModelId,
-    body: GenerateContentRequest,
-    request: Request,
-    tenant: Tenant,
-) -> dict[str, Any]:
-    return await generate(request, tenant, model_id, body)
-
-
-@router.post(
-    ENDPOINT + ":streamGenerateContent",
-    response_model=None,
-    summary="Stream from a tuned model's endpoint",
-    include_in_schema=False,  # the same handler as a documented path: fuzzed there
-    responses=STREAM_RESPONSES,
-)
-async def stream_endpoint(
-    version: Version,
-    project: Segment,
-    location: Segment,
-    model_id: ModelId,
-    body: GenerateContentRequest,
-    request: Request,
-    tenant: Tenant,
-    alt: Alt = "json",
-) -> StreamingResponse:
-    return await stream(request, tenant, model_id, body, alt)
-
-
-@router.post(
-    ENDPOINT + ":countTokens",
-    response_model=None,
-    summary="Count tokens for a tuned model's endpoint",
-    include_in_schema=False,  # the same handler as a documented path: fuzzed there
-    responses=COUNT_RESPONSES,
-)
-async def count_tokens_endpoint(
-    version: Version,
-    project: Segment,
-    location: Segment,
-    model_id: ModelId,
-    body: CountTokensRequest,
-    request: Request,
-    tenant: Tenant,
-) -> dict[str, Any]:
-    return await count_tokens(request, tenant, model_id, body)
-
-
-@router.post(
-    PUBLISHER + ":generateContent",
-    response_model=None,
-    summary="Generate (Vertex AI express mode)",
-    include_in_schema=False,  # the same handler as a documented path: fuzzed there
-    responses=GENERATE_RESPONSES,
-)
-async def generate_publisher(
-    version: Version, model_id: ModelId, body: GenerateContentRequest, request: Request, tenant: Tenant
-) -> dict[str, Any]:
-    return await generate(request, tenant, model_id, body)
-
-
-@router.post(
-    PUBLISHER + ":streamGenerateContent",
-    response_model=None,
-    summary="Stream (Vertex AI express mode)",
-    include_in_schema=False,  # the same handler as a documented path: fuzzed there
-    responses=STREAM_RESPONSES,
-)
-async def stream_publisher(
-    version: Version,
-    model_id: ModelId,
-    body: GenerateContentRequest,
-    request: Request,
-    tenant: Tenant,
-    alt: Alt = "json",
-) -> StreamingResponse:
-    return await stream(request, tenant, model_id, body, alt)
-
-
-@router.post(
-    PUBLISHER + ":countTokens",
-    response_model=None,
-    summary="Count tokens (Vertex AI express mode)",
-    include_in_schema=False,  # the same handler as a documented path: fuzzed there
-    responses=COUNT_RESPONSES,
-)
-async def count_tokens_publisher(
-    version: Version, model_id: ModelId, body: CountTokensRequest, request: Request, tenant: Tenant
-) -> dict[str, Any]:
-    return await count_tokens(request, tenant, model_id, body)
+add_routes(router, "vertex")  # publisher models', endpoints' and express mode's predictions (tunery.api.predict)
 
 
 def publisher_model(resource: dict[str, Any]) -> dict[str, Any]:
@@ -547,7 +374,12 @@ def read_models(version: Version, request: Request, tenant: Tenant, store: Store
     return {"models": [publisher_model(m) for m in models], "publisherModels": [publisher_model(m) for m in models]}
 
 
-@router.get(PUBLISHER, response_model=None, summary="Read a model (Vertex AI)", responses=MODEL_ERRORS)
+@router.get(
+    "/{version}/publishers/google/models/{model_id}",
+    response_model=None,
+    summary="Read a model (Vertex AI)",
+    responses=MODEL_ERRORS,
+)
 def read_model(
     version: Version, model_id: ModelId, request: Request, tenant: Tenant, store: StoreDep
 ) -> dict[str, Any]:
