@@ -32,6 +32,7 @@ from tunery.data.media import normalize_mime, sniff
 from tunery.data.validation import Problem
 from tunery.errors import DatasetError, problems_message
 from tunery.serving import gemini
+from tunery.serving.gemini import LIMITS
 
 Text = Annotated[str, StringConstraints(max_length=gemini.MAX_BODY_CHARS)]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=gemini.MAX_URI_LENGTH)]
@@ -96,16 +97,18 @@ class Sampling(OpenAIRequest):
     """What chat and text completions share."""
 
     model: ModelName
-    temperature: float | None = Field(None, ge=0, le=2, description="Default 0 (greedy), tunery's default.")
-    top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1, le=gemini.MAX_OUTPUT_TOKENS)
+    temperature: float | None = Field(
+        None, **LIMITS["temperature"].bounds(), description="Default 0 (greedy), tunery's default."
+    )
+    top_p: float | None = Field(None, **LIMITS["top_p"].bounds())
+    max_tokens: int | None = Field(None, **LIMITS["max_output_tokens"].bounds())
     stop: Stop | list[Stop] | None = None
     n: int | None = Field(None, ge=1, le=128, description="1 only")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(None, **LIMITS["seed"].bounds())
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    presence_penalty: float | None = Field(None, ge=-2, le=2, description="0 only")
-    frequency_penalty: float | None = Field(None, ge=-2, le=2, description="0 only")
+    presence_penalty: float | None = Field(None, **gemini.PENALTY_BOUNDS, description="0 only")
+    frequency_penalty: float | None = Field(None, **gemini.PENALTY_BOUNDS, description="0 only")
     logprobs: bool | int | None = Field(None, description="Chat: each answer token's log probability. Completions: no")
     logit_bias: dict[str, float] | None = Field(None, description="empty only")
     response_format: ResponseFormat | None = Field(
@@ -118,8 +121,10 @@ class ChatCompletionRequest(Sampling):
     """OpenAI's ``chat.completions.create``."""
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=gemini.MAX_TURNS)
-    max_completion_tokens: int | None = Field(None, ge=1, le=gemini.MAX_OUTPUT_TOKENS)
-    top_logprobs: int | None = Field(None, ge=0, le=20, description="With logprobs: the top tokens per place")
+    max_completion_tokens: int | None = Field(None, **LIMITS["max_output_tokens"].bounds())
+    top_logprobs: int | None = Field(
+        None, **LIMITS["logprobs"].bounds(), description="With logprobs: the top tokens per place"
+    )
     tools: list[dict[str, Any]] | None = Field(None, max_length=128, description="Not supported (400)")
     tool_choice: str | dict[str, Any] | None = Field(None, description="none only")
     parallel_tool_calls: bool | None = None
