@@ -434,6 +434,14 @@ class ErrorResponse(Response):
     error: Status
 
 
+JOB_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (400, "Invalid request: every field at fault is named"),
+        (401, "Missing or invalid API key"),
+        (404, "No such job for this tenant"),
+    )
+}
 MODEL_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid request: every field at fault is named"},
     401: {"model": ErrorResponse, "description": "Missing or invalid API key"},

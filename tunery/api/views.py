@@ -1,5 +1,5 @@
-"""The REST resource views of the OpenAI and Gemini shapes: jobs, files, models, events and checkpoints as their
-clients read them, built from the job store's rows (the native view is the rows' own ``resource()``).
+"""The REST resource views of the OpenAI, Gemini and Vertex shapes: jobs, files, models, events and checkpoints as
+their clients read them, built from the job store's rows (the native view is the rows' own ``resource()``).
 
     openai_job(job)            # fine_tuning.job          openai_event(event)   # fine_tuning.job.event
     openai_file(record)        # file                     openai_model(resource, tenant)   # model
@@ -7,6 +7,9 @@ clients read them, built from the job store's rows (the native view is the rows'
     file_view(record)          # an upload, in the Gemini and OpenAI fields at once (/v1/files is shared)
     model_view(resource, tenant)   # a model, in the Gemini and OpenAI fields at once (/v1/models is shared)
     tuned_model(job)           # the Gemini API's TunedModel: a tuning job and the model it makes
+    base_resource(entry)       # a catalog entry as a model      publisher_model(resource)   # as Vertex names it
+    vertex_job(job, parent)    # a tuning job as Vertex AI names it (adapterSize and tuningMode as proto enum names)
+    page_token_for(job)        # the pageToken after a job       page_start(token, tenant, store)   # and back
     checkpoint(job, created, model, checkpoint_id, found)  # fine_tuning.job.checkpoint
 
 Routes import these; no route imports another route for a view.
@@ -14,12 +17,18 @@ Routes import these; no route imports another route for a view.
 
 from __future__ import annotations
 
+import base64
+import copy
 import re
 from datetime import datetime
 from typing import Any
 
+from tunery.api.errors import invalid
+from tunery.errors import NotFoundError
 from tunery.jobs.batch import BatchSpec
-from tunery.jobs.store import CANCELLED, CANCELLING, FAILED, PENDING, RUNNING, SUCCEEDED, Job, StoredFile
+from tunery.jobs.store import CANCELLED, CANCELLING, FAILED, PENDING, RUNNING, SUCCEEDED, Job, Store, StoredFile
+from tunery.models.catalog import CatalogEntry
+from tunery.models.tuned import checkpoint_views
 from tunery.serving.openai import TUNING_SPECS
 
 STATUSES = {
@@ -33,6 +42,16 @@ STATUSES = {
 OPENAI_BATCH_STATUS = {PENDING: "validating", RUNNING: "in_progress", SUCCEEDED: "completed", FAILED: "failed",
                        CANCELLED: "cancelled"}  # fmt: skip
 TUNED_STATES = {SUCCEEDED: "ACTIVE", FAILED: "FAILED", "JOB_STATE_CANCELLED": "FAILED"}
+# SupervisedHyperParameters.AdapterSize, by name and by proto number (the SDKs send either)
+ADAPTER_SIZE_NAMES = {
+    "ADAPTER_SIZE_ONE": 1,
+    "ADAPTER_SIZE_TWO": 2,
+    "ADAPTER_SIZE_FOUR": 4,
+    "ADAPTER_SIZE_EIGHT": 8,
+    "ADAPTER_SIZE_SIXTEEN": 16,
+    "ADAPTER_SIZE_THIRTY_TWO": 32,
+}
+ADAPTER_SIZE_OF_RANK = {rank: name for name, rank in ADAPTER_SIZE_NAMES.items()}
 OUTPUT_FILE = re.compile(r"file-batch-([0-9a-f]+)-(output|errors)")
 
 
@@ -231,3 +250,69 @@ def tuned_model(job: Job) -> dict[str, Any]:
     elif job.state == "JOB_STATE_CANCELLED":
         resource["error"] = {"code": 1, "message": "the tuning job was cancelled"}
     return resource
+
+
+# --- models and Vertex AI's names -------------------------------------------------------------------------
+
+
+def base_resource(entry: CatalogEntry) -> dict[str, Any]:
+    """A catalog entry as a model resource."""
+    return {
+        "name": f"models/{entry.id}",
+        "displayName": entry.id,
+        "description": entry.description,
+        "source": entry.source,
+        "modalities": list(entry.modalities),
+        "contextLength": entry.context_length,
+        "defaultLearningRates": dict(entry.learning_rates),
+        **({"memoryGiB": entry.memory_gib} if entry.memory_gib else {}),
+    }
+
+
+def publisher_model(resource: dict[str, Any]) -> dict[str, Any]:
+    """A model resource as Vertex names a publisher model."""
+    return {**resource, "name": "publishers/google/" + resource["name"]}
+
+
+def vertex_job(job: Job, parent: str) -> dict[str, Any]:
+    """A job as Vertex AI names it under ``parent`` (``projects/{p}/locations/{l}``, or nothing in express
+    mode): its tuned model is ``{parent}/models/{id}``, answering at ``{parent}/endpoints/{id}``, and its
+    spec says ``adapterSize`` and ``tuningMode`` as proto enum names."""
+    resource = job.resource(api_base="")
+    prefix = f"{parent}/" if parent else ""
+    resource["name"] = f"{prefix}tuningJobs/{job.id}"
+    if job.tuned_model_id:
+        model = f"{prefix}models/{job.tuned_model_id}"
+        resource["tunedModel"] = {"model": model, "endpoint": f"{prefix}endpoints/{job.tuned_model_id}"}
+        if not parent:  # express mode names a model without a project: google-genai calls models/{id}
+            resource["tunedModel"]["endpoint"] = model
+        resource["tunedModel"].update(checkpoint_views(job.output, model))
+    key = "preferenceOptimizationSpec" if "preferenceOptimizationSpec" in resource else "supervisedTuningSpec"
+    spec = copy.deepcopy(resource.get(key, {}))
+    hyper = spec.get("hyperParameters")
+    if isinstance(hyper, dict) and hyper.get("adapterSize") in ADAPTER_SIZE_OF_RANK:
+        hyper["adapterSize"] = ADAPTER_SIZE_OF_RANK[hyper["adapterSize"]]
+    spec["tuningMode"] = f"TUNING_MODE_{job.tuning_mode}"
+    resource[key] = spec
+    return resource
+
+
+# --- list pages -------------------------------------------------------------------------------------------
+
+
+def page_token_for(job: Job) -> str:
+    """The token of the page after ``job``: its id, opaque to clients, meaningful to its own tenant only (the
+    store's sequence numbers, which count every tenant's jobs, never leave the server)."""
+    return base64.urlsafe_b64encode(f"after:{job.id}".encode()).decode().rstrip("=")
+
+
+def page_start(token: str, tenant: str, store: Store) -> str:
+    """The store's page token for a client's ``pageToken``; 400 for one this server did not give this tenant."""
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        job_id = text.removeprefix("after:")
+        if not text.startswith("after:") or not re.fullmatch(r"[0-9A-Za-z_-]{1,128}", job_id):
+            raise ValueError(text)
+        return str(store.get_job(tenant, job_id).seq)
+    except (ValueError, NotFoundError):
+        raise invalid([("pageToken (query)", "not a page token this server gave you")]) from None

@@ -28,7 +28,6 @@ from tunery.api.errors import invalid
 from tunery.api.predict import GeminiVersion as Version
 from tunery.api.predict import add_routes
 from tunery.api.routes import files as files_route
-from tunery.api.routes import jobs as jobs_route
 from tunery.api.schemas import (
     DisplayName,
     ErrorResponse,
@@ -38,7 +37,7 @@ from tunery.api.schemas import (
     Uri,
 )
 from tunery.api.uploads import Upload
-from tunery.api.views import tuned_model
+from tunery.api.views import page_start, page_token_for, tuned_model
 
 router = APIRouter(tags=["gemini"])
 
@@ -182,9 +181,9 @@ def read_tuned_models(
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=limits.MAX_PAGE_SIZE)] = limits.DEFAULT_PAGE_SIZE,
     page_token: Annotated[str | None, Query(alias="pageToken", pattern=r"^[A-Za-z0-9_-]{1,64}$")] = None,
 ) -> dict[str, Any]:
-    after = jobs_route.page_start(page_token, tenant, store) if page_token else None
+    after = page_start(page_token, tenant, store) if page_token else None
     jobs, more = store.list_jobs(tenant, page_size=page_size, page_token=after)
-    token = jobs_route.page_token_for(jobs[-1]) if more and jobs else None
+    token = page_token_for(jobs[-1]) if more and jobs else None
     return {"tunedModels": [tuned_model(job) for job in jobs], "nextPageToken": token}
 
 

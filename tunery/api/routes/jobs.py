@@ -8,7 +8,6 @@ body is 409.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import time
@@ -28,6 +27,9 @@ from tunery.api.limits import ApiSettings
 from tunery.api.paths import hide_server_paths, resolve_base_model, resolve_dataset
 from tunery.api.routes import files as files_route
 from tunery.api.schemas import (
+    JOB_ERRORS as ERRORS,
+)
+from tunery.api.schemas import (
     LABEL_KEY,
     ComputeConfig,
     CreateTuningJobRequest,
@@ -39,6 +41,7 @@ from tunery.api.schemas import (
     TuningJob,
     dump,
 )
+from tunery.api.views import page_start, page_token_for
 from tunery.errors import ConfigError, NotFoundError, TuneryError
 from tunery.jobs import inputs
 from tunery.jobs.store import Job, Store, StoredFile, new_id
@@ -48,14 +51,6 @@ from tunery.tuning.spec import COMPUTE_CONFIG, HYPER_PARAMETERS, PEFT_ADAPTER_ON
 
 router = APIRouter(prefix="/v1/tuningJobs", tags=["tuningJobs"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in (
-        (400, "Invalid request: every field at fault is named"),
-        (401, "Missing or invalid API key"),
-        (404, "No such job for this tenant"),
-    )
-}
 POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
 SSE_BATCH = 100
@@ -246,24 +241,6 @@ def read_jobs(
     )
     views = [_view(job, request) for job in jobs]
     return {"tuningJobs": views, "nextPageToken": page_token_for(jobs[-1]) if more and jobs else None}
-
-
-def page_token_for(job: Job) -> str:
-    """The token of the page after ``job``: its id, opaque to clients, meaningful to its own tenant only (the
-    store's sequence numbers, which count every tenant's jobs, never leave the server)."""
-    return base64.urlsafe_b64encode(f"after:{job.id}".encode()).decode().rstrip("=")
-
-
-def page_start(token: str, tenant: str, store: Store) -> str:
-    """The store's page token for a client's ``pageToken``; 400 for one this server did not give this tenant."""
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        job_id = text.removeprefix("after:")
-        if not text.startswith("after:") or not re.fullmatch(r"[0-9A-Za-z_-]{1,128}", job_id):
-            raise ValueError(text)
-        return str(store.get_job(tenant, job_id).seq)
-    except (ValueError, NotFoundError):
-        raise invalid([("pageToken (query)", "not a page token this server gave you")]) from None
 
 
 def _view(job: Job, request: Request) -> dict[str, Any]:

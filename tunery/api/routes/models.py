@@ -27,27 +27,13 @@ from tunery.api.schemas import (
     ModelEvaluation,
     ModelId,
 )
-from tunery.api.views import model_view
+from tunery.api.views import base_resource, model_view
 from tunery.errors import ConfigError, NotFoundError, TuneryError
 from tunery.evaluation.evaluate import EVALUATION_FILE
-from tunery.models.catalog import CATALOG, CatalogEntry
+from tunery.models.catalog import CATALOG
 
 log = logging.getLogger("tunery.api")
 router = APIRouter(prefix="/v1/models", tags=["models"])
-
-
-def base_resource(entry: CatalogEntry) -> dict[str, Any]:
-    """A catalog entry as a model resource."""
-    return {
-        "name": f"models/{entry.id}",
-        "displayName": entry.id,
-        "description": entry.description,
-        "source": entry.source,
-        "modalities": list(entry.modalities),
-        "contextLength": entry.context_length,
-        "defaultLearningRates": dict(entry.learning_rates),
-        **({"memoryGiB": entry.memory_gib} if entry.memory_gib else {}),
-    }
 
 
 @router.get("", response_model=None, summary="List models", responses={200: {"model": ListModelsResponse}, **ERRORS})

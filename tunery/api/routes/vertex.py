@@ -17,7 +17,6 @@ body, so a job made here is ``tuningJobs/{id}`` too, and the native handler chec
 
 from __future__ import annotations
 
-import copy
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -29,9 +28,8 @@ from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, public_
 from tunery.api.errors import invalid
 from tunery.api.predict import Segment, add_routes
 from tunery.api.predict import VertexVersion as Version
-from tunery.api.routes import jobs as jobs_route
-from tunery.api.routes.models import base_resource
 from tunery.api.schemas import (
+    JOB_ERRORS,
     MODEL_ERRORS,
     DisplayName,
     GeminiRequest,
@@ -42,26 +40,15 @@ from tunery.api.schemas import (
     TuningJob,
     Uri,
 )
-from tunery.jobs.store import Job
+from tunery.api.views import ADAPTER_SIZE_NAMES, base_resource, page_start, page_token_for, publisher_model, vertex_job
 from tunery.models.catalog import CATALOG
-from tunery.models.tuned import checkpoint_views
 from tunery.tuning.spec import ADAPTER_SIZES
 
 router = APIRouter(tags=["vertex"])
 
 PREFIX = "/{version}/projects/{project}/locations/{location}"
 
-# SupervisedHyperParameters.AdapterSize, by name and by proto number (the SDKs send either)
-ADAPTER_SIZE_NAMES = {
-    "ADAPTER_SIZE_ONE": 1,
-    "ADAPTER_SIZE_TWO": 2,
-    "ADAPTER_SIZE_FOUR": 4,
-    "ADAPTER_SIZE_EIGHT": 8,
-    "ADAPTER_SIZE_SIXTEEN": 16,
-    "ADAPTER_SIZE_THIRTY_TWO": 32,
-}
 ADAPTER_SIZE_CODES = {1: 1, 6: 2, 2: 4, 3: 8, 4: 16, 5: 32}
-ADAPTER_SIZE_OF_RANK = {rank: name for name, rank in ADAPTER_SIZE_NAMES.items()}
 UNSPECIFIED = ("ADAPTER_SIZE_UNSPECIFIED", "TUNING_MODE_UNSPECIFIED", 0)
 # SupervisedTuningSpec.TuningMode
 TUNING_MODES = {
@@ -193,29 +180,6 @@ def _camel(name: str) -> str:
     return head + "".join(word.title() for word in rest)
 
 
-def vertex_job(job: Job, parent: str) -> dict[str, Any]:
-    """A job as Vertex AI names it under ``parent`` (``projects/{p}/locations/{l}``, or nothing in express
-    mode): its tuned model is ``{parent}/models/{id}``, answering at ``{parent}/endpoints/{id}``, and its
-    spec says ``adapterSize`` and ``tuningMode`` as proto enum names."""
-    resource = job.resource(api_base="")
-    prefix = f"{parent}/" if parent else ""
-    resource["name"] = f"{prefix}tuningJobs/{job.id}"
-    if job.tuned_model_id:
-        model = f"{prefix}models/{job.tuned_model_id}"
-        resource["tunedModel"] = {"model": model, "endpoint": f"{prefix}endpoints/{job.tuned_model_id}"}
-        if not parent:  # express mode names a model without a project: google-genai calls models/{id}
-            resource["tunedModel"]["endpoint"] = model
-        resource["tunedModel"].update(checkpoint_views(job.output, model))
-    key = "preferenceOptimizationSpec" if "preferenceOptimizationSpec" in resource else "supervisedTuningSpec"
-    spec = copy.deepcopy(resource.get(key, {}))
-    hyper = spec.get("hyperParameters")
-    if isinstance(hyper, dict) and hyper.get("adapterSize") in ADAPTER_SIZE_OF_RANK:
-        hyper["adapterSize"] = ADAPTER_SIZE_OF_RANK[hyper["adapterSize"]]
-    spec["tuningMode"] = f"TUNING_MODE_{job.tuning_mode}"
-    resource[key] = spec
-    return resource
-
-
 def _parent(project: str | None, location: str | None) -> str:
     return f"projects/{project}/locations/{location}" if project and location else ""
 
@@ -240,7 +204,7 @@ async def _create(
     return vertex_job(job, parent)
 
 
-JOB_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"model": TuningJob}, **jobs_route.ERRORS}
+JOB_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"model": TuningJob}, **JOB_ERRORS}
 
 
 @router.post(
@@ -282,9 +246,9 @@ async def create_job_express(
 
 
 def _list(tenant: str, store: Any, parent: str, page_size: int, page_token: str | None) -> dict[str, Any]:
-    after = jobs_route.page_start(page_token, tenant, store) if page_token else None
+    after = page_start(page_token, tenant, store) if page_token else None
     jobs, more = store.list_jobs(tenant, page_size=page_size, page_token=after)
-    token = jobs_route.page_token_for(jobs[-1]) if more and jobs else None
+    token = page_token_for(jobs[-1]) if more and jobs else None
     return {"tuningJobs": [vertex_job(job, parent) for job in jobs], "nextPageToken": token}
 
 
@@ -354,11 +318,6 @@ def cancel_job(
 
 
 add_routes(router, "vertex")  # publisher models', endpoints' and express mode's predictions (tunery.api.predict)
-
-
-def publisher_model(resource: dict[str, Any]) -> dict[str, Any]:
-    """A model resource as Vertex names a publisher model."""
-    return {**resource, "name": "publishers/google/" + resource["name"]}
 
 
 @router.get(
