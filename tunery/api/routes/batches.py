@@ -14,8 +14,6 @@ that line alone (it goes to the error file).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Body, Query, Response
@@ -29,20 +27,11 @@ from tunery.api.views import openai_batch
 from tunery.data.validation import Problem
 from tunery.errors import DatasetError, NotFoundError
 from tunery.jobs import batch
+from tunery.jobs.batch_files import BATCH_PURPOSE, batch_job, check_batch_file, read_results
 from tunery.jobs.store import Job, Store, new_id
 from tunery.settings import jobs_dir
 
 router = APIRouter(tags=["batchPredictionJobs"])
-
-MAX_BATCH_REQUESTS = 50_000  # OpenAI's limit on the requests of one batch
-BATCH_PURPOSE = "batch"  # an upload's stats["purpose"]: an OpenAI batch input, not a tuning dataset
-
-
-def _job(store: Store, tenant: str, job_id: str) -> Job:
-    job = store.get_job(tenant, job_id)
-    if not batch.is_batch(job):
-        raise NotFoundError(f"batchPredictionJobs/{job_id} not found")
-    return job
 
 
 def _create(
@@ -109,7 +98,7 @@ def _vertex(job: Job) -> dict[str, Any]:
 @router.get("/v1/batchPredictionJobs/{job_id}", summary="Read a batch prediction job (Vertex)")
 @router.get("/v1/projects/{project}/locations/{location}/batchPredictionJobs/{job_id}", include_in_schema=False)
 async def read_batch_prediction_job(job_id: str, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
-    return _vertex(await run_in_threadpool(_job, store, tenant, job_id))
+    return _vertex(await run_in_threadpool(batch_job, store, tenant, job_id))
 
 
 @router.get("/v1/batchPredictionJobs", summary="List batch prediction jobs (Vertex)")
@@ -124,7 +113,7 @@ async def read_batch_prediction_jobs(
 async def cancel_batch_prediction_job(
     job_id: str, tenant: Tenant, store: StoreDep, scheduler: SchedulerDep
 ) -> dict[str, Any]:
-    await run_in_threadpool(_job, store, tenant, job_id)
+    await run_in_threadpool(batch_job, store, tenant, job_id)
     job = await run_in_threadpool(store.request_cancel, tenant, job_id)
     wake_scheduler(scheduler)
     return _vertex(job)
@@ -137,20 +126,7 @@ async def read_predictions(job_id: str, tenant: Tenant, store: StoreDep) -> Resp
 
 async def results(store: Store, tenant: str, job_id: str, which: str) -> Response:
     """The result lines that ``done.json`` vouches for (a running worker may be writing the next chunk)."""
-    job = await run_in_threadpool(_job, store, tenant, job_id)
-    spec = batch.BatchSpec.from_dict(job.spec)
-    form = await run_in_threadpool(batch.input_form, spec.input)
-    path = Path(spec.output) / (batch.RESULT_FILES[form] if which == "results" else batch.ERRORS_FILE)
-    done = Path(spec.output) / batch.DONE_FILE
-    if not path.is_file() or not done.is_file():
-        raise NotFoundError(f"batchPredictionJobs/{job_id} has no {which} yet")
-
-    def read() -> bytes:
-        size = json.loads(done.read_text(encoding="utf-8"))["sizes"].get(which, 0)
-        with path.open("rb") as fh:
-            return fh.read(size)
-
-    return Response(await run_in_threadpool(read), media_type="application/jsonl")
+    return Response(await run_in_threadpool(read_results, store, tenant, job_id, which), media_type="application/jsonl")
 
 
 # --- OpenAI ----------------------------------------------------------------------------------------------
@@ -158,68 +134,6 @@ async def results(store: Store, tenant: str, job_id: str, which: str) -> Respons
 
 def _openai_id(batch_id: str) -> str:
     return batch_id.removeprefix("batch_")
-
-
-def _shown(value: Any) -> str:
-    return "missing" if value is None else repr(value)[:64]
-
-
-def check_batch_file(path: str | Path, endpoint: str | None = None) -> dict[str, Any]:
-    """An OpenAI batch input checked line by line, reported as the dataset checker reports an upload:
-    ``problems`` (each with its line and field), ``exampleCount`` (the requests) and the ``model`` every line's
-    body names. A line is ``{custom_id, method: "POST", url, body: {model, ...}}``: a ``custom_id`` no other line
-    has, a ``url`` tunery answers (``endpoint`` when given: a batch runs one endpoint) and one model for the file."""
-    problems: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
-    model: tuple[str, int] | None = None
-    urls = (endpoint,) if endpoint else batch.OPENAI_URLS
-    count = 0
-
-    def problem(number: int, name: str, message: str) -> None:
-        problems.append({"line": number, "field": name, "message": message, "severity": "error"})
-
-    with Path(path).open(encoding="utf-8", errors="replace") as fh:
-        for number, text in enumerate(fh, 1):
-            if not text.strip():
-                continue
-            count += 1
-            try:
-                raw = json.loads(text)
-            except json.JSONDecodeError as exc:
-                problem(number, "", f"not JSON: {exc.msg} at column {exc.colno}")
-                continue
-            if not isinstance(raw, dict):
-                problem(number, "", "expected a JSON object {custom_id, method, url, body}")
-                continue
-            key = raw.get("custom_id")
-            if not isinstance(key, str) or not key:
-                problem(number, "custom_id", f"{_shown(key)}: expected a non-empty string, unique in the file")
-            elif key in seen:
-                problem(number, "custom_id", f"{key[:64]!r} again (first on line {seen[key]})")
-            else:
-                seen[key] = number
-            if raw.get("method") != "POST":
-                problem(number, "method", f"{_shown(raw.get('method'))}: expected 'POST'")
-            if raw.get("url") not in urls:
-                problem(number, "url", f"{_shown(raw.get('url'))}: expected {' or '.join(map(repr, urls))}")
-            body = raw.get("body")
-            if not isinstance(body, dict):
-                problem(number, "body", f"{_shown(body)}: expected the request body, a JSON object")
-                continue
-            name = body.get("model")
-            if not isinstance(name, str) or not name:
-                problem(number, "body.model", f"{_shown(name)}: expected the model that answers, a string")
-            elif model is None:
-                model = (name, number)
-            elif name != model[0]:
-                problem(number, "body.model", f"{name[:64]!r}: a batch runs one model, and line {model[1]} names "
-                        f"{model[0][:64]!r}")  # fmt: skip
-    if not count:
-        problem(0, "", "no requests: expected one JSON object a line")
-    elif count > MAX_BATCH_REQUESTS:
-        problem(0, "", f"{count} requests: a batch takes at most {MAX_BATCH_REQUESTS}")
-    return {"problems": problems, "exampleCount": count, "model": model[0] if model else None,
-            "supervisedTuningDataStats": {"purpose": BATCH_PURPOSE}}  # fmt: skip
 
 
 def summary(name: str, problems: list[dict[str, Any]]) -> str:
@@ -262,7 +176,7 @@ async def create_batch(
 
 @router.get("/v1/batches/{batch_id}", summary="Read a batch (OpenAI)")
 async def read_batch(batch_id: str, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
-    return openai_batch(await run_in_threadpool(_job, store, tenant, _openai_id(batch_id)))
+    return openai_batch(await run_in_threadpool(batch_job, store, tenant, _openai_id(batch_id)))
 
 
 @router.get("/v1/batches", summary="List batches (OpenAI)")
@@ -276,7 +190,7 @@ async def read_batches(tenant: Tenant, store: StoreDep, limit: int = Query(20, g
 @router.post("/v1/batches/{batch_id}/cancel", summary="Cancel a batch (OpenAI)")
 async def cancel_batch(batch_id: str, tenant: Tenant, store: StoreDep, scheduler: SchedulerDep) -> dict[str, Any]:
     job_id = _openai_id(batch_id)
-    await run_in_threadpool(_job, store, tenant, job_id)
+    await run_in_threadpool(batch_job, store, tenant, job_id)
     job = await run_in_threadpool(store.request_cancel, tenant, job_id)
     wake_scheduler(scheduler)
     return openai_batch(job)

@@ -25,9 +25,9 @@ from starlette.concurrency import run_in_threadpool
 from tunery.api import limits, translate
 from tunery.api.deps import CheckerDep, SchedulerDep, SettingsDep, StoreDep, Tenant
 from tunery.api.errors import invalid
+from tunery.api.kept_files import check_and_keep
 from tunery.api.predict import GeminiVersion as Version
 from tunery.api.predict import add_routes
-from tunery.api.routes import files as files_route
 from tunery.api.schemas import (
     DisplayName,
     ErrorResponse,
@@ -111,7 +111,7 @@ def _examples_file(
     upload = Upload(path, "tunedModel-examples.jsonl", len(data), hashlib.sha256(data).hexdigest())
     upload.fields["model"] = base_model
     try:
-        record = files_route._check_and_keep(upload, tenant, store, settings, checker)
+        record = check_and_keep(upload, tenant, store, settings, checker)
     finally:
         upload.discard()
     return f"files/{record.id}"

@@ -23,9 +23,9 @@ from starlette.concurrency import run_in_threadpool
 from tunery.api import admission, limits
 from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, public_url, wake_scheduler
 from tunery.api.errors import also_check, invalid
+from tunery.api.kept_files import referenced_media
 from tunery.api.limits import ApiSettings
 from tunery.api.paths import hide_server_paths, resolve_base_model, resolve_dataset
-from tunery.api.routes import files as files_route
 from tunery.api.schemas import (
     JOB_ERRORS as ERRORS,
 )
@@ -159,7 +159,7 @@ def create_job(
     admission.admit_job(request, tenant, idempotency_key)  # 429 past the tenant's limit on waiting/running jobs
     for name, path in inputs.pin(job_id, {name: Path(record.path) for name, record in uploads.items()}).items():
         setattr(spec, name, str(path))  # the job's own link: deleting the upload cannot break it
-    media = files_route.referenced_media([spec.train, spec.validation], tenant, store)  # files/{id} in its lines
+    media = referenced_media([spec.train, spec.validation], tenant, store)  # files/{id} in its lines
     if media:
         spec.uploaded_media = str(inputs.pin_media(job_id, media))
     try:

@@ -2,7 +2,7 @@
 
     POST /v1/chat/completions (stream: chat.completion.chunk events, then data: [DONE])   POST /v1/completions
     POST /v1/fine_tuning/jobs   GET /v1/fine_tuning/jobs[/{id}[/events|/checkpoints]]   POST .../{id}/cancel
-    GET /v1/files/{id}/content (an upload's bytes, or a batch's output or error file; /v1/batches: batches.py)
+    GET /v1/files/{id}/content (an upload, or a batch's output or error file: tunery.jobs.batch_files)
 
 The bodies, their checks and their translation are the wire format's (``tunery.serving.openai``): a chat request
 becomes a Gemini generateContent body and goes through ``tunery.api.generation``; a fine-tuning job becomes a
@@ -26,10 +26,10 @@ from starlette.concurrency import run_in_threadpool
 from tunery.api import generation, limits, translate
 from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, wake_scheduler
 from tunery.api.errors import ApiError, error_body, invalid, status_for
-from tunery.api.routes import batches
 from tunery.api.schemas import SERVING_ERRORS, ErrorResponse, FileId
 from tunery.api.views import checkpoint, openai_event, openai_job, output_file, unix
 from tunery.errors import DatasetError, NotFoundError, TuneryError
+from tunery.jobs.batch_files import read_results
 from tunery.models.tuned import kept_checkpoints
 from tunery.serving.openai import (
     JOB_NAMES,
@@ -183,7 +183,8 @@ async def read_file_content(file_id: FileId, tenant: Tenant, store: StoreDep) ->
     """``output_file_id`` and ``error_file_id`` of a batch (its result lines so far), or an uploaded file's bytes."""
     found = output_file(file_id)
     if found is not None:
-        return await batches.results(store, tenant, *found)
+        data = await run_in_threadpool(read_results, store, tenant, *found)
+        return Response(data, media_type="application/jsonl")
     record = await run_in_threadpool(store.get_file, tenant, file_id)
     if not os.path.isfile(record.path):
         raise NotFoundError(f"files/{file_id}: its content is gone")
