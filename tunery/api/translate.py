@@ -18,14 +18,14 @@ import dataclasses
 import re
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from tunery.api import tuning_jobs
 from tunery.api.errors import ApiError, field_name
 from tunery.api.limits import ApiSettings
 from tunery.api.paths import resolve_base_model
-from tunery.api.routes import jobs
 from tunery.api.schemas import CreateTuningJobRequest
 from tunery.errors import ConfigError, DatasetError
 from tunery.jobs.store import Job, Store
@@ -65,12 +65,11 @@ def create_job(
     except ValidationError as exc:
         errors = [{**e, "loc": ("body", *_renamed_loc(e["loc"], names))} for e in exc.errors(include_url=False)]
         raise RequestValidationError(errors, body=body) from None
-    response = Response()
     try:
-        resource = jobs.create_job(checked, request, response, tenant, store, settings, scheduler, idempotency_key)
+        job, created = tuning_jobs.create_job(checked, request, tenant, store, settings, scheduler, idempotency_key)
     except ApiError as exc:
         raise renamed(exc, names) from None
-    return store.get_job(tenant, resource["name"].removeprefix("tuningJobs/")), response.status_code != 200
+    return store.get_job(tenant, job.id), created
 
 
 def _renamed_loc(loc: tuple[Any, ...], names: dict[str, str] | None) -> tuple[Any, ...]:

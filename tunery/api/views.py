@@ -9,6 +9,7 @@ their clients read them, built from the job store's rows (the native view is the
     tuned_model(job)           # the Gemini API's TunedModel: a tuning job and the model it makes
     base_resource(entry)       # a catalog entry as a model      publisher_model(resource)   # as Vertex names it
     vertex_job(job, parent)    # a tuning job as Vertex AI names it (adapterSize and tuningMode as proto enum names)
+    job_view(job, request)     # a tuning job in the native shape, as its tenant sees it
     page_token_for(job)        # the pageToken after a job       page_start(token, tenant, store)   # and back
     checkpoint(job, created, model, checkpoint_id, found)  # fine_tuning.job.checkpoint
 
@@ -23,7 +24,11 @@ import re
 from datetime import datetime
 from typing import Any
 
+from fastapi import Request
+
+from tunery.api.deps import public_url
 from tunery.api.errors import invalid
+from tunery.api.paths import hide_server_paths
 from tunery.errors import NotFoundError
 from tunery.jobs.batch import BatchSpec
 from tunery.jobs.store import CANCELLED, CANCELLING, FAILED, PENDING, RUNNING, SUCCEEDED, Job, Store, StoredFile
@@ -316,3 +321,13 @@ def page_start(token: str, tenant: str, store: Store) -> str:
         return str(store.get_job(tenant, job_id).seq)
     except (ValueError, NotFoundError):
         raise invalid([("pageToken (query)", "not a page token this server gave you")]) from None
+
+
+def job_view(job: Job, request: Request) -> dict[str, Any]:
+    """A tuning job in the native shape as its tenant sees it: URLs under the public base URL, no server paths in
+    its error."""
+    resource = job.resource(api_base=public_url(request))
+    error = resource.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        error["message"] = hide_server_paths(error["message"], request.app.state.settings.data_root)
+    return resource
