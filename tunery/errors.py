@@ -30,6 +30,13 @@ if TYPE_CHECKING:
     from tunery.data.validation import Problem
 
 
+def problems_message(problems: list[tuple[str, str]], what: str = "request") -> str:
+    """One line naming how many ``(field, message)`` problems a request has, and the first ten."""
+    n = len(problems)
+    summary = "; ".join(f"{f}: {m}" for f, m in problems[:10])
+    return f"invalid {what}: {n} problem{'s' * (n != 1)}: {summary}"
+
+
 class TuneryError(Exception):
     """Base class of every error tunery raises on purpose."""
 
@@ -147,3 +154,34 @@ class AuthenticationError(TuneryError):
 
 class APIConnectionError(TuneryError):
     """A tunery server cannot be reached at its endpoint (refused, reset, timed out), even after retries."""
+
+
+# --- HTTP: the one table between these errors and the statuses the service answers -------------------------
+
+HTTP_STATUSES: tuple[tuple[type[TuneryError], int], ...] = (
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (ResourceExhaustedError, 429),
+    (DiskFullError, 507),
+)
+"""The errors with an HTTP status of their own. ``ServingError`` carries its own (``.code``); every other
+``TuneryError`` is a request at fault (400), and anything else a bug (500)."""
+
+
+def http_status(exc: BaseException) -> int:
+    """The HTTP status that answers ``exc`` (the API's error bodies, the model host's replies)."""
+    if isinstance(exc, ServingError):
+        return exc.code
+    for cls, code in HTTP_STATUSES:
+        if isinstance(exc, cls):
+            return code
+    return 400 if isinstance(exc, TuneryError) else 500
+
+
+def error_for_status(status: int, message: str) -> TuneryError | None:
+    """The way back (the model host's replies, the SDK's answers): the error whose own status ``status`` is
+    (``HTTP_STATUSES``), or None for a status that more than one error answers with."""
+    for cls, code in HTTP_STATUSES:
+        if code == status:
+            return cls(message)
+    return None

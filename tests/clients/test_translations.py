@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 
 from tunery.api.errors import ApiError
-from tunery.api.routes import openai as openai_route
 from tunery.api.routes import vertex
 from tunery.errors import DatasetError
 from tunery.serving import gemini
+from tunery.serving import openai as wire
 
 TURN = {"parts": [{"text": "hi"}]}
 
@@ -122,7 +122,7 @@ def test_vertex_counts_as_strings_and_tuning_mode_in_the_spec() -> None:
 
 
 def test_openai_chat_becomes_a_gemini_body() -> None:
-    body = openai_route.ChatCompletionRequest.model_validate(
+    body = wire.ChatCompletionRequest.model_validate(
         {
             "model": "m",
             "messages": [
@@ -136,7 +136,7 @@ def test_openai_chat_becomes_a_gemini_body() -> None:
             "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "object"}}},
         }
     )
-    raw, origin = openai_route.chat_body(body)
+    raw, origin = wire.chat_body(body)
     assert raw["systemInstruction"] == {"parts": [{"text": "Route the ticket."}]}
     assert [t["role"] for t in raw["contents"]] == ["user", "model", "user"] and origin == {0: 1, 1: 2, 2: 3}
     assert raw["generationConfig"] == {
@@ -148,7 +148,7 @@ def test_openai_chat_becomes_a_gemini_body() -> None:
 
 
 def test_openai_fields_tunery_cannot_honour_are_named() -> None:
-    body = openai_route.ChatCompletionRequest.model_validate(
+    body = wire.ChatCompletionRequest.model_validate(
         {
             "model": "m",
             "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
@@ -156,7 +156,7 @@ def test_openai_fields_tunery_cannot_honour_are_named() -> None:
             "frequency_penalty": 1,
         }
     )
-    with pytest.raises(ApiError) as caught:
-        openai_route.chat_body(body)
-    fields = {v["field"] for v in caught.value.details[0]["fieldViolations"]}
+    with pytest.raises(DatasetError) as caught:
+        wire.chat_body(body)
+    fields = {p.field for p in caught.value.problems}
     assert fields == {"n", "frequency_penalty", "messages[0].content[0]"}

@@ -1,5 +1,5 @@
 """OpenAI chat content parts (#15) → Gemini parts: ``image_url`` data URLs, ``input_audio``, ``file``; each
-problem named by ``messages[i].content[j]`` (``tunery.api.translate.chat_parts``, used by /v1/chat/completions).
+problem named by ``messages[i].content[j]`` (``tunery.serving.openai.chat_parts``, used by /v1/chat/completions).
 
     .venv/bin/python -m pytest tests/unit/test_openai_media_parts.py -q
 """
@@ -12,9 +12,9 @@ import wave
 
 import pytest
 
-from tunery.api.errors import ApiError
-from tunery.api.routes import openai as openai_route
-from tunery.api.translate import STORED_TYPE, chat_parts
+from tunery.errors import DatasetError
+from tunery.serving import openai as wire
+from tunery.serving.openai import STORED_TYPE, chat_parts
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40).decode()
 JPEG = base64.b64encode(b"\xff\xd8\xff\xe0" + b"\x00" * 40 + b"\xff\xd9").decode()
@@ -88,7 +88,7 @@ def test_a_bad_part_is_named_by_message_and_part_index(part: dict, expected: str
 
 
 def test_chat_completions_body_carries_the_parts_and_names_every_bad_one() -> None:
-    body = openai_route.ChatCompletionRequest.model_validate(
+    body = wire.ChatCompletionRequest.model_validate(
         {
             "model": "m",
             "messages": [
@@ -103,14 +103,14 @@ def test_chat_completions_body_carries_the_parts_and_names_every_bad_one() -> No
             ],
         }
     )
-    raw, origin = openai_route.chat_body(body)
+    raw, origin = wire.chat_body(body)
     assert raw["contents"] == [
         {"role": "user", "parts": [{"inlineData": {"mimeType": "image/png", "data": PNG}}, {"text": "colour?"}]}
     ]
     assert origin == {0: 1}
-    openai_route._checked(raw, origin)  # the Gemini parser takes the translated parts as they are
+    wire.check(raw, origin)  # the Gemini parser takes the translated parts as they are
 
-    bad = openai_route.ChatCompletionRequest.model_validate(
+    bad = wire.ChatCompletionRequest.model_validate(
         {
             "model": "m",
             "messages": [
@@ -123,17 +123,17 @@ def test_chat_completions_body_carries_the_parts_and_names_every_bad_one() -> No
             ],
         }
     )
-    with pytest.raises(ApiError) as caught:
-        openai_route.chat_body(bad)
-    fields = {v["field"] for v in caught.value.details[0]["fieldViolations"]}
+    with pytest.raises(DatasetError) as caught:
+        wire.chat_body(bad)
+    fields = {p.field for p in caught.value.problems}
     assert fields == {"messages[0].content[0]", "messages[2].content[1]"}
 
 
 def test_errors_of_the_generation_path_are_named_by_the_chat_fields() -> None:
     from tunery.api.errors import invalid
-    from tunery.api.translate import chat_error, chat_field
-    from tunery.errors import DatasetError
+    from tunery.api.translate import chat_error
     from tunery.serving.gemini import request_error
+    from tunery.serving.openai import chat_field
 
     origin = {0: 1, 1: 3}
     assert chat_field("contents[1].parts[2].fileData.fileUri", origin) == "messages[3].content[2].fileData.fileUri"

@@ -4,9 +4,9 @@
 
 Bad requests (FastAPI's validation errors, normally 422) are 400 and name every field at fault in a
 ``google.rpc.BadRequest`` detail; dataset problems add their line. ``TuneryError`` subclasses map by
-class: ``NotFoundError`` 404, ``ConflictError`` 409, ``ResourceExhaustedError`` 429 with ``Retry-After``,
-``ServingError`` its ``code`` (503 unavailable, 504 timed out), every other one (``ConfigError``,
-``DatasetError``, ``ModelError``, ``JobError``) 400.
+class (``tunery.errors.http_status``, the one table): ``NotFoundError`` 404, ``ConflictError`` 409,
+``ResourceExhaustedError`` 429 with ``Retry-After``, ``ServingError`` its ``code`` (503 unavailable, 504 timed
+out), every other one (``ConfigError``, ``DatasetError``, ``ModelError``, ``JobError``) 400.
 A full disk (``DiskFullError``, or an ``OSError`` ENOSPC / SQLite's "database or disk is full" from anywhere) is
 507 ``RESOURCE_EXHAUSTED`` naming the disk and its free space; a job store that cannot be reached (the database
 restarting) is 503 with ``Retry-After``. Anything else is a bug: 500 with a generic message,
@@ -29,14 +29,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from tunery.errors import (
-    ConflictError,
     DatasetError,
-    DiskFullError,
-    NotFoundError,
     ResourceExhaustedError,
-    ServingError,
     TuneryError,
     disk_full,
+    http_status,
+    problems_message,
 )
 from tunery.settings import tunery_home
 
@@ -83,10 +81,7 @@ class ApiError(HTTPException):
 def invalid(problems: Iterable[tuple[str, str]], what: str = "request") -> ApiError:
     """400 naming every ``(field, message)`` at fault."""
     found = list(problems)
-    n = len(found)
-    summary = "; ".join(f"{f}: {m}" for f, m in found[:10])
-    message = f"invalid {what}: {n} problem{'s' * (n != 1)}: {summary}"
-    return ApiError(400, message, bad_request({"field": f, "description": m} for f, m in found))
+    return ApiError(400, problems_message(found, what), bad_request({"field": f, "description": m} for f, m in found))
 
 
 def error_body(code: int, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -117,18 +112,8 @@ def bad_request(violations: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def status_for(exc: TuneryError) -> int:
-    """404 not found, 409 conflict, the model host's own status (503 unavailable, 504 timed out), else 400."""
-    if isinstance(exc, NotFoundError):
-        return 404
-    if isinstance(exc, ConflictError):
-        return 409
-    if isinstance(exc, DiskFullError):
-        return 507
-    if isinstance(exc, ResourceExhaustedError):
-        return 429
-    if isinstance(exc, ServingError):
-        return exc.code
-    return 400
+    """The HTTP status of ``exc``: ``tunery.errors.HTTP_STATUSES``, the model host's own (503, 504), else 400."""
+    return http_status(exc)
 
 
 def field_name(loc: Iterable[Any]) -> str:

@@ -39,7 +39,6 @@ from tunery.api.deps import get_host, public_url, still_authorized
 from tunery.api.errors import ApiError, invalid
 from tunery.api.limits import ApiSettings
 from tunery.api.paths import resolve_under
-from tunery.api.translate import STORED_TYPE
 from tunery.api.uploads import MEDIA_BYTES
 from tunery.data.formats import modality_of
 from tunery.data.media import normalize_mime, sniff
@@ -47,6 +46,7 @@ from tunery.errors import ConfigError, ModelError, NotFoundError, ServingError
 from tunery.jobs.store import Store
 from tunery.models.catalog import CATALOG
 from tunery.models.tuned import checkpoint_dir, split_checkpoint
+from tunery.serving.openai import STORED_TYPE
 
 OWN_FILE = re.compile(r"v1(beta1?)?/files/(?P<id>[^/?#]+)")
 MAX_REQUEST_MEDIA_BYTES = 64 * 2**20

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tunery import settings
 from tunery.api.errors import error_response
 from tunery.errors import ConfigError
+from tunery.serving.gemini import MAX_BODY_CHARS, MAX_PARTS, MAX_TURNS, MAX_URI_LENGTH  # noqa: F401 - the API's names
 
 MIB = 1024 * 1024
 UPLOAD_PATH = "/v1/files"
@@ -31,10 +32,6 @@ MAX_DISPLAY_NAME = 128
 MAX_LABELS = 64
 MAX_LABEL_LENGTH = 63
 MAX_ID_LENGTH = 128
-MAX_URI_LENGTH = 2048
-MAX_BODY_CHARS = MIB  # one text field can fill a JSON body, no more
-MAX_TURNS = 1000
-MAX_PARTS = 100
 MAX_EVENTS_PAGE = 1000
 
 

@@ -27,7 +27,7 @@ from pydantic.alias_generators import to_camel
 from tunery.api import limits
 from tunery.jobs.store import STATES
 from tunery.serving.constrain import json_limit_problem
-from tunery.serving.gemini import MAX_OUTPUT_TOKENS, MAX_STOP_SEQUENCES
+from tunery.serving.gemini import DEFAULT_OUTPUT_TOKENS, LIMITS, MAX_STOP_SEQUENCES, PENALTY_BOUNDS
 from tunery.tuning.spec import ABOVE_LEAST, ADAPTER_SIZES, HYPER_PARAMETERS, MAX_PROCESSES, RANGES, TuningSpec
 
 LABEL_KEY = r"^[a-z][a-z0-9_-]{0,62}$"
@@ -332,22 +332,26 @@ class SystemInstruction(Content):
 
 
 class GenerationConfig(GeminiRequest):
-    temperature: float | None = Field(None, ge=0, le=2, description="0 (the default) is greedy.")
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0, le=2**31 - 1)
-    max_output_tokens: int | None = Field(None, ge=1, le=MAX_OUTPUT_TOKENS, description="Default 256.")
+    temperature: float | None = Field(None, **LIMITS["temperature"].bounds(), description="0 (the default) is greedy.")
+    top_p: float | None = Field(None, **LIMITS["top_p"].bounds())
+    top_k: int | None = Field(None, **LIMITS["top_k"].bounds())
+    max_output_tokens: int | None = Field(
+        None, **LIMITS["max_output_tokens"].bounds(), description=f"Default {DEFAULT_OUTPUT_TOKENS}."
+    )
     stop_sequences: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] | None = Field(
         None, max_length=MAX_STOP_SEQUENCES
     )
     candidate_count: int | None = Field(None, ge=1, le=2**31 - 1, description="1: one candidate per request.")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    presence_penalty: float | None = Field(None, ge=-2, le=2, description="0 only (no penalty is applied).")
-    frequency_penalty: float | None = Field(None, ge=-2, le=2, description="0 only (no penalty is applied).")
+    seed: int | None = Field(None, **LIMITS["seed"].bounds())
+    presence_penalty: float | None = Field(None, **PENALTY_BOUNDS, description="0 only (no penalty is applied).")
+    frequency_penalty: float | None = Field(None, **PENALTY_BOUNDS, description="0 only (no penalty is applied).")
     response_modalities: list[Annotated[str, StringConstraints(max_length=32)]] | None = Field(
         None, max_length=8, description='["TEXT"] only.'
     )
     response_logprobs: bool | None = Field(None, description="Return each answer token's log probability.")
-    logprobs: int | None = Field(None, ge=0, le=20, description="With responseLogprobs: the top tokens per place.")
+    logprobs: int | None = Field(
+        None, **LIMITS["logprobs"].bounds(), description="With responseLogprobs: the top tokens per place."
+    )
     response_mime_type: str | None = Field(
         None,
         description="text/plain, application/json or text/x.enum. Not given: a tuned model with a kept label set or "
@@ -432,6 +436,22 @@ class Status(Response):
 
 class ErrorResponse(Response):
     error: Status
+
+
+JOB_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (400, "Invalid request: every field at fault is named"),
+        (401, "Missing or invalid API key"),
+        (404, "No such job for this tenant"),
+    )
+}
+MODEL_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid request: every field at fault is named"},
+    401: {"model": ErrorResponse, "description": "Missing or invalid API key"},
+    404: {"model": ErrorResponse, "description": "No such model for this tenant"},
+}
+SERVING_ERRORS = {**MODEL_ERRORS, 503: {"model": ErrorResponse, "description": "The model host is unavailable"}}
 
 
 class Empty(Response):

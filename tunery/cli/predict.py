@@ -20,7 +20,7 @@ from tunery.cli._common import LogLines, console, err_console, handle_errors
 from tunery.data.formats import user_example
 from tunery.data.media import MediaSource
 from tunery.data.validation import read_examples
-from tunery.serving.gemini import GenerationConfig
+from tunery.serving.gemini import DEFAULT_OUTPUT_TOKENS, GenerationConfig
 
 
 @handle_errors
@@ -28,7 +28,7 @@ def predict(
     model: str = typer.Argument(..., help="Catalog id, local model directory or tuned model directory."),
     text: str = typer.Argument(None, help="The user's message."),
     system: str = typer.Option(None, "--system", help="System instruction."),
-    max_tokens: int = typer.Option(256, "--max-tokens", help="maxOutputTokens."),
+    max_tokens: int = typer.Option(DEFAULT_OUTPUT_TOKENS, "--max-tokens", help="maxOutputTokens."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 is greedy."),
     free_text: bool = typer.Option(
         False, "--free-text", help="Answer in free text even where the tuned model keeps a label set or schema."

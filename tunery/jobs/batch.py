@@ -131,25 +131,25 @@ def _openai_line(raw: dict[str, Any], number: int) -> Line:
         return line
     from pydantic import ValidationError
 
-    from tunery.api.routes import openai as shapes  # the OpenAI → Gemini translation the routes use (no torch)
+    from tunery.serving import openai as shapes  # the OpenAI → Gemini translation the routes use (no torch)
 
     line.chat = raw["url"] == OPENAI_URLS[0]
     try:
         if line.chat:
             body, origin = shapes.chat_body(shapes.ChatCompletionRequest.model_validate(raw["body"]))
-            shapes._checked(body, origin)
+            shapes.check(body, origin)
         else:
             body = shapes.completion_body(shapes.CompletionRequest.model_validate(raw["body"]))
-            shapes._checked(body)
+            shapes.check(body)
     except ValidationError as exc:
         where = "; ".join(f"body.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         line.error = f"line {number}: {where}"
         return line
+    except DatasetError as exc:  # every field at fault, in one line
+        line.error = f"line {number}: {exc.args[0]}"
+        return line
     except TuneryError as exc:
         line.error = f"line {number}: {exc}"
-        return line
-    except Exception as exc:  # the API's own error types (ApiError) carry their message
-        line.error = f"line {number}: {getattr(exc, 'message', None) or exc}"
         return line
     line.request = body
     return line
@@ -180,26 +180,11 @@ def answer(line: Line, outcome: dict[str, Any] | BaseException | None, model: st
         response = {"status_code": status, "request_id": ident, "body": body}
         return {"id": ident, "custom_id": line.key, "response": response, "error": error}, False
     assert isinstance(outcome, dict)
-    body = openai_body(outcome, model, line.chat)
+    from tunery.serving.openai import response_body
+
+    body = response_body(outcome, model, line.chat)
     response = {"status_code": 200, "request_id": ident, "body": body}
     return {"id": ident, "custom_id": line.key, "response": response, "error": None}, True
-
-
-def openai_body(result: dict[str, Any], model: str, chat: bool) -> dict[str, Any]:
-    """A GenerateContentResponse as OpenAI's chat.completion (or text_completion) body."""
-    from tunery.api.routes.openai import _candidate, _usage, choice_logprobs
-
-    text, reason = _candidate(result)
-    created = int(time.time())
-    if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                  "finish_reason": reason or "stop", "logprobs": choice_logprobs(result)}  # fmt: skip
-        kind, prefix = "chat.completion", "chatcmpl"
-    else:
-        choice = {"index": 0, "text": text, "finish_reason": reason or "stop", "logprobs": None}
-        kind, prefix = "text_completion", "cmpl"
-    return {"id": f"{prefix}-{secrets.token_hex(12)}", "object": kind, "created": created, "model": model,
-            "choices": [choice], "usage": _usage(result)}  # fmt: skip
 
 
 # --- the results on disk -------------------------------------------------------------------------------
@@ -413,8 +398,8 @@ def create(store: Any, tenant: str, spec: BatchSpec, owner: str | None = None, j
 
 def run_job(store: Any, job: Any, watch_parent: bool = False) -> int:
     """A worker's run of a batch job: answer the lines left, record progress; the exit status for the worker."""
+    from tunery.jobs.stopping import StopRequests
     from tunery.jobs.store import CANCELLED, CODE_CANCELLED, CODE_INVALID_ARGUMENT, EXIT_INTERRUPTED, FAILED, SUCCEEDED
-    from tunery.jobs.worker import StopRequests
     from tunery.serving.process import ModelHost
     from tunery.settings import jobs_dir, vllm_server
 

@@ -80,8 +80,8 @@ class Cancelled(TuneryError):
 def run_job(store: Any, job: Any, watch_parent: bool = False) -> int:
     """A worker's run of an export job; the exit status for the worker."""
     from tunery.errors import DiskFullError
+    from tunery.jobs.stopping import StopRequests
     from tunery.jobs.store import CANCELLED, CODE_CANCELLED, CODE_INTERNAL, CODE_INVALID_ARGUMENT, FAILED, SUCCEEDED
-    from tunery.jobs.worker import StopRequests
     from tunery.models.export import export_gguf
 
     spec = ExportSpec.from_dict(job.spec)

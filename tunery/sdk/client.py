@@ -29,7 +29,6 @@ from tunery.errors import (
     APIConnectionError,
     AuthenticationError,
     ConfigError,
-    ConflictError,
     DatasetError,
     JobError,
     ModelError,
@@ -37,6 +36,7 @@ from tunery.errors import (
     ResourceExhaustedError,
     ServingError,
     TuneryError,
+    error_for_status,
 )
 
 ENDPOINT_ENV = settings.API_ENDPOINT_ENV
@@ -455,14 +455,13 @@ def error_from_response(
         return _REASONS.get(_reason(error.get("details")), invalid)(message)
     if status in (401, 403):
         return AuthenticationError(f"{message} (the tunery server at {endpoint}; check the API key)")
-    if status == 404:
-        return NotFoundError(message)
-    if status == 409:
-        return ConflictError(message)
+    found = error_for_status(status, message)  # 404, 409, 429, 507: tunery.errors.HTTP_STATUSES
+    if isinstance(found, ResourceExhaustedError):
+        found.retry_after = retry_after(response, 1.0)
+    if found is not None:
+        return found
     if status == 413:
         return ConfigError(message)
-    if status == 429:
-        return ResourceExhaustedError(message, retry_after(response, 1.0))
     if status in (502, 503, 504):
         return ServingError(message, status)
     return TuneryError(f"the tunery server at {endpoint} answered {status}: {message}")

@@ -1,4 +1,5 @@
-"""Inference: the engine (torch), the Gemini request/response shapes and the model host client (torch-free)."""
+"""Inference: the engine (torch), the wire formats (Gemini's shapes in gemini.py, OpenAI's in openai.py) and the model
+host client (torch-free)."""
 
 from tunery._lazy import exports
 

@@ -22,6 +22,12 @@ from tunery.data.validation import Problem
 from tunery.errors import DatasetError, ModelError
 
 MAX_OUTPUT_TOKENS = 8192
+DEFAULT_OUTPUT_TOKENS = 256  # maxOutputTokens when a request gives none
+# What one request body may hold, in every wire format (the API's schemas and tunery.serving.openai take these)
+MAX_BODY_CHARS = 1024 * 1024  # one text field can fill a JSON body, no more
+MAX_URI_LENGTH = 2048
+MAX_TURNS = 1000
+MAX_PARTS = 100
 MAX_STOP_SEQUENCES = 5
 MAX_TOP_LOGPROBS = 20  # the most alternatives per token that responseLogprobs / top_logprobs return
 GENERATE_FIELDS = ("contents", "systemInstruction", "generationConfig", "safetySettings", "labels")
@@ -35,31 +41,42 @@ UNSUPPORTED_FIELDS = {
 
 
 @dataclass(frozen=True)
-class _Limit:
-    """The Gemini name of a ``GenerationConfig`` number and the values it may take."""
+class Limit:
+    """The Gemini name of a ``GenerationConfig`` number and the values it may take: the one statement of each
+    generation range (the API's request schemas take their bounds from here, ``bounds``)."""
 
     name: str
     kind: type
-    ok: Callable[[Any], bool]
+    least: float
+    most: float
     expected: str
+    above_least: bool = False  # the least value itself is out of range
+
+    def ok(self, value: float) -> bool:
+        return (value > self.least if self.above_least else value >= self.least) and value <= self.most
+
+    def bounds(self) -> dict[str, float]:
+        """pydantic's ``Field`` bounds for this range."""
+        return {"gt" if self.above_least else "ge": self.least, "le": self.most}
 
 
-_LIMITS = {
-    "max_output_tokens": _Limit("maxOutputTokens", int, lambda v: 1 <= v <= MAX_OUTPUT_TOKENS, "1 to 8192"),
-    "temperature": _Limit("temperature", float, lambda v: 0 <= v <= 2, "0 to 2"),
-    "top_p": _Limit("topP", float, lambda v: 0 < v <= 1, "more than 0, at most 1"),
-    "top_k": _Limit("topK", int, lambda v: v >= 0, "0 (no top-k) or more"),
-    "seed": _Limit("seed", int, lambda v: 0 <= v < 2**63, "0 to 2**63 - 1"),
-    "candidate_count": _Limit("candidateCount", int, lambda v: v == 1, "1 (one candidate per request)"),
-    "logprobs": _Limit("logprobs", int, lambda v: 0 <= v <= MAX_TOP_LOGPROBS, f"0 to {MAX_TOP_LOGPROBS}"),
+LIMITS = {
+    "max_output_tokens": Limit("maxOutputTokens", int, 1, MAX_OUTPUT_TOKENS, f"1 to {MAX_OUTPUT_TOKENS}"),
+    "temperature": Limit("temperature", float, 0, 2, "0 to 2"),
+    "top_p": Limit("topP", float, 0, 1, "more than 0, at most 1", above_least=True),
+    "top_k": Limit("topK", int, 0, 2**31 - 1, "0 (no top-k) to 2**31 - 1"),
+    "seed": Limit("seed", int, 0, 2**63 - 1, "0 to 2**63 - 1"),
+    "candidate_count": Limit("candidateCount", int, 1, 1, "1 (one candidate per request)"),
+    "logprobs": Limit("logprobs", int, 0, MAX_TOP_LOGPROBS, f"0 to {MAX_TOP_LOGPROBS}"),
 }
+PENALTY_BOUNDS = {"ge": -2, "le": 2}  # what the wire formats accept for a penalty; tunery applies none (0 only)
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
     """Gemini's ``generationConfig``; temperature 0 is greedy (the default)."""
 
-    max_output_tokens: int = 256
+    max_output_tokens: int = DEFAULT_OUTPUT_TOKENS
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
@@ -76,7 +93,7 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         for attr in ("max_output_tokens", "temperature", "top_p", "top_k", "seed", "logprobs"):
-            value, limit = getattr(self, attr), _LIMITS[attr]
+            value, limit = getattr(self, attr), LIMITS[attr]
             if value is not None and not limit.ok(value):
                 raise ModelError(f"{limit.name} {value}: expected {limit.expected}")
 
@@ -224,7 +241,7 @@ def _controlled_problems(kwargs: dict[str, Any], field: str) -> list[tuple[str, 
 
 def _number(attr: str, raw: Any) -> int | float | str:
     """The checked value, or a message saying what is wrong with it."""
-    limit = _LIMITS[attr]
+    limit = LIMITS[attr]
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         return f"expected {'an integer' if limit.kind is int else 'a number'}, got {_json_type(raw)}"
     if limit.kind is int:

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from tunery import lifeline, settings
 from tunery.data.formats import Example
-from tunery.errors import DatasetError, NotFoundError, TuneryError
+from tunery.errors import DatasetError, NotFoundError, TuneryError, http_status
 from tunery.models.catalog import CATALOG, DEFAULT_MODEL
 from tunery.serving.gemini import (
     Generation,
@@ -710,14 +710,12 @@ def outcome(work: Callable[[], Any]) -> dict[str, Any]:
 
 
 def _failure(exc: BaseException) -> dict[str, Any]:
-    """The ``ok: false`` reply for an exception: 404 not found, 400 other user errors, 499 cancelled, else 500
-    (its traceback on stderr)."""
+    """The ``ok: false`` reply for an exception: a ``TuneryError``'s own status (``tunery.errors.http_status``:
+    404 not found, 400 other user errors...), 499 cancelled, else 500 (its traceback on stderr)."""
     if isinstance(exc, Cancelled):
         return {"ok": False, "error": {"code": CANCELLED, "type": "Cancelled", "message": str(exc)}}
-    if isinstance(exc, NotFoundError):
-        return {"ok": False, "error": _user_error(404, exc)}
     if isinstance(exc, TuneryError) and not isinstance(exc, ProtocolError):
-        return {"ok": False, "error": _user_error(400, exc)}
+        return {"ok": False, "error": _user_error(http_status(exc), exc)}
     traceback.print_exception(exc)
     message = f"{type(exc).__name__}: {exc}"
     return {"ok": False, "error": {"code": 500, "type": type(exc).__name__, "message": message}}

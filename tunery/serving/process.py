@@ -13,7 +13,7 @@ generations continuously), each reply is matched to its call by id, so one slow 
 another's reply. A reader thread takes the host's replies and a writer thread sends the requests, so no
 caller, and never an event loop, blocks on a pipe.
 
-Errors come back as exceptions that say which HTTP status to answer (``http_status``):
+Errors come back as exceptions that say which HTTP status to answer (``tunery.errors.http_status``):
 
     DatasetError, ModelError, ConfigError, JobError   400  the request is wrong (DatasetError lists every field)
     NotFoundError                                     404  the model does not exist
@@ -46,13 +46,13 @@ from tunery import lifeline, settings
 from tunery.data.validation import Problem
 from tunery.errors import (
     ConfigError,
-    ConflictError,
     DatasetError,
     JobError,
     ModelError,
-    NotFoundError,
     ServingError,
     TuneryError,
+    error_for_status,
+    http_status,  # noqa: F401 - the status each of these errors answers with (tunery.errors)
 )
 from tunery.serving.gemini import RequestProblem
 
@@ -550,8 +550,9 @@ def _close(stream: IO[bytes] | None) -> None:
 def _error(error: dict[str, Any]) -> TuneryError:
     """The exception for an ``ok: false`` reply."""
     code, message = error.get("code", 500), str(error.get("message", "the model host failed"))
-    if code == 404:
-        return NotFoundError(message)
+    found = error_for_status(code, message)
+    if found is not None:
+        return found
     if code != 400:
         return ServingError(message, int(code))
     cls = USER_ERRORS.get(error.get("type", ""), TuneryError)
@@ -562,16 +563,3 @@ def _error(error: dict[str, Any]) -> TuneryError:
         ]
         return DatasetError(error.get("summary", message), problems)
     return cls(message)
-
-
-def http_status(exc: BaseException) -> int:
-    """The HTTP status that answers ``exc``: 404 not found, 409 conflict, 400 other user errors, else 5xx."""
-    if isinstance(exc, ServingError):
-        return exc.code
-    if isinstance(exc, NotFoundError):
-        return 404
-    if isinstance(exc, ConflictError):
-        return 409
-    if isinstance(exc, TuneryError):
-        return 400
-    return 500

@@ -4,7 +4,7 @@ Both create a batch job in the store (``tunery.jobs.batch``); the scheduler runs
 tuning job. The input is an upload (``files/{id}``) or a path under ``TUNERY_DATA_ROOT``. Results are read
 back through this router: ``GET /v1/batchPredictionJobs/{id}/predictions`` (Vertex lines), and for OpenAI
 ``GET /v1/batches/{id}/output`` and ``/errors``, which are also ``GET /v1/files/{id}/content`` of the ids that
-``output_file_id`` and ``error_file_id`` give (``file-batch-{job id}-output``, ``-errors``; see ``openai.py``).
+``output_file_id`` and ``error_file_id`` give (``file-batch-{job id}-output``, ``-errors``; see ``views.py``).
 
 An OpenAI batch input is an upload with ``purpose="batch"``: ``check_batch_file`` checks each line's envelope
 (``custom_id`` of its own, ``method`` POST, ``url``, ``body`` with one ``model`` for the whole file) on upload
@@ -14,9 +14,6 @@ that line alone (it goes to the error file).
 
 from __future__ import annotations
 
-import json
-import re
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Body, Query, Response
@@ -26,26 +23,15 @@ from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, wake_sc
 from tunery.api.errors import invalid
 from tunery.api.generation import servable
 from tunery.api.paths import resolve_base_model, resolve_dataset
+from tunery.api.views import openai_batch
 from tunery.data.validation import Problem
 from tunery.errors import DatasetError, NotFoundError
 from tunery.jobs import batch
-from tunery.jobs.store import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, Job, Store, new_id
+from tunery.jobs.batch_files import BATCH_PURPOSE, batch_job, check_batch_file, read_results
+from tunery.jobs.store import Job, Store, new_id
 from tunery.settings import jobs_dir
 
 router = APIRouter(tags=["batchPredictionJobs"])
-
-OPENAI_STATUS = {PENDING: "validating", RUNNING: "in_progress", SUCCEEDED: "completed", FAILED: "failed",
-                 CANCELLED: "cancelled"}  # fmt: skip
-MAX_BATCH_REQUESTS = 50_000  # OpenAI's limit on the requests of one batch
-BATCH_PURPOSE = "batch"  # an upload's stats["purpose"]: an OpenAI batch input, not a tuning dataset
-OUTPUT_FILE = re.compile(r"file-batch-([0-9a-f]+)-(output|errors)")
-
-
-def _job(store: Store, tenant: str, job_id: str) -> Job:
-    job = store.get_job(tenant, job_id)
-    if not batch.is_batch(job):
-        raise NotFoundError(f"batchPredictionJobs/{job_id} not found")
-    return job
 
 
 def _create(
@@ -112,7 +98,7 @@ def _vertex(job: Job) -> dict[str, Any]:
 @router.get("/v1/batchPredictionJobs/{job_id}", summary="Read a batch prediction job (Vertex)")
 @router.get("/v1/projects/{project}/locations/{location}/batchPredictionJobs/{job_id}", include_in_schema=False)
 async def read_batch_prediction_job(job_id: str, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
-    return _vertex(await run_in_threadpool(_job, store, tenant, job_id))
+    return _vertex(await run_in_threadpool(batch_job, store, tenant, job_id))
 
 
 @router.get("/v1/batchPredictionJobs", summary="List batch prediction jobs (Vertex)")
@@ -127,7 +113,7 @@ async def read_batch_prediction_jobs(
 async def cancel_batch_prediction_job(
     job_id: str, tenant: Tenant, store: StoreDep, scheduler: SchedulerDep
 ) -> dict[str, Any]:
-    await run_in_threadpool(_job, store, tenant, job_id)
+    await run_in_threadpool(batch_job, store, tenant, job_id)
     job = await run_in_threadpool(store.request_cancel, tenant, job_id)
     wake_scheduler(scheduler)
     return _vertex(job)
@@ -140,137 +126,14 @@ async def read_predictions(job_id: str, tenant: Tenant, store: StoreDep) -> Resp
 
 async def results(store: Store, tenant: str, job_id: str, which: str) -> Response:
     """The result lines that ``done.json`` vouches for (a running worker may be writing the next chunk)."""
-    job = await run_in_threadpool(_job, store, tenant, job_id)
-    spec = batch.BatchSpec.from_dict(job.spec)
-    form = await run_in_threadpool(batch.input_form, spec.input)
-    path = Path(spec.output) / (batch.RESULT_FILES[form] if which == "results" else batch.ERRORS_FILE)
-    done = Path(spec.output) / batch.DONE_FILE
-    if not path.is_file() or not done.is_file():
-        raise NotFoundError(f"batchPredictionJobs/{job_id} has no {which} yet")
-
-    def read() -> bytes:
-        size = json.loads(done.read_text(encoding="utf-8"))["sizes"].get(which, 0)
-        with path.open("rb") as fh:
-            return fh.read(size)
-
-    return Response(await run_in_threadpool(read), media_type="application/jsonl")
+    return Response(await run_in_threadpool(read_results, store, tenant, job_id, which), media_type="application/jsonl")
 
 
 # --- OpenAI ----------------------------------------------------------------------------------------------
 
 
-def _openai(job: Job) -> dict[str, Any]:
-    from tunery.api.routes.openai import unix
-
-    stats = job.stats or {}
-    status = "cancelling" if job.cancel_requested and not job.has_ended else OPENAI_STATUS.get(job.state, "failed")
-    spec = batch.BatchSpec.from_dict(job.spec)
-    return {
-        "id": f"batch_{job.id}",
-        "object": "batch",
-        "endpoint": spec.request.get("endpoint", "/v1/chat/completions"),
-        "errors": {"object": "list", "data": [_error(job.error)]} if job.error else None,
-        "input_file_id": spec.request.get("input_file_id"),
-        "completion_window": spec.request.get("completion_window", "24h"),
-        "status": status,
-        "output_file_id": output_file_id(job, "output") if stats.get("successfulCount") else None,
-        "error_file_id": output_file_id(job, "errors") if stats.get("failedCount") else None,
-        "created_at": unix(job.create_time) or 0,
-        "in_progress_at": unix(job.start_time) if job.start_time else None,
-        "completed_at": unix(job.end_time) if job.state == SUCCEEDED and job.end_time else None,
-        "failed_at": unix(job.end_time) if job.state == FAILED and job.end_time else None,
-        "cancelled_at": unix(job.end_time) if job.state == CANCELLED and job.end_time else None,
-        "request_counts": {
-            "total": stats.get("linesTotal", 0),
-            "completed": stats.get("successfulCount", 0),
-            "failed": stats.get("failedCount", 0),
-        },
-        "metadata": job.labels or None,
-    }
-
-
-def _error(error: dict[str, Any]) -> dict[str, Any]:
-    """A job's error as OpenAI's ``BatchError`` (``code`` a string)."""
-    return {"code": str(error.get("code", "")), "message": error.get("message", ""), "param": None, "line": None}
-
-
 def _openai_id(batch_id: str) -> str:
     return batch_id.removeprefix("batch_")
-
-
-def output_file_id(job: Job, which: str) -> str:
-    """The OpenAI file id of a batch's ``output`` or ``errors`` file (a file id has no slash)."""
-    return f"file-batch-{job.id}-{which}"
-
-
-def output_file(file_id: str) -> tuple[str, str] | None:
-    """``(job id, "results" | "errors")`` for an id ``output_file_id`` made, else None."""
-    found = OUTPUT_FILE.fullmatch(file_id)
-    if found is None:
-        return None
-    return found[1], "results" if found[2] == "output" else "errors"
-
-
-def _shown(value: Any) -> str:
-    return "missing" if value is None else repr(value)[:64]
-
-
-def check_batch_file(path: str | Path, endpoint: str | None = None) -> dict[str, Any]:
-    """An OpenAI batch input checked line by line, reported as the dataset checker reports an upload:
-    ``problems`` (each with its line and field), ``exampleCount`` (the requests) and the ``model`` every line's
-    body names. A line is ``{custom_id, method: "POST", url, body: {model, ...}}``: a ``custom_id`` no other line
-    has, a ``url`` tunery answers (``endpoint`` when given: a batch runs one endpoint) and one model for the file."""
-    problems: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
-    model: tuple[str, int] | None = None
-    urls = (endpoint,) if endpoint else batch.OPENAI_URLS
-    count = 0
-
-    def problem(number: int, name: str, message: str) -> None:
-        problems.append({"line": number, "field": name, "message": message, "severity": "error"})
-
-    with Path(path).open(encoding="utf-8", errors="replace") as fh:
-        for number, text in enumerate(fh, 1):
-            if not text.strip():
-                continue
-            count += 1
-            try:
-                raw = json.loads(text)
-            except json.JSONDecodeError as exc:
-                problem(number, "", f"not JSON: {exc.msg} at column {exc.colno}")
-                continue
-            if not isinstance(raw, dict):
-                problem(number, "", "expected a JSON object {custom_id, method, url, body}")
-                continue
-            key = raw.get("custom_id")
-            if not isinstance(key, str) or not key:
-                problem(number, "custom_id", f"{_shown(key)}: expected a non-empty string, unique in the file")
-            elif key in seen:
-                problem(number, "custom_id", f"{key[:64]!r} again (first on line {seen[key]})")
-            else:
-                seen[key] = number
-            if raw.get("method") != "POST":
-                problem(number, "method", f"{_shown(raw.get('method'))}: expected 'POST'")
-            if raw.get("url") not in urls:
-                problem(number, "url", f"{_shown(raw.get('url'))}: expected {' or '.join(map(repr, urls))}")
-            body = raw.get("body")
-            if not isinstance(body, dict):
-                problem(number, "body", f"{_shown(body)}: expected the request body, a JSON object")
-                continue
-            name = body.get("model")
-            if not isinstance(name, str) or not name:
-                problem(number, "body.model", f"{_shown(name)}: expected the model that answers, a string")
-            elif model is None:
-                model = (name, number)
-            elif name != model[0]:
-                problem(number, "body.model", f"{name[:64]!r}: a batch runs one model, and line {model[1]} names "
-                        f"{model[0][:64]!r}")  # fmt: skip
-    if not count:
-        problem(0, "", "no requests: expected one JSON object a line")
-    elif count > MAX_BATCH_REQUESTS:
-        problem(0, "", f"{count} requests: a batch takes at most {MAX_BATCH_REQUESTS}")
-    return {"problems": problems, "exampleCount": count, "model": model[0] if model else None,
-            "supervisedTuningDataStats": {"purpose": BATCH_PURPOSE}}  # fmt: skip
 
 
 def summary(name: str, problems: list[dict[str, Any]]) -> str:
@@ -308,18 +171,18 @@ async def create_batch(
     """``{input_file_id, endpoint: "/v1/chat/completions", completion_window: "24h", metadata?}``."""
     job = await run_in_threadpool(_create_openai, store, tenant, body, settings)
     wake_scheduler(scheduler)
-    return _openai(job)
+    return openai_batch(job)
 
 
 @router.get("/v1/batches/{batch_id}", summary="Read a batch (OpenAI)")
 async def read_batch(batch_id: str, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
-    return _openai(await run_in_threadpool(_job, store, tenant, _openai_id(batch_id)))
+    return openai_batch(await run_in_threadpool(batch_job, store, tenant, _openai_id(batch_id)))
 
 
 @router.get("/v1/batches", summary="List batches (OpenAI)")
 async def read_batches(tenant: Tenant, store: StoreDep, limit: int = Query(20, ge=1, le=100)) -> dict[str, Any]:
     jobs, _ = await run_in_threadpool(lambda: store.list_jobs(tenant, page_size=limit, batch=True))
-    data = [_openai(job) for job in jobs if job.spec.get("request", {}).get("input_file_id")]  # not Vertex's
+    data = [openai_batch(job) for job in jobs if job.spec.get("request", {}).get("input_file_id")]  # not Vertex's
     return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None, "has_more": False}  # fmt: skip
 
@@ -327,10 +190,10 @@ async def read_batches(tenant: Tenant, store: StoreDep, limit: int = Query(20, g
 @router.post("/v1/batches/{batch_id}/cancel", summary="Cancel a batch (OpenAI)")
 async def cancel_batch(batch_id: str, tenant: Tenant, store: StoreDep, scheduler: SchedulerDep) -> dict[str, Any]:
     job_id = _openai_id(batch_id)
-    await run_in_threadpool(_job, store, tenant, job_id)
+    await run_in_threadpool(batch_job, store, tenant, job_id)
     job = await run_in_threadpool(store.request_cancel, tenant, job_id)
     wake_scheduler(scheduler)
-    return _openai(job)
+    return openai_batch(job)
 
 
 @router.get("/v1/batches/{batch_id}/output", summary="A batch's output file (OpenAI lines)")

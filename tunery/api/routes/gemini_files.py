@@ -28,10 +28,9 @@ from fastapi.responses import JSONResponse
 from pydantic import Field, StringConstraints, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from tunery.api import limits
+from tunery.api import kept_files, limits
 from tunery.api.deps import get_checker, public_url
 from tunery.api.errors import ApiError, field_name, http_error, invalid, tunery_error
-from tunery.api.routes import files as files_route
 from tunery.api.schemas import DisplayName, ErrorResponse, File, GeminiRequest
 from tunery.api.uploads import Upload
 from tunery.errors import TuneryError
@@ -288,4 +287,4 @@ async def _receive(request: Request, session: Session) -> None:
 def _check_and_keep(request: Request, session: Session) -> StoredFile:
     upload = Upload(session.path, session.display_name, session.received, session.digest.hexdigest())
     state = request.app.state
-    return files_route._check_and_keep(upload, session.tenant, state.store, state.settings, get_checker(request))
+    return kept_files.check_and_keep(upload, session.tenant, state.store, state.settings, get_checker(request))

@@ -8,7 +8,6 @@ body is 409.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import time
@@ -21,15 +20,15 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from tunery.api import admission, limits
-from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, public_url, wake_scheduler
+from tunery.api import limits, tuning_jobs
+from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, wake_scheduler
 from tunery.api.errors import also_check, invalid
-from tunery.api.limits import ApiSettings
-from tunery.api.paths import hide_server_paths, resolve_base_model, resolve_dataset
-from tunery.api.routes import files as files_route
+from tunery.api.paths import hide_server_paths
+from tunery.api.schemas import (
+    JOB_ERRORS as ERRORS,
+)
 from tunery.api.schemas import (
     LABEL_KEY,
-    ComputeConfig,
     CreateTuningJobRequest,
     ErrorResponse,
     JobId,
@@ -37,101 +36,17 @@ from tunery.api.schemas import (
     ListTuningJobsResponse,
     State,
     TuningJob,
-    dump,
 )
-from tunery.errors import ConfigError, NotFoundError, TuneryError
-from tunery.jobs import inputs
-from tunery.jobs.store import Job, Store, StoredFile, new_id
-from tunery.models.catalog import CATALOG, PEFT_ADAPTER
-from tunery.tuning.lineage import TUNED_NAME
-from tunery.tuning.spec import COMPUTE_CONFIG, HYPER_PARAMETERS, PEFT_ADAPTER_ONLY, REST_NAMES, TuningSpec
+from tunery.api.views import job_view, page_start, page_token_for
+from tunery.errors import TuneryError
+from tunery.jobs.store import Store
 
 router = APIRouter(prefix="/v1/tuningJobs", tags=["tuningJobs"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in (
-        (400, "Invalid request: every field at fault is named"),
-        (401, "Missing or invalid API key"),
-        (404, "No such job for this tenant"),
-    )
-}
 POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
 SSE_BATCH = 100
 SSE_RESPONSE = {"text/event-stream": {"schema": {"type": "string"}}}
-
-
-REFERENCE_FIELDS = {
-    "train": "{spec}.trainingDatasetUri",
-    "validation": "{spec}.validationDatasetUri",
-    "base_model": "baseModel",
-}
-SPEC_KEYS = ("supervisedTuningSpec", "preferenceOptimizationSpec")
-
-
-def _resolve(
-    train: str | None,
-    validation: str | None,
-    base_model: str | None,
-    tenant: str,
-    store: Store,
-    settings: ApiSettings,
-    spec_name: str = "supervisedTuningSpec",
-) -> tuple[dict[str, str], dict[str, StoredFile], list[tuple[str, str]]]:
-    """The paths of the datasets and the base model a create names, the uploads among them, and a
-    ``(field, message)`` for each one that names nothing this tenant may use."""
-    paths: dict[str, str] = {}
-    uploads: dict[str, StoredFile] = {}
-    problems: list[tuple[str, str]] = []
-    for key, ref in (("train", train), ("validation", validation), ("base_model", base_model)):
-        if ref is None:
-            continue
-        field = REFERENCE_FIELDS[key].format(spec=spec_name)
-        try:
-            if key == "base_model":
-                paths[key] = tuned_base(ref, tenant, store) or resolve_base_model(ref, settings.data_root, field)
-            else:
-                paths[key], record = resolve_dataset(ref, tenant, store, settings.data_root, field)
-                if record is not None:
-                    uploads[key] = record
-        except ConfigError as exc:
-            problems.append((field, str(exc).removeprefix(f"{field}: ")))
-    return paths, uploads, problems
-
-
-def tuned_base(ref: str, tenant: str, store: Store) -> str | None:
-    """The directory of the tenant's tuned model ``ref`` names (``{id}``, ``models/{id}``, OpenAI's ``ft:...:{id}``,
-    Vertex's ``projects/*/locations/*/models/{id}``), to tune further; None if it names none."""
-    found = TUNED_NAME.match(ref)
-    if found is None or ref in CATALOG:
-        return None
-    try:
-        record = store.get_tuned_model(tenant, found["id"])
-    except NotFoundError:
-        return None
-    from tunery.jobs.artifacts import local_copy  # TUNERY_ARTIFACTS a URL: a model tuned on another node
-
-    return local_copy(record.path, record.id)
-
-
-def _reference_problems(request: Request, body: Any) -> list[tuple[str, str]]:
-    """The datasets and base model of a create that failed its schema, resolved as a valid one's would be, so
-    that one answer lists every problem."""
-    body = body if isinstance(body, dict) else {}
-    name = next((key for key in SPEC_KEYS if isinstance(body.get(key), dict)), SPEC_KEYS[0])
-    tuning = body.get(name)
-    tuning = tuning if isinstance(tuning, dict) else {}
-    train, validation = _text(tuning.get("trainingDatasetUri")), _text(tuning.get("validationDatasetUri"))
-    state = request.app.state
-    _, _, problems = _resolve(
-        train, validation, _text(body.get("baseModel")), request.state.tenant, state.store, state.settings, name
-    )
-    return problems
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
 
 
 @router.post(
@@ -146,7 +61,7 @@ def _text(value: Any) -> str | None:
         **ERRORS,
     },
 )
-@also_check(_reference_problems)
+@also_check(tuning_jobs.reference_problems)
 def create_job(
     body: CreateTuningJobRequest,
     request: Request,
@@ -159,72 +74,10 @@ def create_job(
 ) -> dict[str, Any]:
     """Check the request (datasets, base model, hyperparameters: every problem at once), store the job
     PENDING and wake the scheduler."""
-    job_id = new_id()
-    spec, uploads = _spec(body, tenant, store, settings, job_id)
-    admission.admit_job(request, tenant, idempotency_key)  # 429 past the tenant's limit on waiting/running jobs
-    for name, path in inputs.pin(job_id, {name: Path(record.path) for name, record in uploads.items()}).items():
-        setattr(spec, name, str(path))  # the job's own link: deleting the upload cannot break it
-    media = files_route.referenced_media([spec.train, spec.validation], tenant, store)  # files/{id} in its lines
-    if media:
-        spec.uploaded_media = str(inputs.pin_media(job_id, media))
-    try:
-        job, created = store.create_job(
-            tenant, spec, dump(body), job_id=job_id, idempotency_key=idempotency_key, owner=None
-        )
-    except BaseException:
-        inputs.release(job_id)
-        raise
-    if created:
-        wake_scheduler(scheduler)
-    else:
-        inputs.release(job_id)
+    job, created = tuning_jobs.create_job(body, request, tenant, store, settings, scheduler, idempotency_key)
+    if not created:
         response.status_code = 200
-    return _view(job, request)
-
-
-def _spec(
-    body: CreateTuningJobRequest, tenant: str, store: Store, settings: ApiSettings, job_id: str
-) -> tuple[TuningSpec, dict[str, StoredFile]]:
-    """The ``TuningSpec`` the request describes, and the uploads it names; one 400 names every problem."""
-    tuning, hp, name = body.tuning, body.tuning.hyper_parameters, body.spec_name
-    paths, uploads, problems = _resolve(
-        tuning.training_dataset_uri, tuning.validation_dataset_uri, body.base_model, tenant, store, settings, name
-    )
-    values: dict[str, Any] = {
-        "objective": "DPO" if body.preference_optimization_spec else "SFT",
-        "train": paths.get("train", "unresolved"),
-        "validation": paths.get("validation"),
-        "base_model": paths.get("base_model"),
-        "method": body.tuning_mode,
-        "auto_validation": tuning.auto_validation,
-        "display_name": body.tuned_model_display_name,
-        **{HYPER_PARAMETERS[name]: value for name, value in hp.model_dump(by_alias=True).items()},
-        **{
-            COMPUTE_CONFIG[rest]: v
-            for rest, v in (tuning.compute_config or ComputeConfig()).model_dump(by_alias=True).items()
-        },
-    }
-    if (body.tuning_mode or PEFT_ADAPTER) != PEFT_ADAPTER:
-        given = {HYPER_PARAMETERS[rest]: v for rest, v in hp.model_dump(by_alias=True, exclude_unset=True).items()}
-        problems += [
-            (
-                f"{name}.hyperParameters.{REST_NAMES[field]}",
-                f"applies to PEFT_ADAPTER only, not {body.tuning_mode}",
-            )
-            for field in PEFT_ADAPTER_ONLY
-            if given.get(field) is not None
-        ]
-    try:
-        spec = TuningSpec(
-            **{k: v for k, v in values.items() if v is not None},
-            output=str(settings.tuned_models_dir / job_id),
-            labels=dict(body.labels),
-        )
-    except ConfigError as exc:
-        problems.append((name, str(exc)))
-    if problems:
-        raise invalid(problems)
-    return spec, uploads
+    return job_view(job, request)
 
 
 @router.get(
@@ -244,35 +97,8 @@ def read_jobs(
     jobs, more = store.list_jobs(
         tenant, state=state, labels=_labels(label or []), page_size=page_size, page_token=after
     )
-    views = [_view(job, request) for job in jobs]
+    views = [job_view(job, request) for job in jobs]
     return {"tuningJobs": views, "nextPageToken": page_token_for(jobs[-1]) if more and jobs else None}
-
-
-def page_token_for(job: Job) -> str:
-    """The token of the page after ``job``: its id, opaque to clients, meaningful to its own tenant only (the
-    store's sequence numbers, which count every tenant's jobs, never leave the server)."""
-    return base64.urlsafe_b64encode(f"after:{job.id}".encode()).decode().rstrip("=")
-
-
-def page_start(token: str, tenant: str, store: Store) -> str:
-    """The store's page token for a client's ``pageToken``; 400 for one this server did not give this tenant."""
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        job_id = text.removeprefix("after:")
-        if not text.startswith("after:") or not re.fullmatch(r"[0-9A-Za-z_-]{1,128}", job_id):
-            raise ValueError(text)
-        return str(store.get_job(tenant, job_id).seq)
-    except (ValueError, NotFoundError):
-        raise invalid([("pageToken (query)", "not a page token this server gave you")]) from None
-
-
-def _view(job: Job, request: Request) -> dict[str, Any]:
-    """The job as its tenant sees it: URLs under the public base URL, no server paths in its error."""
-    resource = job.resource(api_base=public_url(request))
-    error = resource.get("error")
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        error["message"] = hide_server_paths(error["message"], request.app.state.settings.data_root)
-    return resource
 
 
 def _event_views(events: list[dict[str, Any]], root: Path | None) -> list[dict[str, Any]]:
@@ -313,7 +139,7 @@ def _labels(filters: list[str]) -> dict[str, str]:
     "/{job_id}", response_model=None, summary="Read a tuning job", responses={200: {"model": TuningJob}, **ERRORS}
 )
 def read_job(job_id: JobId, request: Request, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
-    return _view(store.get_job(tenant, job_id), request)
+    return job_view(store.get_job(tenant, job_id), request)
 
 
 @router.post(
@@ -329,7 +155,7 @@ def cancel_job(
     has saved a checkpoint and stopped; an ended job is returned as it is."""
     job = store.request_cancel(tenant, job_id)
     wake_scheduler(scheduler)
-    return _view(job, request)
+    return job_view(job, request)
 
 
 @router.get(

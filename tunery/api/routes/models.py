@@ -15,48 +15,25 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from tunery.api import generation
 from tunery.api.deps import HostDep, SettingsDep, StoreDep, Tenant, public_url
+from tunery.api.predict import add_routes
 from tunery.api.schemas import (
-    CountTokensRequest,
-    CountTokensResponse,
+    MODEL_ERRORS as ERRORS,
+)
+from tunery.api.schemas import (
     Empty,
-    ErrorResponse,
-    GenerateContentRequest,
-    GenerateContentResponse,
     ListModelsResponse,
     Model,
     ModelEvaluation,
     ModelId,
 )
+from tunery.api.views import base_resource, model_view
 from tunery.errors import ConfigError, NotFoundError, TuneryError
 from tunery.evaluation.evaluate import EVALUATION_FILE
-from tunery.models.catalog import CATALOG, CatalogEntry
-from tunery.serving import gemini
+from tunery.models.catalog import CATALOG
 
 log = logging.getLogger("tunery.api")
 router = APIRouter(prefix="/v1/models", tags=["models"])
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "Invalid request: every field at fault is named"},
-    401: {"model": ErrorResponse, "description": "Missing or invalid API key"},
-    404: {"model": ErrorResponse, "description": "No such model for this tenant"},
-}
-SERVING_ERRORS = {**ERRORS, 503: {"model": ErrorResponse, "description": "The model host is unavailable"}}
-
-
-def base_resource(entry: CatalogEntry) -> dict[str, Any]:
-    """A catalog entry as a model resource."""
-    return {
-        "name": f"models/{entry.id}",
-        "displayName": entry.id,
-        "description": entry.description,
-        "source": entry.source,
-        "modalities": list(entry.modalities),
-        "contextLength": entry.context_length,
-        "defaultLearningRates": dict(entry.learning_rates),
-        **({"memoryGiB": entry.memory_gib} if entry.memory_gib else {}),
-    }
 
 
 @router.get("", response_model=None, summary="List models", responses={200: {"model": ListModelsResponse}, **ERRORS})
@@ -64,22 +41,15 @@ def read_models(request: Request, tenant: Tenant, store: StoreDep) -> dict[str, 
     """The catalog's base models, then the tenant's tuned models (newest first)."""
     api_base = public_url(request)
     tuned = [model.resource(api_base) for model in store.list_tuned_models(tenant)]
-    listed = [_both(resource, tenant) for resource in [base_resource(entry) for entry in CATALOG.values()] + tuned]
+    listed = [model_view(resource, tenant) for resource in [base_resource(entry) for entry in CATALOG.values()] + tuned]
     return {"models": listed, "object": "list", "data": listed}  # Gemini's clients read models, OpenAI's data
-
-
-def _both(resource: dict[str, Any], tenant: str) -> dict[str, Any]:
-    """A model resource with OpenAI's ``id``, ``object``, ``created`` and ``owned_by`` too (the path is shared)."""
-    from tunery.api.routes.openai import openai_model
-
-    return {**resource, **openai_model(resource, tenant)}
 
 
 @router.get("/{model_id}", response_model=None, summary="Read a model", responses={200: {"model": Model}, **ERRORS})
 def read_model(model_id: ModelId, request: Request, tenant: Tenant, store: StoreDep) -> dict[str, Any]:
     if model_id in CATALOG:
-        return _both(base_resource(CATALOG[model_id]), tenant)
-    return _both(store.get_tuned_model(tenant, model_id).resource(public_url(request)), tenant)
+        return model_view(base_resource(CATALOG[model_id]), tenant)
+    return model_view(store.get_tuned_model(tenant, model_id).resource(public_url(request)), tenant)
 
 
 @router.delete(
@@ -125,33 +95,4 @@ def read_evaluation(model_id: ModelId, tenant: Tenant, store: StoreDep) -> dict[
     return {"model": name, **{key: stored[key] for key in keep if key in stored}}
 
 
-def _body(request: GenerateContentRequest | CountTokensRequest) -> dict[str, Any]:
-    return request.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
-
-
-@router.post(
-    "/{model_id}:generateContent",
-    response_model=None,
-    summary="Generate a response",
-    responses={200: {"model": GenerateContentResponse}, **SERVING_ERRORS},
-)
-async def generate_content(
-    model_id: ModelId, body: GenerateContentRequest, request: Request, tenant: Tenant
-) -> dict[str, Any]:
-    """Gemini's generateContent on a base model or one of the tenant's tuned models."""
-    raw = _body(body)
-    gemini.parse_generate_request(raw)
-    return await generation.generate(request, tenant, model_id, raw)
-
-
-@router.post(
-    "/{model_id}:countTokens",
-    response_model=None,
-    summary="Count a prompt's tokens",
-    responses={200: {"model": CountTokensResponse}, **SERVING_ERRORS},
-)
-async def count_tokens(model_id: ModelId, body: CountTokensRequest, request: Request, tenant: Tenant) -> dict[str, Any]:
-    """Gemini's countTokens: the prompt's tokens as generateContent would send them to the model."""
-    raw = _body(body)
-    gemini.parse_count_tokens_request(raw)
-    return await generation.count_tokens(request, tenant, model_id, raw)
+add_routes(router, "models")  # {m}:generateContent and {m}:countTokens (tunery.api.predict)

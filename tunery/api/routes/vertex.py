@@ -17,34 +17,22 @@ body, so a job made here is ``tuningJobs/{id}`` too, and the native handler chec
 
 from __future__ import annotations
 
-import copy
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Header, Query, Request
 from pydantic import Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from tunery.api import limits, translate
 from tunery.api.deps import SchedulerDep, SettingsDep, StoreDep, Tenant, public_url, wake_scheduler
 from tunery.api.errors import invalid
-from tunery.api.routes import jobs as jobs_route
-from tunery.api.routes.gemini import (
-    COUNT_RESPONSES,
-    GENERATE_RESPONSES,
-    STREAM_RESPONSES,
-    Alt,
-    count_tokens,
-    generate,
-    stream,
-)
-from tunery.api.routes.models import ERRORS as MODEL_ERRORS
-from tunery.api.routes.models import base_resource
+from tunery.api.predict import Segment, add_routes
+from tunery.api.predict import VertexVersion as Version
 from tunery.api.schemas import (
-    CountTokensRequest,
+    JOB_ERRORS,
+    MODEL_ERRORS,
     DisplayName,
     GeminiRequest,
-    GenerateContentRequest,
     JobId,
     LabelKey,
     LabelValue,
@@ -52,28 +40,15 @@ from tunery.api.schemas import (
     TuningJob,
     Uri,
 )
-from tunery.jobs.store import Job
+from tunery.api.views import ADAPTER_SIZE_NAMES, base_resource, page_start, page_token_for, publisher_model, vertex_job
 from tunery.models.catalog import CATALOG
-from tunery.models.tuned import checkpoint_views
 from tunery.tuning.spec import ADAPTER_SIZES
 
 router = APIRouter(tags=["vertex"])
 
-Version = Annotated[str, Path(pattern=r"^v1(beta1)?$", description="v1 or v1beta1")]
-Segment = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,128}$", description="Accepted and echoed in names")]
 PREFIX = "/{version}/projects/{project}/locations/{location}"
 
-# SupervisedHyperParameters.AdapterSize, by name and by proto number (the SDKs send either)
-ADAPTER_SIZE_NAMES = {
-    "ADAPTER_SIZE_ONE": 1,
-    "ADAPTER_SIZE_TWO": 2,
-    "ADAPTER_SIZE_FOUR": 4,
-    "ADAPTER_SIZE_EIGHT": 8,
-    "ADAPTER_SIZE_SIXTEEN": 16,
-    "ADAPTER_SIZE_THIRTY_TWO": 32,
-}
 ADAPTER_SIZE_CODES = {1: 1, 6: 2, 2: 4, 3: 8, 4: 16, 5: 32}
-ADAPTER_SIZE_OF_RANK = {rank: name for name, rank in ADAPTER_SIZE_NAMES.items()}
 UNSPECIFIED = ("ADAPTER_SIZE_UNSPECIFIED", "TUNING_MODE_UNSPECIFIED", 0)
 # SupervisedTuningSpec.TuningMode
 TUNING_MODES = {
@@ -205,29 +180,6 @@ def _camel(name: str) -> str:
     return head + "".join(word.title() for word in rest)
 
 
-def vertex_job(job: Job, parent: str) -> dict[str, Any]:
-    """A job as Vertex AI names it under ``parent`` (``projects/{p}/locations/{l}``, or nothing in express
-    mode): its tuned model is ``{parent}/models/{id}``, answering at ``{parent}/endpoints/{id}``, and its
-    spec says ``adapterSize`` and ``tuningMode`` as proto enum names."""
-    resource = job.resource(api_base="")
-    prefix = f"{parent}/" if parent else ""
-    resource["name"] = f"{prefix}tuningJobs/{job.id}"
-    if job.tuned_model_id:
-        model = f"{prefix}models/{job.tuned_model_id}"
-        resource["tunedModel"] = {"model": model, "endpoint": f"{prefix}endpoints/{job.tuned_model_id}"}
-        if not parent:  # express mode names a model without a project: google-genai calls models/{id}
-            resource["tunedModel"]["endpoint"] = model
-        resource["tunedModel"].update(checkpoint_views(job.output, model))
-    key = "preferenceOptimizationSpec" if "preferenceOptimizationSpec" in resource else "supervisedTuningSpec"
-    spec = copy.deepcopy(resource.get(key, {}))
-    hyper = spec.get("hyperParameters")
-    if isinstance(hyper, dict) and hyper.get("adapterSize") in ADAPTER_SIZE_OF_RANK:
-        hyper["adapterSize"] = ADAPTER_SIZE_OF_RANK[hyper["adapterSize"]]
-    spec["tuningMode"] = f"TUNING_MODE_{job.tuning_mode}"
-    resource[key] = spec
-    return resource
-
-
 def _parent(project: str | None, location: str | None) -> str:
     return f"projects/{project}/locations/{location}" if project and location else ""
 
@@ -252,7 +204,7 @@ async def _create(
     return vertex_job(job, parent)
 
 
-JOB_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"model": TuningJob}, **jobs_route.ERRORS}
+JOB_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"model": TuningJob}, **JOB_ERRORS}
 
 
 @router.post(
@@ -294,9 +246,9 @@ async def create_job_express(
 
 
 def _list(tenant: str, store: Any, parent: str, page_size: int, page_token: str | None) -> dict[str, Any]:
-    after = jobs_route.page_start(page_token, tenant, store) if page_token else None
+    after = page_start(page_token, tenant, store) if page_token else None
     jobs, more = store.list_jobs(tenant, page_size=page_size, page_token=after)
-    token = jobs_route.page_token_for(jobs[-1]) if more and jobs else None
+    token = page_token_for(jobs[-1]) if more and jobs else None
     return {"tuningJobs": [vertex_job(job, parent) for job in jobs], "nextPageToken": token}
 
 
@@ -365,173 +317,7 @@ def cancel_job(
     return {}
 
 
-# --- prediction -------------------------------------------------------------------------------------------
-
-PUBLISHER = "/{version}/publishers/google/models/{model_id}"
-PROJECT_PUBLISHER = PREFIX + "/publishers/google/models/{model_id}"
-ENDPOINT = PREFIX + "/endpoints/{model_id}"
-
-
-@router.post(
-    PROJECT_PUBLISHER + ":generateContent",
-    response_model=None,
-    summary="Generate (Vertex AI)",
-    responses=GENERATE_RESPONSES,
-)
-async def generate_content(
-    version: Version,
-    project: Segment,
-    location: Segment,
-    model_id: ModelId,
-    body: GenerateContentRequest,
-    request: Request,
-    tenant: Tenant,
-) -> dict[str, Any]:
-    return await generate(request, tenant, model_id, body)
-
-
-@router.post(
-    PROJECT_PUBLISHER + ":streamGenerateContent",
-    response_model=None,
-    summary="Stream (Vertex AI)",
-    responses=STREAM_RESPONSES,
-)
-async def stream_generate_content(
-    version: Version,
-    project: Segment,
-    location: Segment,
-    model_id: ModelId,
-    body: GenerateContentRequest,
-    request: Request,
-    tenant: Tenant,
-    alt: Alt = "json",
-) -> StreamingResponse:
-    return await stream(request, tenant, model_id, body, alt)
-
-
-@router.post(
-    PROJECT_PUBLISHER + ":countTokens",
-    response_model=None,
-    summary="Count tokens (Vertex AI)",
-    responses=COUNT_RESPONSES,
-)
-async def count_tokens_content(
-    version: Version,
-    project: Segment,
-    location: Segment,
-    model_id: ModelId,
-    body: CountTokensRequest,
-    request: Request,
-    tenant: Tenant,
-) -> dict[str, Any]:
-    return await count_tokens(request, tenant, model_id, body)
-
-
-@router.post(
-    ENDPOINT + ":generateContent",
-    response_model=None,
-    summary="Generate with a tuned model's endpoint",
-    include_in_schema=False,  # the same handler as a documented path: fuzzed there
-    responses=GENERATE_RESPONSES,
-)
-async def generate_endpoint(
-    version: Version,
-    project: Segment,
-    location: Segment,
-    model_id: ModelId,
-    body: GenerateContentRequest,
-    request: Request,
-    tenant: Tenant,
-) -> dict[str, Any]:
-    return await generate(request, tenant, model_id, body)
-
-
-@router.post(
-    ENDPOINT + ":streamGenerateContent",
-    response_model=None,
-    summary="Stream from a tuned model's endpoint",
-    include_in_schema=False,  # the same handler as a documented path: fuzzed there
-    responses=STREAM_RESPONSES,
-)
-async def stream_endpoint(
-    version: Version,
-    project: Segment,
-    location: Segment,
-    model_id: ModelId,
-    body: GenerateContentRequest,
-    request: Request,
-    tenant: Tenant,
-    alt: Alt = "json",
-) -> StreamingResponse:
-    return await stream(request, tenant, model_id, body, alt)
-
-
-@router.post(
-    ENDPOINT + ":countTokens",
-    response_model=None,
-    summary="Count tokens for a tuned model's endpoint",
-    include_in_schema=False,  # the same handler as a documented path: fuzzed there
-    responses=COUNT_RESPONSES,
-)
-async def count_tokens_endpoint(
-    version: Version,
-    project: Segment,
-    location: Segment,
-    model_id: ModelId,
-    body: CountTokensRequest,
-    request: Request,
-    tenant: Tenant,
-) -> dict[str, Any]:
-    return await count_tokens(request, tenant, model_id, body)
-
-
-@router.post(
-    PUBLISHER + ":generateContent",
-    response_model=None,
-    summary="Generate (Vertex AI express mode)",
-    include_in_schema=False,  # the same handler as a documented path: fuzzed there
-    responses=GENERATE_RESPONSES,
-)
-async def generate_publisher(
-    version: Version, model_id: ModelId, body: GenerateContentRequest, request: Request, tenant: Tenant
-) -> dict[str, Any]:
-    return await generate(request, tenant, model_id, body)
-
-
-@router.post(
-    PUBLISHER + ":streamGenerateContent",
-    response_model=None,
-    summary="Stream (Vertex AI express mode)",
-    include_in_schema=False,  # the same handler as a documented path: fuzzed there
-    responses=STREAM_RESPONSES,
-)
-async def stream_publisher(
-    version: Version,
-    model_id: ModelId,
-    body: GenerateContentRequest,
-    request: Request,
-    tenant: Tenant,
-    alt: Alt = "json",
-) -> StreamingResponse:
-    return await stream(request, tenant, model_id, body, alt)
-
-
-@router.post(
-    PUBLISHER + ":countTokens",
-    response_model=None,
-    summary="Count tokens (Vertex AI express mode)",
-    include_in_schema=False,  # the same handler as a documented path: fuzzed there
-    responses=COUNT_RESPONSES,
-)
-async def count_tokens_publisher(
-    version: Version, model_id: ModelId, body: CountTokensRequest, request: Request, tenant: Tenant
-) -> dict[str, Any]:
-    return await count_tokens(request, tenant, model_id, body)
-
-
-def publisher_model(resource: dict[str, Any]) -> dict[str, Any]:
-    """A model resource as Vertex names a publisher model."""
-    return {**resource, "name": "publishers/google/" + resource["name"]}
+add_routes(router, "vertex")  # publisher models', endpoints' and express mode's predictions (tunery.api.predict)
 
 
 @router.get(
@@ -547,7 +333,12 @@ def read_models(version: Version, request: Request, tenant: Tenant, store: Store
     return {"models": [publisher_model(m) for m in models], "publisherModels": [publisher_model(m) for m in models]}
 
 
-@router.get(PUBLISHER, response_model=None, summary="Read a model (Vertex AI)", responses=MODEL_ERRORS)
+@router.get(
+    "/{version}/publishers/google/models/{model_id}",
+    response_model=None,
+    summary="Read a model (Vertex AI)",
+    responses=MODEL_ERRORS,
+)
 def read_model(
     version: Version, model_id: ModelId, request: Request, tenant: Tenant, store: StoreDep
 ) -> dict[str, Any]:
