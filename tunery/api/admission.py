@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 
@@ -40,6 +40,9 @@ from tunery.errors import ResourceExhaustedError, ServingError
 from tunery.jobs.store import CANCELLING, PENDING, RUNNING, Store
 from tunery.serving.gemini import GenerationConfig
 from tunery.settings import AdmissionLimits
+
+if TYPE_CHECKING:
+    from tunery.serving.process import GenerationHost
 
 T = TypeVar("T")
 
@@ -151,10 +154,10 @@ class Admission:
 
     def __init__(self, limits: AdmissionLimits) -> None:
         self.limits = limits
-        self._queues: dict[int, tuple[Any, HostQueue]] = {}
+        self._queues: dict[int, tuple[GenerationHost, HostQueue]] = {}
         self._tenants: dict[str, _Load] = {}
 
-    def queue(self, host: Any) -> HostQueue:
+    def queue(self, host: GenerationHost) -> HostQueue:
         """``host``'s queue, made on first use."""
         entry = self._queues.get(id(host))
         if entry is None or entry[0] is not host:
@@ -168,7 +171,7 @@ class Admission:
         return (load.requests, load.tokens) if load else (0, 0)
 
     @asynccontextmanager
-    async def admitted(self, host: Any, tenant: str, tokens: int, deadline: float) -> AsyncIterator[float]:
+    async def admitted(self, host: GenerationHost, tenant: str, tokens: int, deadline: float) -> AsyncIterator[float]:
         """Hold one of ``host``'s slots for ``tenant``'s call (``deadline``: ``time.monotonic()`` seconds); yields
         the seconds left until the deadline. See ``enter``."""
         ticket = await self.enter(host, tenant, tokens, deadline)
@@ -177,7 +180,7 @@ class Admission:
         finally:
             self.leave(ticket)
 
-    async def enter(self, host: Any, tenant: str, tokens: int, deadline: float) -> Ticket:
+    async def enter(self, host: GenerationHost, tenant: str, tokens: int, deadline: float) -> Ticket:
         """Wait for one of ``host``'s slots for ``tenant``'s call; ``leave(ticket)`` gives it back. Raises
         ``ResourceExhaustedError`` past a limit, ``ServingError`` 504 when the deadline passes in the queue."""
         limits, queue = self.limits, self.queue(host)

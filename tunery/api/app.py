@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -37,6 +37,9 @@ from tunery.api.routes import (
 )
 from tunery.jobs.store import Store
 from tunery.settings import AdmissionLimits
+
+if TYPE_CHECKING:
+    from tunery.serving.process import GenerationHost, ModelHost
 
 DESCRIPTION = """Self-hosted supervised tuning for open language models, in the shape of Vertex AI's tuning API
 and Gemini's generateContent.
@@ -66,10 +69,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(
     store: Store | None = None,
-    host: Any = None,
+    host: GenerationHost | None = None,
     scheduler: Any = None,
     settings: ApiSettings | None = None,
-    checker: Any = None,
+    checker: ModelHost | None = None,
     admission: AdmissionLimits | None = None,
     warm: bool = False,
 ) -> FastAPI:

@@ -20,7 +20,7 @@ import ipaddress
 import re
 import threading
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import Depends, Request
@@ -31,6 +31,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tunery.api.errors import ApiError, error_response
 from tunery.api.limits import ApiSettings
 from tunery.jobs.store import Store
+
+if TYPE_CHECKING:
+    from tunery.serving.process import GenerationHost, ModelHost
 
 DEFAULT_TENANT = "default"
 OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/"})
@@ -168,12 +171,12 @@ def get_settings(request: Request) -> ApiSettings:
     return request.app.state.settings
 
 
-def get_host(request: Request) -> Any:
+def get_host(request: Request) -> GenerationHost:
     """The app's model host: generation and token counts (a ``ModelHost``, made on first use)."""
     return _host(request.app.state, "host")
 
 
-def get_checker(request: Request) -> Any:
+def get_checker(request: Request) -> ModelHost:
     """The app's dataset checker: a second ``ModelHost`` for uploads, so a check never waits behind a
     generation (one host runs one call at a time)."""
     return _host(request.app.state, "checker")

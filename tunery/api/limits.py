@@ -8,7 +8,6 @@ for a body sent without ``Content-Length``).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tunery import settings
 from tunery.api.errors import error_response
-from tunery.errors import ConfigError
 from tunery.serving.gemini import MAX_BODY_CHARS, MAX_PARTS, MAX_TURNS, MAX_URI_LENGTH  # noqa: F401 - the API's names
 
 MIB = 1024 * 1024
@@ -33,19 +31,6 @@ MAX_LABELS = 64
 MAX_LABEL_LENGTH = 63
 MAX_ID_LENGTH = 128
 MAX_EVENTS_PAGE = 1000
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected a whole number of bytes") from None
-    if value < 1:
-        raise ConfigError(f"{name}={raw!r}: expected at least 1")
-    return value
 
 
 @dataclass(frozen=True)
@@ -71,7 +56,7 @@ class ApiSettings:
 
     @classmethod
     def from_env(cls) -> ApiSettings:
-        return cls(max_upload_bytes=_env_int("TUNERY_MAX_UPLOAD_BYTES", 256 * MIB))
+        return cls(max_upload_bytes=settings.max_upload_bytes())
 
 
 class BodyLimitMiddleware:

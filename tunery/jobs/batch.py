@@ -34,9 +34,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunery.errors import DatasetError, JobError, TuneryError
+
+if TYPE_CHECKING:
+    from tunery.serving.process import GenerationHost
 
 BATCH_MODE = "BATCH_PREDICTION"
 VERTEX, OPENAI = "vertex", "openai"
@@ -371,7 +374,7 @@ def media_uploads(store: Any, tenant: str) -> Callable[[str], str]:
     return resolve
 
 
-def host_generate(host: Any, model: str, model_version: str | None = None) -> Generate:
+def host_generate(host: GenerationHost, model: str, model_version: str | None = None) -> Generate:
     """``Generate`` on a ``ModelHost``: the chunk goes to it as one generateBatch (decoded together)."""
 
     def generate(requests: list[dict[str, Any]]) -> list[dict[str, Any] | BaseException]:
@@ -416,7 +419,7 @@ def run_job(store: Any, job: Any, watch_parent: bool = False) -> int:
     if vllm is not None:  # tunery serve --engine vllm: the lines go to its vLLM server
         from tunery.serving.vllm import VllmHost
 
-        host: Any = VllmHost.connect(*vllm)
+        host: GenerationHost = VllmHost.connect(*vllm)
     else:
         host = ModelHost(log_path=jobs_dir() / job.id / "host.log")
     try:
