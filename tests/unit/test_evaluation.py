@@ -194,9 +194,9 @@ def test_error_analysis_and_restrict(tiny, data_dir, tmp_path):
 @pytest.fixture
 def served_int8(monkeypatch):
     """The model server's form forced to int8 (weight-only, bf16 activations: its kernel runs on AVX2 too)."""
-    from tunery.serving.engine import _int8_kernel_works
+    from tunery.serving.quantized import int8_kernel_works
 
-    if not _int8_kernel_works():
+    if not int8_kernel_works():
         pytest.skip("no int8 weight kernel in this torch")
     monkeypatch.setenv("TUNERY_SERVING_WEIGHTS", "int8")
     monkeypatch.delenv("TUNERY_EVALUATION_WEIGHTS", raising=False)
@@ -231,8 +231,9 @@ def test_evaluation_measures_the_served_weights_beside_fp32(served_int8, tiny, d
     stored = json.loads((tmp_path / "fp32" / "evaluation.json").read_text())
     assert stored["weights"] == "fp32" and "reference" not in stored
     headers, rows = run.comparison.table()
-    assert rows[0][headers.index("weights")] == "fp32" and not any("fp32)" in h for h in headers)
-    assert "Served weights beside fp32" not in (tmp_path / "fp32" / "report.md").read_text()
+    assert "weights" not in headers and not any("fp32)" in h for h in headers)  # one form: named once, not per row
+    report = (tmp_path / "fp32" / "report.md").read_text()
+    assert "Weights measured: fp32 " in report and "Served weights beside fp32" not in report
 
 
 def test_the_weights_option_measures_fp32_alone_or_a_given_form(served_int8, tiny, data_dir, tmp_path):
@@ -316,7 +317,7 @@ def test_cli_evaluate_prints_the_table(tiny, data_dir, tmp_path):
     result = invoke("evaluate", tiny, "--data", data_dir / "classify_gemini.jsonl", "--output", tmp_path,
                     "--max-tokens", "2", "--limit", "3")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "chatml: accuracy" in result.output and "$ / 1k" in result.output
+    assert "chatml: accuracy" in result.output and "fp32 weights" in result.output and "$ / 1k" in result.output
     assert "examples answered: 0/3" in result.output and "examples answered: 3/3" in result.output  # in a log too
     assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 3
 

@@ -77,6 +77,9 @@ class ProgressEvents:
 
 def show_table(comparison: Comparison, title: str) -> None:
     headers, rows = comparison.table()
+    forms = {e.weights for e in comparison.evaluations}
+    if "weights" not in headers and len(forms) == 1:
+        title = f"{title}, {forms.pop()} weights"
     table = Table(title=title)
     for i, header in enumerate(headers):
         table.add_column(header, justify="left" if i == 0 else "right", overflow="fold")

@@ -90,14 +90,15 @@ class Comparison:
         quality = QUALITY_COLUMNS[self.task.kind]
         metric, title, kind = next(c for c in quality if c[0] == self.task.primary_metric)
         references = any(e.reference is not None for e in self.evaluations)
-        headers = ["candidate", *(t for _, t, _ in quality), "weights"]
+        named = references or len({e.weights for e in self.evaluations}) > 1  # else one form: ``weights`` says it
+        headers = ["candidate", *(t for _, t, _ in quality), *["weights"] * named]
         headers += [f"{title} (fp32)", "answers as fp32"] if references else []
         headers += ["prompt tokens", "output tokens", "p50 ms", "p95 ms", "$ / 1k requests"]
         headers += [f"drop: {n}" for n in self.perturbations]
         rows = []
         for e in self.evaluations:
             s = e.summary
-            row = [e.candidate.name, *(_format(s[key], k) for key, _, k in quality), e.weights]
+            row = [e.candidate.name, *(_format(s[key], k) for key, _, k in quality), *[e.weights] * named]
             if references and e.reference is None:
                 row += ["-", "-"]
             elif references and e.reference is not None:
