@@ -98,9 +98,9 @@ def test_each_tenant_has_one_big_check_at_a_time():
 def test_a_check_at_its_time_bound_keeps_what_it_checked_and_the_job_checks_the_rest(uploads):
     """The check reads for 0.8 of TUNERY_UPLOAD_CHECK_SECONDS; a file it could not finish is kept, marked partly
     checked, and a bad line past that point fails the tuning job that reads it, named by number."""
-    svc = uploads(TUNERY_UPLOAD_CHECK_SECONDS="16")  # 12.8 s: the checker's start (up to 8 s loaded), then lines
+    svc = uploads(TUNERY_UPLOAD_CHECK_SECONDS="12")  # 9.6 s: the checker's start (3-8 s), then lines
     bad = b'{"contents": [{"role": "user", "parts": [{"text": "no answer"}]}]}\n'
-    data = big_file(8 * 2**20) + bad  # 38,000 lines: twice what the check reads in 12.8 s (idle: ~1,600 a second)
+    data = big_file(11 * 2**20 // 2) + bad  # 26,000 lines: 2x what the check reads in 9.6 s (~2,000 a second)
     total = data.count(b"\n")
     response = svc.client.post("/v1/files", files={"file": ("big.jsonl", data)}, timeout=120)
     assert response.status_code == 201, response.text
